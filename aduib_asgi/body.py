@@ -1,0 +1,109 @@
+"""Reading, decoding and validating a request body — once per request.
+
+The content-negotiation layer (or, without it, the dispatcher) calls these and
+stores the results on the request context: ``ctx.body`` (bytes), ``ctx.payload``
+(decoded value) and ``ctx.envelope`` (validated :class:`RpcRequest`). Later
+layers read the context; an inner app that still wants the bytes gets them
+replayed by :func:`replay_receive`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.types import Message, Receive
+
+from aduib_asgi.context import RequestContext
+from aduib_asgi.errors import RpcError, details_from_validation
+from aduib_asgi.models import RpcRequest, parse_method
+
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "ClientDisconnected",
+    "parse_envelope",
+    "read_body",
+    "replay_receive",
+]
+
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the request body was complete."""
+
+
+async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY) -> bytes:
+    """Receive the whole body, failing with 2004 (413) as soon as it passes ``limit``."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        mtype = message["type"]
+        if mtype == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    raise RpcError(2004, f"Request body exceeds {limit} bytes")
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif mtype == "http.disconnect":
+            raise ClientDisconnected()
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
+
+
+def replay_receive(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields ``body`` once, then defers to the real one."""
+    sent = False
+
+    async def _receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return _receive
+
+
+def _readable_id(payload: Any) -> str | None:
+    if isinstance(payload, dict):
+        rid = payload.get("id")
+        if isinstance(rid, str) and 0 < len(rid) <= 256:
+            return rid
+        if isinstance(rid, int) and not isinstance(rid, bool):
+            return str(rid)
+    return None
+
+
+def parse_envelope(ctx: RequestContext, payload: Any) -> RpcRequest:
+    """Validate a decoded body as the request envelope and record it on ``ctx``.
+
+    Not an object, or failing validation → 1002 with one detail per bad field
+    (the request id is still echoed when it was readable).
+    """
+    if not isinstance(payload, dict):
+        raise RpcError(1002, "The request envelope must be an object",
+                       details=[{"type": "type_error", "field": "", "reason": "not an object"}])
+    try:
+        env = RpcRequest.model_validate(payload)
+    except ValidationError as exc:
+        rid = _readable_id(payload)
+        if rid is not None:
+            ctx.request_id = rid
+        raise RpcError(1002, "Invalid request envelope",
+                       details=details_from_validation(exc)) from None
+    ctx.envelope = env
+    ctx.payload = payload
+    ctx.request_id = env.id
+    ctx.method = env.method
+    parts = parse_method(env.method)
+    if parts is not None:
+        ctx.service, ctx.handler = parts
+    if env.qos is not None:
+        ctx.priority = int(env.qos.priority)
+    return env

@@ -1,0 +1,102 @@
+"""The ``aduib-asgi`` command: ``demo`` (the demo server) and friends."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the demo server (DEMO.md)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--env", choices=("dev", "prod"), default="dev")
+    p.add_argument("--redis", default=None, metavar="URL",
+                   help="use Redis for rate-limit, idempotency and task stores")
+    p.add_argument("--stream-framing", choices=("message", "envelope"), default="message")
+    p.add_argument("--heartbeat", type=float, default=15.0, metavar="SECONDS")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+
+    app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
+                                    stream_framing=args.stream_framing,
+                                    heartbeat=args.heartbeat))
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=10)
+    server = _Server(config)
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            print(f"listening on http://{host}:{port}", flush=True)
+        await task
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
+
+
+def _make_server_class() -> type:
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but SIGINT/SIGTERM end it with exit status 0.
+
+        (uvicorn re-raises the captured signal after shutdown, which would make
+        the process die "by signal".)
+        """
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+    return Server
+
+
+def _Server(config: object) -> Any:
+    return _make_server_class()(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aduib-asgi", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _demo_parser(sub)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

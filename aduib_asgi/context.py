@@ -1,0 +1,251 @@
+"""The one request context, carried in the ASGI scope and in a contextvar.
+
+The first layer that needs it creates a :class:`RequestContext` at
+``scope["aduib.context"]`` and binds it to :data:`current_context` for code that
+has no scope (handlers, log filters, tasks). Every later layer reads and fills
+the same object. Headers that any layer wants on the final response go into
+``ctx.response_headers`` (raw ``(bytes, bytes)`` pairs); the layer that created
+the context appends them when the response starts, so they survive errors
+rendered further out as well as normal responses.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from aduib_asgi.codecs import Codec
+    from aduib_asgi.models import RpcRequest
+
+__all__ = [
+    "CONTEXT_KEY",
+    "SERVER_ID",
+    "SERVER_VERSION",
+    "RequestContext",
+    "current_context",
+    "get_context",
+    "run_with_context",
+]
+
+CONTEXT_KEY = "aduib.context"
+SERVER_VERSION = "0.1.0"
+SERVER_ID = f"{socket.gethostname()}-{os.getpid()}"
+
+current_context: ContextVar[RequestContext | None] = ContextVar("aduib_context", default=None)
+
+
+def get_context() -> RequestContext | None:
+    """The context of the request being handled in this task/thread, if any."""
+    return current_context.get()
+
+
+class RequestContext:
+    """Everything the layers learn about one request, filled as it passes through."""
+
+    __slots__ = (
+        "_header_map",
+        "accept",
+        "auth_scheme",
+        "body",
+        "cancel_reason",
+        "cancelled",
+        "content_type",
+        "deadline",
+        "debug",
+        "envelope",
+        "extras",
+        "handler",
+        "method",
+        "negotiated_version",
+        "parent_span_id",
+        "payload",
+        "principal",
+        "priority",
+        "rate_limit",
+        "raw_headers",
+        "request_codec",
+        "request_id",
+        "response_codec",
+        "response_encoding",
+        "response_headers",
+        "roles",
+        "sampled",
+        "server_id",
+        "server_version",
+        "service",
+        "span_id",
+        "started",
+        "stream_framing",
+        "tenant_id",
+        "timestamp_ms",
+        "trace_baggage",
+        "trace_id",
+        "tracestate",
+    )
+
+    def __init__(
+        self, request_id: str | None = None, raw_headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        self.request_id: str | None = request_id
+        self.raw_headers: list[tuple[bytes, bytes]] = raw_headers if raw_headers is not None else []
+        self._header_map: dict[bytes, bytes] | None = None
+        self.method: str | None = None
+        self.service: str | None = None
+        self.handler: str | None = None
+        # Decoded request: ``payload`` is the decoded body (any JSON-like value),
+        # ``envelope`` the validated RpcRequest when the endpoint takes one.
+        self.body: bytes | None = None
+        self.payload: Any = None
+        self.envelope: RpcRequest | None = None
+        self.request_codec: Codec | None = None
+        self.response_codec: Codec | None = None
+        self.content_type: str | None = None
+        self.accept: list[str] | None = None
+        self.response_encoding: str | None = None
+        self.negotiated_version: str | None = None
+        self.trace_id: str | None = None
+        self.span_id: str | None = None
+        self.parent_span_id: str | None = None
+        self.sampled: bool = True
+        self.trace_baggage: dict[str, str] | None = None
+        self.tracestate: str | None = None
+        self.tenant_id: str | None = None
+        self.principal: str | None = None
+        self.roles: tuple[str, ...] = ()
+        self.auth_scheme: str | None = None
+        # Absolute deadline on the ``time.monotonic()`` clock, or None.
+        self.deadline: float | None = None
+        self.priority: int = 1
+        # {"limit", "remaining", "reset_at_ms"} when a rate limit applied.
+        self.rate_limit: dict[str, int] | None = None
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.server_id: str = SERVER_ID
+        self.server_version: str = SERVER_VERSION
+        self.debug: bool = False
+        self.stream_framing: str | None = None
+        self.cancelled: bool = False
+        self.cancel_reason: str | None = None
+        self.started: float = time.monotonic()
+        self.timestamp_ms: int = int(time.time() * 1000)
+        self.extras: dict[str, Any] = {}
+
+    # -- helpers -----------------------------------------------------------------
+
+    def header(self, name: bytes) -> bytes | None:
+        """A request header by lower-case name (one scan per request, then a dict)."""
+        m = self._header_map
+        if m is None:
+            m = {}
+            for k, v in self.raw_headers:
+                if k in m:  # repeated header: join as RFC 9110 allows for lists
+                    m[k] = m[k] + b", " + v
+                else:
+                    m[k] = v
+            self._header_map = m
+        return m.get(name)
+
+    def ensure_request_id(self) -> str:
+        if self.request_id is None:
+            self.request_id = str(uuid.uuid4())
+        return self.request_id
+
+    def remaining_ms(self) -> float | None:
+        """Milliseconds left before the deadline (never negative), or None."""
+        if self.deadline is None:
+            return None
+        return max(0.0, (self.deadline - time.monotonic()) * 1000.0)
+
+    def set_deadline_ms(self, timeout_ms: float) -> None:
+        """Tighten the deadline to ``timeout_ms`` from now (never loosen it)."""
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        if self.deadline is None or deadline < self.deadline:
+            self.deadline = deadline
+
+    def duration_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+    def add_response_header(self, name: bytes, value: bytes) -> None:
+        """Ask for a header on the final response (success or error)."""
+        self.response_headers.append((name, value))
+
+    def trace_context(self) -> dict[str, Any] | None:
+        """The response ``trace_context`` member, when trace ids are known."""
+        if self.trace_id is None or self.span_id is None:
+            return None
+        out: dict[str, Any] = {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "sampled": self.sampled,
+        }
+        if self.parent_span_id:
+            out["parent_span_id"] = self.parent_span_id
+        if self.trace_baggage:
+            out["baggage"] = dict(self.trace_baggage)
+        return out
+
+    def response_metadata(self) -> dict[str, Any]:
+        """ResponseMetadata filled from what the layers put on the context."""
+        meta: dict[str, Any] = {
+            "timestamp_ms": self.timestamp_ms,
+            "duration_ms": self.duration_ms(),
+            "server_id": self.server_id,
+            "server_version": self.server_version,
+        }
+        if self.rate_limit is not None:
+            meta["rate_limit"] = self.rate_limit
+        return meta
+
+    @classmethod
+    def of(cls, scope: Scope) -> RequestContext | None:
+        """The context already stored in ``scope``, if any."""
+        ctx: RequestContext | None = scope.get(CONTEXT_KEY)
+        return ctx
+
+
+class _HeaderEmitter:
+    """Per-request responder of the context's creator: emits ``response_headers``."""
+
+    __slots__ = ("ctx", "send")
+
+    def __init__(self, ctx: RequestContext, send: Send) -> None:
+        self.ctx = ctx
+        self.send = send
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and self.ctx.response_headers:
+            headers = list(message.get("headers", ()))
+            headers.extend(self.ctx.response_headers)
+            message = {**message, "headers": headers}
+        await self.send(message)
+
+
+ContextHandler = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]
+
+
+async def run_with_context(
+    handler: ContextHandler, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Call ``handler`` with the request's context, creating and binding it if needed.
+
+    The creator stores the context in the scope, binds the contextvar (reset in
+    ``finally``) and wraps ``send`` once to emit ``ctx.response_headers``.
+    """
+    ctx: RequestContext | None = scope.get(CONTEXT_KEY)
+    if ctx is not None:
+        await handler(scope, receive, send, ctx)
+        return
+    ctx = RequestContext(raw_headers=scope.get("headers"))
+    scope[CONTEXT_KEY] = ctx
+    token = current_context.set(ctx)
+    try:
+        await handler(scope, receive, _HeaderEmitter(ctx, send), ctx)
+    finally:
+        current_context.reset(token)

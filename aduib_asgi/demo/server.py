@@ -1,0 +1,40 @@
+"""Building the demo application: the full default stack over the demo services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp
+
+from aduib_asgi.demo.services import register_demo_services
+from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
+from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+from aduib_asgi.stack import Layer, build_stack
+
+__all__ = ["DemoConfig", "build_demo_app"]
+
+
+@dataclass
+class DemoConfig:
+    """The demo's settings (command-line flags of ``aduib-asgi demo``)."""
+
+    env: str = "dev"
+    redis_url: str | None = None
+    stream_framing: str = "message"
+    heartbeat: float = 15.0
+
+    @property
+    def debug(self) -> bool:
+        return self.env == "dev"
+
+
+def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
+    """The demo ASGI app: every middleware, in the default order, over the dispatcher."""
+    config = config or DemoConfig()
+    registry = MethodRegistry()
+    register_demo_services(registry)
+    dispatcher = RpcDispatcher(registry, debug=config.debug)
+    layers = [
+        Layer.of(ErrorMappingMiddleware, debug=config.debug),
+    ]
+    return build_stack(dispatcher, layers)

@@ -1,0 +1,104 @@
+"""The demo services of DEMO.md. Names and behaviour are a fixed contract."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+
+from aduib_asgi.context import RequestContext
+from aduib_asgi.dispatcher import MethodRegistry
+from aduib_asgi.errors import RpcError
+
+__all__ = ["register_demo_services"]
+
+_TEXT = b"The quick brown fox jumps over the lazy dog. "
+
+
+def register_demo_services(registry: MethodRegistry) -> None:
+    """Register every demo service on ``registry``."""
+    counters: dict[str, int] = {}
+    counters_lock = threading.Lock()
+
+    async def echo(data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+    async def sleep(data: dict[str, Any]) -> dict[str, Any]:
+        ms = _number(data, "ms", 0)
+        await anyio.sleep(ms / 1000.0)
+        return {"slept_ms": ms}
+
+    async def fail(data: dict[str, Any]) -> None:
+        code = data.get("code", 5000)
+        if not isinstance(code, int) or isinstance(code, bool):
+            raise RpcError(2003, "data.code must be an integer",
+                           details=[{"type": "type_error", "field": "data.code",
+                                     "reason": "not an integer"}])
+        message = data.get("message")
+        raise RpcError(code, message if isinstance(message, str) else None)
+
+    async def crash(data: dict[str, Any]) -> None:
+        raise RuntimeError("boom-secret")
+
+    async def big(data: dict[str, Any]) -> dict[str, Any]:
+        size = int(_number(data, "size", 1024))
+        if size < 0 or size > 64 * 1024 * 1024:
+            raise RpcError(2003, "data.size must be between 0 and 67108864",
+                           details=[{"type": "value_error", "field": "data.size",
+                                     "reason": "out of range"}])
+        reps = size // len(_TEXT) + 1
+        return {"text": (_TEXT * reps)[:size].decode("ascii")}
+
+    async def context(data: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        remaining = ctx.remaining_ms()
+        return {
+            "tenant_id": ctx.tenant_id,
+            "principal": ctx.principal,
+            "roles": list(ctx.roles),
+            "trace_id": ctx.trace_id,
+            "span_id": ctx.span_id,
+            "parent_span_id": ctx.parent_span_id,
+            "negotiated_version": ctx.negotiated_version,
+            "priority": ctx.priority,
+            "deadline_remaining_ms": None if remaining is None else int(remaining),
+            "request_id": ctx.request_id,
+            "content_type": ctx.request_codec.media_type if ctx.request_codec else
+            "application/json",
+            "accept": ctx.response_codec.media_type if ctx.response_codec else
+            "application/json",
+        }
+
+    def incr(data: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        by = _number(data, "by", 1)
+        if not isinstance(by, int):
+            raise RpcError(2003, "data.by must be an integer",
+                           details=[{"type": "type_error", "field": "data.by",
+                                     "reason": "not an integer"}])
+        tenant = ctx.tenant_id or "default"
+        with counters_lock:
+            counters[tenant] = counters.get(tenant, 0) + by
+            return {"value": counters[tenant]}
+
+    registry.register("rpc.v2/Echo/echo", echo)
+    registry.register("rpc.v2/Echo/sleep", sleep)
+    registry.register("rpc.v2/Echo/fail", fail)
+    registry.register("rpc.v2/Echo/crash", crash)
+    registry.register("rpc.v2/Echo/big", big)
+    registry.register("rpc.v2/Echo/context", context)
+    registry.register("rpc.v2/Counter/incr", incr)
+
+
+def _number(data: dict[str, Any], key: str, default: int) -> Any:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RpcError(2003, f"data.{key} must be a number",
+                       details=[{"type": "type_error", "field": f"data.{key}",
+                                 "reason": "not a number"}])
+    if value < 0:
+        raise RpcError(2003, f"data.{key} must not be negative",
+                       details=[{"type": "value_error", "field": f"data.{key}",
+                                 "reason": "negative"}])
+    return value

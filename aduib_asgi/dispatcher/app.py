@@ -1,0 +1,179 @@
+"""RpcDispatcher: the thin ASGI app behind the middleware stack.
+
+It routes ``{base_path}/...`` endpoints, validates the envelope (unless the
+content-negotiation layer already did), resolves the method, calls the handler
+(sync handlers in a worker thread) and answers with the response envelope. It
+never re-reads a body another layer decoded, and encodes once in the codec
+negotiated for the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio.to_thread
+from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
+
+from aduib_asgi.body import DEFAULT_MAX_BODY, ClientDisconnected, parse_envelope, read_body
+from aduib_asgi.codecs import JSON
+from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
+from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
+from aduib_asgi.errors import RpcError
+from aduib_asgi.models import RpcRequest
+from aduib_asgi.responses import build_envelope, send_envelope, send_error
+
+__all__ = ["Route", "RpcDispatcher", "to_jsonable"]
+
+#: An endpoint handler: ``async (scope, receive, send, ctx) -> None``.
+Endpoint = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]
+
+
+class Route:
+    __slots__ = ("allow_header", "endpoint", "methods")
+
+    def __init__(self, endpoint: Endpoint, methods: tuple[str, ...]) -> None:
+        self.endpoint = endpoint
+        self.methods = methods
+        self.allow_header = ", ".join(methods).encode("latin-1")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Handler results as JSON-like values (pydantic models dumped in JSON mode)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, list | tuple) and value and isinstance(value[0], BaseModel):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+class RpcDispatcher:
+    """The RPC application: endpoints under ``base_path`` over a :class:`MethodRegistry`.
+
+    Other parts of the package add endpoints with :meth:`add_route` (streaming,
+    cancel, WebSocket, tasks, health, capabilities, v1).
+    """
+
+    def __init__(
+        self,
+        registry: MethodRegistry | None = None,
+        *,
+        base_path: str = "/aduib_rpc",
+        debug: bool = False,
+        max_body_size: int = DEFAULT_MAX_BODY,
+        server_id: str | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else MethodRegistry()
+        self.base_path = base_path.rstrip("/")
+        self.debug = debug
+        self.max_body_size = max_body_size
+        self.server_id = server_id
+        self._routes: dict[str, Route] = {}
+        self._ws_routes: dict[str, Endpoint] = {}
+        self.add_route("/v2/rpc", self._unary, methods=("POST",))
+
+    # -- routing -------------------------------------------------------------------
+
+    def add_route(self, path: str, endpoint: Endpoint, *, methods: tuple[str, ...]) -> None:
+        """Serve ``base_path + path`` with ``endpoint`` for the given HTTP methods."""
+        self._routes[self.base_path + path] = Route(endpoint, methods)
+
+    def add_websocket_route(self, path: str, endpoint: Endpoint) -> None:
+        self._ws_routes[self.base_path + path] = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t = scope["type"]
+        if t == "http":
+            await run_with_context(self._http, scope, receive, send)
+        elif t == "websocket":
+            await run_with_context(self._websocket, scope, receive, send)
+        elif t == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        if self.debug:
+            ctx.debug = True
+        if self.server_id is not None:
+            ctx.server_id = self.server_id
+        route = self._routes.get(scope["path"])
+        try:
+            if route is None:
+                raise RpcError(4000, f"No endpoint at {scope['path']}")
+            if scope["method"] not in route.methods:
+                raise RpcError(2000, f"Method {scope['method']} not allowed",
+                               headers={"Allow": route.allow_header.decode()}, http_status=405)
+            await route.endpoint(scope, receive, send, ctx)
+        except ClientDisconnected:
+            return
+        except Exception as exc:
+            await send_error(scope, send, exc, ctx=ctx)
+
+    async def _websocket(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+    ) -> None:
+        endpoint = self._ws_routes.get(scope["path"])
+        if endpoint is None:
+            await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
+            return
+        await endpoint(scope, receive, send, ctx)
+
+    # -- request helpers used by every endpoint ------------------------------------
+
+    async def read_payload(self, receive: Receive, ctx: RequestContext) -> Any:
+        """The decoded body: from the context when a layer decoded it, else read it here."""
+        if ctx.payload is not None or ctx.body is not None:
+            return ctx.payload
+        ctype = ctx.header(b"content-type")
+        if ctx.request_codec is None and ctype and not ctype.startswith(b"application/json"):
+            raise RpcError(1003, f"Unsupported Content-Type {ctype.decode('latin-1')!r}",
+                           http_status=415, headers={"Accept-Post": "application/json"})
+        body = await read_body(receive, limit=self.max_body_size)
+        ctx.body = body
+        codec = ctx.request_codec or JSON
+        if not body:
+            raise RpcError(1002, "Empty request body")
+        ctx.payload = codec.decode(body)
+        return ctx.payload
+
+    async def read_envelope(self, receive: Receive, ctx: RequestContext) -> RpcRequest:
+        """The validated request envelope (parsed once; reused when a layer did it)."""
+        if ctx.envelope is not None:
+            return ctx.envelope
+        payload = await self.read_payload(receive, ctx)
+        return parse_envelope(ctx, payload)
+
+    async def call_unary(self, spec: MethodSpec, env: RpcRequest, ctx: RequestContext) -> Any:
+        """Run a unary handler (sync ones in a worker thread) and return its result."""
+        data = spec.parse_input(env.data)
+        args = (data, ctx) if spec.takes_context else (data,)
+        if spec.is_async:
+            result = await spec.func(*args)
+        else:
+            result = await anyio.to_thread.run_sync(spec.func, *args)
+        return to_jsonable(result)
+
+    # -- endpoints -----------------------------------------------------------------
+
+    async def _unary(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        env = await self.read_envelope(receive, ctx)
+        spec = self.registry.resolve(env.method)
+        if spec.streaming:
+            raise RpcError(2000, f"{env.method} is a streaming method; call it on /v2/rpc/stream")
+        result = await self.call_unary(spec, env, ctx)
+        await send_envelope(send, ctx, build_envelope(ctx, result=result), 200)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def request_context(scope: Scope) -> RequestContext | None:
+    ctx: RequestContext | None = scope.get(CONTEXT_KEY)
+    return ctx

@@ -1,0 +1,124 @@
+"""ErrorMappingMiddleware: any exception from inside becomes the standard error envelope."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.responses import send_error
+
+__all__ = ["ErrorMappingMiddleware"]
+
+logger = logging.getLogger("aduib_asgi.errors")
+
+#: Scope key of a callable ``async (exc) -> bool`` a streaming responder may
+#: install: called when an exception escapes after the response started; it
+#: finishes the stream in-band (error + end frames) and returns True if it did.
+STREAM_ABORT_KEY = "aduib.stream_abort"
+
+
+class ErrorMappingMiddleware:
+    """Outermost layer: turns exceptions into envelopes with the table's HTTP status.
+
+    ``debug=True`` (development mode) adds ``error.debug`` (stack trace and
+    internal message) to error bodies; never enable it in production. Works
+    around any ASGI app: responses that do not fail pass through untouched.
+    """
+
+    layer_name = "errors"
+
+    def __init__(self, app: ASGIApp, *, debug: bool = False) -> None:
+        self.app = app
+        self.debug = debug
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await run_with_context(self._http, scope, receive, send)
+        elif scope["type"] == "websocket":
+            await run_with_context(self._websocket, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        if self.debug:
+            ctx.debug = True
+        responder = _ErrorResponder(send)
+        try:
+            await self.app(scope, receive, responder)
+        except Exception as exc:
+            # A 500 held back (Starlette's ServerErrorMiddleware sends one, then
+            # re-raises) is replaced by the envelope.
+            if not responder.started:
+                await send_error(scope, send, exc, ctx=ctx)
+                return
+            abort = scope.get(STREAM_ABORT_KEY)
+            if abort is not None and await abort(exc):
+                return
+            logger.error(
+                "exception after the response started (request %s); ending the response",
+                ctx.request_id, exc_info=exc,
+            )
+            if not responder.finished:
+                try:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except Exception:  # the server may refuse a short body: nothing more to do
+                    logger.debug("could not end the response cleanly", exc_info=True)
+        else:
+            if responder.held:
+                await responder.flush()
+
+    async def _websocket(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+    ) -> None:
+        if self.debug:
+            ctx.debug = True
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            logger.error("exception in websocket handler (request %s)", ctx.request_id,
+                         exc_info=exc)
+            try:
+                await send({"type": "websocket.close", "code": 1011, "reason": "internal error"})
+            except Exception:
+                logger.debug("could not close the websocket", exc_info=True)
+
+
+class _ErrorResponder:
+    """Tracks whether the response started; holds back a complete 500 until the app returns."""
+
+    __slots__ = ("finished", "held", "send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+        self.finished = False
+        self.held: list[Message] | None = None
+
+    async def __call__(self, message: Message) -> None:
+        t = message["type"]
+        if self.held is not None:
+            self.held.append(message)
+            if t == "http.response.body" and not message.get("more_body", False):
+                return  # complete: kept until the app returns or raises
+            if t == "http.response.body":  # a streamed 500: stop holding it back
+                await self.flush()
+            return
+        if t == "http.response.start":
+            if message["status"] == 500:
+                self.held = [message]
+                return
+            self.started = True
+        elif t == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self.send(message)
+
+    async def flush(self) -> None:
+        held, self.held = self.held or [], None
+        for message in held:
+            if message["type"] == "http.response.start":
+                self.started = True
+            elif not message.get("more_body", False):
+                self.finished = True
+            await self.send(message)

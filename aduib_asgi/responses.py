@@ -1,0 +1,192 @@
+"""Building and sending response envelopes — the only place envelopes are shaped.
+
+Everything that answers with an envelope (the dispatcher, the error mapper, a
+middleware that rejects a request) goes through :func:`build_envelope` and
+:func:`send_envelope`, so ``id``, ``negotiated_version``, ``trace_context`` and
+``metadata`` are filled the same way everywhere, and the body is encoded once in
+the codec negotiated for the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.types import Scope, Send
+
+from aduib_asgi.codecs import JSON, Codec
+from aduib_asgi.context import CONTEXT_KEY, RequestContext
+from aduib_asgi.errors import RpcError, details_from_validation
+
+__all__ = [
+    "build_envelope",
+    "encode_envelope",
+    "error_envelope",
+    "send_envelope",
+    "send_error",
+    "to_rpc_error",
+]
+
+logger = logging.getLogger("aduib_asgi.errors")
+
+#: Hooks that reshape an envelope dict before encoding (the v1 compatibility
+#: layer registers one). Called as ``hook(ctx, envelope) -> envelope``.
+EnvelopeShaper = Callable[[RequestContext, dict[str, Any]], dict[str, Any]]
+_SHAPER_KEY = "aduib.envelope_shaper"
+
+_CONTENT_TYPE = b"content-type"
+_CONTENT_LENGTH = b"content-length"
+
+
+def to_rpc_error(exc: BaseException) -> RpcError:
+    """Map any exception to an error of the table.
+
+    RpcError stays as it is; a pydantic ValidationError is 1002 with one
+    detail per field; NotImplementedError is 5001; anything else is 5000 with
+    a generic message (the real text goes to the log and to ``debug`` only).
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]  # anyio task groups wrap a single failure
+    if isinstance(exc, RpcError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return RpcError(1002, "Invalid message", details=details_from_validation(exc))
+    if isinstance(exc, NotImplementedError):
+        return RpcError(5001)
+    return RpcError(5000)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def build_envelope(
+    ctx: RequestContext | None,
+    *,
+    result: Any = None,
+    error: RpcError | None = None,
+    status: str | None = None,
+    cause: BaseException | None = None,
+) -> dict[str, Any]:
+    """A response envelope dict with every common member filled from ``ctx``."""
+    env: dict[str, Any] = {
+        "aduib_rpc": "2.0",
+        "id": (ctx.request_id if ctx is not None else None) or str(uuid.uuid4()),
+    }
+    if error is not None:
+        env["status"] = "error"
+        err = error.to_dict()
+        if ctx is not None and ctx.debug:
+            err["debug"] = _debug_info(error, cause)
+        env["error"] = err
+    else:
+        env["status"] = status or "success"
+        if result is not None:
+            env["result"] = result
+    if ctx is not None:
+        if ctx.negotiated_version is not None:
+            env["negotiated_version"] = ctx.negotiated_version
+        trace = ctx.trace_context()
+        if trace is not None:
+            env["trace_context"] = trace
+        env["metadata"] = ctx.response_metadata()
+        shaper: EnvelopeShaper | None = ctx.extras.get(_SHAPER_KEY)
+        if shaper is not None:
+            env = shaper(ctx, env)
+    return env
+
+
+def error_envelope(
+    ctx: RequestContext | None, error: RpcError, cause: BaseException | None = None
+) -> dict[str, Any]:
+    return build_envelope(ctx, error=error, cause=cause)
+
+
+def _debug_info(error: RpcError, cause: BaseException | None) -> dict[str, Any]:
+    exc = cause if cause is not None else error
+    return {
+        "stack_trace": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "internal_message": f"{type(exc).__name__}: {exc}",
+        "timestamp_ms": int(time.time() * 1000),
+    }
+
+
+def set_envelope_shaper(ctx: RequestContext, shaper: EnvelopeShaper) -> None:
+    """Install a hook that reshapes this request's envelopes before encoding."""
+    ctx.extras[_SHAPER_KEY] = shaper
+
+
+def response_codec(ctx: RequestContext | None) -> Codec:
+    if ctx is not None and ctx.response_codec is not None:
+        return ctx.response_codec
+    return JSON
+
+
+def encode_envelope(ctx: RequestContext | None, env: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Encode ``env`` in the negotiated codec: (body, content-type header value)."""
+    codec = response_codec(ctx)
+    try:
+        return codec.encode(env), codec.content_type_header
+    except Exception:  # a codec that cannot carry this value: fall back to JSON
+        if codec is JSON:
+            raise
+        logger.warning("codec %s could not encode a response; sent JSON", codec.media_type)
+        return JSON.encode(env), JSON.content_type_header
+
+
+async def send_envelope(
+    send: Send,
+    ctx: RequestContext | None,
+    env: dict[str, Any],
+    status: int,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Send ``env`` as a complete HTTP response."""
+    body, content_type = encode_envelope(ctx, env)
+    raw = [
+        (_CONTENT_TYPE, content_type),
+        (_CONTENT_LENGTH, str(len(body)).encode("latin-1")),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def log_error(error: RpcError, cause: BaseException | None, ctx: RequestContext | None) -> None:
+    """Log an error at the table's level; tracebacks only for unexpected ones."""
+    level = error.spec.log_level
+    if not logger.isEnabledFor(level):
+        return
+    rid = ctx.request_id if ctx is not None else None
+    if cause is not None and not isinstance(cause, RpcError):
+        logger.log(level, "unhandled %s in request %s", type(cause).__name__, rid,
+                   exc_info=(type(cause), cause, cause.__traceback__))
+    else:
+        logger.log(level, "request %s failed: %s %s", rid, error.code, error.name)
+
+
+async def send_error(
+    scope: Scope,
+    send: Send,
+    exc: BaseException,
+    *,
+    ctx: RequestContext | None = None,
+    extra_headers: Iterable[tuple[bytes, bytes]] = (),
+) -> RpcError:
+    """Render any exception as the standard error envelope with the table's status."""
+    if ctx is None:
+        ctx = scope.get(CONTEXT_KEY)
+    error = to_rpc_error(exc)
+    cause = None if _unwrap(exc) is error else exc
+    log_error(error, cause, ctx)
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    headers.extend(extra_headers)
+    await send_envelope(send, ctx, error_envelope(ctx, error, cause), error.http_status, headers)
+    return error

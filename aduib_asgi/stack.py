@@ -1,0 +1,121 @@
+"""Assembling middleware stacks, and checking their order at build time.
+
+Each middleware class names its concern in a ``layer_name`` class attribute.
+:func:`build_stack` wraps an app with layers given outermost first and rejects
+orders that cannot work (for example idempotency outside the tenant layer, which
+would let one tenant replay another's responses). :data:`DEFAULT_ORDER` is the
+documented default order, outermost first.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp
+
+__all__ = [
+    "DEFAULT_ORDER",
+    "LAYER_CLASSES",
+    "MUST_BE_OUTSIDE",
+    "Layer",
+    "StackOrderError",
+    "build_stack",
+    "check_order",
+    "layer_class",
+]
+
+#: The default order, outermost first (DESIGN-NOTES: "Order, and checking it").
+DEFAULT_ORDER: tuple[str, ...] = (
+    "errors",
+    "compression",
+    "content",
+    "version",
+    "trace",
+    "tenant",
+    "auth",
+    "ratelimit",
+    "deadline",
+    "admission",
+    "idempotency",
+    "circuit",
+)
+
+#: Where each layer's class lives ("module:Class"), for :func:`layer_class`.
+LAYER_CLASSES: dict[str, str] = {
+    "errors": "aduib_asgi.middleware.errors:ErrorMappingMiddleware",
+}
+
+#: Hard constraints: (outer, inner) pairs. When both layers are in a stack, the
+#: first must wrap the second, or the stack is rejected.
+MUST_BE_OUTSIDE: dict[tuple[str, str], str] = {
+    ("compression", "content"):
+        "the content layer decodes bodies that the compression layer has decompressed",
+    ("content", "version"): "the version layer reads the decoded envelope",
+    ("content", "trace"): "the trace layer reads the envelope's trace_context",
+    ("content", "tenant"): "the tenant layer reads metadata.tenant_id from the envelope",
+    ("content", "auth"): "the auth layer reads metadata.auth and the method from the envelope",
+    ("content", "ratelimit"): "rate-limit policies match the method from the envelope",
+    ("content", "deadline"): "the deadline layer reads qos.timeout_ms from the envelope",
+    ("content", "admission"): "the admission layer reads qos.priority from the envelope",
+    ("content", "idempotency"): "the idempotency layer reads qos.idempotency_key and data",
+    ("content", "circuit"): "circuit breakers are kept per method from the envelope",
+    ("tenant", "idempotency"): "idempotency keys are scoped by tenant",
+    ("auth", "idempotency"): "idempotency keys are scoped by principal",
+    ("tenant", "ratelimit"): "rate limits are partitioned by tenant",
+    ("auth", "ratelimit"): "rate limits are partitioned by principal",
+    ("deadline", "admission"): "time spent queued counts against the deadline",
+    ("version", "idempotency"): "a replay must not bypass version negotiation",
+}
+
+
+class StackOrderError(ValueError):
+    """The layers given to :func:`build_stack` are in an order that cannot work."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One middleware and its keyword configuration."""
+
+    cls: type
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, middleware: type, **kwargs: Any) -> Layer:
+        return cls(middleware, kwargs)
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.cls, "layer_name", self.cls.__name__))
+
+
+def layer_class(name: str) -> type:
+    """Import the middleware class registered for ``name``."""
+    target = LAYER_CLASSES[name]
+    module, _, attr = target.partition(":")
+    cls: type = getattr(importlib.import_module(module), attr)
+    return cls
+
+
+def check_order(names: Sequence[str]) -> None:
+    """Raise :class:`StackOrderError` if ``names`` (outermost first) break a constraint."""
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise StackOrderError(f"layer {n!r} appears twice in the stack")
+        seen.add(n)
+    position = {n: i for i, n in enumerate(names)}
+    for (outer, inner), why in MUST_BE_OUTSIDE.items():
+        if outer in position and inner in position and position[outer] > position[inner]:
+            raise StackOrderError(f"{outer!r} must wrap {inner!r}: {why}")
+
+
+def build_stack(app: ASGIApp, layers: Iterable[Layer | tuple[type, dict[str, Any]]]) -> ASGIApp:
+    """Wrap ``app`` with ``layers`` (outermost first), after checking their order."""
+    items = [x if isinstance(x, Layer) else Layer(x[0], dict(x[1])) for x in layers]
+    check_order([x.name for x in items])
+    for item in reversed(items):
+        app = item.cls(app, **item.kwargs)
+    return app
