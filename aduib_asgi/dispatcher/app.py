@@ -9,7 +9,9 @@ negotiated for the request.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio.to_thread
@@ -71,6 +73,8 @@ class RpcDispatcher:
         self.server_id = server_id
         self._routes: dict[str, Route] = {}
         self._ws_routes: dict[str, Endpoint] = {}
+        #: Entered at ASGI lifespan startup, exited at shutdown (task workers...).
+        self.lifespan_hooks: list[Callable[[], AbstractAsyncContextManager[Any]]] = []
         self.add_route("/v2/rpc", self._unary, methods=("POST",))
 
     # -- routing -------------------------------------------------------------------
@@ -89,7 +93,7 @@ class RpcDispatcher:
         elif t == "websocket":
             await run_with_context(self._websocket, scope, receive, send)
         elif t == "lifespan":
-            await _lifespan(receive, send)
+            await _lifespan(receive, send, self.lifespan_hooks)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
         if self.debug:
@@ -164,14 +168,25 @@ class RpcDispatcher:
         await send_envelope(send, ctx, build_envelope(ctx, result=result), 200)
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+async def _lifespan(
+    receive: Receive,
+    send: Send,
+    hooks: Sequence[Callable[[], AbstractAsyncContextManager[Any]]] = (),
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    for hook in hooks:
+                        await stack.enter_async_context(hook())
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                break
+    await send({"type": "lifespan.shutdown.complete"})
 
 
 def request_context(scope: Scope) -> RequestContext | None:
