@@ -1,0 +1,151 @@
+"""TenantScopeMiddleware: the request's tenant, validated and bound for its whole life.
+
+The tenant comes from the envelope's ``metadata.tenant_id`` and/or the
+``X-Tenant-ID`` header. When both are present they must agree, else 2003
+(PROTOCOL.md section 2); a value that does not match the pattern is 2003; no
+tenant at all is 2002 when ``required``, else ``default`` (possibly None).
+
+The tenant is stored on the request context (``ctx.tenant_id``) and bound to
+:data:`current_tenant` for the request's whole life: handler code, log filters,
+streaming generators and sync handlers run in worker threads (anyio copies
+contextvars into them) all see it; the binding is reset in ``finally``.
+Per-tenant configuration overrides (``overrides={"acme": {"rate_limit": ...}}``)
+are exposed as :func:`tenant_setting` and ``ctx.extras["aduib.tenant_config"]``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.errors import RpcError, detail
+from aduib_asgi.responses import send_error
+
+__all__ = [
+    "DEFAULT_TENANT_PATTERN",
+    "TENANT_CONFIG_KEY",
+    "TenantScopeMiddleware",
+    "current_tenant",
+    "get_tenant",
+    "tenant_setting",
+]
+
+DEFAULT_TENANT_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+#: ``ctx.extras`` key of the current tenant's configuration overrides (a mapping).
+TENANT_CONFIG_KEY = "aduib.tenant_config"
+
+#: The tenant of the request being handled in this task/thread (None outside one).
+current_tenant: ContextVar[str | None] = ContextVar("aduib_tenant", default=None)
+_current_config: ContextVar[Mapping[str, Any] | None] = ContextVar(
+    "aduib_tenant_config", default=None
+)
+_EMPTY: Mapping[str, Any] = {}
+
+
+def get_tenant() -> str | None:
+    """The current request's tenant id, if any."""
+    return current_tenant.get()
+
+
+def tenant_setting(key: str, default: Any = None) -> Any:
+    """A per-tenant configuration override for the current request, or ``default``."""
+    config = _current_config.get()
+    if config is None:
+        return default
+    return config.get(key, default)
+
+
+class TenantScopeMiddleware:
+    """Resolve, validate and bind the tenant of each request.
+
+    Precedence: ``metadata.tenant_id`` and the header must agree when both are
+    given (else 2003); either one alone is used; neither → ``default``, or 2002
+    when ``required``. ``pattern`` is matched in full (2003 when it fails).
+    """
+
+    layer_name = "tenant"
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        header: str = "X-Tenant-ID",
+        pattern: str = DEFAULT_TENANT_PATTERN,
+        required: bool = False,
+        default: str | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.app = app
+        self.header_name = header
+        self._header = header.lower().encode("latin-1")
+        self._pattern = pattern
+        self._match = re.compile(pattern).fullmatch
+        self.required = required
+        if default is not None and not self._match(default):
+            raise ValueError(f"default tenant {default!r} does not match {pattern!r}")
+        self.default = default
+        self.overrides: dict[str, Mapping[str, Any]] = dict(overrides or {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            await run_with_context(self._handle, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def resolve(self, ctx: RequestContext) -> str | None:
+        """The tenant of the request (raises RpcError 2002/2003)."""
+        env = ctx.envelope
+        from_env = env.metadata.tenant_id if env is not None and env.metadata else None
+        raw = ctx.header(self._header)
+        from_header = None if raw is None else raw.decode("latin-1")
+        if from_env is not None:
+            self._check(from_env, "metadata.tenant_id")
+            if from_header is not None and from_header != from_env:
+                raise RpcError(2003, f"metadata.tenant_id and {self.header_name} disagree",
+                               details=[detail("must equal the header", field="metadata.tenant_id",
+                                               type="value_error"),
+                                        detail("must equal metadata.tenant_id",
+                                               field=self.header_name, type="value_error")])
+            return from_env
+        if from_header is not None:
+            self._check(from_header, self.header_name)
+            return from_header
+        if self.required:
+            raise RpcError(2002, "A tenant id is required",
+                           details=[detail("missing", field="metadata.tenant_id",
+                                           type="missing")])
+        return self.default
+
+    def _check(self, value: str, field: str) -> None:
+        if not self._match(value):
+            raise RpcError(2003, "Invalid tenant id",
+                           details=[detail(f"must match {self._pattern}", field=field,
+                                           type="value_error")])
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+    ) -> None:
+        try:
+            tenant = self.resolve(ctx)
+        except RpcError as exc:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": exc.message})
+            else:
+                await send_error(scope, send, exc, ctx=ctx)
+            return
+        ctx.tenant_id = tenant
+        config = self.overrides.get(tenant, _EMPTY) if tenant is not None else _EMPTY
+        if config:
+            ctx.extras[TENANT_CONFIG_KEY] = config
+        token = current_tenant.set(tenant)
+        ctoken = _current_config.set(config)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _current_config.reset(ctoken)
+            current_tenant.reset(token)

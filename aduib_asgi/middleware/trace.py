@@ -1,0 +1,277 @@
+"""TracePropagationMiddleware: continue the caller's trace; the server span is a child.
+
+The caller's trace comes from the envelope's ``trace_context`` (when a layer in
+front decoded the envelope) or, failing that, from the W3C ``traceparent`` /
+``tracestate`` headers, extracted with OpenTelemetry's propagators; ``baggage``
+comes from the W3C ``baggage`` header, overridden key by key by the envelope's
+``trace_context.baggage``. Invalid values are ignored (a new trace starts).
+
+With an OpenTelemetry SDK ``TracerProvider`` (passed in, or set globally) the
+server span is a real OTel span, current while the request runs. Without one,
+ids are still generated and propagated, cheaply. Either way the ids land on the
+request context (``ctx.trace_id``/``span_id``/``parent_span_id``), so the
+response envelope carries ``trace_context`` and the response a ``traceresponse``
+header (``00-<trace_id>-<server span_id>-<flags>``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from random import getrandbits
+from typing import Any
+
+from opentelemetry import baggage as otel_baggage
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TracerProvider,
+    TraceState,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aduib_asgi.context import SERVER_VERSION, RequestContext, run_with_context
+from aduib_asgi.observability.outcome import error_code, record_exception, watch_error_code
+
+__all__ = ["TracePropagationMiddleware", "new_span_id", "new_trace_id"]
+
+_TRACEPARENT = b"traceparent"
+_BAGGAGE = b"baggage"
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+def new_trace_id() -> str:
+    """A random 128-bit trace id as 32 lowercase hex characters (never all zero)."""
+    v = getrandbits(128)
+    while not v:
+        v = getrandbits(128)
+    return f"{v:032x}"
+
+
+def new_span_id() -> str:
+    """A random 64-bit span id as 16 lowercase hex characters (never all zero)."""
+    v = getrandbits(64)
+    while not v:
+        v = getrandbits(64)
+    return f"{v:016x}"
+
+
+class _ContextGetter(Getter[RequestContext]):
+    """Lets OTel propagators read request headers straight from the context."""
+
+    def get(self, carrier: RequestContext, key: str) -> list[str] | None:
+        v = carrier.header(key.encode("latin-1"))
+        return None if v is None else [v.decode("latin-1")]
+
+    def keys(self, carrier: RequestContext) -> list[str]:
+        return [k.decode("latin-1") for k, _ in carrier.raw_headers]
+
+
+_GETTER = _ContextGetter()
+
+
+class TracePropagationMiddleware:
+    """Continue W3C / envelope trace context; one server span per request.
+
+    Precedence: envelope ``trace_context`` > ``traceparent`` header > new trace.
+    ``tracer_provider`` defaults to the global one, looked up per request so an
+    SDK configured after the app was built is picked up; with the API's no-op
+    provider no OTel span is created. ``response_header`` names the header that
+    carries the server span (empty to disable).
+    """
+
+    layer_name = "trace"
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        response_header: str = "traceresponse",
+        span_attributes: Mapping[str, str] | None = None,
+    ) -> None:
+        self.app = app
+        self._provider = tracer_provider
+        self._tracer: Tracer | None = (
+            None if tracer_provider is None or _is_noop(tracer_provider)
+            else tracer_provider.get_tracer("aduib_asgi", SERVER_VERSION)
+        )
+        self._response_header = response_header.lower().encode("latin-1") or None
+        self._static_attrs: dict[str, Any] = {"rpc.system": "aduib_rpc",
+                                               **(span_attributes or {})}
+        self._tc = TraceContextTextMapPropagator()
+        self._bg = W3CBaggagePropagator()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            await run_with_context(self._handle, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _tracer_now(self) -> Tracer | None:
+        if self._tracer is not None or self._provider is not None:
+            return self._tracer
+        provider = trace.get_tracer_provider()
+        if _is_noop(provider):
+            return None
+        self._tracer = provider.get_tracer("aduib_asgi", SERVER_VERSION)
+        return self._tracer
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+    ) -> None:
+        # -- the caller's trace: envelope first, then W3C headers ---------------------
+        parent_tid: str | None = None
+        parent_sid: str | None = None
+        sampled = True
+        state: TraceState | None = None
+        bag: dict[str, str] | None = None
+        env = ctx.envelope
+        tc = env.trace_context if env is not None else None
+        if tc is not None:
+            parent_tid, parent_sid, sampled = tc.trace_id, tc.span_id, tc.sampled
+            if tc.baggage:
+                bag = tc.baggage
+        elif ctx.header(_TRACEPARENT) is not None:
+            sc = trace.get_current_span(self._tc.extract(ctx, getter=_GETTER)).get_span_context()
+            if sc.is_valid:
+                parent_tid, parent_sid = f"{sc.trace_id:032x}", f"{sc.span_id:016x}"
+                sampled = sc.trace_flags.sampled
+                state = sc.trace_state
+        if ctx.header(_BAGGAGE) is not None:
+            found = otel_baggage.get_all(self._bg.extract(ctx, getter=_GETTER))
+            if found:
+                merged = {k: str(v) for k, v in found.items()}
+                if bag:
+                    merged.update(bag)
+                bag = merged
+
+        tracer = self._tracer_now()
+        if tracer is None:
+            ctx.trace_id = parent_tid or new_trace_id()
+            ctx.span_id = new_span_id()
+            ctx.parent_span_id = parent_sid
+            ctx.sampled = sampled
+            ctx.trace_baggage = bag
+            if state:
+                ctx.tracestate = state.to_header()
+            self._add_header(ctx)
+            await self.app(scope, receive, send)
+            return
+        await self._traced(tracer, scope, receive, send, ctx,
+                           parent_tid, parent_sid, sampled, state, bag)
+
+    def _add_header(self, ctx: RequestContext) -> None:
+        if self._response_header is not None:
+            flags = "01" if ctx.sampled else "00"
+            ctx.add_response_header(
+                self._response_header,
+                f"00-{ctx.trace_id}-{ctx.span_id}-{flags}".encode("latin-1"),
+            )
+
+    async def _traced(
+        self,
+        tracer: Tracer,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ctx: RequestContext,
+        parent_tid: str | None,
+        parent_sid: str | None,
+        sampled: bool,
+        state: TraceState | None,
+        bag: dict[str, str] | None,
+    ) -> None:
+        parent = Context()
+        if parent_tid is not None and parent_sid is not None:
+            remote = SpanContext(
+                trace_id=int(parent_tid, 16), span_id=int(parent_sid, 16), is_remote=True,
+                trace_flags=_SAMPLED if sampled else _NOT_SAMPLED, trace_state=state,
+            )
+            parent = trace.set_span_in_context(NonRecordingSpan(remote), parent)
+        if bag:
+            for k, v in bag.items():
+                parent = otel_baggage.set_baggage(k, v, parent)
+        attrs = dict(self._static_attrs)
+        if ctx.method is not None:
+            attrs["rpc.method"] = ctx.method
+            if ctx.service is not None:
+                attrs["rpc.service"] = ctx.service
+        if ctx.request_id is not None:
+            attrs["aduib.request_id"] = ctx.request_id
+        name = ctx.method or str(scope.get("method", "WEBSOCKET"))
+        span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+        sc = span.get_span_context()
+        ctx.trace_id = f"{sc.trace_id:032x}"
+        ctx.span_id = f"{sc.span_id:016x}"
+        ctx.parent_span_id = parent_sid
+        ctx.sampled = sc.trace_flags.sampled
+        ctx.trace_baggage = bag
+        if state:
+            ctx.tracestate = state.to_header()
+        self._add_header(ctx)
+        watch_error_code(ctx)
+        responder = _StatusResponder(send)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            await self.app(scope, receive, responder)
+        except Exception as exc:
+            record_exception(ctx, exc)
+            span.record_exception(exc)
+            raise
+        finally:
+            otel_context.detach(token)
+            _finish_span(span, ctx, name, responder.status)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(app={self.app!r})"
+
+
+def _finish_span(span: trace.Span, ctx: RequestContext, name: str, status: int | None) -> None:
+    if ctx.method is not None and ctx.method != name:
+        span.update_name(ctx.method)  # the envelope was decoded further in
+        span.set_attribute("rpc.method", ctx.method)
+        if ctx.service is not None:
+            span.set_attribute("rpc.service", ctx.service)
+    if ctx.tenant_id is not None:
+        span.set_attribute("aduib.tenant_id", ctx.tenant_id)
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+    code = error_code(ctx)
+    if code is not None:
+        span.set_attribute("rpc.aduib_rpc.error_code", code)
+    if (code is not None and code >= 5000) or (status is not None and status >= 500):
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+
+
+def _is_noop(provider: TracerProvider) -> bool:
+    return isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+
+
+class _StatusResponder:
+    """Remembers the response status for the span."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)

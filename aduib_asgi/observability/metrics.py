@@ -1,0 +1,95 @@
+"""Server RPC metrics through the OpenTelemetry metrics API (Prometheus optional).
+
+Instruments (meter ``aduib_asgi``):
+
+- ``rpc.server.requests`` (counter): by ``rpc.method``, ``rpc.aduib_rpc.code``
+  (0 on success) and ``http.response.status_code``;
+- ``rpc.server.duration`` (histogram, ms): same attributes; measured from the
+  moment the request context was created (the first layer) to the end of the
+  response -- the clock of ``ResponseMetadata.duration_ms``;
+- ``rpc.server.active_requests`` (up-down counter): requests in flight;
+- ``rpc.server.rejections`` (counter): refused requests by ``reason`` (the error
+  name: ``rate_limited``, ``unauthenticated``...) and ``rpc.method``.
+
+Unknown method names (4001/4002/1002) are recorded as ``rpc.method=unknown`` to
+keep cardinality bounded. :func:`prometheus_meter_provider` builds an SDK
+provider that exports to a prometheus-client registry (extra ``prometheus``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import MeterProvider
+
+from aduib_asgi.context import SERVER_VERSION
+from aduib_asgi.errors import error_spec
+
+__all__ = ["RpcMetrics", "is_rejection", "prometheus_meter_provider"]
+
+_UNKNOWN_METHOD_CODES = frozenset({1002, 4001, 4002})
+_REJECTION_CODES = frozenset({5002, 5010, 5020, 5021})
+
+
+def is_rejection(code: int) -> bool:
+    """Whether an error code means the server refused the request (not a handler failure)."""
+    return code < 4000 or code in _REJECTION_CODES
+
+
+class RpcMetrics:
+    """The server's RPC instruments; ``record`` is called once per finished request."""
+
+    def __init__(
+        self, meter_provider: MeterProvider | None = None, *, tenant_attribute: bool = False
+    ) -> None:
+        provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+        meter = provider.get_meter("aduib_asgi", SERVER_VERSION)
+        self.tenant_attribute = tenant_attribute
+        self.requests = meter.create_counter(
+            "rpc.server.requests", unit="{request}", description="RPC requests by method and code")
+        self.duration = meter.create_histogram(
+            "rpc.server.duration", unit="ms", description="RPC duration (ResponseMetadata clock)")
+        self.active = meter.create_up_down_counter(
+            "rpc.server.active_requests", unit="{request}", description="RPC requests in flight")
+        self.rejections = meter.create_counter(
+            "rpc.server.rejections", unit="{request}", description="Refused requests by reason")
+
+    def record(
+        self,
+        *,
+        method: str | None,
+        code: int | None,
+        status: int | None,
+        duration_ms: float,
+        tenant: str | None = None,
+    ) -> None:
+        if method is None or code in _UNKNOWN_METHOD_CODES:
+            method = "unknown"
+        attrs: dict[str, Any] = {"rpc.method": method}
+        if code is not None:
+            attrs["rpc.aduib_rpc.code"] = code
+        if status is not None:
+            attrs["http.response.status_code"] = status
+        if self.tenant_attribute and tenant is not None:
+            attrs["aduib.tenant_id"] = tenant
+        self.requests.add(1, attrs)
+        self.duration.record(duration_ms, attrs)
+        if code and is_rejection(code):
+            self.rejections.add(1, {"rpc.method": method,
+                                    "reason": error_spec(code).name.lower()})
+
+
+def prometheus_meter_provider(registry: Any = None) -> tuple[MeterProvider, Any]:
+    """An SDK MeterProvider exporting to a prometheus-client registry: (provider, registry).
+
+    Needs the ``prometheus`` extra (prometheus-client, opentelemetry-exporter-prometheus,
+    opentelemetry-sdk). A fresh ``CollectorRegistry`` is used unless one is given.
+    """
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    from prometheus_client import CollectorRegistry
+
+    registry = registry if registry is not None else CollectorRegistry()
+    reader = PrometheusMetricReader(registry=registry)
+    return SdkMeterProvider(metric_readers=[reader]), registry
