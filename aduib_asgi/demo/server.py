@@ -8,8 +8,10 @@ from starlette.types import ASGIApp
 
 from aduib_asgi.demo.services import register_demo_services
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
+from aduib_asgi.health import install_health_service
 from aduib_asgi.middleware.errors import ErrorMappingMiddleware
 from aduib_asgi.stack import Layer, build_stack
+from aduib_asgi.tasks import install_task_service
 
 __all__ = ["DemoConfig", "build_demo_app"]
 
@@ -34,6 +36,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     registry = MethodRegistry()
     register_demo_services(registry)
     dispatcher = RpcDispatcher(registry, debug=config.debug)
+    install_health_service(dispatcher)
+    install_task_service(dispatcher, config.redis_url or "memory://")
     layers = [
         Layer.of(ErrorMappingMiddleware, debug=config.debug),
     ]

@@ -38,8 +38,9 @@ class _Model(BaseModel):
 
 
 class TaskProgress(_Model):
-    current: float = 0
-    total: float | None = None
+    # Integers: the 2.0.1 client requires both ``current`` and ``total`` as ints.
+    current: int = 0
+    total: int = 0
     message: str | None = None
     percentage: float | None = None
 
@@ -84,6 +85,8 @@ class TaskRecord(_Model):
     completed_at_ms: int | None = None
     attempt: int = 0
     max_attempts: int = 1
+    next_retry_at_ms: int | None = None
+    timeout_ms: int | None = None
     progress: TaskProgress | None = None
     result: Any = None
     error: Any = None

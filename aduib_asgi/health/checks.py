@@ -1,0 +1,107 @@
+"""Health checks and their aggregation (PROTOCOL.md §10).
+
+A check is a callable (sync or async) returning a :class:`HealthStatus` (or its
+string), a bool (True healthy, False unhealthy) or None (healthy: "it did not
+raise", e.g. a store's ``ping``). Raising or exceeding its timeout counts as
+unhealthy. Aggregate: a *critical* check unhealthy → unhealthy; any other check
+unhealthy or degraded → degraded; else any unknown → unknown; else healthy.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from aduib_asgi.models import HealthCheckResponse, HealthStatus
+
+__all__ = ["HealthCheck", "HealthRegistry", "aggregate"]
+
+logger = logging.getLogger("aduib_asgi.health")
+
+CheckFunc = Callable[[], Any | Awaitable[Any]]
+
+_RANK = {HealthStatus.HEALTHY: 0, HealthStatus.UNKNOWN: 1, HealthStatus.DEGRADED: 2,
+         HealthStatus.UNHEALTHY: 3}
+
+
+@dataclass(slots=True)
+class HealthCheck:
+    name: str
+    func: CheckFunc
+    critical: bool = False
+    timeout: float = 2.0
+
+
+def _as_status(value: Any) -> HealthStatus:
+    if value is None or value is True:
+        return HealthStatus.HEALTHY
+    if value is False:
+        return HealthStatus.UNHEALTHY
+    return HealthStatus(value)
+
+
+def aggregate(results: dict[str, HealthStatus], critical: set[str]) -> HealthStatus:
+    """The overall status of several checks (see the module docstring)."""
+    worst = HealthStatus.HEALTHY
+    for name, status in results.items():
+        if status is HealthStatus.UNHEALTHY and name not in critical:
+            status = HealthStatus.DEGRADED
+        if _RANK[status] > _RANK[worst]:
+            worst = status
+    return worst
+
+
+class HealthRegistry:
+    """The checks a server reports; ``services`` names RPC services known to be up."""
+
+    def __init__(self, services: Callable[[], set[str]] | None = None) -> None:
+        self._checks: dict[str, HealthCheck] = {}
+        self._services = services or set
+
+    def add(self, name: str, func: CheckFunc, *, critical: bool = False,
+            timeout: float = 2.0) -> None:
+        """Register a check; ``critical`` ones make the whole server unhealthy."""
+        self._checks[name] = HealthCheck(name, func, critical, timeout)
+
+    def remove(self, name: str) -> None:
+        self._checks.pop(name, None)
+
+    async def run_one(self, check: HealthCheck) -> HealthStatus:
+        try:
+            with anyio.fail_after(check.timeout):
+                value = check.func()
+                if inspect.isawaitable(value):
+                    value = await value
+            return _as_status(value)
+        except Exception as exc:
+            logger.warning("health check %s failed: %s", check.name, type(exc).__name__)
+            return HealthStatus.UNHEALTHY
+
+    async def check(self, service: str | None = None) -> HealthCheckResponse | None:
+        """The aggregate response; for ``service`` its own status (None if unknown)."""
+        if service is not None:
+            one = self._checks.get(service)
+            if one is not None:
+                status = await self.run_one(one)
+            elif service in self._services():
+                status = HealthStatus.HEALTHY  # registered and served by this process
+            else:
+                return None
+            return HealthCheckResponse(status=status, services={service: status})
+        results: dict[str, HealthStatus] = {}
+        checks = list(self._checks.values())
+
+        async def run(c: HealthCheck) -> None:
+            results[c.name] = await self.run_one(c)
+
+        async with anyio.create_task_group() as tg:
+            for c in checks:
+                tg.start_soon(run, c)
+        critical = {c.name for c in checks if c.critical}
+        return HealthCheckResponse(status=aggregate(results, critical),
+                                   services=dict(sorted(results.items())) or None)

@@ -1,0 +1,75 @@
+"""The HealthService endpoints: ``{base}/v2/HealthService/{Check,Watch}``.
+
+Check answers the bare HealthCheckResponse; an unknown ``service`` is 4002
+(404). Watch streams a HealthCheckResponse first and then each change (checks
+re-run every ``watch_interval`` seconds) until the client goes away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.types import Receive, Scope, Send
+
+from aduib_asgi.context import RequestContext
+from aduib_asgi.errors import RpcError
+from aduib_asgi.health.checks import HealthRegistry
+from aduib_asgi.models import HealthCheckRequest, HealthCheckResponse
+from aduib_asgi.tasks.service import read_model, send_model
+
+if TYPE_CHECKING:
+    from aduib_asgi.dispatcher.app import RpcDispatcher
+
+__all__ = ["HealthService", "install_health_service"]
+
+PREFIX = "/v2/HealthService/"
+
+
+class HealthService:
+    """Binds a :class:`HealthRegistry` to a dispatcher's routes."""
+
+    def __init__(self, dispatcher: RpcDispatcher, registry: HealthRegistry,
+                 watch_interval: float = 1.0) -> None:
+        self.dispatcher = dispatcher
+        self.registry = registry
+        self.watch_interval = watch_interval
+
+    async def _response(self, req: HealthCheckRequest) -> HealthCheckResponse:
+        resp = await self.registry.check(req.service)
+        if resp is None:
+            raise RpcError(4002, f"Service {req.service!r} not found")
+        return resp
+
+    async def check(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        req = await read_model(self.dispatcher, receive, ctx, HealthCheckRequest)
+        await send_model(send, ctx, await self._response(req))
+
+    async def changes(self, req: HealthCheckRequest) -> AsyncIterator[HealthCheckResponse]:
+        """The current status, then every change."""
+        last: HealthCheckResponse | None = None
+        while True:
+            resp = await self._response(req)
+            if resp != last:
+                last = resp
+                yield resp
+            await anyio.sleep(self.watch_interval)
+
+
+def install_health_service(
+    dispatcher: RpcDispatcher, registry: HealthRegistry | None = None, *,
+    watch_interval: float = 1.0,
+) -> HealthRegistry:
+    """Serve the HealthService on ``dispatcher``; returns its registry (add checks there).
+
+    The registry is also stored as ``dispatcher.health`` so that other services
+    (the task store) can register their checks.
+    """
+    if registry is None:
+        reg = dispatcher.registry
+        registry = HealthRegistry(services=lambda: {spec.service for spec in reg})
+    service = HealthService(dispatcher, registry, watch_interval)
+    dispatcher.add_route(PREFIX + "Check", service.check, methods=("POST",))
+    dispatcher.health = registry  # type: ignore[attr-defined]
+    return registry

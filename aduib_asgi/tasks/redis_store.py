@@ -1,0 +1,124 @@
+"""Redis task store (``redis.asyncio``, the ``redis`` extra): shared by several
+managers, and the basis of restart recovery.
+
+Keys (under ``prefix``): ``task:{id}`` the entry JSON (terminal ones expire after
+the result TTL), ``active`` the set of non-terminal ids, ``lease:{id}`` the owner
+of a queued/running task (expires unless renewed), ``idem:{key}`` idempotency
+index. Every call is bounded by the client's socket timeouts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from aduib_asgi.tasks.store import DEFAULT_RESULT_TTL, TaskEntry
+
+__all__ = ["RedisTaskStore"]
+
+# Extend / delete a lease only while we still own it.
+_RENEW = """
+local n = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[1] then
+    redis.call('pexpire', key, ARGV[2]); n = n + 1
+  end
+end
+return n
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class RedisTaskStore:
+    """Tasks in Redis; create with :meth:`from_url` or around an existing client."""
+
+    def __init__(
+        self,
+        client: Redis,  # created with decode_responses=True
+        *,
+        prefix: str = "aduib:tasks:",
+        result_ttl: float = DEFAULT_RESULT_TTL,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.result_ttl = result_ttl
+        self._active = prefix + "active"
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 2.0, **options: Any) -> RedisTaskStore:
+        client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                decode_responses=True)
+        return cls(client, **options)
+
+    def _key(self, task_id: str) -> str:
+        return f"{self.prefix}task:{task_id}"
+
+    def _lease(self, task_id: str) -> str:
+        return f"{self.prefix}lease:{task_id}"
+
+    async def create(self, entry: TaskEntry, idempotency_key: str | None = None) -> TaskEntry:
+        if idempotency_key is not None:
+            idem = f"{self.prefix}idem:{idempotency_key}"
+            ttl_ms = int(self.result_ttl * 1000)
+            if not await self.client.set(idem, entry.task_id, nx=True, px=ttl_ms):
+                existing_id = await self.client.get(idem)
+                if existing_id is not None:
+                    existing = await self.get(str(existing_id))
+                    if existing is not None:
+                        return existing
+                await self.client.set(idem, entry.task_id, px=ttl_ms)
+        await self.save(entry)
+        return entry
+
+    async def get(self, task_id: str) -> TaskEntry | None:
+        raw = await self.client.get(self._key(task_id))
+        return None if raw is None else TaskEntry.model_validate_json(raw)
+
+    async def save(self, entry: TaskEntry) -> None:
+        entry.rev += 1
+        tid = entry.task_id
+        async with self.client.pipeline(transaction=True) as pipe:
+            if entry.record.status.terminal:
+                pipe.set(self._key(tid), entry.model_dump_json(), px=int(self.result_ttl * 1000))
+                pipe.srem(self._active, tid)
+            else:
+                pipe.set(self._key(tid), entry.model_dump_json())
+                pipe.sadd(self._active, tid)
+            await pipe.execute()
+
+    async def claim(self, task_id: str, owner: str, ttl: float) -> bool:
+        key = self._lease(task_id)
+        if await self.client.set(key, owner, nx=True, px=int(ttl * 1000)):
+            return True
+        current = await self.client.get(key)
+        if current is not None and current == owner:
+            await self.client.pexpire(key, int(ttl * 1000))
+            return True
+        return False
+
+    async def renew(self, owner: str, task_ids: list[str], ttl: float) -> None:
+        if task_ids:
+            await self._renew(keys=[self._lease(t) for t in task_ids],
+                              args=[owner, int(ttl * 1000)])
+
+    async def release(self, task_id: str, owner: str) -> None:
+        await self._release(keys=[self._lease(task_id)], args=[owner])
+
+    async def orphans(self) -> list[str]:
+        ids = [str(m) for m in await self.client.smembers(self._active)]
+        if not ids:
+            return []
+        leases = await self.client.mget([self._lease(t) for t in ids])
+        return [t for t, lease in zip(ids, leases, strict=True) if lease is None]
+
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,174 @@
+"""Task stores: the async storage protocol, the memory store, selection by URI.
+
+A store keeps :class:`TaskEntry` objects (the wire :class:`TaskRecord` plus what
+only the server needs: the submitter's principal and roles, a revision counter),
+an idempotency index, the set of active (non-terminal) tasks and per-task
+*leases*: a manager owns the tasks it queued or runs by holding their leases and
+renewing them; a task whose lease lapsed (its manager died) is picked up again by
+any manager's recovery scan.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aduib_asgi.models import TaskRecord
+
+__all__ = ["MemoryTaskStore", "TaskEntry", "TaskStore", "store_from_uri"]
+
+DEFAULT_RESULT_TTL = 24 * 3600.0
+
+
+class TaskEntry(BaseModel):
+    """A stored task: the wire record plus server-only fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    record: TaskRecord
+    principal: str | None = None
+    roles: list[str] = Field(default_factory=list)
+    trace_id: str | None = None
+    #: Bumped on every save; subscribers use it to skip stale events.
+    rev: int = 0
+
+    @property
+    def task_id(self) -> str:
+        return self.record.task_id
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """What the task manager needs from a backend (every call async and bounded)."""
+
+    async def create(self, entry: TaskEntry, idempotency_key: str | None = None) -> TaskEntry:
+        """Store a new task; with a key already used, return the task stored under it."""
+
+    async def get(self, task_id: str) -> TaskEntry | None: ...
+
+    async def save(self, entry: TaskEntry) -> None:
+        """Overwrite a task (bumping ``rev``); terminal tasks expire after the result TTL."""
+
+    async def claim(self, task_id: str, owner: str, ttl: float) -> bool:
+        """Take the lease of ``task_id`` unless another live owner holds it."""
+
+    async def renew(self, owner: str, task_ids: list[str], ttl: float) -> None:
+        """Extend the leases ``owner`` still holds."""
+
+    async def release(self, task_id: str, owner: str) -> None: ...
+
+    async def orphans(self) -> list[str]:
+        """Active task ids whose lease is missing or expired."""
+
+    async def ping(self) -> None:
+        """Raise when the backend is not reachable."""
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryTaskStore:
+    """In-process store (the default): one manager, or several in one process."""
+
+    def __init__(self, *, result_ttl: float = DEFAULT_RESULT_TTL) -> None:
+        self.result_ttl = result_ttl
+        self._tasks: dict[str, str] = {}  # id -> JSON, so callers never share objects
+        self._expires: dict[str, float] = {}
+        self._idem: dict[str, str] = {}
+        self._active: set[str] = set()
+        self._leases: dict[str, tuple[str, float]] = {}
+
+    async def create(self, entry: TaskEntry, idempotency_key: str | None = None) -> TaskEntry:
+        self._prune()
+        if idempotency_key is not None:
+            existing_id = self._idem.get(idempotency_key)
+            if existing_id is not None:
+                existing = await self.get(existing_id)
+                if existing is not None:
+                    return existing
+            self._idem[idempotency_key] = entry.task_id
+        await self.save(entry)
+        return entry
+
+    async def get(self, task_id: str) -> TaskEntry | None:
+        raw = self._tasks.get(task_id)
+        if raw is None:
+            return None
+        exp = self._expires.get(task_id)
+        if exp is not None and exp <= time.monotonic():
+            self._drop(task_id)
+            return None
+        return TaskEntry.model_validate_json(raw)
+
+    async def save(self, entry: TaskEntry) -> None:
+        entry.rev += 1
+        tid = entry.task_id
+        self._tasks[tid] = entry.model_dump_json()
+        if entry.record.status.terminal:
+            self._active.discard(tid)
+            self._leases.pop(tid, None)
+            self._expires[tid] = time.monotonic() + self.result_ttl
+        else:
+            self._active.add(tid)
+
+    async def claim(self, task_id: str, owner: str, ttl: float) -> bool:
+        now = time.monotonic()
+        lease = self._leases.get(task_id)
+        if lease is not None and lease[0] != owner and lease[1] > now:
+            return False
+        self._leases[task_id] = (owner, now + ttl)
+        return True
+
+    async def renew(self, owner: str, task_ids: list[str], ttl: float) -> None:
+        until = time.monotonic() + ttl
+        for tid in task_ids:
+            lease = self._leases.get(tid)
+            if lease is not None and lease[0] == owner:
+                self._leases[tid] = (owner, until)
+
+    async def release(self, task_id: str, owner: str) -> None:
+        lease = self._leases.get(task_id)
+        if lease is not None and lease[0] == owner:
+            del self._leases[task_id]
+
+    async def orphans(self) -> list[str]:
+        now = time.monotonic()
+        out = []
+        for tid in self._active:
+            lease = self._leases.get(tid)
+            if lease is None or lease[1] <= now:
+                out.append(tid)
+        return out
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def _drop(self, task_id: str) -> None:
+        self._tasks.pop(task_id, None)
+        self._expires.pop(task_id, None)
+        self._active.discard(task_id)
+        self._leases.pop(task_id, None)
+
+    def _prune(self) -> None:
+        if len(self._expires) < 1024:
+            return
+        now = time.monotonic()
+        for tid in [t for t, exp in self._expires.items() if exp <= now]:
+            self._drop(tid)
+        self._idem = {k: v for k, v in self._idem.items() if v in self._tasks}
+
+
+def store_from_uri(uri: str | None, **options: Any) -> TaskStore:
+    """``memory://`` (or None) → :class:`MemoryTaskStore`; ``redis://``/``rediss://`` →
+    :class:`~aduib_asgi.tasks.redis_store.RedisTaskStore` (needs the ``redis`` extra)."""
+    if uri is None or uri.startswith("memory://") or uri == "memory":
+        return MemoryTaskStore(**options)
+    if uri.startswith(("redis://", "rediss://", "unix://")):
+        from aduib_asgi.tasks.redis_store import RedisTaskStore
+
+        return RedisTaskStore.from_url(uri, **options)
+    raise ValueError(f"unsupported task store URI {uri!r} (memory:// or redis://)")

@@ -1,0 +1,113 @@
+"""HealthService Check through the real stack: aggregation of registered checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from aduib_asgi.health import HealthRegistry, aggregate
+from aduib_asgi.models import HealthStatus
+from tests.test_tasks_support import HS, build_app, client_for
+
+pytestmark = pytest.mark.anyio
+
+H, D, U, K = (HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.UNHEALTHY,
+              HealthStatus.UNKNOWN)
+
+
+def _health(app: Any) -> HealthRegistry:
+    # build_app's ErrorMappingMiddleware -> PrincipalLayer -> dispatcher
+    reg: HealthRegistry = app.app.app.health
+    return reg
+
+
+async def test_check_with_only_the_memory_store_is_healthy() -> None:
+    app, _, _ = build_app()
+    async with client_for(app) as c:
+        r = await c.post(HS + "Check", json={})
+    assert r.status_code == 200
+    assert r.json() == {"status": "healthy", "services": {"tasks": "healthy"}}
+
+
+@pytest.mark.parametrize(("results", "critical", "expected"), [
+    ({}, set(), H),
+    ({"a": H, "b": H}, set(), H),
+    ({"a": H, "b": K}, set(), K),
+    ({"a": H, "b": D}, set(), D),
+    ({"a": H, "b": U}, set(), D),  # a non-critical failure degrades
+    ({"a": U, "b": H}, {"a"}, U),  # a critical one makes the server unhealthy
+    ({"a": D, "b": K}, {"a"}, D),
+])
+def test_aggregate(results: dict[str, HealthStatus], critical: set[str],
+                   expected: HealthStatus) -> None:
+    assert aggregate(results, critical) is expected
+
+
+async def test_checks_of_every_kind_are_aggregated() -> None:
+    app, _, _ = build_app()
+    health = _health(app)
+    state = {"db": "healthy"}
+
+    async def db() -> str:
+        return state["db"]
+
+    def cache() -> bool:
+        return True
+
+    async def slow() -> None:
+        await anyio.sleep(10)
+
+    def broken() -> None:
+        raise ConnectionError("down")
+
+    health.add("db", db, critical=True)
+    health.add("cache", cache)
+    async with client_for(app) as c:
+        r = await c.post(HS + "Check", json={})
+        assert r.json() == {"status": "healthy",
+                            "services": {"cache": "healthy", "db": "healthy", "tasks": "healthy"}}
+        state["db"] = "degraded"
+        assert (await c.post(HS + "Check", json={})).json()["status"] == "degraded"
+        state["db"] = "unhealthy"
+        assert (await c.post(HS + "Check", json={})).json()["status"] == "unhealthy"
+        state["db"] = "healthy"
+        health.add("slow", slow, timeout=0.05)
+        health.add("broken", broken)
+        body = (await c.post(HS + "Check", json={})).json()
+        assert body["status"] == "degraded"
+        assert body["services"]["slow"] == "unhealthy"
+        assert body["services"]["broken"] == "unhealthy"
+
+
+async def test_check_of_one_service() -> None:
+    app, _, _ = build_app()
+    async with client_for(app) as c:
+        r = await c.post(HS + "Check", json={"service": "T"})  # a registered RPC service
+        assert r.json() == {"status": "healthy", "services": {"T": "healthy"}}
+        r = await c.post(HS + "Check", json={"service": "tasks"})  # a registered check
+        assert r.json() == {"status": "healthy", "services": {"tasks": "healthy"}}
+        r = await c.post(HS + "Check", json={"service": "Nope"})
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == 4002
+
+
+async def test_bad_check_bodies_are_non_2xx_errors() -> None:
+    app, _, _ = build_app()
+    async with client_for(app) as c:
+        r = await c.post(HS + "Check", json={"service": 5})
+        assert (r.status_code, r.json()["error"]["code"]) == (400, 1002)
+        r = await c.post(HS + "Check", content=b"{nope", headers={"content-type":
+                                                                 "application/json"})
+        assert r.status_code >= 400 and r.json()["status"] == "error"
+        r = await c.get(HS + "Check")
+        assert r.status_code == 405
+
+
+async def test_demo_health_check(demo_client: Any) -> None:
+    r = await demo_client.post(HS + "Check", json={})
+    assert r.status_code == 200
+    assert r.json()["status"] == "healthy"
+    r = await demo_client.post(HS + "Check", json={"service": "Echo"})
+    assert r.json() == {"status": "healthy", "services": {"Echo": "healthy"}}
