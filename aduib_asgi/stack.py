@@ -46,6 +46,8 @@ DEFAULT_ORDER: tuple[str, ...] = (
 #: Where each layer's class lives ("module:Class"), for :func:`layer_class`.
 LAYER_CLASSES: dict[str, str] = {
     "errors": "aduib_asgi.middleware.errors:ErrorMappingMiddleware",
+    "ratelimit": "aduib_asgi.middleware.ratelimit:RateLimitMiddleware",
+    "idempotency": "aduib_asgi.middleware.idempotency:IdempotencyMiddleware",
 }
 
 #: Hard constraints: (outer, inner) pairs. When both layers are in a stack, the

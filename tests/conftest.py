@@ -13,6 +13,8 @@ from aduib_asgi.demo import DemoConfig, build_demo_app
 
 RPC = "/aduib_rpc/v2/rpc"
 
+pytest_plugins = ["tests.fixtures_redis"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

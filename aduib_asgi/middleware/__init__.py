@@ -1,5 +1,7 @@
 """One pure-ASGI middleware per protocol concern; each also works alone."""
 
 from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
+from aduib_asgi.middleware.ratelimit import RateLimitMiddleware
 
-__all__ = ["ErrorMappingMiddleware"]
+__all__ = ["ErrorMappingMiddleware", "IdempotencyMiddleware", "RateLimitMiddleware"]

@@ -1,0 +1,412 @@
+"""RateLimitMiddleware: named policies on the ``limits`` package, IETF RateLimit headers.
+
+Windows and storage are ``limits.aio``'s (fixed-window, moving-window,
+sliding-window-counter; ``memory://``, ``redis://``...). This layer matches
+policies to a request, builds the partition key (tenant, principal, method,
+client address), consumes the request's cost, and reports the quota:
+``RateLimit-Policy`` / ``RateLimit`` (draft-ietf-httpapi-ratelimit-headers-10),
+``metadata.rate_limit`` on the context, and on rejection 5020 (429) with
+``Retry-After``. Headers go through ``ctx.add_response_header`` so they are on
+the final response whether the handler succeeds or fails.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import STRATEGIES, RateLimiter
+from limits.storage import storage_from_string
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.errors import RpcError
+from aduib_asgi.responses import send_error
+
+__all__ = [
+    "PARTITION_KEYS",
+    "RateLimitMiddleware",
+    "RateLimitPolicy",
+    "client_address",
+    "policies_from_registry",
+]
+
+logger = logging.getLogger("aduib_asgi.ratelimit")
+
+#: What a policy may partition its buckets by.
+PARTITION_KEYS = frozenset({"tenant", "principal", "method", "client"})
+
+_RATELIMIT = b"ratelimit"
+_RATELIMIT_POLICY = b"ratelimit-policy"
+_LEGACY_LIMIT = b"ratelimit-limit"
+_LEGACY_REMAINING = b"ratelimit-remaining"
+_LEGACY_RESET = b"ratelimit-reset"
+_X_TENANT = b"x-tenant-id"
+_XFF = b"x-forwarded-for"
+_FORWARDED = b"forwarded"
+_CACHE_MAX = 4096
+
+
+@dataclass(frozen=True)
+class RateLimitPolicy:
+    """A named quota: ``limit`` in ``limits`` notation ("3/10 seconds", "100 per minute").
+
+    It applies to requests whose method is in ``methods``, whose service is in
+    ``services`` or whose path starts with one of ``paths`` (a policy with none
+    of these applies to every request). Buckets are partitioned by ``key_by``
+    (any of tenant, principal, method, client); each request consumes ``cost``.
+    """
+
+    name: str
+    limit: str | RateLimitItem
+    methods: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    key_by: tuple[str, ...] = ("tenant",)
+    cost: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.name or '"' in self.name or "\\" in self.name:
+            raise ValueError(f"bad policy name {self.name!r}")
+        bad = set(self.key_by) - PARTITION_KEYS
+        if bad:
+            raise ValueError(f"unknown partition keys {sorted(bad)}; use {sorted(PARTITION_KEYS)}")
+        if self.cost < 1:
+            raise ValueError("cost must be >= 1")
+
+    @property
+    def item(self) -> RateLimitItem:
+        return parse(self.limit) if isinstance(self.limit, str) else self.limit
+
+    def matches(self, method: str | None, path: str) -> bool:
+        if not (self.methods or self.services or self.paths):
+            return True
+        if method is not None:
+            if method in self.methods:
+                return True
+            if self.services:
+                parts = method.split("/")
+                if len(parts) == 3 and parts[1] in self.services:
+                    return True
+        return any(path.startswith(p) for p in self.paths)
+
+
+def policies_from_registry(registry: Iterable[Any], *,
+                           key_by: tuple[str, ...] = ("tenant",)) -> list[RateLimitPolicy]:
+    """Policies from the ``rate_limit`` option of registered methods.
+
+    ``registry.register("rpc.v2/Limited/ping", f, rate_limit="3/10 seconds")``,
+    or ``rate_limit={"limit": ..., "key_by": (...), "cost": n}``.
+    """
+    out: list[RateLimitPolicy] = []
+    for spec in registry:
+        opt = spec.options.get("rate_limit")
+        if opt is None:
+            continue
+        if isinstance(opt, RateLimitPolicy):
+            out.append(opt)
+            continue
+        cfg: Mapping[str, Any] = opt if isinstance(opt, Mapping) else {"limit": opt}
+        out.append(RateLimitPolicy(
+            name=str(cfg.get("name", f"{spec.service}.{spec.handler}")),
+            limit=cfg["limit"],
+            methods=(spec.method,),
+            key_by=tuple(cfg.get("key_by", key_by)),
+            cost=int(cfg.get("cost", 1)),
+        ))
+    return out
+
+
+class _Compiled:
+    """A policy with everything precomputed for the hot path."""
+
+    __slots__ = ("amount", "cost", "item", "key_by", "name", "policy", "policy_header",
+                 "rl_prefix", "window")
+
+    def __init__(self, policy: RateLimitPolicy) -> None:
+        self.policy = policy
+        self.name = policy.name
+        self.item = policy.item
+        self.amount = self.item.amount
+        self.window = int(self.item.get_expiry())
+        self.cost = policy.cost
+        self.key_by = policy.key_by
+        self.policy_header = f'"{policy.name}";q={self.amount};w={self.window}'.encode("latin-1")
+        self.rl_prefix = f'"{policy.name}";r='.encode("latin-1")
+
+
+class _Trusted:
+    """Trusted proxy networks, with a small cache of per-address answers."""
+
+    __slots__ = ("_cache", "_nets")
+
+    def __init__(self, proxies: Iterable[str]) -> None:
+        self._nets = tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
+        self._cache: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._nets)
+
+    def __contains__(self, addr: str) -> bool:
+        hit = self._cache.get(addr)
+        if hit is not None:
+            return hit
+        try:
+            ip = ipaddress.ip_address(addr)
+            trusted = any(ip in net for net in self._nets)
+        except ValueError:
+            trusted = False
+        if len(self._cache) < _CACHE_MAX:
+            self._cache[addr] = trusted
+        return trusted
+
+
+def _forwarded_for(value: str) -> list[str]:
+    """The ``for=`` addresses of an RFC 7239 ``Forwarded`` header, in order."""
+    out: list[str] = []
+    for element in value.split(","):
+        for pair in element.split(";"):
+            name, _, v = pair.strip().partition("=")
+            if name.lower() != "for":
+                continue
+            v = v.strip().strip('"')
+            if v.startswith("["):  # "[2001:db8::1]:4711"
+                v = v[1:v.find("]")] if "]" in v else v[1:]
+            elif v.count(":") == 1:  # "192.0.2.1:8080"
+                v = v.partition(":")[0]
+            out.append(v)
+    return out
+
+
+def client_address(scope: Scope, ctx: RequestContext, trusted: _Trusted | None) -> str:
+    """The client's address: the peer, or, behind trusted proxies only, the forwarded one.
+
+    ``X-Forwarded-For`` (else ``Forwarded``) is read right to left, skipping
+    trusted proxies; the first untrusted hop is the client. A peer that is not a
+    trusted proxy cannot change its address with these headers.
+    """
+    client = scope.get("client")
+    peer = str(client[0]) if client else "unknown"
+    if not trusted or peer not in trusted:
+        return peer
+    raw = ctx.header(_XFF)
+    if raw is not None:
+        hops = [h.strip() for h in raw.decode("latin-1").split(",") if h.strip()]
+    else:
+        fwd = ctx.header(_FORWARDED)
+        hops = _forwarded_for(fwd.decode("latin-1")) if fwd is not None else []
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop
+    return hops[0] if hops else peer
+
+
+def _escape(value: str) -> str:
+    if "/" in value or "%" in value:
+        return value.replace("%", "%25").replace("/", "%2F")
+    return value
+
+
+def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-window",
+                 **storage_options: Any) -> RateLimiter:
+    """A ``limits.aio`` limiter: ``strategy`` over storage given as a URI or instance.
+
+    URIs without the ``async+`` prefix get it; Redis uses the ``redis`` package's
+    asyncio client.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; use one of {sorted(STRATEGIES)}")
+    if isinstance(storage, str):
+        uri = storage if storage.startswith("async+") else "async+" + storage
+        scheme = uri.partition("://")[0]
+        if scheme.startswith(("async+redis", "async+rediss")):
+            storage_options.setdefault("implementation", "redispy")
+        storage = storage_from_string(uri, **storage_options)  # type: ignore[assignment]
+    if not isinstance(storage, Storage):
+        raise TypeError("storage must be an async limits storage (limits.aio.storage)")
+    limiter_cls: Any = STRATEGIES[strategy]
+    limiter: RateLimiter = limiter_cls(storage)
+    return limiter
+
+
+class RateLimitMiddleware:
+    """Rate limiting per named policy; rejected requests get 5020 / 429.
+
+    ``storage`` is a ``limits`` URI (``memory://`` default; ``redis://host:port``
+    to share the limits between instances) or a ``limits.aio`` storage;
+    ``strategy`` is ``fixed-window``, ``moving-window`` or
+    ``sliding-window-counter``. ``trusted_proxies`` (IPs or CIDRs) are the only
+    peers whose ``X-Forwarded-For`` / ``Forwarded`` is believed. Storage calls
+    are bounded by ``timeout`` seconds (in-process memory storage never waits);
+    on a storage failure ``fail_open=True`` admits the request (logged, counted
+    in ``storage_errors`` and reported to ``on_storage_error``), else 5002 (503).
+    ``legacy_headers`` adds ``RateLimit-Limit/Remaining/Reset``.
+    """
+
+    layer_name = "ratelimit"
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policies: Iterable[RateLimitPolicy] = (),
+        storage: str | Storage = "memory://",
+        strategy: str = "fixed-window",
+        trusted_proxies: Iterable[str] = (),
+        timeout: float = 0.5,
+        fail_open: bool = True,
+        legacy_headers: bool = False,
+        on_storage_error: Callable[[BaseException], None] | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.app = app
+        opts = dict(storage_options or {})
+        if isinstance(storage, str) and storage.startswith(("redis", "async+redis")):
+            opts.setdefault("socket_timeout", timeout)
+            opts.setdefault("socket_connect_timeout", timeout)
+        self.limiter = make_limiter(storage, strategy, **opts)
+        self.policies = tuple(_Compiled(p) for p in policies)
+        names = [p.name for p in self.policies]
+        if len(set(names)) != len(names):
+            raise ValueError("policy names must be unique")
+        self.trusted = _Trusted(trusted_proxies)
+        # in-process storage cannot hang: no timeout scope on its hot path
+        self.timeout: float | None = (
+            None if isinstance(self.limiter.storage, MemoryStorage) else timeout
+        )
+        self.fail_open = fail_open
+        self.legacy_headers = legacy_headers
+        self.on_storage_error = on_storage_error
+        self.storage_errors = 0
+        self._degraded = False
+        self._match: dict[tuple[str | None, str], tuple[_Compiled, ...]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t = scope["type"]
+        if (t == "http" or t == "websocket") and self.policies:
+            await run_with_context(self._handle, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _policies_for(self, method: str | None, path: str) -> tuple[_Compiled, ...]:
+        key = (method, path)
+        found = self._match.get(key)
+        if found is None:
+            found = tuple(p for p in self.policies if p.policy.matches(method, path))
+            if len(self._match) < _CACHE_MAX:
+                self._match[key] = found
+        return found
+
+    def _identifiers(self, p: _Compiled, scope: Scope, ctx: RequestContext) -> list[str]:
+        ids = [p.name]
+        for k in p.key_by:
+            if k == "tenant":
+                tenant = ctx.tenant_id
+                if tenant is None:
+                    raw = ctx.header(_X_TENANT)
+                    tenant = raw.decode("latin-1") if raw else "default"
+                ids.append(_escape(tenant))
+            elif k == "principal":
+                ids.append(_escape(ctx.principal or "anonymous"))
+            elif k == "method":
+                ids.append(_escape(ctx.method or scope["path"]))
+            else:
+                ids.append(_escape(client_address(scope, ctx, self.trusted)))
+        return ids
+
+    async def _consume(
+        self, policies: tuple[_Compiled, ...], scope: Scope, ctx: RequestContext
+    ) -> tuple[_Compiled | None, list[tuple[_Compiled, int, float]]]:
+        """Hit every policy (stop at the first that refuses): (refusing policy, stats)."""
+        limiter = self.limiter
+        stats: list[tuple[_Compiled, int, float]] = []
+        for p in policies:
+            ids = self._identifiers(p, scope, ctx)
+            ok = await limiter.hit(p.item, *ids, cost=p.cost)
+            reset, remaining = await limiter.get_window_stats(p.item, *ids)
+            stats.append((p, remaining, reset))
+            if not ok:
+                return p, stats
+        return None, stats
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send,
+                      ctx: RequestContext) -> None:
+        policies = self._policies_for(ctx.method, scope["path"])
+        if not policies:
+            await self.app(scope, receive, send)
+            return
+        try:
+            if self.timeout is None:
+                refused, stats = await self._consume(policies, scope, ctx)
+            else:
+                with anyio.fail_after(self.timeout):
+                    refused, stats = await self._consume(policies, scope, ctx)
+        except Exception as exc:
+            await self._storage_failed(exc, scope, receive, send, ctx)
+            return
+        if self._degraded:
+            self._degraded = False
+            logger.warning("rate-limit storage is reachable again")
+        now = time.time()
+        policy_items: list[bytes] = []
+        rl_items: list[bytes] = []
+        lowest: tuple[_Compiled, int, float] | None = None
+        for p, remaining, reset in stats:
+            after = max(0, math.ceil(reset - now))
+            if p is refused:
+                after = max(1, after)  # never invite a retry before the window resets
+            policy_items.append(p.policy_header)
+            rl_items.append(b"%s%d;t=%d" % (p.rl_prefix, remaining, after))
+            if lowest is None or remaining < lowest[1]:
+                lowest = (p, remaining, reset)
+        ctx.add_response_header(_RATELIMIT_POLICY, b", ".join(policy_items))
+        ctx.add_response_header(_RATELIMIT, b", ".join(rl_items))
+        p, remaining, reset = lowest  # type: ignore[misc]
+        if refused is not None:
+            p, remaining, reset = refused, 0, stats[-1][2]
+        ctx.rate_limit = {"limit": p.amount, "remaining": remaining,
+                          "reset_at_ms": int(reset * 1000)}
+        if self.legacy_headers:
+            ctx.add_response_header(_LEGACY_LIMIT, b"%d" % p.amount)
+            ctx.add_response_header(_LEGACY_REMAINING, b"%d" % remaining)
+            ctx.add_response_header(_LEGACY_RESET, b"%d" % max(0, math.ceil(reset - now)))
+        if refused is None:
+            await self.app(scope, receive, send)
+            return
+        retry_after = max(1, math.ceil(reset - now))
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "rate limited"})
+            return
+        await send_error(scope, send, RpcError(
+            5020, f"Rate limit {refused.name!r} exceeded; retry in {retry_after} s",
+            details=[{"type": "rate_limit", "reason": "quota exhausted",
+                      "metadata": {"policy": refused.name, "limit": refused.amount,
+                                   "window_s": refused.window}}],
+            headers={"Retry-After": str(retry_after)},
+        ), ctx=ctx)
+
+    async def _storage_failed(self, exc: Exception, scope: Scope, receive: Receive,
+                              send: Send, ctx: RequestContext) -> None:
+        self.storage_errors += 1
+        if self.on_storage_error is not None:
+            self.on_storage_error(exc)
+        if not self._degraded:
+            self._degraded = True
+            logger.warning("rate-limit storage failed (%s: %s); %s", type(exc).__name__, exc,
+                           "admitting requests" if self.fail_open else "refusing requests")
+        if self.fail_open:
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
+            return
+        await send_error(scope, send, RpcError(
+            5002, "Rate limiting is unavailable", headers={"Retry-After": "1"}), ctx=ctx)

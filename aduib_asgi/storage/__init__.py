@@ -1,0 +1,108 @@
+"""Idempotency stores: one small async interface, memory and Redis implementations.
+
+A store keeps, per lookup key, either an *in-flight* reservation (fingerprint +
+owner token, with a lease that expires unless renewed) or a *completed*
+response (fingerprint + status, headers, body, with a TTL). :meth:`reserve` is
+atomic: of many concurrent callers with one key exactly one gets the
+reservation. Rate-limit storage is not here: it is the ``limits`` package's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "IdempotencyStore",
+    "Reservation",
+    "StoreEntry",
+    "StoredResponse",
+    "idempotency_store_from_url",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response as it was sent: status, raw header pairs and the complete body."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEntry:
+    """What a store holds for a key: in flight (``response is None``) or completed."""
+
+    fingerprint: str
+    token: str | None = None
+    response: StoredResponse | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.response is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The outcome of :meth:`IdempotencyStore.reserve`.
+
+    ``outcome == "reserved"``: the caller owns the key (``token``) and runs the
+    request; otherwise ``entry`` is what another request left there.
+    """
+
+    outcome: Literal["reserved", "in_flight", "completed"]
+    token: str | None = None
+    entry: StoreEntry | None = None
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """The async interface the idempotency layer uses; every call is short."""
+
+    async def reserve(self, key: str, fingerprint: str, lease: float) -> Reservation:
+        """Atomically take ``key`` for ``lease`` seconds, or report what holds it."""
+        ...
+
+    async def renew(self, key: str, token: str, lease: float) -> bool:
+        """Extend the owner's lease; False when the key is no longer ours."""
+        ...
+
+    async def complete(self, key: str, token: str, response: StoredResponse,
+                       ttl: float) -> bool:
+        """Replace the owner's reservation by the response, kept ``ttl`` seconds."""
+        ...
+
+    async def release(self, key: str, token: str) -> None:
+        """Drop the owner's reservation (the request failed; a retry may run)."""
+        ...
+
+    async def get(self, key: str) -> StoreEntry | None:
+        """The current entry for ``key``, if any."""
+        ...
+
+    async def wait(self, key: str, timeout: float) -> StoreEntry | None:
+        """Wait up to ``timeout`` s while ``key`` is in flight; the entry then (or None)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def idempotency_store_from_url(url: str = "memory://", **options: Any) -> IdempotencyStore:
+    """``memory://`` (optionally ``?max_entries=N``) or ``redis://...``/``rediss://...``."""
+    if url.startswith("memory://"):
+        from urllib.parse import parse_qs, urlsplit
+
+        from aduib_asgi.storage.memory import MemoryIdempotencyStore
+
+        query = parse_qs(urlsplit(url).query)
+        if "max_entries" in query:
+            options.setdefault("max_entries", int(query["max_entries"][0]))
+        return MemoryIdempotencyStore(**options)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from aduib_asgi.storage.redis import RedisIdempotencyStore
+
+        return RedisIdempotencyStore(url, **options)
+    raise ValueError(f"unsupported idempotency store URL {url!r} (memory:// or redis://)")
