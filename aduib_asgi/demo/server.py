@@ -10,6 +10,8 @@ from aduib_asgi.demo.services import register_demo_services
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.health import install_health_service
 from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
+from aduib_asgi.middleware.ratelimit import RateLimitMiddleware, policies_from_registry
 from aduib_asgi.stack import Layer, build_stack
 from aduib_asgi.tasks import install_task_service
 
@@ -40,5 +42,9 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     install_task_service(dispatcher, config.redis_url or "memory://")
     layers = [
         Layer.of(ErrorMappingMiddleware, debug=config.debug),
+        # Limited/ping: 3 per 10 s per tenant (its rate_limit option); shared via --redis.
+        Layer.of(RateLimitMiddleware, policies=policies_from_registry(registry),
+                 storage=config.redis_url or "memory://"),
+        Layer.of(IdempotencyMiddleware, store=config.redis_url or "memory://"),
     ]
     return build_stack(dispatcher, layers)

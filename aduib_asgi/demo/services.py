@@ -88,6 +88,12 @@ def register_demo_services(registry: MethodRegistry) -> None:
     registry.register("rpc.v2/Echo/context", context)
     registry.register("rpc.v2/Counter/incr", incr)
 
+    async def ping(data: dict[str, Any]) -> dict[str, Any]:
+        return {"pong": True}
+
+    # Rate limited to 3 requests per 10 seconds per tenant (read by RateLimitMiddleware).
+    registry.register("rpc.v2/Limited/ping", ping, rate_limit="3/10 seconds")
+
 
 def _number(data: dict[str, Any], key: str, default: int) -> Any:
     value = data.get(key, default)
