@@ -38,6 +38,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     registry = MethodRegistry()
     register_demo_services(registry)
     dispatcher = RpcDispatcher(registry, debug=config.debug)
+    dispatcher.streaming.configure(default_framing=config.stream_framing,
+                                   heartbeat_interval=config.heartbeat)
     install_health_service(dispatcher)
     install_task_service(dispatcher, config.redis_url or "memory://")
     layers = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -87,6 +88,27 @@ def register_demo_services(registry: MethodRegistry) -> None:
     registry.register("rpc.v2/Echo/big", big)
     registry.register("rpc.v2/Echo/context", context)
     registry.register("rpc.v2/Counter/incr", incr)
+
+    async def stream(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        count = int(_number(data, "count", 1))
+        interval = _number(data, "interval_ms", 0) / 1000.0
+        fail_at = data.get("fail_at")
+        fail_code = data.get("fail_code", 5000)
+        if fail_at is not None:
+            fail_at = int(_number(data, "fail_at", 0))
+        if not isinstance(fail_code, int) or isinstance(fail_code, bool):
+            raise RpcError(2003, "data.fail_code must be an integer",
+                           details=[{"type": "type_error", "field": "data.fail_code",
+                                     "reason": "not an integer"}])
+        for i in range(count):
+            if i and interval:
+                await anyio.sleep(interval)
+            if i == fail_at:
+                raise RpcError(fail_code, f"Echo/stream failed at index {i}")
+            yield {"index": i}
+
+    # Server streaming (POST .../v2/rpc/stream, or the WebSocket .../v2/rpc/ws).
+    registry.register("rpc.v2/Echo/stream", stream)
 
     async def ping(data: dict[str, Any]) -> dict[str, Any]:
         return {"pong": True}

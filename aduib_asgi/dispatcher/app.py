@@ -25,6 +25,7 @@ from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
 from aduib_asgi.models import RpcRequest
 from aduib_asgi.responses import build_envelope, send_envelope, send_error
+from aduib_asgi.streaming.endpoints import install_streaming
 
 __all__ = ["Route", "RpcDispatcher", "to_jsonable"]
 
@@ -76,6 +77,7 @@ class RpcDispatcher:
         #: Entered at ASGI lifespan startup, exited at shutdown (task workers...).
         self.lifespan_hooks: list[Callable[[], AbstractAsyncContextManager[Any]]] = []
         self.add_route("/v2/rpc", self._unary, methods=("POST",))
+        self.streaming = install_streaming(self)  # /rpc/stream, /rpc/cancel, /rpc/ws
 
     # -- routing -------------------------------------------------------------------
 
