@@ -17,6 +17,7 @@ from starlette.types import Message, Receive
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
 from aduib_asgi.models import RpcRequest, parse_method
+from aduib_asgi.versioning.compat import prepare_payload
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -80,15 +81,18 @@ def _readable_id(payload: Any) -> str | None:
     return None
 
 
-def parse_envelope(ctx: RequestContext, payload: Any) -> RpcRequest:
+def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False) -> RpcRequest:
     """Validate a decoded body as the request envelope and record it on ``ctx``.
 
     Not an object, or failing validation → 1002 with one detail per bad field
-    (the request id is still echoed when it was readable).
+    (the request id is still echoed when it was readable). Malformed version
+    members are 1001; a v1 payload (``aduib_rpc: "1.0"``, or ``v1=True`` for
+    the v1 endpoint) is upgraded first and answered in v1 shape.
     """
     if not isinstance(payload, dict):
         raise RpcError(1002, "The request envelope must be an object",
                        details=[{"type": "type_error", "field": "", "reason": "not an object"}])
+    payload = prepare_payload(ctx, payload, v1=v1)  # v1 upgrade hook (versioning.compat)
     try:
         env = RpcRequest.model_validate(payload)
     except ValidationError as exc:

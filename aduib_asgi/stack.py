@@ -46,6 +46,7 @@ DEFAULT_ORDER: tuple[str, ...] = (
 #: Where each layer's class lives ("module:Class"), for :func:`layer_class`.
 LAYER_CLASSES: dict[str, str] = {
     "errors": "aduib_asgi.middleware.errors:ErrorMappingMiddleware",
+    "version": "aduib_asgi.middleware.version:VersionNegotiationMiddleware",
     "ratelimit": "aduib_asgi.middleware.ratelimit:RateLimitMiddleware",
     "idempotency": "aduib_asgi.middleware.idempotency:IdempotencyMiddleware",
 }

@@ -42,7 +42,7 @@ class EnvelopeLayer:
                       ctx: RequestContext) -> None:
         body = await read_body(receive)
         ctx.body = body
-        with contextlib.suppress(RpcError):  # the dispatcher reports it
+        with contextlib.suppress(RpcError, ValueError):  # the dispatcher reports it
             parse_envelope(ctx, json.loads(body))
         await self.app(scope, replay_receive(body, receive), send)
 

@@ -1,0 +1,28 @@
+"""Authentication and authorization building blocks for :class:`AuthMiddleware`."""
+
+from aduib_asgi.auth.authenticators import (
+    ApiKeyAuthenticator,
+    Authenticator,
+    BearerAuthenticator,
+    Credentials,
+    Identity,
+    MtlsAuthenticator,
+    jwt_verifier,
+    static_verifier,
+    verified_client_cert,
+)
+from aduib_asgi.auth.rbac import PatternTable, roles_table
+
+__all__ = [
+    "ApiKeyAuthenticator",
+    "Authenticator",
+    "BearerAuthenticator",
+    "Credentials",
+    "Identity",
+    "MtlsAuthenticator",
+    "PatternTable",
+    "jwt_verifier",
+    "roles_table",
+    "static_verifier",
+    "verified_client_cert",
+]

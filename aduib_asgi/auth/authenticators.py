@@ -1,0 +1,229 @@
+"""Pluggable authenticators: bearer (any verifier, JWT optional), API key, mTLS.
+
+An authenticator turns :class:`Credentials` into an :class:`Identity` or raises
+an :class:`~aduib_asgi.errors.RpcError` (3001 invalid, 3002 expired). A verifier
+returning None means "not a valid credential" (3001). Credentials are secrets:
+:class:`Credentials` hides them from ``repr`` and nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from starlette.types import Scope
+
+from aduib_asgi.errors import RpcError
+
+__all__ = [
+    "ApiKeyAuthenticator",
+    "Authenticator",
+    "BearerAuthenticator",
+    "Credentials",
+    "Identity",
+    "MtlsAuthenticator",
+    "jwt_verifier",
+    "static_verifier",
+    "verified_client_cert",
+]
+
+logger = logging.getLogger("aduib_asgi.auth")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the caller is: a principal and its roles."""
+
+    principal: str
+    roles: tuple[str, ...] = ()
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Credentials:
+    """A presented credential. ``secret`` is never logged or echoed."""
+
+    scheme: str  # "bearer" | "api_key" | "mtls"
+    secret: str | None
+    source: str  # where it came from: "metadata.auth", "Authorization", "X-API-Key", "tls"
+
+    def __repr__(self) -> str:
+        return f"Credentials(scheme={self.scheme!r}, source={self.source!r}, secret=<redacted>)"
+
+
+class Authenticator(Protocol):
+    """Verifies one scheme's credentials."""
+
+    #: "bearer", "api_key" or "mtls".
+    scheme: str
+    #: The ``WWW-Authenticate`` challenge for this scheme.
+    challenge: str
+
+    async def authenticate(self, credentials: Credentials, scope: Scope) -> Identity: ...
+
+
+Verifier = Callable[[str], "Identity | Awaitable[Identity | None] | None"]
+
+
+async def _verify(verify: Verifier, secret: str, what: str) -> Identity:
+    try:
+        result = verify(secret)
+        if inspect.isawaitable(result):
+            result = await result
+    except RpcError:
+        raise
+    except Exception as exc:  # the message may quote the secret: log the type only
+        logger.warning("%s verifier failed with %s", what, type(exc).__name__)
+        raise RpcError(3001, f"Invalid {what}") from None
+    if result is None:
+        raise RpcError(3001, f"Invalid {what}")
+    if not isinstance(result, Identity):
+        raise TypeError(f"{what} verifier must return an Identity or None")
+    return result
+
+
+def static_verifier(table: Mapping[str, Identity]) -> Callable[[str], Identity | None]:
+    """A verifier over a fixed secret → identity table (demos, tests, service keys)."""
+    known = dict(table)
+    return known.get
+
+
+class BearerAuthenticator:
+    """``Authorization: Bearer <token>`` or ``metadata.auth`` scheme ``bearer``.
+
+    ``verify(token)`` (sync or async) returns an :class:`Identity`, None (→ 3001)
+    or raises ``RpcError(3002)`` for an expired token. Use :func:`jwt_verifier`
+    for JWTs (extra ``jwt``).
+    """
+
+    scheme = "bearer"
+
+    def __init__(self, verify: Verifier, *, realm: str = "aduib_rpc") -> None:
+        self.verify = verify
+        self.challenge = f'Bearer realm="{realm}"'
+
+    async def authenticate(self, credentials: Credentials, scope: Scope) -> Identity:
+        return await _verify(self.verify, credentials.secret or "", "token")
+
+
+class ApiKeyAuthenticator:
+    """``X-API-Key`` (configurable header) or ``metadata.auth`` scheme ``api_key``."""
+
+    scheme = "api_key"
+
+    def __init__(
+        self,
+        verify: Verifier | Mapping[str, Identity],
+        *,
+        header: str = "X-API-Key",
+        realm: str = "aduib_rpc",
+    ) -> None:
+        self.verify: Verifier = static_verifier(verify) if isinstance(verify, Mapping) else verify
+        self.header = header
+        self.challenge = f'ApiKey realm="{realm}", header="{header}"'
+
+    async def authenticate(self, credentials: Credentials, scope: Scope) -> Identity:
+        return await _verify(self.verify, credentials.secret or "", "API key")
+
+
+def verified_client_cert(scope: Scope) -> dict[str, Any] | None:
+    """The ASGI TLS extension of the connection when it has a verified client cert."""
+    ext = scope.get("extensions")
+    tls = ext.get("tls") if ext else None
+    if not tls or not tls.get("client_cert_chain") or tls.get("client_cert_error") is not None:
+        return None
+    return dict(tls)
+
+
+def _common_name(tls: Mapping[str, Any]) -> str | None:
+    chain = tls.get("client_cert_chain") or ()
+    if chain:
+        try:
+            from cryptography import x509
+            from cryptography.x509.oid import NameOID
+
+            cert = x509.load_pem_x509_certificate(str(chain[0]).encode("ascii"))
+            names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            if names:
+                return str(names[0].value)
+        except Exception:  # no cryptography, or an odd certificate: use the name string
+            logger.debug("could not read the client certificate subject", exc_info=True)
+    name = tls.get("client_cert_name")
+    if isinstance(name, str) and name:
+        for part in name.split(","):
+            k, _, v = part.strip().partition("=")
+            if k.upper() == "CN" and v:
+                return v
+        return name
+    return None
+
+
+class MtlsAuthenticator:
+    """The verified client certificate of the connection (ASGI ``tls`` extension).
+
+    The principal is the certificate subject's common name (or what ``identify``
+    returns); roles come from ``roles`` (principal → roles) or ``default_roles``.
+    A connection without a verified client certificate → 3000.
+    """
+
+    scheme = "mtls"
+
+    def __init__(
+        self,
+        *,
+        roles: Mapping[str, Iterable[str]] | None = None,
+        default_roles: Iterable[str] = (),
+        identify: Callable[[Mapping[str, Any]], Identity | None] | None = None,
+    ) -> None:
+        self.roles = {k: tuple(v) for k, v in (roles or {}).items()}
+        self.default_roles = tuple(default_roles)
+        self.identify = identify
+        self.challenge = 'Mutual realm="tls"'
+
+    async def authenticate(self, credentials: Credentials, scope: Scope) -> Identity:
+        tls = verified_client_cert(scope)
+        if tls is None:
+            raise RpcError(3000, "mTLS requires a verified client certificate")
+        if self.identify is not None:
+            ident = self.identify(tls)
+            if ident is None:
+                raise RpcError(3001, "Client certificate not accepted")
+            return ident
+        cn = _common_name(tls)
+        if not cn:
+            raise RpcError(3001, "Client certificate has no subject name")
+        return Identity(cn, self.roles.get(cn, self.default_roles))
+
+
+def jwt_verifier(
+    key: Any,
+    *,
+    algorithms: Iterable[str] = ("HS256",),
+    audience: str | None = None,
+    issuer: str | None = None,
+    principal_claim: str = "sub",
+    roles_claim: str = "roles",
+    leeway: float = 0,
+) -> Callable[[str], Identity | None]:
+    """A bearer verifier for JWTs (PyJWT, extra ``jwt``): expired → 3002, invalid → 3001."""
+    import jwt  # optional dependency
+
+    algs = list(algorithms)
+
+    def verify(token: str) -> Identity | None:
+        try:
+            claims = jwt.decode(token, key, algorithms=algs, audience=audience, issuer=issuer,
+                                leeway=leeway, options={"require": [principal_claim]})
+        except jwt.ExpiredSignatureError:
+            raise RpcError(3002, "Token expired") from None
+        except jwt.InvalidTokenError:
+            return None
+        roles = claims.get(roles_claim) or ()
+        if isinstance(roles, str):
+            roles = roles.split()
+        return Identity(str(claims[principal_claim]), tuple(str(r) for r in roles), claims)
+
+    return verify

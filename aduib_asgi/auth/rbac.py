@@ -1,0 +1,71 @@
+"""Method patterns for role rules and anonymous allowlists.
+
+A pattern is one of: an exact method (``rpc.v2/Admin/secret``), a whole service
+(``rpc.v2/Admin/*``), a path prefix for non-RPC apps (``/admin``), or ``*``
+(everything). The most specific match wins: method, then service, then the
+longest path prefix, then ``*``. Lookups are dictionary lookups; nothing is
+compiled per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Generic, TypeVar
+
+from aduib_asgi.models import parse_method
+
+__all__ = ["PatternTable", "roles_table"]
+
+T = TypeVar("T")
+
+
+class PatternTable(Generic[T]):
+    """Values keyed by method pattern (see the module docstring)."""
+
+    __slots__ = ("_default", "_exact", "_paths", "_services")
+
+    def __init__(self, entries: Mapping[str, T] | None = None) -> None:
+        self._exact: dict[str, T] = {}
+        self._services: dict[str, T] = {}
+        self._paths: list[tuple[str, T]] = []
+        self._default: T | None = None
+        for pattern, value in (entries or {}).items():
+            if pattern == "*":
+                self._default = value
+            elif pattern.startswith("/"):
+                self._paths.append((pattern, value))
+            elif pattern.endswith("/*"):
+                parts = parse_method(pattern[:-1] + "x")
+                if parts is None:
+                    raise ValueError(f"bad service pattern {pattern!r}")
+                self._services[parts[0]] = value
+            elif parse_method(pattern) is not None:
+                self._exact[pattern] = value
+            else:
+                raise ValueError(f"bad method pattern {pattern!r} "
+                                 "(rpc.v2/S/h, rpc.v2/S/*, /path or *)")
+        self._paths.sort(key=lambda item: len(item[0]), reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._services or self._paths or self._default is not None)
+
+    def get(self, method: str | None, service: str | None, path: str | None) -> T | None:
+        """The value of the most specific pattern matching the request, or None."""
+        if method is not None:
+            v = self._exact.get(method)
+            if v is not None:
+                return v
+            if service is not None:
+                v = self._services.get(service)
+                if v is not None:
+                    return v
+        elif path is not None:
+            for prefix, value in self._paths:
+                if path.startswith(prefix):
+                    return value
+        return self._default
+
+
+def roles_table(rules: Mapping[str, Iterable[str]] | None) -> PatternTable[tuple[str, ...]]:
+    """A :class:`PatternTable` of required roles (any one of them grants access)."""
+    return PatternTable({k: tuple(v) for k, v in (rules or {}).items()})

@@ -1,0 +1,238 @@
+"""AuthMiddleware: pluggable authentication, per-method role rules, audit events.
+
+Credentials are read from the envelope's ``metadata.auth`` {scheme, credentials}
+(when a layer in front decoded the envelope) or else from ``Authorization:
+Bearer``, the API-key header, or the connection's verified client certificate
+(ASGI ``tls`` extension), in that order; a header counts only when an
+authenticator for its scheme is configured. Client-asserted ``metadata.auth.principal``
+and ``roles`` are never trusted. ``metadata.auth.scheme = mtls`` without a verified
+client certificate is 3000.
+
+Role rules (any one listed role grants access) come from the method's
+registration options (``registry.register(..., roles=["admin"])``, read from
+``ctx.extras["aduib.method_spec"]`` or the ``registry`` given here) and, for
+methods without that option, from ``rules`` keyed by pattern (exact method,
+``rpc.v2/Service/*``, ``/path-prefix`` for plain apps, ``*``).
+
+Anonymous callers are allowed unless ``require_auth`` (with ``anonymous_methods``
+as an allowlist) or the method requires roles: then 3000 (401 with
+``WWW-Authenticate``). An authenticated caller without a required role gets 3011
+(403). Every decision that matters (a credential was presented, or roles were
+required) is sent to the ``audit`` sink; credentials never reach a response, an
+error detail, debug info, a log record or an audit event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from aduib_asgi.auth.authenticators import (
+    Authenticator,
+    Credentials,
+    Identity,
+    verified_client_cert,
+)
+from aduib_asgi.auth.rbac import PatternTable, roles_table
+from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.errors import RpcError
+from aduib_asgi.observability.audit import AuditEvent, AuditSink, LoggingAuditSink, now_ms
+from aduib_asgi.responses import send_error
+
+__all__ = ["METHOD_SPEC_KEY", "AuthMiddleware"]
+
+logger = logging.getLogger("aduib_asgi.auth")
+
+METHOD_SPEC_KEY = "aduib.method_spec"
+REDACTED = "[REDACTED]"
+_AUTHORIZATION = b"authorization"
+_BEARER = b"bearer"
+
+
+class AuthMiddleware:
+    """Authenticate with the configured authenticators, then apply role rules."""
+
+    layer_name = "auth"
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticators: Sequence[Authenticator] = (),
+        require_auth: bool = False,
+        anonymous_methods: Iterable[str] = (),
+        rules: Mapping[str, Iterable[str]] | None = None,
+        registry: Any = None,
+        audit: AuditSink | None = None,
+        realm: str = "aduib_rpc",
+    ) -> None:
+        self.app = app
+        self.authenticators: dict[str, Authenticator] = {a.scheme: a for a in authenticators}
+        self.require_auth = require_auth
+        self._anonymous: PatternTable[bool] = PatternTable(dict.fromkeys(anonymous_methods, True))
+        self._rules = roles_table(rules)
+        self.registry = registry
+        self.audit: AuditSink = audit if audit is not None else LoggingAuditSink()
+        api = self.authenticators.get("api_key")
+        header = getattr(api, "header", "X-API-Key")
+        self._api_key_header = str(header).lower().encode("latin-1")
+        self._mtls = "mtls" in self.authenticators
+        self._bearer = "bearer" in self.authenticators
+        self._api_key = api is not None
+        challenges = [a.challenge for a in self.authenticators.values()] or [
+            f'Bearer realm="{realm}"']
+        self._challenge_all = ", ".join(challenges)
+        self._realm = realm
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            await run_with_context(self._handle, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    # -- request --------------------------------------------------------------------
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+    ) -> None:
+        creds: Credentials | None = None
+        required: tuple[str, ...] | None = None
+        _redact_payload(ctx)  # credentials are read from the envelope (a SecretStr)
+        try:
+            creds = self._credentials(ctx, scope)
+            identity = None
+            if creds is not None:
+                authenticator = self.authenticators.get(creds.scheme)
+                if authenticator is None:
+                    raise RpcError(3000, f"Authentication scheme {creds.scheme!r} is not accepted")
+                identity = await authenticator.authenticate(creds, scope)
+            required = self._required_roles(ctx, scope)
+            if identity is None:
+                if required or (self.require_auth and not self._anonymous.get(
+                        ctx.method, ctx.service, scope.get("path"))):
+                    raise RpcError(3000, "Authentication required")
+            else:
+                ctx.principal = identity.principal
+                ctx.roles = identity.roles
+                ctx.auth_scheme = creds.scheme if creds is not None else None
+                if required and not _has_any(identity.roles, required):
+                    raise RpcError(3011, "Permission denied: a required role is missing")
+        except RpcError as exc:
+            error = _scrub(exc, creds)
+            self._audit(ctx, "deny", error.code, error.message, creds)
+            await self._reject(scope, send, ctx, error, creds)
+            return
+        if creds is not None or required:
+            self._audit(ctx, "allow", 0, "", creds)
+        await self.app(scope, receive, send)
+
+    def _credentials(self, ctx: RequestContext, scope: Scope) -> Credentials | None:
+        env = ctx.envelope
+        auth = env.metadata.auth if env is not None and env.metadata is not None else None
+        if auth is not None and (auth.scheme is not None or auth.credentials is not None):
+            scheme = auth.scheme.value if auth.scheme is not None else "bearer"
+            if scheme == "mtls":
+                if verified_client_cert(scope) is None:
+                    raise RpcError(3000, "mTLS requires a verified client certificate")
+                return Credentials("mtls", None, "metadata.auth")
+            secret = auth.credentials.get_secret_value() if auth.credentials else ""
+            if not secret:
+                raise RpcError(3000, "metadata.auth.credentials is missing")
+            return Credentials(scheme, secret, "metadata.auth")
+        # Headers count only for the schemes an authenticator is configured for.
+        value = ctx.header(_AUTHORIZATION) if self._bearer else None
+        if value is not None:
+            kind, _, token = value.partition(b" ")
+            token = token.strip()
+            if kind.lower() != _BEARER or not token:
+                raise RpcError(3000, "Only the Bearer authorization scheme is accepted")
+            return Credentials("bearer", token.decode("latin-1"), "Authorization")
+        key = ctx.header(self._api_key_header) if self._api_key else None
+        if key is not None:
+            return Credentials("api_key", key.decode("latin-1"), "X-API-Key")
+        if self._mtls and verified_client_cert(scope) is not None:
+            return Credentials("mtls", None, "tls")
+        return None
+
+    def _required_roles(self, ctx: RequestContext, scope: Scope) -> tuple[str, ...] | None:
+        method = ctx.method
+        if method is not None:
+            spec = ctx.extras.get(METHOD_SPEC_KEY)
+            if spec is None and self.registry is not None:
+                spec = self.registry.get(method)
+            options = getattr(spec, "options", None)
+            if options:
+                roles = options.get("roles")
+                if roles is not None:
+                    return tuple(roles)
+        if not self._rules:
+            return None
+        return self._rules.get(method, ctx.service, scope.get("path"))
+
+    # -- outcome --------------------------------------------------------------------
+
+    def _audit(self, ctx: RequestContext, outcome: str, code: int, reason: str,
+               creds: Credentials | None) -> None:
+        try:
+            self.audit(AuditEvent(
+                outcome=outcome, code=code, request_id=ctx.request_id, method=ctx.method,
+                tenant_id=ctx.tenant_id, principal=ctx.principal,
+                scheme=creds.scheme if creds is not None else None, reason=reason,
+                timestamp_ms=now_ms(),
+            ))
+        except Exception:
+            logger.exception("audit sink failed")
+
+    async def _reject(self, scope: Scope, send: Send, ctx: RequestContext, error: RpcError,
+                      creds: Credentials | None) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": error.name})
+            return
+        if 3000 <= error.code < 3010 and "WWW-Authenticate" not in error.headers:
+            error.headers["WWW-Authenticate"] = self._challenge(error, creds)
+        await send_error(scope, send, error, ctx=ctx)
+
+    def _challenge(self, error: RpcError, creds: Credentials | None) -> str:
+        if error.code == 3000 or creds is None:
+            return self._challenge_all
+        authenticator = self.authenticators.get(creds.scheme)
+        base = authenticator.challenge if authenticator else f'Bearer realm="{self._realm}"'
+        if error.code == 3002:
+            return f'{base}, error="invalid_token", error_description="token expired"'
+        return f'{base}, error="invalid_token"'
+
+
+def _has_any(have: tuple[str, ...], need: tuple[str, ...]) -> bool:
+    return any(r in have for r in need)
+
+
+def _scrub(error: RpcError, creds: Credentials | None) -> RpcError:
+    """The error without any trace of the presented secret (message and details)."""
+    secret = creds.secret if creds is not None else None
+    if not secret or (secret not in error.message and secret not in repr(error.details)):
+        return error
+    details = [{k: (v.replace(secret, REDACTED) if isinstance(v, str) else v)
+                for k, v in d.items()} for d in error.details]
+    return RpcError(error.code, error.message.replace(secret, REDACTED), details=details,
+                    headers=error.headers, http_status=error.http_status)
+
+
+def _redact_payload(ctx: RequestContext) -> None:
+    """Blank ``metadata.auth.credentials`` in the decoded body kept on the context."""
+    payload = ctx.payload
+    if isinstance(payload, dict):
+        meta = payload.get("metadata")
+        if isinstance(meta, dict):
+            auth = meta.get("auth")
+            if isinstance(auth, dict) and auth.get("credentials"):
+                auth["credentials"] = REDACTED
+
+
+def identity_of(ctx: RequestContext) -> Identity | None:
+    """The authenticated identity of a request (None when anonymous)."""
+    if ctx.principal is None:
+        return None
+    return Identity(ctx.principal, ctx.roles)

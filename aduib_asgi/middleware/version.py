@@ -1,0 +1,107 @@
+"""VersionNegotiationMiddleware: negotiate the protocol version of each request.
+
+Sits right inside the content-negotiation layer (it reads the decoded
+envelope). With ``supported_versions`` in the envelope it picks the highest
+version both sides speak (numeric MAJOR.MINOR: "2.10" > "2.9"); without it,
+the envelope's ``aduib_rpc`` must be supported. Otherwise: 400, code 1001,
+with a detail listing the server's versions. The result is
+``ctx.negotiated_version``; the response envelope's ``negotiated_version`` and
+method resolution (version ranges, 4020 GONE) read it from there.
+
+Without an envelope (a plain app, or no content layer in front) it negotiates
+from headers: ``Aduib-Rpc-Supported-Versions: 2.0, 1.0`` and/or
+``Aduib-Rpc-Version: 2.0``; the answer carries ``Aduib-Rpc-Negotiated-Version``.
+A request with neither header passes through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from aduib_asgi.body import parse_envelope
+from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.errors import RpcError
+from aduib_asgi.responses import send_error
+from aduib_asgi.versioning import DEFAULT_VERSIONS, VERSIONS_KEY, ServerVersions
+from aduib_asgi.versioning.compat import V1_KEY
+
+__all__ = [
+    "NEGOTIATED_VERSION_HEADER",
+    "SUPPORTED_VERSIONS_HEADER",
+    "VERSION_HEADER",
+    "VersionNegotiationMiddleware",
+]
+
+#: Request header: the version the caller speaks (like the envelope's ``aduib_rpc``).
+VERSION_HEADER = b"aduib-rpc-version"
+#: Request header: the versions the caller supports, comma separated.
+SUPPORTED_VERSIONS_HEADER = b"aduib-rpc-supported-versions"
+#: Response header (header-based negotiation only): the version negotiated.
+NEGOTIATED_VERSION_HEADER = b"aduib-rpc-negotiated-version"
+
+
+class VersionNegotiationMiddleware:
+    """Negotiates ``ctx.negotiated_version``; 1001 when there is no common version.
+
+    ``versions``: what the server speaks (default ``("2.0", "1.0")``).
+    ``base_path``: where the RPC endpoints live (a request to
+    ``{base_path}/v1/rpc`` is a v1 request whatever its body says).
+    """
+
+    layer_name = "version"
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        versions: Iterable[str] = DEFAULT_VERSIONS,
+        base_path: str = "/aduib_rpc",
+    ) -> None:
+        self.app = app
+        self.versions = ServerVersions(versions)
+        self.v1_path = base_path.rstrip("/") + "/v1/rpc"
+        self._answer = {v: (NEGOTIATED_VERSION_HEADER, v.encode("ascii"))
+                        for v in self.versions.versions}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            await run_with_context(self._handle, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
+    ) -> None:
+        ctx.extras[VERSIONS_KEY] = self.versions
+        try:
+            env = ctx.envelope
+            if env is not None:
+                if scope["path"] == self.v1_path and V1_KEY not in ctx.extras:
+                    # Decoded as v2 by the content layer: upgrade it as the v1 endpoint says.
+                    env = parse_envelope(ctx, ctx.payload, v1=True)
+                ctx.negotiated_version = self.versions.negotiate(
+                    env.aduib_rpc, env.supported_versions)
+            else:
+                self._from_headers(ctx)
+        except RpcError as exc:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+            else:
+                await send_error(scope, send, exc, ctx=ctx)
+            return
+        await self.app(scope, receive, send)
+
+    def _from_headers(self, ctx: RequestContext) -> None:
+        listed = ctx.header(SUPPORTED_VERSIONS_HEADER)
+        spoken = ctx.header(VERSION_HEADER)
+        if listed is None and spoken is None:
+            return
+        requested = None
+        if listed is not None:
+            requested = [v.strip() for v in listed.decode("latin-1").split(",") if v.strip()]
+        version = spoken.decode("latin-1").strip() if spoken is not None else None
+        negotiated = self.versions.negotiate(version, requested)
+        ctx.negotiated_version = negotiated
+        ctx.add_response_header(*self._answer[negotiated])
