@@ -23,6 +23,8 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream-framing", choices=("message", "envelope"), default="message")
     p.add_argument("--heartbeat", type=float, default=15.0, metavar="SECONDS")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--shutdown-grace", type=float, default=8.0, metavar="SECONDS",
+                   help="on SIGTERM, how long in-flight requests may finish")
     p.set_defaults(func=_run_demo)
 
 
@@ -30,10 +32,13 @@ def _run_demo(args: argparse.Namespace) -> int:
     import uvicorn
 
     from aduib_asgi.demo import DemoConfig, build_demo_app
+    from aduib_asgi.qos import ShutdownController
 
+    shutdown = ShutdownController(grace_s=args.shutdown_grace)
     app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
                                     stream_framing=args.stream_framing,
-                                    heartbeat=args.heartbeat))
+                                    heartbeat=args.heartbeat,
+                                    shutdown=shutdown))
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -43,8 +48,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
     server = _Server(config)
+    server.aduib_shutdown = shutdown
 
     async def serve() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -70,6 +76,18 @@ def _make_server_class() -> type:
         (uvicorn re-raises the captured signal after shutdown, which would make
         the process die "by signal".)
         """
+
+        aduib_shutdown: Any = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Graceful shutdown: stop admitting (503 5002) now; after the grace
+            # period, end what is still in flight (streams with an end frame).
+            shutdown = self.aduib_shutdown
+            if shutdown is not None and not shutdown.draining:
+                shutdown.start_draining()
+                asyncio.get_running_loop().call_later(shutdown.grace_s,
+                                                      shutdown.abort_in_flight)
+            super().handle_exit(sig, frame)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:

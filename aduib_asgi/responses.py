@@ -184,6 +184,8 @@ async def send_error(
     if ctx is None:
         ctx = scope.get(CONTEXT_KEY)
     error = to_rpc_error(exc)
+    if ctx is not None:
+        ctx.extras["aduib.error_code"] = error.code  # the outcome, for circuit breakers
     cause = None if _unwrap(exc) is error else exc
     log_error(error, cause, ctx)
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]

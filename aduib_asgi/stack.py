@@ -46,6 +46,9 @@ DEFAULT_ORDER: tuple[str, ...] = (
 #: Where each layer's class lives ("module:Class"), for :func:`layer_class`.
 LAYER_CLASSES: dict[str, str] = {
     "errors": "aduib_asgi.middleware.errors:ErrorMappingMiddleware",
+    "deadline": "aduib_asgi.middleware.deadline:DeadlineMiddleware",
+    "admission": "aduib_asgi.middleware.admission:AdmissionMiddleware",
+    "circuit": "aduib_asgi.middleware.circuit:CircuitBreakerMiddleware",
     "version": "aduib_asgi.middleware.version:VersionNegotiationMiddleware",
     "ratelimit": "aduib_asgi.middleware.ratelimit:RateLimitMiddleware",
     "idempotency": "aduib_asgi.middleware.idempotency:IdempotencyMiddleware",

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp
 
 from aduib_asgi.demo.services import register_demo_services
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.health import install_health_service
+from aduib_asgi.middleware.admission import AdmissionMiddleware
+from aduib_asgi.middleware.circuit import CircuitBreakerMiddleware
+from aduib_asgi.middleware.deadline import DeadlineMiddleware
 from aduib_asgi.middleware.errors import ErrorMappingMiddleware
 from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
 from aduib_asgi.middleware.ratelimit import RateLimitMiddleware, policies_from_registry
+from aduib_asgi.qos import BreakerSettings, ShutdownController
 from aduib_asgi.stack import Layer, build_stack
 from aduib_asgi.tasks import install_task_service
 
@@ -26,6 +30,8 @@ class DemoConfig:
     redis_url: str | None = None
     stream_framing: str = "message"
     heartbeat: float = 15.0
+    #: Draining state shared with the CLI's SIGTERM handler (graceful shutdown).
+    shutdown: ShutdownController = field(default_factory=ShutdownController)
 
     @property
     def debug(self) -> bool:
@@ -47,6 +53,12 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
         # Limited/ping: 3 per 10 s per tenant (its rate_limit option); shared via --redis.
         Layer.of(RateLimitMiddleware, policies=policies_from_registry(registry),
                  storage=config.redis_url or "memory://"),
+        Layer.of(DeadlineMiddleware, max_timeout_ms=300_000, registry=registry),
+        Layer.of(AdmissionMiddleware, registry=registry, shutdown=config.shutdown),
         Layer.of(IdempotencyMiddleware, store=config.redis_url or "memory://"),
+        # Echo/fail answers whatever code it is asked for: exempt from breaking.
+        Layer.of(CircuitBreakerMiddleware, registry=registry,
+                 settings=BreakerSettings(min_requests=50, window_s=10.0, open_s=5.0),
+                 overrides={"rpc.v2/Echo/fail": None}),
     ]
     return build_stack(dispatcher, layers)

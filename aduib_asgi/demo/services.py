@@ -89,6 +89,13 @@ def register_demo_services(registry: MethodRegistry) -> None:
     registry.register("rpc.v2/Echo/context", context)
     registry.register("rpc.v2/Counter/incr", incr)
 
+    async def slow_work(data: dict[str, Any]) -> dict[str, Any]:
+        await anyio.sleep(_number(data, "ms", 0) / 1000.0)
+        return {"done": data.get("tag")}
+
+    # Idempotent (server-side retry allowed); one in flight, queued by qos.priority.
+    registry.register("rpc.v2/Slow/work", slow_work, idempotent=True, concurrency=1)
+
     async def stream(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         count = int(_number(data, "count", 1))
         interval = _number(data, "interval_ms", 0) / 1000.0

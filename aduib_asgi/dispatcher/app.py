@@ -24,6 +24,7 @@ from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
 from aduib_asgi.models import RpcRequest
+from aduib_asgi.qos.retry import install_retry
 from aduib_asgi.responses import build_envelope, send_envelope, send_error
 from aduib_asgi.streaming.endpoints import install_streaming
 
@@ -77,6 +78,7 @@ class RpcDispatcher:
         #: Entered at ASGI lifespan startup, exited at shutdown (task workers...).
         self.lifespan_hooks: list[Callable[[], AbstractAsyncContextManager[Any]]] = []
         self.add_route("/v2/rpc", self._unary, methods=("POST",))
+        install_retry(self)  # server-side retry of idempotent methods (aduib_asgi.qos)
         self.streaming = install_streaming(self)  # /rpc/stream, /rpc/cancel, /rpc/ws
 
     # -- routing -------------------------------------------------------------------
@@ -156,7 +158,9 @@ class RpcDispatcher:
         if spec.is_async:
             result = await spec.func(*args)
         else:
-            result = await anyio.to_thread.run_sync(spec.func, *args)
+            # A thread cannot be killed: on cancellation (deadline) it is abandoned and
+            # its result discarded (docs/qos.md).
+            result = await anyio.to_thread.run_sync(spec.func, *args, abandon_on_cancel=True)
         return to_jsonable(result)
 
     # -- endpoints -----------------------------------------------------------------

@@ -1,0 +1,304 @@
+"""AdmissionMiddleware: bulkheads with priority queues, load shedding, draining.
+
+Concurrency limits apply per method, per service, per HTTP path (``limits``),
+per registered method (``registry.register(..., concurrency=N)``), per tenant
+(``tenant_limit``) and globally (``max_concurrency``). A request takes a slot in
+every bulkhead that applies (most specific first). When one is full it waits in
+a queue ordered by ``qos.priority`` (CRITICAL first, FIFO within a priority),
+bounded by ``max_queue`` and ``queue_timeout_s`` and by the request's deadline
+(queue time counts against it). Shed or timed-out requests answer 429 (5021)
+with ``Retry-After``; while draining for shutdown, 503 (5002).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.errors import RpcError
+from aduib_asgi.qos.bulkhead import Bulkhead, Rejected
+from aduib_asgi.qos.keys import method_spec
+from aduib_asgi.qos.metrics import record_rejection
+from aduib_asgi.qos.shutdown import ShutdownController
+from aduib_asgi.responses import send_error
+
+__all__ = ["AdmissionMiddleware"]
+
+logger = logging.getLogger("aduib_asgi.qos.admission")
+
+_STREAM_ABORT_KEY = "aduib.stream_abort"
+DEADLINE_SCOPE_KEY = "aduib.deadline_scope"
+_PRIORITY_NAMES = {b"low": 0, b"normal": 1, b"high": 2, b"critical": 3,
+                   b"0": 0, b"1": 1, b"2": 2, b"3": 3}
+_MAX_PLANS = 4096
+_NO_PLAN: tuple[Bulkhead, ...] = ()
+
+
+class AdmissionMiddleware:
+    """Bulkheads (concurrency limits) with a priority-ordered wait queue and shedding.
+
+    ``limits`` maps a method (``"rpc.v2/Slow/work"``), a service (``"Slow"``) or an
+    HTTP path (``"/reports"``) to its concurrency limit. With ``registry=`` a
+    method's ``concurrency`` (and ``max_queue``) registration options apply too.
+    ``tenant_limit`` caps each tenant's concurrent requests. ``shutdown`` is the
+    :class:`ShutdownController` to drain with (one is created if not given;
+    ``lifespan.shutdown`` starts draining too). ``priority_header`` is read when
+    there is no envelope (``0``-``3`` or ``low``/``normal``/``high``/``critical``).
+    """
+
+    layer_name = "admission"
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_concurrency: int | None = None,
+        limits: Mapping[str, int] | None = None,
+        tenant_limit: int | None = None,
+        max_queue: int = 64,
+        queue_timeout_s: float = 10.0,
+        retry_after_s: int = 1,
+        registry: Any = None,
+        shutdown: ShutdownController | None = None,
+        priority_header: str = "X-Priority",
+    ) -> None:
+        self.app = app
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.registry = registry
+        self.tenant_limit = tenant_limit
+        self.shutdown = shutdown if shutdown is not None else ShutdownController()
+        self.shutdown.add_listener(self._on_drain)
+        self._retry_after = str(max(0, int(retry_after_s)))
+        self._priority_header = priority_header.lower().encode("latin-1")
+        self._global = (Bulkhead("*", max_concurrency, max_queue=max_queue)
+                        if max_concurrency else None)
+        self._static = {k: Bulkhead(k, v, max_queue=max_queue) for k, v in (limits or {}).items()}
+        self._registered: dict[str, Bulkhead] = {}
+        self._tenants: dict[str, Bulkhead] = {}
+        self._plans: dict[str, tuple[Bulkhead, ...]] = {}
+
+    # -- ASGI --------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t = scope["type"]
+        if t == "http":
+            await run_with_context(self._http, scope, receive, send)
+        elif t == "websocket":
+            if self.shutdown.draining:
+                await send({"type": "websocket.close", "code": 1012,
+                            "reason": "server shutting down"})
+                return
+            await self.app(scope, receive, send)
+        elif t == "lifespan":
+            await self.app(scope, self._lifespan_receive(receive), send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                self.shutdown.start_draining()
+            return message
+
+        return wrapped
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        shutdown = self.shutdown
+        if shutdown.draining:
+            await self._reject_draining(scope, send, ctx)
+            return
+        key = ctx.method if ctx.method is not None else scope["path"]
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(key, ctx, scope)
+        tenant = self._tenant_bulkhead(ctx) if self.tenant_limit else None
+        if tenant is not None:
+            plan = (*plan, tenant)
+        glob = self._global
+        if glob is not None:
+            plan = (*plan, glob)
+        held: list[Bulkhead] = []
+        try:
+            if plan:
+                try:
+                    await self._acquire(plan, held, ctx)
+                except Rejected as exc:
+                    await self._reject(scope, send, ctx, exc)
+                    return
+                except RpcError as exc:
+                    await send_error(scope, send, exc, ctx=ctx)
+                    return
+            responder = _AdmissionResponder(send)
+            with anyio.CancelScope() as cancel_scope:
+                shutdown.enter(cancel_scope)
+                try:
+                    await self.app(scope, receive, responder)
+                finally:
+                    shutdown.exit(cancel_scope)
+            if cancel_scope.cancelled_caught:
+                await self._aborted(scope, send, ctx, responder)
+        finally:
+            for b in held:
+                b.release()
+            if tenant is not None and tenant.idle and len(self._tenants) > 1024:
+                self._tenants.pop(tenant.name, None)
+
+    # -- admission -----------------------------------------------------------------------
+
+    async def _acquire(self, plan: tuple[Bulkhead, ...], held: list[Bulkhead],
+                       ctx: RequestContext) -> None:
+        priority = self._priority(ctx) if ctx.envelope is None else ctx.priority
+        for b in plan:  # not saturated: no awaits, no clock reads
+            if not b.try_acquire():
+                break
+            held.append(b)
+        else:
+            return
+        give_up = time.monotonic() + self.queue_timeout_s
+        # With DeadlineMiddleware outside, its cancel scope ends the wait (504);
+        # alone, the wait is bounded by ctx.deadline here.
+        deadline = None if DEADLINE_SCOPE_KEY in ctx.extras else ctx.deadline
+        for b in plan[len(held):]:
+            now = time.monotonic()
+            limit = give_up
+            if deadline is not None and deadline < limit:
+                limit = deadline
+            try:
+                await b.acquire(priority, max(0.0, limit - now))
+            except Rejected as exc:
+                if (exc.reason == "timeout" and deadline is not None
+                        and time.monotonic() >= deadline):
+                    raise RpcError(5003, "Deadline exceeded while queued") from None
+                raise
+            held.append(b)
+
+    def _priority(self, ctx: RequestContext) -> int:
+        if ctx.envelope is None:
+            raw = ctx.header(self._priority_header)
+            if raw is not None:
+                p = _PRIORITY_NAMES.get(raw.strip().lower())
+                if p is None:
+                    raise RpcError(2003, "X-Priority must be 0-3 or low|normal|high|critical",
+                                   details=[{"type": "value_error", "field": "X-Priority",
+                                             "reason": "unknown priority"}])
+                ctx.priority = p
+        return ctx.priority
+
+    def _plan(self, key: str, ctx: RequestContext, scope: Scope) -> tuple[Bulkhead, ...]:
+        """The bulkheads of a method/path, most specific first (cached per key)."""
+        found: list[Bulkhead] = []
+        static = self._static
+        if ctx.method is not None:
+            b = static.get(ctx.method)
+            if b is None:
+                b = self._registered_bulkhead(ctx)
+            if b is not None:
+                found.append(b)
+            if ctx.service is not None and ctx.service in static:
+                found.append(static[ctx.service])
+        path = scope.get("path", "")
+        if path in static:
+            found.append(static[path])
+        plan = tuple(found) if found else _NO_PLAN
+        if len(self._plans) < _MAX_PLANS:
+            self._plans[key] = plan
+        return plan
+
+    def _registered_bulkhead(self, ctx: RequestContext) -> Bulkhead | None:
+        spec = method_spec(ctx, self.registry)
+        if spec is None:
+            return None
+        limit = spec.options.get("concurrency")
+        if not limit:
+            return None
+        b = self._registered.get(spec.method)
+        if b is None:
+            b = Bulkhead(spec.method, int(limit),
+                         max_queue=int(spec.options.get("max_queue", self.max_queue)))
+            self._registered[spec.method] = b
+        return b
+
+    def _tenant_bulkhead(self, ctx: RequestContext) -> Bulkhead:
+        tenant = ctx.tenant_id or "default"
+        b = self._tenants.get(tenant)
+        if b is None:
+            assert self.tenant_limit
+            b = Bulkhead(tenant, self.tenant_limit, max_queue=self.max_queue)
+            self._tenants[tenant] = b
+        return b
+
+    def _bulkheads(self) -> list[Bulkhead]:
+        out = [*self._static.values(), *self._registered.values(), *self._tenants.values()]
+        if self._global is not None:
+            out.append(self._global)
+        return out
+
+    def _on_drain(self) -> None:
+        for b in self._bulkheads():
+            b.drain()
+
+    # -- rejections ----------------------------------------------------------------------
+
+    async def _reject(self, scope: Scope, send: Send, ctx: RequestContext,
+                      exc: Rejected) -> None:
+        if exc.reason == "draining":
+            await self._reject_draining(scope, send, ctx)
+            return
+        record_rejection(exc.bulkhead.name, exc.reason, ctx.priority)
+        message = ("Queue full: request shed" if exc.reason == "shed"
+                   else "Timed out waiting for a concurrency slot")
+        await send_error(scope, send, RpcError(
+            5021, message, headers={"Retry-After": self._retry_after},
+            details=[{"type": "admission", "reason": exc.reason,
+                      "metadata": {"limit": exc.bulkhead.name, "priority": ctx.priority}}],
+        ), ctx=ctx)
+
+    async def _reject_draining(self, scope: Scope, send: Send, ctx: RequestContext) -> None:
+        record_rejection("*", "draining", ctx.priority)
+        await send_error(scope, send, RpcError(
+            5002, "Server is shutting down",
+            headers={"Retry-After": self._retry_after, "Connection": "close"},
+        ), ctx=ctx)
+
+    async def _aborted(self, scope: Scope, send: Send, ctx: RequestContext,
+                       responder: _AdmissionResponder) -> None:
+        """The grace period ended while this request was still running."""
+        ctx.cancelled = True
+        ctx.cancel_reason = ctx.cancel_reason or "server shutting down"
+        error = RpcError(5002, "Server is shutting down")
+        if not responder.started:
+            await send_error(scope, send, error, ctx=ctx)
+            return
+        if responder.finished:
+            return
+        abort = scope.get(_STREAM_ABORT_KEY)
+        if abort is not None and await abort(error):
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _AdmissionResponder:
+    """Records whether the response started / finished (for shutdown aborts)."""
+
+    __slots__ = ("finished", "send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+        self.finished = False
+
+    async def __call__(self, message: Message) -> None:
+        t = message["type"]
+        if t == "http.response.start":
+            self.started = True
+        elif t == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self.send(message)

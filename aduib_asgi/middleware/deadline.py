@@ -1,0 +1,194 @@
+"""DeadlineMiddleware: a hard server-side deadline per request (PROTOCOL.md section 6).
+
+The budget comes from ``qos.timeout_ms`` (and ``meta.timeout_ms`` of 2.0.1
+clients) and the ``X-Timeout-Ms`` header — the smaller applies — else from the
+configured default; it is capped by ``max_timeout_ms``. It becomes
+``ctx.deadline`` (absolute, ``time.monotonic()``) and is enforced with an anyio
+``CancelScope`` around everything inside this layer, stored at
+``ctx.extras["aduib.deadline_scope"]``. On expiry before the response started the
+client gets 504 with code 5003; a response already streaming is finished
+in-band through ``scope["aduib.stream_abort"]`` (error 5003 + end frames) or by
+ending its body.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.errors import RpcError
+from aduib_asgi.qos.keys import lookup, method_spec
+from aduib_asgi.responses import send_error
+
+__all__ = ["DEADLINE_SCOPE_KEY", "DeadlineMiddleware"]
+
+#: ``ctx.extras`` key of the request's deadline CancelScope (streaming contract).
+DEADLINE_SCOPE_KEY = "aduib.deadline_scope"
+_STREAM_ABORT_KEY = "aduib.stream_abort"
+_TIMEOUT_HEADER = b"x-timeout-ms"
+
+
+def _bad_header(value: bytes) -> RpcError:
+    return RpcError(2003, "X-Timeout-Ms must be a non-negative number of milliseconds",
+                    details=[{"type": "value_error", "field": "X-Timeout-Ms",
+                              "reason": f"not a valid timeout: {value[:32].decode('latin-1')!r}"}])
+
+
+def _header_timeout(value: bytes) -> float | None:
+    try:
+        ms = float(value)
+    except ValueError:
+        raise _bad_header(value) from None
+    if not math.isfinite(ms) or ms < 0:
+        raise _bad_header(value)
+    return ms if ms > 0 else None
+
+
+def _meta_timeout(payload: Any) -> float | None:
+    """``meta.timeout_ms`` as 2.0.1 clients send it; a bad value is ignored (unknown member)."""
+    if not isinstance(payload, dict):
+        return None
+    meta = payload.get("meta")
+    if not isinstance(meta, dict):
+        return None
+    v = meta.get("timeout_ms")
+    if isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < math.inf:
+        return float(v)
+    return None
+
+
+class DeadlineMiddleware:
+    """Enforce a per-request deadline with an anyio cancel scope.
+
+    ``default_timeout_ms``: the budget of a request that names none (None: no
+    deadline). ``max_timeout_ms``: the cap on any budget (None: uncapped).
+    ``method_timeouts``: default budgets per method, service or path (see
+    :mod:`aduib_asgi.qos.keys`); a registered method's ``timeout_ms`` option
+    (``registry=`` given) counts too. A timeout of 0 means "none from this source".
+    """
+
+    layer_name = "deadline"
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        default_timeout_ms: float | None = None,
+        max_timeout_ms: float | None = 300_000,
+        method_timeouts: Mapping[str, float] | None = None,
+        registry: Any = None,
+        header: str = "X-Timeout-Ms",
+    ) -> None:
+        self.app = app
+        self.default_timeout_ms = default_timeout_ms
+        self.max_timeout_ms = max_timeout_ms
+        self.method_timeouts = dict(method_timeouts or {})
+        self.registry = registry
+        self._header = header.lower().encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await run_with_context(self._http, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _budget_ms(self, ctx: RequestContext, scope: Scope) -> float | None:
+        budget: float | None = None
+        env = ctx.envelope
+        if env is not None:
+            qos = env.qos
+            if qos is not None and qos.timeout_ms:
+                budget = float(qos.timeout_ms)
+            meta = _meta_timeout(ctx.payload)
+            if meta is not None and (budget is None or meta < budget):
+                budget = meta
+        raw = ctx.header(self._header)
+        if raw is not None:
+            hdr = _header_timeout(raw)
+            if hdr is not None and (budget is None or hdr < budget):
+                budget = hdr
+        if budget is None:
+            budget = self._default_for(ctx, scope)
+        cap = self.max_timeout_ms
+        if cap is not None and budget is not None and budget > cap:
+            budget = cap
+        return budget
+
+    def _default_for(self, ctx: RequestContext, scope: Scope) -> float | None:
+        if self.method_timeouts:
+            v = lookup(self.method_timeouts, ctx, scope)
+            if v is not None:
+                return float(v)
+        if self.registry is not None:
+            spec = method_spec(ctx, self.registry)
+            if spec is not None:
+                v = spec.options.get("timeout_ms")
+                if v is not None:
+                    return float(v)
+        return self.default_timeout_ms
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        try:
+            budget = self._budget_ms(ctx, scope)
+        except RpcError as exc:
+            await send_error(scope, send, exc, ctx=ctx)
+            return
+        if budget is not None:
+            ctx.set_deadline_ms(budget)
+        deadline = ctx.deadline
+        if deadline is None:
+            await self.app(scope, receive, send)
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            await self._expired(scope, send, ctx, None)
+            return
+        responder = _DeadlineResponder(send)
+        # anyio's clock need not be time.monotonic() (trio): convert the budget.
+        with anyio.CancelScope(deadline=anyio.current_time() + left) as cancel_scope:
+            ctx.extras[DEADLINE_SCOPE_KEY] = cancel_scope
+            await self.app(scope, receive, responder)
+        if cancel_scope.cancelled_caught:
+            await self._expired(scope, send, ctx, responder)
+
+    async def _expired(
+        self, scope: Scope, send: Send, ctx: RequestContext, responder: _DeadlineResponder | None
+    ) -> None:
+        ctx.cancelled = True
+        if ctx.cancel_reason is None:
+            ctx.cancel_reason = "deadline exceeded"
+        error = RpcError(5003, "Deadline exceeded")
+        if responder is None or not responder.started:
+            await send_error(scope, send, error, ctx=ctx)
+            return
+        if responder.finished:
+            return
+        abort = scope.get(_STREAM_ABORT_KEY)
+        if abort is not None and await abort(error):
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _DeadlineResponder:
+    """Records whether the response started / finished (to answer 504 or end it)."""
+
+    __slots__ = ("finished", "send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+        self.finished = False
+
+    async def __call__(self, message: Message) -> None:
+        t = message["type"]
+        if t == "http.response.start":
+            self.started = True
+        elif t == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self.send(message)

@@ -1,0 +1,91 @@
+"""Graceful shutdown: stop admitting, let in-flight requests finish, then end them.
+
+One :class:`ShutdownController` is shared by the admission layer(s) of an app
+and whoever learns about the shutdown (the demo CLI's SIGTERM handler, or the
+ASGI ``lifespan.shutdown`` event seen by :class:`AdmissionMiddleware`):
+
+1. :meth:`start_draining` — new requests answer 503 (5002) and queued ones are
+   rejected the same way; in-flight requests carry on.
+2. after ``grace_s`` (:meth:`drain` waits for it, or the CLI schedules it),
+   :meth:`abort_in_flight` cancels what is still running: a request whose
+   response has not started answers 503 (5002); a stream ends in-band (error
+   frame, then ``end``) through the streaming layer's ``aduib.stream_abort``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+
+__all__ = ["ShutdownController"]
+
+logger = logging.getLogger("aduib_asgi.qos.shutdown")
+
+
+class ShutdownController:
+    """Draining state and the set of in-flight requests of one app."""
+
+    def __init__(self, grace_s: float = 8.0) -> None:
+        self.grace_s = grace_s
+        self.draining = False
+        self._inflight: set[anyio.CancelScope] = set()
+        self._listeners: list[Callable[[], None]] = []
+        self._idle: anyio.Event | None = None
+
+    # -- used by the admission layer ---------------------------------------------------
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when draining starts (to reject queued waiters)."""
+        self._listeners.append(callback)
+
+    def enter(self, scope: anyio.CancelScope) -> None:
+        self._inflight.add(scope)
+
+    def exit(self, scope: anyio.CancelScope) -> None:
+        self._inflight.discard(scope)
+        if self._idle is not None and not self._inflight:
+            self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    # -- used by whoever handles the shutdown ------------------------------------------
+
+    def start_draining(self) -> None:
+        """Stop admitting (503 5002) and reject every queued request. Idempotent."""
+        if self.draining:
+            return
+        self.draining = True
+        logger.warning("draining: no new requests admitted; %d in flight", len(self._inflight))
+        for callback in self._listeners:
+            callback()
+
+    def abort_in_flight(self) -> int:
+        """Cancel every in-flight request (they end with 5002 / error + end frames)."""
+        scopes = list(self._inflight)
+        for s in scopes:
+            s.cancel()
+        if scopes:
+            logger.warning("grace period over: ending %d in-flight requests", len(scopes))
+        return len(scopes)
+
+    async def drain(self, grace_s: float | None = None) -> bool:
+        """Start draining, wait up to the grace period, then abort what is left.
+
+        Returns True when everything finished within the grace period.
+        """
+        self.start_draining()
+        if not self._inflight:
+            return True
+        self._idle = anyio.Event()
+        with anyio.move_on_after(self.grace_s if grace_s is None else grace_s):
+            await self._idle.wait()
+        if not self._inflight:
+            return True
+        self.abort_in_flight()
+        with anyio.move_on_after(1.0):
+            await self._idle.wait()
+        return False
