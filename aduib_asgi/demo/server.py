@@ -15,6 +15,7 @@ from aduib_asgi.middleware.deadline import DeadlineMiddleware
 from aduib_asgi.middleware.errors import ErrorMappingMiddleware
 from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
 from aduib_asgi.middleware.ratelimit import RateLimitMiddleware, policies_from_registry
+from aduib_asgi.middleware.version import VersionNegotiationMiddleware
 from aduib_asgi.qos import BreakerSettings, ShutdownController
 from aduib_asgi.stack import Layer, build_stack
 from aduib_asgi.tasks import install_task_service
@@ -50,6 +51,7 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     install_task_service(dispatcher, config.redis_url or "memory://")
     layers = [
         Layer.of(ErrorMappingMiddleware, debug=config.debug),
+        Layer.of(VersionNegotiationMiddleware),
         # Limited/ping: 3 per 10 s per tenant (its rate_limit option); shared via --redis.
         Layer.of(RateLimitMiddleware, policies=policies_from_registry(registry),
                  storage=config.redis_url or "memory://"),

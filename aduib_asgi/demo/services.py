@@ -89,6 +89,13 @@ def register_demo_services(registry: MethodRegistry) -> None:
     registry.register("rpc.v2/Echo/context", context)
     registry.register("rpc.v2/Counter/incr", incr)
 
+    async def legacy_old(data: dict[str, Any]) -> dict[str, Any]:
+        return {"old": True}
+
+    # Deprecated: answers Deprecation (RFC 9745) and Sunset (RFC 8594) headers.
+    registry.register("rpc.v2/Legacy/old", legacy_old, deprecated="2025-01-01",
+                      sunset="2027-01-01")
+
     async def slow_work(data: dict[str, Any]) -> dict[str, Any]:
         await anyio.sleep(_number(data, "ms", 0) / 1000.0)
         return {"done": data.get("tag")}

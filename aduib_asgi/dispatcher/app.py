@@ -27,6 +27,7 @@ from aduib_asgi.models import RpcRequest
 from aduib_asgi.qos.retry import install_retry
 from aduib_asgi.responses import build_envelope, send_envelope, send_error
 from aduib_asgi.streaming.endpoints import install_streaming
+from aduib_asgi.versioning.routes import install_version_routes
 
 __all__ = ["Route", "RpcDispatcher", "to_jsonable"]
 
@@ -78,6 +79,7 @@ class RpcDispatcher:
         #: Entered at ASGI lifespan startup, exited at shutdown (task workers...).
         self.lifespan_hooks: list[Callable[[], AbstractAsyncContextManager[Any]]] = []
         self.add_route("/v2/rpc", self._unary, methods=("POST",))
+        install_version_routes(self)  # capabilities + v1 endpoint (aduib_asgi.versioning)
         install_retry(self)  # server-side retry of idempotent methods (aduib_asgi.qos)
         self.streaming = install_streaming(self)  # /rpc/stream, /rpc/cancel, /rpc/ws
 
@@ -167,7 +169,7 @@ class RpcDispatcher:
 
     async def _unary(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
         env = await self.read_envelope(receive, ctx)
-        spec = self.registry.resolve(env.method)
+        spec = self.registry.resolve(env.method, ctx=ctx)  # version ranges, deprecation
         if spec.streaming:
             raise RpcError(2000, f"{env.method} is a streaming method; call it on /v2/rpc/stream")
         result = await self.call_unary(spec, env, ctx)
