@@ -28,6 +28,39 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_demo)
 
 
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure per-layer overhead (docs/performance.md)")
+    p.add_argument("--layers", default=None, metavar="A,B",
+                   help="only these of our layers (comma-separated; 'stack' for the stacks)")
+    p.add_argument("--cases", default=None, metavar="TEXT,...",
+                   help="only cases whose id contains one of these (references always run)")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter rounds (< 2 minutes)")
+    p.add_argument("--quickest", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=int, default=None, help="rounds per case")
+    p.add_argument("--round-ms", type=float, default=None, help="target length of one round")
+    p.add_argument("--json", dest="json_path", default=None, metavar="OUT.json")
+    p.add_argument("--plot", dest="plot_path", default=None, metavar="OUT.png")
+    p.add_argument("--http", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run HTTP mode: uvicorn on 127.0.0.1 under wrk (default: on)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from aduib_asgi.bench import BenchOptions, run_bench
+
+    def split(v: str | None) -> list[str] | None:
+        return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+    run_bench(BenchOptions(
+        layers=split(args.layers), cases=split(args.cases), quick=args.quick,
+        quickest=args.quickest, rounds=args.rounds, round_ms=args.round_ms,
+        json_path=args.json_path, plot_path=args.plot_path, http=args.http,
+        progress=args.progress,
+    ))
+    return 0
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -40,7 +73,8 @@ def _run_demo(args: argparse.Namespace) -> int:
                                     heartbeat=args.heartbeat,
                                     shutdown=shutdown))
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms per keep-alive reply)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     sock.listen(2048)
@@ -111,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aduib-asgi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _demo_parser(sub)
+    _bench_parser(sub)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

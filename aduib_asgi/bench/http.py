@@ -1,0 +1,247 @@
+"""HTTP mode: real servers on 127.0.0.1 under a bounded load, in alternating rounds.
+
+Servers: a bare pure-ASGI app, the dispatcher alone, the demo (full stack), and
+aduib-rpc 2.0.1's own REST app with the same Echo handler when the interop
+virtualenv ``.venv-interop`` exists (``benchmarks/aduib_rpc_reference_server.py``).
+All run on uvicorn with the same loop and HTTP parser. The load generator is
+``wrk`` when installed, else a built-in asyncio HTTP/1.1 keep-alive client. Each
+round loads one server for a fixed time; rounds alternate between servers.
+Only loopback traffic, bounded in time (and, for the built-in client, count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aduib_asgi.bench.apps import ECHO_BODY, RPC_PATH
+
+__all__ = ["HttpSettings", "find_reference", "run_http"]
+
+STARTUP_TIMEOUT_S = 40.0
+MAX_REQUESTS_PER_ROUND = 2_000_000
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    rounds: int = 4
+    round_seconds: float = 5.0
+    connections: int = 32
+
+    @classmethod
+    def quick(cls) -> HttpSettings:
+        return cls(rounds=2, round_seconds=2.0, connections=32)
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def find_reference() -> tuple[Path, Path] | None:
+    """(python, script) of the aduib-rpc reference server, when the interop venv exists."""
+    root = Path(os.environ.get("ADUIB_BENCH_ROOT", _repo_root()))
+    py = root / ".venv-interop" / "bin" / "python"
+    script = root / "benchmarks" / "aduib_rpc_reference_server.py"
+    if py.exists() and script.exists():
+        return py, script
+    return None
+
+
+class _Server:
+    def __init__(self, name: str, label: str, argv: list[str]) -> None:
+        self.name, self.label, self.argv = name, label, argv
+        self.proc: subprocess.Popen[str] | None = None
+        self.url: str | None = None
+        self.error: str | None = None
+        self.tail: list[str] = []
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                     cwd=_repo_root(), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.tail = [*self.tail[-20:], line]
+                m = re.search(r"listening on (http://\S+)", line)
+                if m and self.url is None:
+                    self.url = m.group(1)
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        self._ready = ready
+
+    def wait(self) -> None:
+        if not self._ready.wait(STARTUP_TIMEOUT_S) or self.url is None:
+            self.error = "did not start: " + "".join(self.tail[-5:]).strip()[-300:]
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+# -- load generators -----------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _wrk(url: str, seconds: float, connections: int, lua: Path) -> dict[str, Any]:
+    wrk = shutil.which("wrk")
+    assert wrk is not None
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+         "-s", str(lua), url + RPC_PATH],
+        capture_output=True, text=True, timeout=seconds + 30, check=False,
+    ).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if rps is None:
+        raise RuntimeError(f"could not read wrk output: {out[-300:]}")
+    lat = {p: float(v) * _UNITS[u] for p, v, u in
+           re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    return {"rps": float(rps.group(1)), "p50_ms": lat.get("50"), "p99_ms": lat.get("99"),
+            "errors": errors}
+
+
+async def _builtin_async(url: str, seconds: float, connections: int) -> dict[str, Any]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    request = (f"POST {RPC_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               "Content-Type: application/json\r\n"
+               f"Content-Length: {len(ECHO_BODY)}\r\n\r\n").encode() + ECHO_BODY
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    budget = [MAX_REQUESTS_PER_ROUND]
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while time.perf_counter() < deadline and budget[0] > 0:
+                budget[0] -= 1
+                t0 = time.perf_counter()
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+                if m is None:
+                    raise RuntimeError("response without content-length")
+                await reader.readexactly(int(m.group(1)))
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    errors += 1
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    pct: Callable[[float], float] = lambda q: latencies[min(len(latencies) - 1,  # noqa: E731
+                                                             int(q * len(latencies)))]
+    return {"rps": len(latencies) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "errors": errors}
+
+
+def _builtin(url: str, seconds: float, connections: int) -> dict[str, Any]:
+    return asyncio.run(_builtin_async(url, seconds, connections))
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = None
+             ) -> dict[str, Any]:
+    """Start the servers, load them in alternating rounds, stop them; the summary dict."""
+    py = sys.executable
+    servers = [
+        _Server("bare", "bare pure-ASGI app", [py, "-m", "aduib_asgi.bench.serve", "--app",
+                                               "bare"]),
+        _Server("dispatcher", "dispatcher alone", [py, "-m", "aduib_asgi.bench.serve", "--app",
+                                                   "dispatcher"]),
+        _Server("demo", "demo (full default stack)", [py, "-m", "aduib_asgi.bench.serve",
+                                                      "--app", "demo"]),
+    ]
+    ref = find_reference()
+    skipped: list[dict[str, Any]] = []
+    if ref is not None:
+        servers.append(_Server("aduib-rpc", "aduib-rpc 2.0.1 REST app (reference)",
+                               [str(ref[0]), str(ref[1])]))
+    else:
+        skipped.append({"name": "aduib-rpc", "label": "aduib-rpc 2.0.1 REST app (reference)",
+                        "reason": ".venv-interop not found"})
+    loader = "wrk" if shutil.which("wrk") else "built-in asyncio client"
+    lua_dir = tempfile.mkdtemp(prefix="aduib-bench-")
+    lua = Path(lua_dir) / "post.lua"
+    body = ECHO_BODY.decode().replace("\\", "\\\\").replace('"', '\\"')
+    lua.write_text('wrk.method = "POST"\n'
+                   f'wrk.body = "{body}"\n'
+                   'wrk.headers["Content-Type"] = "application/json"\n')
+    samples: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
+    try:
+        for s in servers:
+            s.start()
+        for s in servers:
+            s.wait()
+        live = [s for s in servers if s.error is None]
+        for s in live:  # warm-up, and a check that the echo answers 200
+            _load(loader, s.url or "", min(1.0, settings.round_seconds), 4, lua)
+        for r in range(settings.rounds):
+            order = live if r % 2 == 0 else list(reversed(live))
+            for s in order:
+                samples[s.name].append(
+                    _load(loader, s.url or "", settings.round_seconds, settings.connections, lua))
+                if progress is not None:
+                    progress(1)
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(lua_dir, ignore_errors=True)
+    out: list[dict[str, Any]] = []
+    for s in servers:
+        rows = samples[s.name]
+        entry: dict[str, Any] = {"name": s.name, "label": s.label}
+        if s.error is not None or not rows:
+            entry["reason"] = s.error or "no samples"
+        elif any(x["errors"] for x in rows):
+            entry["reason"] = f"{sum(x['errors'] for x in rows)} non-2xx responses"
+        else:
+            entry["rps"] = statistics.median(x["rps"] for x in rows)
+            entry["p50_ms"] = statistics.median(x["p50_ms"] for x in rows)
+            entry["p99_ms"] = statistics.median(x["p99_ms"] for x in rows)
+            entry["rounds"] = rows
+        out.append(entry)
+    out.extend(skipped)
+    bare = next((x for x in out if x["name"] == "bare" and x.get("rps")), None)
+    for x in out:
+        if bare is not None and x.get("rps"):
+            x["vs_bare"] = x["rps"] / bare["rps"]
+    return {"loader": loader, "connections": settings.connections, "rounds": settings.rounds,
+            "round_seconds": settings.round_seconds, "server": "uvicorn, asyncio loop, h11",
+            "servers": out}
+
+
+def _load(loader: str, url: str, seconds: float, connections: int, lua: Path) -> dict[str, Any]:
+    if loader == "wrk":
+        return _wrk(url, seconds, connections, lua)
+    return _builtin(url, seconds, connections)

@@ -1,0 +1,159 @@
+"""Presenting a run: rich tables on stdout, a JSON document, a PNG bar chart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aduib_asgi.bench.cases import GROUPS
+from aduib_asgi.bench.runner import CaseResult
+
+__all__ = ["print_report", "to_json", "write_json", "write_plot"]
+
+
+def _us(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "–"
+    if signed:
+        return f"{x:+.2f}" if abs(x) < 100 else f"{x:+.0f}"
+    return f"{x:.2f}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def _iqr(q1: float | None, q3: float | None) -> str:
+    if q1 is None or q3 is None:
+        return ""
+    return f"±{(q3 - q1) / 2:.2f}" if abs(q3 - q1) < 100 else f"±{(q3 - q1) / 2:.0f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def _style(kind: str) -> str:
+    return {"reference": "dim", "peer": "yellow", "raw": "cyan", "ours": "bold"}.get(kind, "")
+
+
+def print_report(doc: Mapping[str, Any], results: Mapping[str, CaseResult],
+                 console: Any = None) -> None:
+    """The tables (one per group), the HTTP table and the targets, with rich."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped into a file: do not wrap at 80 columns
+            console = Console(width=200)
+    meta = doc["meta"]
+    console.print(f"[bold]aduib-asgi bench[/bold] — {meta['cpu']} ({meta['nproc']} CPUs), "
+                  f"Python {meta['python']}, {meta['loop']}, {meta['mode']} mode "
+                  f"({meta['rounds']} rounds × ~{meta['round_ms']} ms), {meta['duration_s']:.0f} s")
+    by_group: dict[str, list[CaseResult]] = {}
+    for r in results.values():
+        by_group.setdefault(r.group, []).append(r)
+    for gname, rows in by_group.items():
+        g = GROUPS[gname]
+        base = results.get(f"{gname}/{g.baseline}")
+        table = Table(title=f"{g.title}  (baseline: {base.label if base else g.baseline})",
+                      title_justify="left", show_lines=False)
+        table.add_column("case")
+        table.add_column("µs/req", justify="right")
+        table.add_column("IQR", justify="right")
+        table.add_column("+µs vs baseline", justify="right")
+        table.add_column("Δµs vs no-op", justify="right")
+        table.add_column("×Starlette", justify="right")
+        table.add_column("×ASGI", justify="right")
+        for r in rows:
+            if not r.ok:
+                table.add_row(f"[{_style(r.kind)}]{r.label}[/]",
+                              f"[red]{r.status}[/red]", "", f"[red]{r.reason or ''}[/red]",
+                              "", "", "")
+                continue
+            label = r.label + (f" [dim]({r.note})[/dim]" if r.note else "")
+            table.add_row(
+                f"[{_style(r.kind)}]{label}[/]", _us(r.median_us), _iqr(r.q1_us, r.q3_us),
+                _us(r.overhead_us, True) + " " + _iqr(r.overhead_q1_us, r.overhead_q3_us),
+                _us(r.delta_us, True) if r.compare_to else "",
+                _ratio(r.vs_starlette), _ratio(r.vs_asgi),
+            )
+        console.print(table)
+    http = doc.get("http")
+    if http:
+        t = Table(title=f"HTTP mode (uvicorn on 127.0.0.1, {http['loader']}, "
+                        f"{http['connections']} connections, {http['rounds']} alternating rounds "
+                        f"of {http['round_seconds']} s)", title_justify="left")
+        for col in ("server", "req/s", "p50 ms", "p99 ms", "×bare"):
+            t.add_column(col, justify="left" if col == "server" else "right")
+        for s in http["servers"]:
+            if s.get("rps"):
+                t.add_row(s["label"], f"{s['rps']:.0f}", f"{s['p50_ms']:.2f}",
+                          f"{s['p99_ms']:.2f}", _ratio(s.get("vs_bare")))
+            else:
+                t.add_row(s["label"], "[red]not available[/red]", "", "",
+                          s.get("reason", ""))
+        console.print(t)
+    t = Table(title="Targets", title_justify="left")
+    for col in ("target", "goal", "measured", "verdict", "detail"):
+        t.add_column(col)
+    colors = {"met": "green", "missed": "red", "n/a": "yellow"}
+    for row in doc["targets"]:
+        t.add_row(row["target"], row["goal"], row["measured"],
+                  f"[{colors[row['verdict']]}]{row['verdict']}[/]", row["detail"])
+    console.print(t)
+
+
+def to_json(meta: Mapping[str, Any], results: Mapping[str, CaseResult],
+            targets: Sequence[Mapping[str, Any]], http: Mapping[str, Any] | None
+            ) -> dict[str, Any]:
+    return {
+        "meta": dict(meta),
+        "groups": {name: {"title": g.title, "baseline": g.baseline}
+                   for name, g in GROUPS.items()},
+        "cases": [r.to_json() for r in results.values()],
+        "http": dict(http) if http else None,
+        "targets": list(targets),
+    }
+
+
+def write_json(doc: Mapping[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_plot(results: Mapping[str, CaseResult], path: str | Path) -> None:
+    """Horizontal bars of overhead (µs, log scale) per case, one panel per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: list[tuple[str, list[CaseResult]]] = []
+    for gname, g in GROUPS.items():
+        rows = [r for r in results.values() if r.group == gname and r.ok
+                and r.overhead_us is not None and r.overhead_us > 0
+                and r.key not in (g.baseline, "ref.asgi", "ref.starlette")]
+        if rows:
+            panels.append((g.title, rows))
+    if not panels:
+        return
+    heights = [max(2.0, 0.28 * len(rows) + 1.0) for _, rows in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, sum(heights)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    colors = {"ours": "#1f77b4", "peer": "#ff7f0e", "raw": "#2ca02c", "reference": "#7f7f7f"}
+    for ax, (title, rows) in zip(axes[:, 0], panels, strict=True):
+        labels = [r.label for r in rows]
+        vals = [r.overhead_us or 0.0 for r in rows]
+        lo = [max(0.0, v - (r.overhead_q1_us or v)) for v, r in zip(vals, rows, strict=True)]
+        hi = [max(0.0, (r.overhead_q3_us or v) - v) for v, r in zip(vals, rows, strict=True)]
+        ys = range(len(rows))
+        ax.barh(list(ys), vals, xerr=[lo, hi], color=[colors.get(r.kind, "#999") for r in rows])
+        ax.set_yticks(list(ys), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("µs per request over the group baseline (log scale; raw codecs: µs)")
+        ax.set_title(title, fontsize=9, loc="left")
+        for y, v in zip(ys, vals, strict=True):
+            ax.text(v, y, f" {v:.1f}", va="center", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
