@@ -64,7 +64,7 @@ OpenSource = Callable[["MethodSpec", Any, RequestContext, "ClientItems | None"],
 def close_code_for(error: RpcError) -> int:
     """The WebSocket close code after a call refused with ``error``."""
     code = error.code
-    if code in (1002, 1003):
+    if code == 1003:  # undecodable message
         return CLOSE_INVALID_DATA
     if code < 5000:
         return CLOSE_POLICY
@@ -244,7 +244,7 @@ def _reader(receive: Receive, sink: WsSink, requests: ClientItems | None) -> Any
                 if _handle(message, sink, requests, run):
                     return
             except RpcError as exc:
-                sink.close_code = CLOSE_INVALID_DATA if exc.code == 1003 else close_code_for(exc)
+                sink.close_code = close_code_for(exc)
                 if requests is not None:
                     requests.close()
                 run.fail(exc)
