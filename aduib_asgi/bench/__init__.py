@@ -76,7 +76,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     from aduib_asgi.bench.cases import all_cases
     from aduib_asgi.bench.http import HttpSettings, run_http
     from aduib_asgi.bench.report import print_report, to_json, write_json, write_plot
-    from aduib_asgi.bench.runner import Settings, run_cases
+    from aduib_asgi.bench.runner import Settings, planned_steps, run_cases
     from aduib_asgi.bench.targets import evaluate_targets
     from aduib_asgi.stack import DEFAULT_ORDER, LAYER_CLASSES
 
@@ -100,7 +100,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                                 transient=True, console=Console(stderr=True))
         progress_ctx.start()
-        task = progress_ctx.add_task("in-process", total=len(cases) * settings.rounds)
+        task = progress_ctx.add_task("in-process", total=planned_steps(cases, settings))
 
         def on_case(group: str, n: int) -> None:
             progress_ctx.update(task, advance=n, description=f"in-process: {group}")

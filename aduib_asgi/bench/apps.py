@@ -73,7 +73,7 @@ def bare_asgi_app(body: bytes = ECHO_REPLY) -> ASGIApp:
 
 
 def starlette_app(middleware: Sequence[Any] = (), *, big: bool = False) -> ASGIApp:
-    """A bare Starlette route at ``RPC_PATH``, ``/fail`` raising an RpcError, ``/big/*``."""
+    """A bare Starlette route at ``RPC_PATH`` (and ``/plain``), ``/fail`` raising, ``/big/*``."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -88,7 +88,8 @@ def starlette_app(middleware: Sequence[Any] = (), *, big: bool = False) -> ASGIA
 
         raise RpcError(4001, "no such method")
 
-    routes = [Route(RPC_PATH, echo, methods=["POST"]), Route("/fail", fail, methods=["POST"])]
+    routes = [Route(RPC_PATH, echo, methods=["POST"]), Route("/plain", echo, methods=["POST"]),
+              Route("/fail", fail, methods=["POST"])]
     if big:
         for name, size in BIG_SIZES.items():
             payload = big_body(size)

@@ -80,6 +80,9 @@ class Case:
     codec: str | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Cases of one block run back to back with the group's references, so a case
+    #: and its yardsticks are timed close together (see the runner).
+    block: str | None = None
 
     @property
     def id(self) -> str:
@@ -205,20 +208,15 @@ def raw_codec(codec: str, level: int | None) -> Callable[[bytes], bytes]:
         return lambda data: bytes(brotli.compress(data, quality=q))
     if codec == "gzip":
         lv = level if level is not None else 6
-
-        def gz(data: bytes) -> bytes:
-            c = zlib.compressobj(lv, zlib.DEFLATED, 31)
-            return c.compress(data) + c.flush()
-
-        return gz
+        return lambda data: zlib.compress(data, lv, 31)
     if codec == "lz4":
         import lz4.frame
 
-        return lambda data: bytes(lz4.frame.compress(data))
-    if codec == "snappy":
+        return lambda data: bytes(lz4.frame.compress(data, compression_level=level or 0))
+    if codec == "snappy":  # the framing format (what Content-Encoding: snappy carries here)
         import snappy
 
-        return lambda data: bytes(snappy.compress(data))
+        return lambda data: bytes(snappy.StreamCompressor().compress(data))
     raise Unavailable(f"no raw reference for codec {codec!r}")
 
 
@@ -440,6 +438,10 @@ def all_cases(layers: Iterable[str] | None = None,
                 return False
         return not (needles and not any(n in c.id for n in needles))
 
+    for c in cases:
+        if c.kind != "reference" and c.block is None:
+            c.block = c.codec if c.group.startswith("compress-") and c.codec else (
+                c.layer if c.kind == "ours" else c.kind)
     if wanted is None and not needles:
         return cases
     chosen = {c.id for c in cases if keep(c) and (c.kind != "reference" or needles)}

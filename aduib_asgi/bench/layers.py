@@ -39,9 +39,17 @@ TARGET_STACK: tuple[str, ...] = (
     "ratelimit", "deadline", "admission", "idempotency",
 )
 
-#: Compression levels used for our layer, the peers and the raw codec references.
-#: (starlette-compress's defaults, so "same codec and level" compares like with like.)
-CODEC_LEVELS: dict[str, int] = {"zstd": 4, "br": 4, "gzip": 4}
+#: Compression levels for our layer, the peers and the raw codec references: our
+#: layer's defaults, given to starlette-compress too ("same codec and level").
+def _levels() -> dict[str, int]:
+    try:
+        from aduib_asgi.compression import DEFAULT_LEVELS
+    except ImportError:
+        return {"zstd": 3, "br": 4, "gzip": 6}
+    return {k: DEFAULT_LEVELS[k] for k in ("zstd", "br", "gzip") if k in DEFAULT_LEVELS}
+
+
+CODEC_LEVELS: dict[str, int] = _levels()
 
 
 def echo_request(*headers: tuple[str, str], body: bytes = ECHO_BODY,
@@ -140,18 +148,134 @@ def _trace(cls: type) -> list[LayerCase]:
     ]
 
 
+def _compression(cls: type) -> list[LayerCase]:
+    cases = [
+        LayerCase("not triggered (no Accept-Encoding)", False, alone=True),
+        LayerCase("Accept-Encoding: zstd, body below minimum_size", True,
+                  request=echo_request(("accept-encoding", "zstd"))),
+    ]
+    for size in ("20k", "1m"):
+        for codec in ("zstd", "br", "gzip", "lz4", "snappy"):
+            lvl = CODEC_LEVELS.get(codec)
+            cases.append(LayerCase(
+                f"{codec}{'-' + str(lvl) if lvl is not None else ''}", True,
+                kwargs=lambda: {"levels": dict(CODEC_LEVELS)},
+                request=Request("GET", f"/big/{size}", (("accept-encoding", codec),)),
+                group=f"compress-{size}", check=_has_header(b"content-encoding", codec.encode()),
+                alone=True, stack=False, codec=codec))
+    return cases
+
+
+def _content(cls: type) -> list[LayerCase]:
+    from aduib_asgi.codecs import default_registry
+
+    has_msgpack = "application/msgpack" in default_registry().media_types()
+    cases = [
+        LayerCase("not triggered (POST outside the RPC paths)", False, alone=True,
+                  request=echo_request(path="/plain")),
+        LayerCase("JSON envelope decoded + validated", True),
+    ]
+    if has_msgpack:
+        import msgpack
+
+        body = msgpack.packb(json.loads(ECHO_BODY))
+        cases.append(LayerCase("msgpack envelope decoded + validated", True,
+                               request=Request("POST", RPC_PATH,
+                                               (("content-type", "application/msgpack"),),
+                                               body)))
+    return cases
+
+
+def _version(cls: type) -> list[LayerCase]:
+    return [
+        LayerCase("not triggered (no version header)", False, alone=True),
+        LayerCase("Aduib-Rpc-Supported-Versions: 2.0, 1.0", True,
+                  request=echo_request(("aduib-rpc-supported-versions", "2.0, 1.0"))),
+    ]
+
+
+def _auth_kwargs() -> dict[str, Any]:
+    from aduib_asgi.demo.security import demo_auth_options
+
+    return demo_auth_options(None)
+
+
+def _auth(cls: type) -> list[LayerCase]:
+    return [
+        LayerCase("anonymous (no credentials)", False, kwargs=_auth_kwargs, alone=True),
+        LayerCase("Bearer token (static verifier)", True, kwargs=_auth_kwargs,
+                  request=echo_request(("authorization", "Bearer demo-user-token"))),
+        LayerCase("X-API-Key", True, kwargs=_auth_kwargs,
+                  request=echo_request(("x-api-key", "demo-key"))),
+    ]
+
+
+def _ratelimit_kwargs(strategy: str = "fixed-window") -> Callable[[], dict[str, Any]]:
+    def kwargs() -> dict[str, Any]:
+        from aduib_asgi.middleware.ratelimit import RateLimitPolicy
+
+        return {"policies": [RateLimitPolicy("bench", "1000000000/minute")],
+                "storage": "memory://", "strategy": strategy}
+
+    return kwargs
+
+
+def _ratelimit(cls: type) -> list[LayerCase]:
+    return [
+        LayerCase("not triggered (no policy matches)", False, alone=True),
+        LayerCase("memory fixed window: admit", True, kwargs=_ratelimit_kwargs(), alone=True,
+                  check=_has_header(b"ratelimit")),
+        LayerCase("memory moving window: admit", True,
+                  kwargs=_ratelimit_kwargs("moving-window")),
+    ]
+
+
+def _idempotency(cls: type) -> list[LayerCase]:
+    return [
+        LayerCase("not triggered (no key)", False, alone=True),
+        LayerCase("memory store: replay of a stored reply", True, alone=True, prime=1,
+                  request=echo_request(("idempotency-key", '"bench-key-1"'))),
+    ]
+
+
+def _admission(cls: type) -> list[LayerCase]:
+    return [
+        LayerCase("not triggered (no limits)", False, alone=True),
+        LayerCase("max_concurrency=64: admitted", True,
+                  kwargs=lambda: {"max_concurrency": 64}),
+    ]
+
+
+def _circuit(cls: type) -> list[LayerCase]:
+    return [
+        LayerCase("breaker closed (default settings)", False, alone=True),
+    ]
+
+
 SpecFn = Callable[[type], list[LayerCase]]
 
 #: Layer name → its cases. Layers without an entry get one generic case.
 SPECS: dict[str, SpecFn] = {
     "errors": _errors,
-    "deadline": _deadline,
-    "tenant": _tenant,
+    "compression": _compression,
+    "content": _content,
+    "version": _version,
     "trace": _trace,
+    "tenant": _tenant,
+    "auth": _auth,
+    "ratelimit": _ratelimit,
+    "deadline": _deadline,
+    "admission": _admission,
+    "idempotency": _idempotency,
+    "circuit": _circuit,
 }
 
 #: Layer name → its kwargs in the default-stack case (absent: defaults).
-STACK_KWARGS: dict[str, Callable[[], dict[str, Any]]] = {}
+STACK_KWARGS: dict[str, Callable[[], dict[str, Any]]] = {
+    "auth": _auth_kwargs,
+    "ratelimit": _ratelimit_kwargs(),
+    "tenant": lambda: {"default": "default"},
+}
 
 
 def layer_cases(name: str, cls: type) -> list[LayerCase]:

@@ -21,20 +21,20 @@ from typing import Any
 from aduib_asgi.bench.cases import GROUPS, Case, Unavailable
 from aduib_asgi.bench.driver import Runner, calibrate
 
-__all__ = ["CaseResult", "Settings", "quartiles", "run_cases"]
+__all__ = ["CaseResult", "Settings", "planned_steps", "quartiles", "run_cases"]
 
 
 @dataclass(frozen=True)
 class Settings:
     """How long to measure. ``quick`` is the preset behind ``--quick``."""
 
-    rounds: int = 25
-    round_seconds: float = 0.02
+    rounds: int = 21
+    round_seconds: float = 0.015
     warmup_seconds: float = 0.05
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(rounds=9, round_seconds=0.004, warmup_seconds=0.01)
+        return cls(rounds=9, round_seconds=0.005, warmup_seconds=0.01)
 
     @classmethod
     def quickest(cls) -> Settings:
@@ -105,6 +105,7 @@ Progress = Callable[[str, int], None]
 
 async def _run_group(cases: list[Case], settings: Settings, progress: Progress | None,
                      results: dict[str, CaseResult]) -> None:
+    block_samples: dict[tuple[str, str], list[float]] = {}
     runners: list[tuple[Case, Runner, CaseResult]] = []
     for case in cases:
         res = _result_for(case)
@@ -126,9 +127,11 @@ async def _run_group(cases: list[Case], settings: Settings, progress: Progress |
             continue
         runners.append((case, runner, res))
     if progress is not None:
-        skipped = len(cases) - len(runners)
+        skipped = [c for c in cases if not results[c.id].ok]
         if skipped:
-            progress(cases[0].group, skipped * settings.rounds)
+            nblocks = len({c.block or "" for c in cases if c.kind != "reference"}) or 1
+            progress(cases[0].group, sum(nblocks if c.kind == "reference" else 1
+                                         for c in skipped) * settings.rounds)
     # warm-up then calibration, one case after the other
     for _case, runner, res in runners:
         t_end = time.perf_counter() + settings.warmup_seconds
@@ -136,23 +139,36 @@ async def _run_group(cases: list[Case], settings: Settings, progress: Progress |
             await runner.round(16)
         res.n_per_round = await calibrate(runner, settings.round_seconds)
     gc.collect()
-    for r in range(settings.rounds):
-        order = runners if r % 2 == 0 else list(reversed(runners))
-        for case, runner, res in order:
-            n = res.n_per_round
-            elapsed = await runner.round(n)
-            res.samples_us.append(elapsed / n * 1e6)
-            if progress is not None:
-                progress(case.group, 1)
+    # Blocks: the references run with every block, so that each case is paired
+    # with yardstick samples taken a few milliseconds from its own.
+    refs = [x for x in runners if x[0].kind == "reference"]
+    blocks: dict[str, list[tuple[Case, Runner, CaseResult]]] = {}
+    for x in runners:
+        if x[0].kind != "reference":
+            blocks.setdefault(x[0].block or "", []).append(x)
+    if not blocks:
+        blocks[""] = []
+    for bname, members in blocks.items():
+        lineup = refs + members
+        for r in range(settings.rounds):
+            order = lineup if r % 2 == 0 else list(reversed(lineup))
+            for case, runner, res in order:
+                n = res.n_per_round
+                elapsed = await runner.round(n)
+                us = elapsed / n * 1e6
+                res.samples_us.append(us)
+                block_samples.setdefault((case.id, bname), []).append(us)
+                if progress is not None:
+                    progress(case.group, 1)
     for _case, runner, res in runners:
         res.rounds = len(res.samples_us)
         res.q1_us, res.median_us, res.q3_us = quartiles(res.samples_us)
         runner.close()
     group = GROUPS[cases[0].group]
-    _paired(results, cases, group.baseline, "overhead")
     for case in cases:
+        _paired(results, block_samples, case, group.baseline, "overhead")
         if case.compare_to:
-            _paired(results, [case], case.compare_to, "delta", group=case.group)
+            _paired(results, block_samples, case, case.compare_to, "delta")
     ref_s = results.get(f"{group.name}/ref.starlette")
     ref_a = results.get(f"{group.name}/ref.asgi")
     for case in cases:
@@ -165,24 +181,44 @@ async def _run_group(cases: list[Case], settings: Settings, progress: Progress |
             res.vs_asgi = res.median_us / ref_a.median_us
 
 
-def _paired(results: dict[str, CaseResult], cases: list[Case], base_key: str, what: str,
-            group: str | None = None) -> None:
-    g = group or cases[0].group
-    base = results.get(f"{g}/{base_key}")
-    for case in cases:
-        res = results[case.id]
-        if not res.ok or res.kind == "raw":
-            if res.ok and what == "overhead":  # a raw codec's cost is its time
-                res.overhead_us, res.overhead_q1_us, res.overhead_q3_us = (
-                    res.median_us, res.q1_us, res.q3_us)
+def _paired(results: dict[str, CaseResult], block_samples: dict[tuple[str, str], list[float]],
+            case: Case, base_key: str, what: str) -> None:
+    """Median and IQR of (case - base) over rounds of the same block."""
+    res = results[case.id]
+    if not res.ok:
+        return
+    if res.kind == "raw":  # a raw codec's cost is its time
+        if what == "overhead":
+            res.overhead_us, res.overhead_q1_us, res.overhead_q3_us = (
+                res.median_us, res.q1_us, res.q3_us)
+        return
+    base_id = f"{case.group}/{base_key}"
+    base = results.get(base_id)
+    if base is None or not base.ok:
+        return
+    diffs: list[float] = []
+    for (cid, bname), xs in block_samples.items():
+        if cid != case.id:
             continue
-        if base is None or not base.ok or len(base.samples_us) != len(res.samples_us):
-            continue
-        diffs = [a - b for a, b in zip(res.samples_us, base.samples_us, strict=True)]
-        q1, med, q3 = quartiles(diffs)
-        setattr(res, f"{what}_us", med)
-        setattr(res, f"{what}_q1_us", q1)
-        setattr(res, f"{what}_q3_us", q3)
+        ys = block_samples.get((base_id, bname), [])
+        diffs.extend(a - b for a, b in zip(xs, ys, strict=False))
+    if not diffs:
+        return
+    q1, med, q3 = quartiles(diffs)
+    setattr(res, f"{what}_us", med)
+    setattr(res, f"{what}_q1_us", q1)
+    setattr(res, f"{what}_q3_us", q3)
+
+
+def planned_steps(cases: list[Case], settings: Settings) -> int:
+    """How many timed rounds :func:`run_cases` will run (for a progress bar)."""
+    total = 0
+    for g in {c.group for c in cases}:
+        members = [c for c in cases if c.group == g]
+        refs = sum(1 for c in members if c.kind == "reference")
+        blocks = {c.block or "" for c in members if c.kind != "reference"} or {""}
+        total += (refs * len(blocks) + len(members) - refs) * settings.rounds
+    return total
 
 
 def _loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
