@@ -52,6 +52,9 @@ LAYER_CLASSES: dict[str, str] = {
     "version": "aduib_asgi.middleware.version:VersionNegotiationMiddleware",
     "ratelimit": "aduib_asgi.middleware.ratelimit:RateLimitMiddleware",
     "idempotency": "aduib_asgi.middleware.idempotency:IdempotencyMiddleware",
+    "trace": "aduib_asgi.middleware.trace:TracePropagationMiddleware",
+    "tenant": "aduib_asgi.middleware.tenant:TenantScopeMiddleware",
+    "auth": "aduib_asgi.middleware.auth:AuthMiddleware",
 }
 
 #: Hard constraints: (outer, inner) pairs. When both layers are in a stack, the

@@ -52,12 +52,14 @@ def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
     return out
 
 
-def _full_stack(reader: InMemoryMetricReader, **auth: Any) -> Any:
+def _full_stack(reader: InMemoryMetricReader, via: str = "trace", **auth: Any) -> Any:
+    """Metrics recorded by the trace layer (as in the demo) or by the standalone layer."""
     registry = make_registry()
     metrics = RpcMetrics(MeterProvider(metric_readers=[reader]), tenant_attribute=True)
+    standalone = [Layer.of(MetricsMiddleware, metrics=metrics)] if via == "layer" else []
     return rpc_app([
-        Layer.of(MetricsMiddleware, metrics=metrics),
-        Layer.of(TracePropagationMiddleware),
+        *standalone,
+        Layer.of(TracePropagationMiddleware, metrics=None if standalone else metrics),
         Layer.of(TenantScopeMiddleware, default="default"),
         Layer.of(AuthMiddleware, **{**demo_auth_options(registry), **auth}),
     ], registry)
@@ -86,9 +88,10 @@ async def test_one_request_log_record_metric_and_trace_context(
                                 "http.response.status_code": 200, "aduib.tenant_id": "acme"}
 
 
-async def test_metrics_codes_durations_in_flight_and_rejections() -> None:
+@pytest.mark.parametrize("via", ["trace", "layer"])
+async def test_metrics_codes_durations_in_flight_and_rejections(via: str) -> None:
     reader = InMemoryMetricReader()
-    app = _full_stack(reader)
+    app = _full_stack(reader, via)
     async with client_for(app) as c:
         await c.post(RPC, json=call("rpc.v2/T/echo"))
         await c.post(RPC, json=call("rpc.v2/T/echo"))

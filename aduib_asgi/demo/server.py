@@ -6,16 +6,25 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp
 
+from aduib_asgi.demo.security import demo_auth_options
 from aduib_asgi.demo.services import register_demo_services
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.health import install_health_service
 from aduib_asgi.middleware.admission import AdmissionMiddleware
+from aduib_asgi.middleware.auth import AuthMiddleware
 from aduib_asgi.middleware.circuit import CircuitBreakerMiddleware
 from aduib_asgi.middleware.deadline import DeadlineMiddleware
 from aduib_asgi.middleware.errors import ErrorMappingMiddleware
 from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
 from aduib_asgi.middleware.ratelimit import RateLimitMiddleware, policies_from_registry
+from aduib_asgi.middleware.tenant import TenantScopeMiddleware
+from aduib_asgi.middleware.trace import TracePropagationMiddleware
 from aduib_asgi.middleware.version import VersionNegotiationMiddleware
+from aduib_asgi.observability.metrics import (
+    PrometheusApp,
+    RpcMetrics,
+    prometheus_meter_provider,
+)
 from aduib_asgi.qos import BreakerSettings, ShutdownController
 from aduib_asgi.stack import Layer, build_stack
 from aduib_asgi.tasks import install_task_service
@@ -49,9 +58,18 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
                                    heartbeat_interval=config.heartbeat)
     install_health_service(dispatcher)
     install_task_service(dispatcher, config.redis_url or "memory://")
+    # GET /aduib_rpc/metrics: Prometheus exposition of the RPC metrics.
+    meter_provider, prom_registry = prometheus_meter_provider()
+    dispatcher.add_route("/metrics", PrometheusApp(prom_registry).endpoint,
+                         methods=("GET", "HEAD"))
     layers = [
         Layer.of(ErrorMappingMiddleware, debug=config.debug),
         Layer.of(VersionNegotiationMiddleware),
+        # Spans (when an OTel SDK is configured) and the RPC metrics.
+        Layer.of(TracePropagationMiddleware, metrics=RpcMetrics(meter_provider)),
+        Layer.of(TenantScopeMiddleware, default="default"),
+        # DEMO.md credentials; Admin/secret's roles=["admin"] option is read from the registry.
+        Layer.of(AuthMiddleware, **demo_auth_options(registry)),
         # Limited/ping: 3 per 10 s per tenant (its rate_limit option); shared via --redis.
         Layer.of(RateLimitMiddleware, policies=policies_from_registry(registry),
                  storage=config.redis_url or "memory://"),

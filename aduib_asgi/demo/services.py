@@ -89,6 +89,12 @@ def register_demo_services(registry: MethodRegistry) -> None:
     registry.register("rpc.v2/Echo/context", context)
     registry.register("rpc.v2/Counter/incr", incr)
 
+    async def admin_secret(data: dict[str, Any]) -> dict[str, Any]:
+        return {"secret": "ok"}
+
+    # Role rule read by the auth layer (anonymous → 3000, other roles → 3011).
+    registry.register("rpc.v2/Admin/secret", admin_secret, roles=["admin"])
+
     async def legacy_old(data: dict[str, Any]) -> dict[str, Any]:
         return {"old": True}
 

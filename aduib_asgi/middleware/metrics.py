@@ -1,7 +1,9 @@
 """MetricsMiddleware: RPC server metrics, and a Prometheus endpoint when configured.
 
-Put it just inside the error mapper so it sees every request, including those
-refused by outer layers. See :mod:`aduib_asgi.observability.metrics` for the
+The trace layer records the same metrics when given ``metrics=`` (that is how the
+demo does it); use this standalone layer to count from further out (just inside
+the error mapper, so requests refused by outer layers are counted too) or
+around a plain app. See :mod:`aduib_asgi.observability.metrics` for the
 instruments. ``endpoint="/metrics"`` serves the Prometheus text exposition of
 ``registry`` (built with :func:`prometheus_meter_provider` when no meter
 provider is given; needs the ``prometheus`` extra).
@@ -9,15 +11,19 @@ provider is given; needs the ``prometheus`` extra).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
-from aduib_asgi.observability.metrics import RpcMetrics, prometheus_meter_provider
-from aduib_asgi.observability.outcome import error_code, record_exception, watch_error_code
+from aduib_asgi.observability.metrics import (
+    PrometheusApp,
+    RpcMetrics,
+    prometheus_meter_provider,
+    record_request,
+)
+from aduib_asgi.observability.outcome import record_exception, watch_error_code
 
 __all__ = ["MetricsMiddleware"]
 
@@ -39,50 +45,28 @@ class MetricsMiddleware:
     ) -> None:
         self.app = app
         self.endpoint = endpoint
-        self.registry = registry
+        self._exposition: PrometheusApp | None = None
         if endpoint is not None:
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
             if metrics is None and meter_provider is None:
-                meter_provider, self.registry = prometheus_meter_provider(registry)
-            elif self.registry is None:
-                from prometheus_client import REGISTRY
-
-                self.registry = REGISTRY
-            self._generate = generate_latest
-            self._content_type = CONTENT_TYPE_LATEST.encode("latin-1")
+                meter_provider, registry = prometheus_meter_provider(registry)
+            self._exposition = PrometheusApp(registry)
         self.metrics = metrics if metrics is not None else RpcMetrics(
             meter_provider, tenant_attribute=tenant_attribute)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-        elif self.endpoint is not None and scope["path"] == self.endpoint:
-            await self._expose(scope, send)
+        elif self._exposition is not None and scope["path"] == self.endpoint:
+            await self._exposition(scope, receive, send)
         else:
             await run_with_context(self._handle, scope, receive, send)
-
-    async def _expose(self, scope: Scope, send: Send) -> None:
-        if scope["method"] not in ("GET", "HEAD"):
-            await send({"type": "http.response.start", "status": 405,
-                        "headers": [(b"allow", b"GET, HEAD"), (b"content-length", b"0")]})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        body = self._generate(self.registry)
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", self._content_type),
-            (b"content-length", str(len(body)).encode("latin-1")),
-            (b"cache-control", b"no-store"),
-        ]})
-        await send({"type": "http.response.body",
-                    "body": b"" if scope["method"] == "HEAD" else body})
 
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
     ) -> None:
         m = self.metrics
         watch_error_code(ctx)
-        responder = _MetricsResponder(send)
+        responder = StatusResponder(send)
         m.active.add(1)
         try:
             await self.app(scope, receive, responder)
@@ -91,16 +75,12 @@ class MetricsMiddleware:
             raise
         finally:
             m.active.add(-1)
-            status = responder.status
-            code = error_code(ctx)
-            if code is None and status is not None and status < 400:
-                code = 0  # else: not an envelope error (a plain app's 404...): no code
-            m.record(method=ctx.method, code=code, status=status,
-                     duration_ms=(time.monotonic() - ctx.started) * 1000.0,
-                     tenant=ctx.tenant_id)
+            record_request(m, ctx, responder.status)
 
 
-class _MetricsResponder:
+class StatusResponder:
+    """Remembers the response status."""
+
     __slots__ = ("send", "status")
 
     def __init__(self, send: Send) -> None:

@@ -40,9 +40,11 @@ from opentelemetry.trace import (
     TraceState,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import SERVER_VERSION, RequestContext, run_with_context
+from aduib_asgi.middleware.metrics import StatusResponder
+from aduib_asgi.observability.metrics import RpcMetrics, record_request
 from aduib_asgi.observability.outcome import error_code, record_exception, watch_error_code
 
 __all__ = ["TracePropagationMiddleware", "new_span_id", "new_trace_id"]
@@ -90,7 +92,9 @@ class TracePropagationMiddleware:
     ``tracer_provider`` defaults to the global one, looked up per request so an
     SDK configured after the app was built is picked up; with the API's no-op
     provider no OTel span is created. ``response_header`` names the header that
-    carries the server span (empty to disable).
+    carries the server span (empty to disable). ``metrics`` (an
+    :class:`~aduib_asgi.observability.metrics.RpcMetrics`) also records the RPC
+    server metrics for the requests that reach this layer.
     """
 
     layer_name = "trace"
@@ -102,8 +106,10 @@ class TracePropagationMiddleware:
         tracer_provider: TracerProvider | None = None,
         response_header: str = "traceresponse",
         span_attributes: Mapping[str, str] | None = None,
+        metrics: RpcMetrics | None = None,
     ) -> None:
         self.app = app
+        self.metrics = metrics
         self._provider = tracer_provider
         self._tracer: Tracer | None = (
             None if tracer_provider is None or _is_noop(tracer_provider)
@@ -169,7 +175,10 @@ class TracePropagationMiddleware:
             if state:
                 ctx.tracestate = state.to_header()
             self._add_header(ctx)
-            await self.app(scope, receive, send)
+            if self.metrics is None:
+                await self.app(scope, receive, send)
+            else:
+                await self._observe(scope, receive, send, ctx, None, None, "")
             return
         await self._traced(tracer, scope, receive, send, ctx,
                            parent_tid, parent_sid, sampled, state, bag)
@@ -223,18 +232,41 @@ class TracePropagationMiddleware:
         if state:
             ctx.tracestate = state.to_header()
         self._add_header(ctx)
+        await self._observe(scope, receive, send, ctx, span,
+                            trace.set_span_in_context(span, parent), name)
+
+    async def _observe(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        ctx: RequestContext,
+        span: trace.Span | None,
+        current: Context | None,
+        name: str,
+    ) -> None:
+        """Run the app with the span current; finish the span and record metrics."""
+        m = self.metrics
         watch_error_code(ctx)
-        responder = _StatusResponder(send)
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        responder = StatusResponder(send)
+        token = otel_context.attach(current) if current is not None else None
+        if m is not None:
+            m.active.add(1)
         try:
             await self.app(scope, receive, responder)
         except Exception as exc:
             record_exception(ctx, exc)
-            span.record_exception(exc)
+            if span is not None:
+                span.record_exception(exc)
             raise
         finally:
-            otel_context.detach(token)
-            _finish_span(span, ctx, name, responder.status)
+            if token is not None:
+                otel_context.detach(token)
+            if span is not None:
+                _finish_span(span, ctx, name, responder.status)
+            if m is not None:
+                m.active.add(-1)
+                record_request(m, ctx, responder.status)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(app={self.app!r})"
@@ -260,18 +292,3 @@ def _finish_span(span: trace.Span, ctx: RequestContext, name: str, status: int |
 
 def _is_noop(provider: TracerProvider) -> bool:
     return isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
-
-
-class _StatusResponder:
-    """Remembers the response status for the span."""
-
-    __slots__ = ("send", "status")
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.status: int | None = None
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        await self.send(message)

@@ -18,6 +18,7 @@ provider that exports to a prometheus-client registry (extra ``prometheus``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from opentelemetry import metrics
@@ -26,7 +27,13 @@ from opentelemetry.metrics import MeterProvider
 from aduib_asgi.context import SERVER_VERSION
 from aduib_asgi.errors import error_spec
 
-__all__ = ["RpcMetrics", "is_rejection", "prometheus_meter_provider"]
+__all__ = [
+    "PrometheusApp",
+    "RpcMetrics",
+    "is_rejection",
+    "prometheus_meter_provider",
+    "record_request",
+]
 
 _UNKNOWN_METHOD_CODES = frozenset({1002, 4001, 4002})
 _REJECTION_CODES = frozenset({5002, 5010, 5020, 5021})
@@ -78,6 +85,45 @@ class RpcMetrics:
         if code and is_rejection(code):
             self.rejections.add(1, {"rpc.method": method,
                                     "reason": error_spec(code).name.lower()})
+
+
+def record_request(metrics: RpcMetrics, ctx: Any, status: int | None) -> None:
+    """Record one finished request from its context (code from the error probe)."""
+    code = ctx.extras.get("aduib.error_code")
+    if not isinstance(code, int):
+        code = 0 if status is not None and status < 400 else None  # a plain app's 404: no code
+    metrics.record(method=ctx.method, code=code, status=status,
+                   duration_ms=(time.monotonic() - ctx.started) * 1000.0, tenant=ctx.tenant_id)
+
+
+class PrometheusApp:
+    """A tiny ASGI app serving the text exposition of a prometheus-client registry."""
+
+    def __init__(self, registry: Any = None) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+        self.registry = registry if registry is not None else REGISTRY
+        self._generate = generate_latest
+        self._content_type = CONTENT_TYPE_LATEST.encode("latin-1")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await send({"type": "http.response.start", "status": 405,
+                        "headers": [(b"allow", b"GET, HEAD"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = self._generate(self.registry)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", self._content_type),
+            (b"content-length", str(len(body)).encode("latin-1")),
+            (b"cache-control", b"no-store"),
+        ]})
+        await send({"type": "http.response.body",
+                    "body": b"" if scope["method"] == "HEAD" else body})
+
+    async def endpoint(self, scope: Any, receive: Any, send: Any, ctx: Any) -> None:
+        """The same, as an ``RpcDispatcher.add_route`` endpoint."""
+        await self(scope, receive, send)
 
 
 def prometheus_meter_provider(registry: Any = None) -> tuple[MeterProvider, Any]:
