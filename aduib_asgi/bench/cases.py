@@ -441,7 +441,7 @@ def all_cases(layers: Iterable[str] | None = None,
     for c in cases:
         if c.kind != "reference" and c.block is None:
             c.block = c.codec if c.group.startswith("compress-") and c.codec else (
-                c.layer if c.kind == "ours" else c.kind)
+                c.layer if c.kind == "ours" else c.key)
     if wanted is None and not needles:
         return cases
     chosen = {c.id for c in cases if keep(c) and (c.kind != "reference" or needles)}

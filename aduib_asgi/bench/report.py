@@ -10,7 +10,7 @@ from typing import Any
 from aduib_asgi.bench.cases import GROUPS
 from aduib_asgi.bench.runner import CaseResult
 
-__all__ = ["print_report", "to_json", "write_json", "write_plot"]
+__all__ = ["print_report", "to_json", "to_markdown", "write_json", "write_plot"]
 
 
 def _us(x: float | None, signed: bool = False) -> str:
@@ -157,3 +157,48 @@ def write_plot(results: Mapping[str, CaseResult], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def to_markdown(doc: Mapping[str, Any]) -> str:
+    """The run as Markdown tables (what docs/performance.md shows)."""
+
+    def f(x: float | None, signed: bool = False) -> str:
+        return _us(x, signed)
+
+    lines: list[str] = []
+    for gname, g in doc["groups"].items():
+        rows = [c for c in doc["cases"] if c["group"] == gname]
+        if not rows:
+            continue
+        lines += [f"**{g['title']}** (baseline: `{g['baseline']}`)", "",
+                  "| case | µs/req | IQR | +µs vs baseline | Δµs vs no-op | ×Starlette | ×ASGI |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for c in rows:
+            label = c["label"].replace("|", "/")
+            if c["status"] != "ok":
+                lines.append(f"| {label} | {c['status']} | | {c['reason']} | | | |")
+                continue
+            iqr = _iqr(c["q1_us"], c["q3_us"])
+            lines.append(
+                f"| {label} | {f(c['median_us'])} | {iqr} | {f(c['overhead_us'], True)} | "
+                f"{f(c['delta_us'], True) if c['compare_to'] else ''} | "
+                f"{_ratio(c['vs_starlette'])} | {_ratio(c['vs_asgi'])} |")
+        lines.append("")
+    http = doc.get("http")
+    if http:
+        lines += [f"**HTTP mode** ({http['server']}; {http['loader']}, {http['connections']} "
+                  f"connections, {http['rounds']} alternating rounds of {http['round_seconds']} s)",
+                  "", "| server | req/s | p50 ms | p99 ms | ×bare |", "|---|---:|---:|---:|---:|"]
+        for s in http["servers"]:
+            if s.get("rps"):
+                lines.append(f"| {s['label']} | {s['rps']:.0f} | {s['p50_ms']:.2f} | "
+                             f"{s['p99_ms']:.2f} | {_ratio(s.get('vs_bare'))} |")
+            else:
+                lines.append(f"| {s['label']} | not available | | | {s.get('reason', '')} |")
+        lines.append("")
+    lines += ["**Targets**", "", "| target | goal | measured | verdict | detail |",
+              "|---|---|---|---|---|"]
+    for t in doc["targets"]:
+        lines.append(f"| {t['target']} | {t['goal']} | {t['measured']} | {t['verdict']} | "
+                     f"{t['detail']} |")
+    return "\n".join(lines) + "\n"
