@@ -280,7 +280,7 @@ async def test_method_roles_apply_at_submit() -> None:
         assert (r.status_code, r.json()["error"]["code"]) == (401, 3000)
         r = await c.post(TS + "Submit", json={"target_method": "rpc.v2/T/admin"},
                          headers={"X-Test-Principal": "bob", "X-Test-Roles": "user"})
-        assert (r.status_code, r.json()["error"]["code"]) == (403, 3010)
+        assert (r.status_code, r.json()["error"]["code"]) == (403, 3011)
         sub = await submit(c, "rpc.v2/T/admin", {},
                            headers={"X-Test-Principal": "root", "X-Test-Roles": "admin"})
         assert (await wait_terminal(c, sub["task_id"]))["result"] == {"secret": "ok"}
@@ -359,3 +359,21 @@ async def test_lifespan_startup_failure_is_reported() -> None:
     await d({"type": "lifespan"}, app_in.receive, app_out.send)
     msg = await from_app.receive()
     assert msg["type"] == "lifespan.startup.failed" and "no store" in msg["message"]
+
+
+async def test_demo_task_runs_as_the_authenticated_submitter() -> None:
+    app = build_demo_app(DemoConfig(env="prod"))
+    hdrs = {"Authorization": "Bearer demo-user-token", "X-Tenant-ID": "acme"}
+    async with lifespan(app), client_for(app) as c:
+        r = await c.post(TS + "Submit", json={"target_method": "rpc.v2/Echo/context"},
+                         headers=hdrs)
+        assert r.status_code == 200, r.text
+        tid = r.json()["task_id"]
+        task = await wait_terminal(c, tid, headers=hdrs)
+        assert (await query(c, tid)).status_code == 404  # tenant "default" does not see it
+        r = await c.post(TS + "Submit", json={"target_method": "rpc.v2/Admin/secret"})
+        assert (r.status_code, r.json()["error"]["code"]) == (401, 3000)
+    result = task["result"]
+    assert (result["tenant_id"], result["principal"], result["roles"]) == (
+        "acme", "alice", ["user"])
+    assert result["request_id"] == tid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -135,12 +136,14 @@ class Handlers:
         reg.register("rpc.v2/T/admin", admin, roles=["admin"])
 
 
-def build_app(store: Any = "memory://", **options: Any) -> tuple[ASGIApp, TaskManager, Handlers]:
+def build_app(store: Any = "memory://", *, framing: str = "message",
+              **options: Any) -> tuple[ASGIApp, TaskManager, Handlers]:
     reg = MethodRegistry()
     handlers = Handlers()
     handlers.register(reg)
     dispatcher = RpcDispatcher(reg, debug=False)
-    install_health_service(dispatcher)
+    dispatcher.streaming.configure(default_framing=framing, heartbeat_interval=0)
+    install_health_service(dispatcher, watch_interval=0.02)
     opts = {"retry_initial_delay_ms": 10.0, "poll_interval": 0.2, **options}
     manager = install_task_service(dispatcher, store, **opts)
     app = ErrorMappingMiddleware(PrincipalLayer(dispatcher))
@@ -186,5 +189,110 @@ async def wait_status(client: httpx.AsyncClient, task_id: str, status: str,
             await anyio.sleep(0.01)
 
 
-__all__ = ["HS", "TS", "Handlers", "build_app", "client_for", "lifespan", "query", "submit",
-           "wait_status", "wait_terminal"]
+class SseCall:
+    """Drive one POST to an SSE endpoint by hand: read events live, disconnect at will."""
+
+    def __init__(self, app: ASGIApp, path: str, body: dict[str, Any],
+                 headers: dict[str, str] | None = None) -> None:
+        raw = json.dumps(body).encode()
+        hdrs = [(b"content-type", b"application/json"), (b"accept", b"text/event-stream")]
+        hdrs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        self.scope: dict[str, Any] = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+            "query_string": b"", "root_path": "", "headers": hdrs,
+            "client": ("127.0.0.1", 1234), "server": ("testserver", 80)}
+        self.app = app
+        self._body = raw
+        self._sent_body = False
+        self._gone = anyio.Event()
+        self._out, self._in = anyio.create_memory_object_stream[dict[str, Any]](1000)
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.done = anyio.Event()
+        self._buf = b""
+
+    async def _receive(self) -> dict[str, Any]:
+        if not self._sent_body:
+            self._sent_body = True
+            return {"type": "http.request", "body": self._body, "more_body": False}
+        await self._gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self._out.send(message)
+
+    async def run(self) -> None:
+        try:
+            await self.app(self.scope, self._receive, self._send)
+        finally:
+            self.done.set()
+            self._out.close()
+
+    def disconnect(self) -> None:
+        self._gone.set()
+
+    async def start(self) -> None:
+        """Wait for the response start."""
+        msg = await self._in.receive()
+        assert msg["type"] == "http.response.start", msg
+        self.status = msg["status"]
+        self.headers = {k.decode(): v.decode() for k, v in msg["headers"]}
+
+    async def next_block(self) -> str | None:
+        """The next SSE block (text between blank lines), or None at the end of the body."""
+        while b"\n\n" not in self._buf:
+            try:
+                msg = await self._in.receive()
+            except anyio.EndOfStream:
+                return None
+            self._buf += msg.get("body", b"")
+            if not msg.get("more_body", False) and b"\n\n" not in self._buf:
+                return None
+        block, self._buf = self._buf.split(b"\n\n", 1)
+        return block.decode()
+
+    async def next_data(self) -> Any:
+        """The JSON of the next block's ``data:`` (skipping comment-only blocks)."""
+        while True:
+            block = await self.next_block()
+            if block is None:
+                return None
+            data = [ln[5:].lstrip() for ln in block.split("\n") if ln.startswith("data:")]
+            if data:
+                return json.loads("\n".join(data))
+
+    async def rest(self) -> list[Any]:
+        out = []
+        while (item := await self.next_data()) is not None:
+            out.append(item)
+        return out
+
+
+@asynccontextmanager
+async def sse_call(app: ASGIApp, path: str, body: dict[str, Any],
+                   headers: dict[str, str] | None = None) -> AsyncIterator[SseCall]:
+    call = SseCall(app, path, body, headers)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call.run)
+        try:
+            await call.start()
+            yield call
+        finally:
+            call.disconnect()
+
+
+__all__ = [
+    "HS",
+    "TS",
+    "Handlers",
+    "SseCall",
+    "build_app",
+    "client_for",
+    "lifespan",
+    "query",
+    "sse_call",
+    "submit",
+    "wait_status",
+    "wait_terminal",
+]

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 import anyio
 from starlette.types import Receive, Scope, Send
 
+from aduib_asgi.body import ClientDisconnected
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError
 from aduib_asgi.health.checks import HealthRegistry
 from aduib_asgi.models import HealthCheckRequest, HealthCheckResponse
+from aduib_asgi.streaming import raw_item, select_framing, send_stream_error, stream_response
 from aduib_asgi.tasks.service import read_model, send_model
 
 if TYPE_CHECKING:
@@ -46,15 +48,34 @@ class HealthService:
         req = await read_model(self.dispatcher, receive, ctx, HealthCheckRequest)
         await send_model(send, ctx, await self._response(req))
 
-    async def changes(self, req: HealthCheckRequest) -> AsyncIterator[HealthCheckResponse]:
-        """The current status, then every change."""
-        last: HealthCheckResponse | None = None
+    async def watch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        """The status as SSE (the streaming module's framing): now, then on every change."""
+        cfg = self.dispatcher.streaming
+        try:
+            select_framing(ctx, cfg.default_framing)
+            req = await read_model(self.dispatcher, receive, ctx, HealthCheckRequest)
+            first = await self._response(req)  # unknown service: a plain 404 first
+        except ClientDisconnected:
+            return
+        except Exception as exc:
+            await send_stream_error(scope, send, exc, ctx=ctx)
+            return
+        await stream_response(scope, receive, send, ctx, self.changes(req, first),
+                              default_framing=cfg.default_framing,
+                              heartbeat_interval=cfg.heartbeat_interval, item_encoder=raw_item)
+
+    async def changes(
+        self, req: HealthCheckRequest, first: HealthCheckResponse | None = None
+    ) -> AsyncIterator[HealthCheckResponse]:
+        """``first`` (or the current status), then every change (checked each interval)."""
+        last = first if first is not None else await self._response(req)
+        yield last
         while True:
+            await anyio.sleep(self.watch_interval)
             resp = await self._response(req)
             if resp != last:
                 last = resp
                 yield resp
-            await anyio.sleep(self.watch_interval)
 
 
 def install_health_service(
@@ -71,5 +92,6 @@ def install_health_service(
         registry = HealthRegistry(services=lambda: {spec.service for spec in reg})
     service = HealthService(dispatcher, registry, watch_interval)
     dispatcher.add_route(PREFIX + "Check", service.check, methods=("POST",))
+    dispatcher.add_route(PREFIX + "Watch", service.watch, methods=("POST",))
     dispatcher.health = registry  # type: ignore[attr-defined]
     return registry

@@ -507,7 +507,7 @@ def _check_roles(spec: MethodSpec, ctx: RequestContext | None) -> None:
         return
     if ctx is None or ctx.principal is None:
         raise RpcError(3000, f"{spec.method} requires authentication")
-    raise RpcError(3010, f"{spec.method} requires one of the roles {sorted(roles)}")
+    raise RpcError(3011, f"{spec.method} requires one of the roles {sorted(roles)}")
 
 
 def _event_of(entry: TaskEntry) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
+from aduib_asgi.body import ClientDisconnected
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
 from aduib_asgi.models import (
@@ -25,6 +26,7 @@ from aduib_asgi.models import (
     TaskSubscribeRequest,
 )
 from aduib_asgi.responses import encode_envelope
+from aduib_asgi.streaming import raw_item, select_framing, send_stream_error, stream_response
 from aduib_asgi.tasks.manager import TaskManager
 from aduib_asgi.tasks.store import TaskStore
 
@@ -89,14 +91,21 @@ class TaskService:
     async def subscribe(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
     ) -> None:
-        req = await read_model(self.dispatcher, receive, ctx, TaskSubscribeRequest)
-        entry = await self.manager.get(req.task_id, ctx)  # unknown id: plain 404 first
+        """TaskEvents as SSE (the streaming module's framing), closed after the terminal one."""
+        cfg = self.dispatcher.streaming
+        try:
+            select_framing(ctx, cfg.default_framing)
+            req = await read_model(self.dispatcher, receive, ctx, TaskSubscribeRequest)
+            entry = await self.manager.get(req.task_id, ctx)  # unknown id: a plain 404 first
+        except ClientDisconnected:
+            return
+        except Exception as exc:
+            await send_stream_error(scope, send, exc, ctx=ctx)
+            return
         kinds = {str(k) for k in req.events} if req.events else None
-        await self.dispatcher_stream(scope, receive, send, ctx,
-                                     self.manager.events(entry, kinds))
-
-    async def dispatcher_stream(self, *args: Any) -> None:  # replaced below
-        raise NotImplementedError
+        await stream_response(scope, receive, send, ctx, self.manager.events(entry, kinds),
+                              default_framing=cfg.default_framing,
+                              heartbeat_interval=cfg.heartbeat_interval, item_encoder=raw_item)
 
 
 def install_task_service(
