@@ -101,3 +101,26 @@ async def test_health_reports_the_redis_store(own_redis: RedisServer) -> None:
         own_redis.start()
         r = await c.post(HS + "Check", json={})
         assert r.json()["status"] == "healthy"
+
+
+async def test_demo_with_redis_url_keeps_tasks_in_redis(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+
+    app = build_demo_app(DemoConfig(env="prod", redis_url=redis_url))
+    async with lifespan(app), client_for(app) as c:
+        r = await c.post("/aduib_rpc/v2/TaskService/Submit",
+                         json={"target_method": "rpc.v2/Echo/echo", "params": {"a": 1},
+                               "priority": [1]})
+        assert r.status_code == 200, r.text
+        tid = r.json()["task_id"]
+        task = await wait_terminal(c, tid)
+        health = (await c.post(HS + "Check", json={})).json()
+    assert task["result"] == {"a": 1}
+    assert health["services"]["tasks"] == "healthy"
+    client = Redis.from_url(redis_url)
+    try:
+        assert await client.exists(f"aduib:tasks:task:{tid}") == 1
+    finally:
+        await client.aclose()

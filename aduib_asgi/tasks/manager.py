@@ -118,6 +118,7 @@ class TaskManager:
         cancel_wait: float = 5.0,
     ) -> None:
         self.registry = registry
+        self._owns_store = store is None or isinstance(store, str)
         self.store: TaskStore = store if store is not None and not isinstance(store, str) \
             else store_from_uri(store)
         self.workers = workers
@@ -162,6 +163,8 @@ class TaskManager:
                 tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self._hand_back()
+            if self._owns_store:  # created from a URI: its connections are ours to close
+                await self.store.aclose()
 
     def backoff_ms(self, attempt: int) -> int:
         """Delay before the attempt after ``attempt`` (1-based) failed."""
