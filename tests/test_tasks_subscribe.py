@@ -174,3 +174,22 @@ async def test_subscriber_disconnect_releases_the_subscription() -> None:
         assert not manager._subs
         h.gate.set()
         await wait_terminal(c, sub["task_id"])
+
+
+async def test_demo_subscribe_and_watch_with_the_2_0_1_sse_headers() -> None:
+    """Through the full demo stack, as aduib-rpc 2.0.1 sends SSE calls (wire_contract §3)."""
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+
+    app = build_demo_app(DemoConfig(env="prod", stream_framing="envelope"))
+    sse = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+    async with lifespan(app), client_for(app) as c:
+        sub = await submit(c, "rpc.v2/Echo/sleep", {"ms": 10}, priority=[1])
+        r = await c.post(SUB, json={"task_id": sub["task_id"]}, headers=sse)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(ln[6:]) for ln in r.text.split("\n") if ln.startswith("data: ")]
+        assert events[-1]["event"] == "completed"
+        assert events[-1]["task"]["result"] == {"slept_ms": 10}
+        async with sse_call(app, "/aduib_rpc/v2/HealthService/Watch", {}, sse) as call:
+            assert call.status == 200
+            assert (await call.next_data())["status"] == "healthy"
