@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from random import getrandbits
+from time import monotonic
 from typing import Any
 
 from opentelemetry import baggage as otel_baggage
@@ -115,6 +116,7 @@ class TracePropagationMiddleware:
             None if tracer_provider is None or _is_noop(tracer_provider)
             else tracer_provider.get_tracer("aduib_asgi", SERVER_VERSION)
         )
+        self._recheck_at = 0.0
         self._response_header = response_header.lower().encode("latin-1") or None
         self._static_attrs: dict[str, Any] = {"rpc.system": "aduib_rpc",
                                                **(span_attributes or {})}
@@ -128,8 +130,13 @@ class TracePropagationMiddleware:
             await self.app(scope, receive, send)
 
     def _tracer_now(self) -> Tracer | None:
-        if self._tracer is not None or self._provider is not None:
-            return self._tracer
+        tracer = self._tracer
+        if tracer is not None or self._provider is not None:
+            return tracer
+        now = monotonic()  # look for a global SDK provider at most once a second
+        if now < self._recheck_at:
+            return None
+        self._recheck_at = now + 1.0
         provider = trace.get_tracer_provider()
         if _is_noop(provider):
             return None
@@ -291,4 +298,4 @@ def _finish_span(span: trace.Span, ctx: RequestContext, name: str, status: int |
 
 
 def _is_noop(provider: TracerProvider) -> bool:
-    return isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+    return isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider))
