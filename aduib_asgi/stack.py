@@ -46,6 +46,8 @@ DEFAULT_ORDER: tuple[str, ...] = (
 #: Where each layer's class lives ("module:Class"), for :func:`layer_class`.
 LAYER_CLASSES: dict[str, str] = {
     "errors": "aduib_asgi.middleware.errors:ErrorMappingMiddleware",
+    "compression": "aduib_asgi.middleware.compression:CompressionMiddleware",
+    "content": "aduib_asgi.middleware.content:ContentNegotiationMiddleware",
     "deadline": "aduib_asgi.middleware.deadline:DeadlineMiddleware",
     "admission": "aduib_asgi.middleware.admission:AdmissionMiddleware",
     "circuit": "aduib_asgi.middleware.circuit:CircuitBreakerMiddleware",

@@ -13,9 +13,18 @@ from typing import Any, Protocol, runtime_checkable
 
 import pydantic_core
 
+from aduib_asgi.codecs.msgpack_codec import MsgpackCodec
 from aduib_asgi.errors import RpcError
 
-__all__ = ["JSON", "Codec", "CodecRegistry", "JsonCodec", "default_registry"]
+__all__ = [
+    "JSON",
+    "MSGPACK",
+    "Codec",
+    "CodecRegistry",
+    "JsonCodec",
+    "MsgpackCodec",
+    "default_registry",
+]
 
 
 @runtime_checkable
@@ -55,21 +64,51 @@ JSON = JsonCodec()
 
 
 class CodecRegistry:
-    """Media type (lower-case, no parameters) -> codec, with aliases."""
+    """Media type (lower-case, no parameters) -> codec, with aliases.
+
+    A type whose optional dependency is not installed is registered with
+    :meth:`register_missing`: it is recognised (415 names the extra to install)
+    but never negotiated.
+    """
 
     def __init__(self) -> None:
         self._codecs: dict[str, Codec] = {}
         self._primary: list[str] = []
+        self._names: dict[int, tuple[str, ...]] = {}
+        self._missing: dict[str, str] = {}
 
     def register(self, codec: Codec, *aliases: str) -> None:
         self._codecs[codec.media_type] = codec
         if codec.media_type not in self._primary:
             self._primary.append(codec.media_type)
+        names = [codec.media_type]
         for alias in aliases:
             self._codecs[alias.lower()] = codec
+            names.append(alias.lower())
+        self._names[id(codec)] = tuple(names)
+        for name in names:
+            self._missing.pop(name, None)
+
+    def register_missing(self, media_type: str, extra: str, *aliases: str) -> None:
+        """Recognise ``media_type`` (and aliases) as needing ``aduib-asgi[extra]``."""
+        for name in (media_type, *aliases):
+            if name.lower() not in self._codecs:
+                self._missing[name.lower()] = extra
 
     def get(self, media_type: str) -> Codec | None:
         return self._codecs.get(media_type)
+
+    def missing(self, media_type: str) -> str | None:
+        """The extra that would provide ``media_type``, when it is known but not installed."""
+        return self._missing.get(media_type)
+
+    def codecs(self) -> list[Codec]:
+        """Installed codecs in registration (server preference) order."""
+        return [self._codecs[m] for m in self._primary]
+
+    def names_of(self, codec: Codec) -> tuple[str, ...]:
+        """The media type and aliases ``codec`` was registered under."""
+        return self._names.get(id(codec), (codec.media_type,))
 
     def media_types(self) -> list[str]:
         """Primary media types, in registration order."""
@@ -80,8 +119,36 @@ class CodecRegistry:
         return list(self._codecs)
 
 
+MSGPACK = MsgpackCodec()
+
+
+def _load_protobuf() -> Codec:
+    from aduib_asgi.codecs.protobuf_codec import ProtobufCodec
+
+    return ProtobufCodec()
+
+
+def _load_avro() -> Codec:
+    from aduib_asgi.codecs.avro_codec import AvroCodec
+
+    return AvroCodec()
+
+
 def default_registry() -> CodecRegistry:
-    """A registry holding every codec that is installed."""
+    """JSON, msgpack, and protobuf/avro when their extras are installed.
+
+    Order is the server's preference when ``Accept`` ties: json, msgpack,
+    protobuf, avro.
+    """
     reg = CodecRegistry()
     reg.register(JSON)
+    reg.register(MSGPACK, "application/x-msgpack", "application/vnd.msgpack")
+    for loader, media, extra, aliases in (
+        (_load_protobuf, "application/protobuf", "protobuf", ("application/x-protobuf",)),
+        (_load_avro, "application/avro", "avro", ()),
+    ):
+        try:
+            reg.register(loader(), *aliases)
+        except ImportError:
+            reg.register_missing(media, extra, *aliases)
     return reg

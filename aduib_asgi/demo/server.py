@@ -13,6 +13,8 @@ from aduib_asgi.health import install_health_service
 from aduib_asgi.middleware.admission import AdmissionMiddleware
 from aduib_asgi.middleware.auth import AuthMiddleware
 from aduib_asgi.middleware.circuit import CircuitBreakerMiddleware
+from aduib_asgi.middleware.compression import CompressionMiddleware
+from aduib_asgi.middleware.content import ContentNegotiationMiddleware
 from aduib_asgi.middleware.deadline import DeadlineMiddleware
 from aduib_asgi.middleware.errors import ErrorMappingMiddleware
 from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
@@ -64,6 +66,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
                          methods=("GET", "HEAD"))
     layers = [
         Layer.of(ErrorMappingMiddleware, debug=config.debug),
+        Layer.of(CompressionMiddleware),
+        Layer.of(ContentNegotiationMiddleware),
         Layer.of(VersionNegotiationMiddleware),
         # Spans (when an OTel SDK is configured) and the RPC metrics.
         Layer.of(TracePropagationMiddleware, metrics=RpcMetrics(meter_provider)),

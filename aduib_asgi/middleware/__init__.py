@@ -3,6 +3,8 @@
 from aduib_asgi.middleware.admission import AdmissionMiddleware
 from aduib_asgi.middleware.auth import AuthMiddleware
 from aduib_asgi.middleware.circuit import CircuitBreakerMiddleware
+from aduib_asgi.middleware.compression import CompressionMiddleware
+from aduib_asgi.middleware.content import ContentNegotiationMiddleware
 from aduib_asgi.middleware.deadline import DeadlineMiddleware
 from aduib_asgi.middleware.errors import ErrorMappingMiddleware
 from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
@@ -16,6 +18,8 @@ __all__ = [
     "AdmissionMiddleware",
     "AuthMiddleware",
     "CircuitBreakerMiddleware",
+    "CompressionMiddleware",
+    "ContentNegotiationMiddleware",
     "DeadlineMiddleware",
     "ErrorMappingMiddleware",
     "IdempotencyMiddleware",

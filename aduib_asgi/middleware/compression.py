@@ -1,0 +1,363 @@
+"""CompressionMiddleware: request ``Content-Encoding`` and response ``Accept-Encoding``.
+
+Requests: the body is decompressed incrementally while it is received, capped
+at ``max_body_size`` decompressed bytes (2004/413 the moment the cap is
+crossed); corrupt input is 1004/400, an unknown coding 1004/415 with
+``Accept-Encoding`` naming what is supported. Uncompressed bodies get the same
+cap. Responses: the coding is chosen from ``Accept-Encoding`` (q-values, then
+the server's preference), ``Vary: Accept-Encoding`` is added, small bodies,
+already-encoded bodies, excluded types and ``Cache-Control: no-transform`` are
+left alone; streamed bodies (``text/event-stream`` and any multi-message body)
+are flushed per ASGI message, so each event reaches the client at once; large
+bodies are compressed in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+import anyio.to_thread
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aduib_asgi.body import DEFAULT_MAX_BODY
+from aduib_asgi.codecs.negotiation import parse_qlist
+from aduib_asgi.compression import Coding, Encoder, TooLarge, available_codings
+from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.errors import RpcError
+from aduib_asgi.responses import send_error
+
+__all__ = ["DEFAULT_EXCLUDED_TYPES", "DEFAULT_PREFERENCE", "CompressionMiddleware"]
+
+#: Server preference when ``Accept-Encoding`` ties (``br`` joins at the end when installed).
+DEFAULT_PREFERENCE: tuple[str, ...] = ("zstd", "gzip", "lz4", "snappy", "br")
+
+#: Response types never compressed (already compressed formats); ``type/`` entries are prefixes.
+DEFAULT_EXCLUDED_TYPES: tuple[str, ...] = (
+    "image/", "video/", "audio/", "font/woff", "font/woff2",
+    "application/zip", "application/gzip", "application/x-gzip", "application/zstd",
+    "application/x-7z-compressed", "application/x-rar-compressed", "application/vnd.rar",
+    "application/x-bzip2", "application/x-xz", "application/x-lz4", "application/x-snappy-framed",
+    "application/x-compress", "application/pdf",
+)
+_NOT_EXCLUDED = (b"image/svg+xml",)
+
+_VARY = (b"vary", b"Accept-Encoding")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_CACHE_LIMIT = 512
+
+
+class CompressionMiddleware:
+    """Content codings both ways (gzip, zstd, lz4 frame, snappy framing, optional br).
+
+    Args:
+        preference: codings in server preference order (only installed ones count).
+        minimum_size: bodies smaller than this are sent as they are.
+        max_body_size: cap on the (decompressed) request body.
+        levels: per-coding level, e.g. ``{"gzip": 6, "zstd": 3}``.
+        thread_threshold: bodies (or streamed chunks) at least this large are
+            compressed in a worker thread.
+        excluded_types: response media types (or ``type/`` prefixes) never compressed.
+    """
+
+    layer_name = "compression"
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        preference: Sequence[str] = DEFAULT_PREFERENCE,
+        minimum_size: int = 512,
+        max_body_size: int = DEFAULT_MAX_BODY,
+        levels: dict[str, int] | None = None,
+        thread_threshold: int = 1024 * 1024,
+        excluded_types: Iterable[str] = DEFAULT_EXCLUDED_TYPES,
+    ) -> None:
+        self.app = app
+        self.codings: dict[str, Coding] = available_codings(levels)
+        self.preference = tuple(p for p in preference if p in self.codings)
+        self.minimum_size = minimum_size
+        self.max_body_size = max_body_size
+        self.thread_threshold = thread_threshold
+        self.excluded = tuple(t.lower().encode("latin-1") for t in excluded_types)
+        supported = ", ".join([*self.codings, "identity"])
+        self._accept_encoding = supported
+        self._choices: dict[bytes, Coding | None] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await run_with_context(self._http, scope, receive, send)
+
+    # -- negotiation ---------------------------------------------------------------
+
+    def choose(self, accept_encoding: bytes) -> Coding | None:
+        """The coding for an ``Accept-Encoding`` value (None: identity). Cached per value."""
+        try:
+            return self._choices[accept_encoding]
+        except KeyError:
+            pass
+        qs: dict[str, float] = {}
+        for token, q in parse_qlist(accept_encoding.decode("latin-1")):
+            token = "gzip" if token == "x-gzip" else token
+            qs[token] = max(q, qs.get(token, 0.0))
+        star = qs.get("*", 0.0)
+        best: Coding | None = None
+        best_q = 0.0
+        for name in self.preference:
+            q = qs.get(name, star)
+            if q > best_q:
+                best, best_q = self.codings[name], q
+        if len(self._choices) >= _CACHE_LIMIT:
+            self._choices.clear()
+        self._choices[accept_encoding] = best
+        return best
+
+    # -- request -------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        coding: Coding | None = None
+        ae = ctx.header(b"accept-encoding")
+        if ae is not None:
+            ctx.add_response_header(*_VARY)
+            coding = self.choose(ae)
+            if coding is not None:
+                ctx.response_encoding = coding.name
+        rx: _DecodingReceive | _CountingReceive | None = None
+        ce = ctx.header(b"content-encoding")
+        if ce is not None and (name := ce.strip().lower()) not in (b"identity", b""):
+            decoding = self.codings.get(name.decode("latin-1"))
+            if decoding is None:
+                await send_error(scope, send, RpcError(
+                    1004, f"Unsupported Content-Encoding {ce.decode('latin-1')!r}",
+                    http_status=415, headers={"Accept-Encoding": self._accept_encoding},
+                ), ctx=ctx)
+                return
+            rx = _DecodingReceive(receive, decoding, self.max_body_size)
+            scope = {**scope, "headers": [
+                h for h in scope["headers"]
+                if h[0] != b"content-encoding" and h[0] != b"content-length"
+            ]}
+        else:
+            length = ctx.header(b"content-length")
+            if length is not None:
+                if length.isdigit() and int(length) > self.max_body_size:
+                    await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
+                    return
+            elif scope["method"] in _BODY_METHODS:
+                rx = _CountingReceive(receive, self.max_body_size)
+        if coding is None and rx is None:
+            await self.app(scope, receive, send)
+            return
+        responder = _Responder(send, self, coding, rx, scope["method"] == "HEAD")
+        try:
+            await self.app(scope, rx if rx is not None else receive, responder)
+        except Exception:
+            if rx is None or rx.error is None or responder.started:
+                raise
+        if rx is not None and rx.error is not None and not responder.started:
+            await send_error(scope, send, rx.error, ctx=ctx)
+
+
+def _too_large(limit: int) -> RpcError:
+    return RpcError(2004, f"Request body exceeds {limit} bytes")
+
+
+class _DecodingReceive:
+    """Decompresses request messages as they arrive, within the size cap."""
+
+    __slots__ = ("decoder", "done", "error", "limit", "name", "pending", "receive")
+
+    def __init__(self, receive: Receive, coding: Coding, limit: int) -> None:
+        self.receive = receive
+        self.decoder = coding.decoder()
+        self.name = coding.name
+        self.limit = limit
+        self.pending: deque[bytes] = deque()
+        self.done = False
+        self.error: RpcError | None = None
+
+    async def __call__(self) -> Message:
+        if self.error is not None:
+            raise self.error
+        if self.pending:
+            return self._next()
+        if self.done:
+            return await self.receive()
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                return message
+            body = message.get("body", b"")
+            try:
+                if body:
+                    self.pending.extend(self.decoder.decompress(body, self.limit))
+                if not message.get("more_body", False):
+                    self.decoder.finish()
+                    self.done = True
+            except TooLarge:
+                self.error = _too_large(self.limit)
+                raise self.error from None
+            except Exception:
+                self.error = RpcError(1004, f"Corrupt {self.name} request body")
+                raise self.error from None
+            if self.pending:
+                return self._next()
+            if self.done:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+    def _next(self) -> Message:
+        piece = self.pending.popleft()
+        more = bool(self.pending) or not self.done
+        return {"type": "http.request", "body": piece, "more_body": more}
+
+
+class _CountingReceive:
+    """Enforces the cap on an uncompressed body of unknown length (chunked)."""
+
+    __slots__ = ("error", "limit", "receive", "total")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.total = 0
+        self.error: RpcError | None = None
+
+    async def __call__(self) -> Message:
+        if self.error is not None:
+            raise self.error
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.total += len(message.get("body", b""))
+            if self.total > self.limit:
+                self.error = _too_large(self.limit)
+                raise self.error
+        return message
+
+
+# Response modes.
+_HELD, _PASS, _STREAM = 0, 1, 2
+
+
+class _Responder:
+    """Wraps ``send``: compresses the response, or passes it through untouched."""
+
+    __slots__ = ("coding", "encoder", "head", "mode", "mw", "rx", "send", "start", "started")
+
+    def __init__(
+        self,
+        send: Send,
+        mw: CompressionMiddleware,
+        coding: Coding | None,
+        rx: _DecodingReceive | _CountingReceive | None,
+        head: bool,
+    ) -> None:
+        self.send = send
+        self.mw = mw
+        self.coding = coding
+        self.rx = rx
+        self.head = head
+        self.mode = _PASS
+        self.start: Message | None = None
+        self.encoder: Encoder | None = None
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        rx = self.rx
+        if rx is not None and rx.error is not None and not self.started:
+            return  # the body was refused: the layer renders its own error
+        t = message["type"]
+        if t == "http.response.start":
+            await self._on_start(message)
+        elif t == "http.response.body" and self.mode != _PASS:
+            await self._on_body(message)
+        else:
+            if self.mode == _HELD:
+                self.mode = _PASS
+                await self._send_start(self.start)
+            await self.send(message)
+
+    async def _send_start(self, message: Message | None) -> None:
+        assert message is not None
+        self.started = True
+        await self.send(message)
+
+    async def _on_start(self, message: Message) -> None:
+        status = message["status"]
+        if self.coding is None or self.head or status < 200 or status in (204, 304):
+            await self._send_start(message)
+            return
+        ctype = b""
+        for name, value in message.get("headers", ()):
+            if name == b"content-encoding":
+                await self._send_start(message)
+                return
+            if name == b"content-type":
+                ctype = value.lower()
+            elif (name == b"cache-control" and b"no-transform" in value.lower()) or (
+                name == b"content-length" and value.isdigit()
+                and int(value) < self.mw.minimum_size
+            ):
+                await self._send_start(message)
+                return
+        if ctype and ctype.startswith(self.mw.excluded) and not ctype.startswith(_NOT_EXCLUDED):
+            await self._send_start(message)
+            return
+        if ctype.startswith(b"text/event-stream"):
+            # Streamed by nature: commit now so the client sees the headers at once.
+            self.mode = _STREAM
+            self.encoder = self.coding.encoder()
+            await self._send_start(self._encoded_start(message, None))
+            return
+        self.mode = _HELD
+        self.start = message
+
+    def _encoded_start(self, message: Message, length: int | None) -> Message:
+        assert self.coding is not None
+        headers = [h for h in message.get("headers", ()) if h[0] != b"content-length"]
+        headers.append((b"content-encoding", self.coding.name.encode("latin-1")))
+        if length is not None:
+            headers.append((b"content-length", str(length).encode("latin-1")))
+        return {**message, "headers": headers}
+
+    async def _on_body(self, message: Message) -> None:
+        body: bytes = message.get("body", b"")
+        more: bool = message.get("more_body", False)
+        coding = self.coding
+        assert coding is not None
+        if self.mode == _HELD:
+            start, self.start = self.start, None
+            assert start is not None
+            if not more:
+                self.mode = _PASS
+                if len(body) < self.mw.minimum_size:
+                    await self._send_start(start)
+                    await self.send(message)
+                    return
+                if len(body) >= self.mw.thread_threshold:
+                    data = await anyio.to_thread.run_sync(coding.compress, body)
+                else:
+                    data = coding.compress(body)
+                await self._send_start(self._encoded_start(start, len(data)))
+                await self.send({"type": "http.response.body", "body": data, "more_body": False})
+                return
+            self.mode = _STREAM
+            self.encoder = coding.encoder()
+            await self._send_start(self._encoded_start(start, None))
+        if len(body) >= self.mw.thread_threshold:
+            data = await anyio.to_thread.run_sync(self._feed, body, more)
+        else:
+            data = self._feed(body, more)
+        if data or not more:
+            await self.send({"type": "http.response.body", "body": data, "more_body": more})
+        if not more:
+            self.mode = _PASS
+
+    def _feed(self, body: bytes, more: bool) -> bytes:
+        enc = self.encoder
+        assert enc is not None
+        out = enc.compress(body) if body else b""
+        if more:
+            return out + enc.flush() if body else out
+        return out + enc.finish()
