@@ -120,7 +120,7 @@ async def test_accept_q_values(
 
 
 @pytest.mark.parametrize("accept", ["text/html", "application/json;q=0",
-                                    "application/json;q=abc", "image/*, text/*"])
+                                    "application/json;q=abc", "image/*, text/html"])
 async def test_nothing_acceptable_is_406(demo_client: httpx.AsyncClient, accept: str) -> None:
     r = await demo_client.post(RPC, json=envelope("rpc.v2/Echo/echo", {}),
                                headers={"accept": accept})
@@ -373,3 +373,20 @@ def test_registry_lookup_and_missing() -> None:
     reg.register(AVRO)
     assert reg.missing("application/avro") is None
     assert reg.get("application/avro") is AVRO
+
+
+@pytest.mark.parametrize("accept", ["text/event-stream", "text/*"])
+async def test_sse_accept_is_not_406(demo_client: httpx.AsyncClient, accept: str) -> None:
+    # The 2.0.1 client sends Accept: text/event-stream on stream calls.
+    r = await demo_client.post(RPC + "/stream", json=envelope("rpc.v2/Echo/nope"),
+                               headers={"accept": accept})
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == 4001
+
+
+async def test_v1_decode_errors_are_v1_shaped(demo_client: httpx.AsyncClient) -> None:
+    r = await demo_client.post("/aduib_rpc/v1/rpc", content=b"\xc1",
+                               headers={"content-type": "application/msgpack",
+                                        "accept": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["aduib_rpc"] == "1.0" and r.json()["error"]["code"] == 1003

@@ -26,6 +26,7 @@ from aduib_asgi.codecs.negotiation import choose_codec, media_type_of, parse_qli
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import send_error
+from aduib_asgi.versioning.compat import install_v1_shaper
 
 __all__ = ["ORIGINAL_TYPE_KEY", "ContentNegotiationMiddleware"]
 
@@ -34,6 +35,8 @@ ORIGINAL_TYPE_KEY = "aduib.content.original_type"
 
 _VARY = (b"vary", b"Accept")
 _ANY = b"*/*"
+#: Accept ranges served by streaming endpoints, not by a codec: never a 406.
+_STREAM_RANGES = ("text/event-stream", "text/*")
 _CACHE_LIMIT = 512
 
 
@@ -110,7 +113,12 @@ class ContentNegotiationMiddleware:
             return self._choices[key]
         except KeyError:
             pass
-        codec = choose_codec(parse_qlist(accept.decode("latin-1")), self.registry, request_codec)
+        ranges = parse_qlist(accept.decode("latin-1"))
+        codec = choose_codec(ranges, self.registry, request_codec)
+        if codec is None and any(r in _STREAM_RANGES and q > 0 for r, q in ranges):
+            # An SSE client (``Accept: text/event-stream``): errors before the
+            # stream starts use the request's type.
+            codec = request_codec or JSON
         if len(self._choices) >= _CACHE_LIMIT:
             self._choices.clear()
         self._choices[key] = codec
@@ -198,6 +206,9 @@ class ContentNegotiationMiddleware:
 
     async def _envelope(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
                         codec: Codec, accept: bytes | None) -> None:
+        v1 = scope["path"] == self._v1_path
+        if v1:
+            install_v1_shaper(ctx)  # errors while decoding are v1-shaped too
         body = await self._read(scope, receive, send, ctx)
         if body is None:
             return
@@ -205,7 +216,7 @@ class ContentNegotiationMiddleware:
             if not body:
                 raise RpcError(1002, "Empty request body")
             payload = codec.decode(body)
-            env = parse_envelope(ctx, payload, v1=scope["path"] == self._v1_path)
+            env = parse_envelope(ctx, payload, v1=v1)
             if (accept is None or accept == _ANY) and env.metadata is not None \
                     and env.metadata.accept:
                 chosen = self._from_metadata(env.metadata.accept, ctx.request_codec)
