@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import anyio
 import httpx
 import pytest
 
@@ -53,3 +54,16 @@ async def test_demo_stream_framing_flag() -> None:
     envs = [json.loads(e["data"]) for e in parse_sse(r.content)]
     assert [e["result"] for e in envs] == [{"index": 0}, {"index": 1}]
     assert all(e["id"] == "d" for e in envs)
+
+
+async def test_demo_websocket_through_the_full_stack() -> None:
+    from tests.stream_harness import ws_client
+
+    app = build_demo_app(DemoConfig(heartbeat=0))
+    with anyio.fail_after(10):
+        async with ws_client(app) as ws:
+            await ws.send_json(envelope("rpc.v2/Echo/stream", {"count": 3}, id="ws-demo"))
+            frames = await ws.rest()
+    assert [f["type"] for f in frames] == ["data", "data", "data", "end"]
+    assert frames[0]["payload"]["data"] == {"index": 0}
+    assert ws.close_code == 1000
