@@ -132,6 +132,18 @@ class _GzipDecoder:
 _local = threading.local()
 
 
+#: Below this, one-shot zstd reuses a per-thread context; above it a fresh context
+#: is faster (measured: a reused context's tables cost more than a new one's for
+#: large inputs when other work runs in between).
+_ZSTD_REUSE_BELOW = 128 * 1024
+
+
+def _zstd_compress(data: bytes, level: int) -> bytes:
+    if len(data) < _ZSTD_REUSE_BELOW:
+        return _zstd_cctx(level).compress(data)
+    return zstandard.ZstdCompressor(level=level).compress(data)
+
+
 def _zstd_cctx(level: int) -> zstandard.ZstdCompressor:
     """One compressor per thread and level (not thread-safe; reused for one-shot calls)."""
     cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "zstd", None)
@@ -318,7 +330,7 @@ def available_codings(levels: dict[str, int] | None = None) -> dict[str, Coding]
     lv = {**DEFAULT_LEVELS, **(levels or {})}
     gz, zs, l4 = lv["gzip"], lv["zstd"], lv["lz4"]
     codings = {
-        "zstd": Coding("zstd", lambda b: _zstd_cctx(zs).compress(b),
+        "zstd": Coding("zstd", lambda b: _zstd_compress(b, zs),
                        lambda: _ZstdEncoder(zs), _ZstdDecoder),
         "gzip": Coding("gzip", lambda b: zlib.compress(b, gz, 31),
                        lambda: _GzipEncoder(gz), _GzipDecoder),
