@@ -16,6 +16,7 @@ the context and names it in the response's header of the same name.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +27,7 @@ from starlette.types import Scope, Send
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import (
+    _SHAPER_KEY,
     _debug_info,
     build_envelope,
     error_envelope,
@@ -158,6 +160,35 @@ def envelope_item(ctx: RequestContext, value: Any, status: str) -> Any:
     return build_envelope(ctx, result=jsonable(value), status=status)
 
 
+class _EnvelopeItems:
+    """The default item encoder of one stream: the common members are built once."""
+
+    __slots__ = ("_template",)
+
+    def __init__(self) -> None:
+        self._template: dict[str, Any] | None = None
+
+    def __call__(self, ctx: RequestContext, value: Any, status: str) -> Any:
+        tpl = self._template
+        if tpl is None:
+            if ctx.extras.get(_SHAPER_KEY) is not None:  # reshaped (v1): build each time
+                return envelope_item(ctx, value, status)
+            tpl = build_envelope(ctx)
+            tpl.pop("result", None)
+            self._template = tpl
+        env = dict(tpl)
+        env["status"] = status
+        if value is not None:
+            env["result"] = jsonable(value)
+        meta = env.get("metadata")
+        if meta is not None:
+            meta = dict(meta)
+            meta["timestamp_ms"] = int(time.time() * 1000)
+            meta["duration_ms"] = ctx.duration_ms()
+            env["metadata"] = meta
+        return env
+
+
 class EnvelopeSseEncoder:
     """Envelope framing: ``data: <JSON>`` per item, ``: ping`` heartbeats, nothing else."""
 
@@ -165,7 +196,7 @@ class EnvelopeSseEncoder:
 
     def __init__(self, ctx: RequestContext, item_encoder: ItemEncoder | None = None) -> None:
         self.ctx = ctx
-        self.item_encoder = item_encoder or envelope_item
+        self.item_encoder = item_encoder or _EnvelopeItems()
 
     def encode(self, frame: Frame) -> bytes:
         t = frame.type
