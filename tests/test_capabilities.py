@@ -32,6 +32,7 @@ async def get_caps(client: httpx.AsyncClient) -> dict[str, Any]:
 async def test_demo_capabilities(demo_client: httpx.AsyncClient) -> None:
     caps = await get_caps(demo_client)
     assert caps["protocol_versions"] == ["2.0", "1.0"]
+    assert caps["streaming"] is True and caps["bidirectional"] is True  # /rpc/stream, /rpc/ws
     assert caps["content_types"][:2] == ["application/json", "application/msgpack"]
     assert "gzip" in caps["compressions"] and "identity" in caps["compressions"]
     methods = {m["name"]: m for m in caps["methods"]}

@@ -253,3 +253,31 @@ async def test_output_model_validates_results() -> None:
         assert r.json()["result"] == {"x": 3, "y": 4}
         r = await client.post(RPC, json=envelope("rpc.v2/Geo/echo", {"x": "a"}))
         assert r.json()["error"]["code"] == 2001
+
+
+# -- the same resolution on the streaming transport -----------------------------------
+
+
+async def test_stream_endpoint_uses_the_same_versioned_resolution() -> None:
+    pytest.importorskip("aduib_asgi.streaming.endpoints")
+    registry = MethodRegistry()
+
+    async def ticks(data: dict[str, Any]) -> Any:
+        yield {"i": 0}
+
+    registry.register("rpc.v2/Feed/ticks", ticks, deprecated="2025-01-01")
+    registry.register("rpc.v2/Feed/legacy", ticks, removed_in="2.0")
+    app = build_stack(RpcDispatcher(registry), [
+        Layer.of(ErrorMappingMiddleware),
+        Layer.of(VersionNegotiationMiddleware),
+    ])
+    stream = "/aduib_rpc/v2/rpc/stream"
+    async with client_for(app) as client:
+        r = await client.post(stream, json=envelope("rpc.v2/Feed/ticks", {}))
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["deprecation"].startswith("@")
+        r = await client.post(stream, json=envelope("rpc.v2/Feed/legacy", {}))
+        assert r.status_code == 410 and r.json()["error"]["code"] == 4020
+        r = await client.post(stream, json=envelope("Feed.ticks", {}))  # not canonical in v2
+        assert r.status_code == 400 and r.json()["error"]["code"] == 1002

@@ -34,15 +34,24 @@ VersionKey = tuple[int, int]
 _DIGITS = frozenset("0123456789")
 
 
+_KEYS: dict[str, VersionKey] = {}
+
+
 def parse_version(value: object) -> VersionKey | None:
     """``"2.10"`` -> ``(2, 10)``; None unless ``value`` is an ASCII ``MAJOR.MINOR`` string."""
     if not isinstance(value, str) or len(value) > 9:
         return None
+    cached = _KEYS.get(value)
+    if cached is not None:
+        return cached
     major, dot, minor = value.partition(".")
     if (not dot or not major or not minor or len(major) > 4 or len(minor) > 4
             or not _DIGITS.issuperset(major) or not _DIGITS.issuperset(minor)):
         return None
-    return int(major), int(minor)
+    key = (int(major), int(minor))
+    if len(_KEYS) < 1024:  # bounded: arbitrary client strings cannot grow it forever
+        _KEYS[value] = key
+    return key
 
 
 def is_version(value: object) -> bool:
@@ -110,6 +119,10 @@ class ServerVersions:
         """
         if supported_versions is not None:
             return self._intersect(supported_versions)
+        if isinstance(version, str):
+            fast = self._fast.get(version)  # the hot path: an exact server spelling
+            if fast is not None:
+                return fast
         if version is None:
             return self.highest
         if not isinstance(version, str) or parse_version(version) is None:
