@@ -48,11 +48,14 @@ async def test_reserve_complete_release_contract(backend: str) -> None:
 
 async def test_memory_ttl_and_lease_expiry() -> None:
     clock = Clock()
-    store = MemoryIdempotencyStore(clock=clock)
+    store = MemoryIdempotencyStore(clock=clock, hold_reservations=False)
+    held = MemoryIdempotencyStore(clock=clock)
+    await held.reserve("k", "fp", 5)
     res = await store.reserve("k", "fp", 5)
     assert res.token is not None
     clock.now += 6  # lease ran out without renewal
     assert (await store.reserve("k", "fp", 5)).outcome == "reserved"
+    assert (await held.reserve("k", "fp", 5)).outcome == "in_flight"  # held by its owner
     res = await store.reserve("c", "fp", 5)
     assert res.token is not None
     await store.complete("c", res.token, RESP, ttl=30)

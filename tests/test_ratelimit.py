@@ -286,3 +286,18 @@ async def test_hung_redis_is_bounded_by_the_timeout(own_redis: RedisServer,
     assert elapsed < 3.0
     assert hung.status_code == (200 if fail_open else 503)
     assert back.status_code == 200 and "ratelimit" in back.headers
+
+
+async def test_several_policies_are_all_reported_and_all_enforced(backend: str) -> None:
+    policies = [RateLimitPolicy("burst", "2/minute", methods=(PING,)),
+                RateLimitPolicy("all", "10/minute")]
+    async with client_for(rpc_app(Services(), storage=backend, policies=policies)) as client:
+        first = await call(client)
+        await call(client)
+        refused = await call(client)
+    assert first.headers["ratelimit-policy"] == '"burst";q=2;w=60, "all";q=10;w=60'
+    assert re.fullmatch(r'"burst";r=1;t=\d+, "all";r=9;t=\d+', first.headers["ratelimit"])
+    assert first.json()["metadata"]["rate_limit"]["limit"] == 2  # the tightest one
+    assert refused.status_code == 429
+    assert refused.json()["error"]["details"][0]["metadata"]["policy"] == "burst"
+    assert refused.headers["ratelimit"].startswith('"burst";r=0;t=')

@@ -98,8 +98,9 @@ class IdempotencyMiddleware:
       ``timeout``; when the store fails, ``fail_open=True`` runs the request
       without idempotency (logged), else 5002 (503).
     - ``ttl``: how long completed responses are kept; ``lease``: how long a
-      reservation lives without renewal (renewed every ``lease / 3`` while the
-      handler runs, released on every failure path).
+      reservation lives without renewal (stores with ``needs_renewal``, e.g.
+      Redis: renewed every ``lease / 3`` while the handler runs). Reservations
+      are released on every failure path.
     - ``wait``: seconds a repeat waits for an in-flight original before 4011
       (409); 0 answers 409 at once.
     - ``required``: methods (RPC method names, or paths when used alone) that
@@ -143,6 +144,8 @@ class IdempotencyMiddleware:
         self.timeout = timeout
         self.fail_open = fail_open
         self.store_errors = 0
+        self._in_process = bool(getattr(self.store, "in_process", False))
+        self._renews = bool(getattr(self.store, "needs_renewal", True))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] not in _SAFE_METHODS:
@@ -213,6 +216,8 @@ class IdempotencyMiddleware:
         return hashlib.sha256(parts.encode("utf-8", "surrogatepass")).hexdigest()
 
     async def _store_call(self, fn: Any, *args: Any) -> Any:
+        if self._in_process:  # never waits: no timeout scope on the hot path
+            return await fn(*args)
         with anyio.fail_after(self.timeout):
             return await fn(*args)
 
@@ -299,12 +304,15 @@ class IdempotencyMiddleware:
                              skey: str, token: str) -> None:
         recorder = _Recorder(send, self.max_body_size)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._renew, skey, token)
-                try:
-                    await self.app(scope, receive, recorder)
-                finally:
-                    tg.cancel_scope.cancel()
+            if self._renews:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._renew, skey, token)
+                    try:
+                        await self.app(scope, receive, recorder)
+                    finally:
+                        tg.cancel_scope.cancel()
+            else:
+                await self.app(scope, receive, recorder)
         except BaseException as exc:
             await self._release(skey, token)
             if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -315,9 +323,12 @@ class IdempotencyMiddleware:
             await self._release(skey, token)
             return
         try:
-            with anyio.CancelScope(shield=True):
-                done = await self._store_call(self.store.complete, skey, token, response,
-                                              self.ttl)
+            if self._in_process:
+                done = await self.store.complete(skey, token, response, self.ttl)
+            else:
+                with anyio.CancelScope(shield=True):
+                    done = await self._store_call(self.store.complete, skey, token, response,
+                                                  self.ttl)
             if not done:
                 logger.warning("idempotency lease expired before the response was stored")
         except Exception as exc:
@@ -325,6 +336,9 @@ class IdempotencyMiddleware:
             await self._release(skey, token)
 
     async def _release(self, skey: str, token: str) -> None:
+        if self._in_process:  # synchronous inside: cannot be interrupted
+            await self.store.release(skey, token)
+            return
         with anyio.CancelScope(shield=True):
             try:
                 await self._store_call(self.store.release, skey, token)

@@ -128,8 +128,8 @@ def policies_from_registry(registry: Iterable[Any], *,
 class _Compiled:
     """A policy with everything precomputed for the hot path."""
 
-    __slots__ = ("amount", "cost", "item", "key_by", "name", "policy", "policy_header",
-                 "rl_prefix", "window")
+    __slots__ = ("amount", "by_client_only", "cost", "item", "key_by", "name", "policy",
+                 "policy_header", "rl_prefix", "window")
 
     def __init__(self, policy: RateLimitPolicy) -> None:
         self.policy = policy
@@ -139,6 +139,7 @@ class _Compiled:
         self.window = int(self.item.get_expiry())
         self.cost = policy.cost
         self.key_by = policy.key_by
+        self.by_client_only = policy.key_by == ("client",)
         self.policy_header = f'"{policy.name}";q={self.amount};w={self.window}'.encode("latin-1")
         self.rl_prefix = f'"{policy.name}";r='.encode("latin-1")
 
@@ -307,6 +308,13 @@ class RateLimitMiddleware:
 
     def _identifiers(self, p: _Compiled, scope: Scope, ctx: RequestContext) -> list[str]:
         ids = [p.name]
+        if p.by_client_only:
+            client = scope.get("client")
+            if self.trusted or not client:
+                ids.append(_escape(client_address(scope, ctx, self.trusted)))
+            else:
+                ids.append(_escape(client[0]))
+            return ids
         for k in p.key_by:
             if k == "tenant":
                 tenant = ctx.tenant_id
@@ -339,12 +347,22 @@ class RateLimitMiddleware:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send,
                       ctx: RequestContext) -> None:
-        policies = self._policies_for(ctx.method, scope["path"])
+        policies = self._match.get((ctx.method, scope["path"]))
+        if policies is None:
+            policies = self._policies_for(ctx.method, scope["path"])
         if not policies:
             await self.app(scope, receive, send)
             return
         try:
-            if self.timeout is None:
+            if self.timeout is None and len(policies) == 1:  # in-process storage, one policy
+                p = policies[0]
+                ids = self._identifiers(p, scope, ctx)
+                limiter = self.limiter
+                ok = await limiter.hit(p.item, *ids, cost=p.cost)
+                reset, remaining = await limiter.get_window_stats(p.item, *ids)
+                refused = None if ok else p
+                stats = [(p, remaining, reset)]
+            elif self.timeout is None:
                 refused, stats = await self._consume(policies, scope, ctx)
             else:
                 with anyio.fail_after(self.timeout):
@@ -356,42 +374,62 @@ class RateLimitMiddleware:
             self._degraded = False
             logger.warning("rate-limit storage is reachable again")
         now = time.time()
-        policy_items: list[bytes] = []
-        rl_items: list[bytes] = []
-        lowest: tuple[_Compiled, int, float] | None = None
-        for p, remaining, reset in stats:
-            after = max(0, math.ceil(reset - now))
-            if p is refused:
-                after = max(1, after)  # never invite a retry before the window resets
-            policy_items.append(p.policy_header)
-            rl_items.append(b"%s%d;t=%d" % (p.rl_prefix, remaining, after))
-            if lowest is None or remaining < lowest[1]:
-                lowest = (p, remaining, reset)
-        ctx.add_response_header(_RATELIMIT_POLICY, b", ".join(policy_items))
-        ctx.add_response_header(_RATELIMIT, b", ".join(rl_items))
-        p, remaining, reset = lowest  # type: ignore[misc]
-        if refused is not None:
-            p, remaining, reset = refused, 0, stats[-1][2]
+        if len(stats) == 1:  # the usual case: one policy
+            p, remaining, reset = stats[0]
+            after = math.ceil(reset - now)
+            if after < 0:
+                after = 0
+            if refused is not None and after < 1:
+                after = 1  # never invite a retry before the window resets
+            ctx.add_response_header(_RATELIMIT_POLICY, p.policy_header)
+            ctx.add_response_header(_RATELIMIT, b"%s%d;t=%d" % (p.rl_prefix, remaining, after))
+        else:
+            p, remaining, reset, after = self._report_many(ctx, stats, refused, now)
         ctx.rate_limit = {"limit": p.amount, "remaining": remaining,
                           "reset_at_ms": int(reset * 1000)}
         if self.legacy_headers:
             ctx.add_response_header(_LEGACY_LIMIT, b"%d" % p.amount)
             ctx.add_response_header(_LEGACY_REMAINING, b"%d" % remaining)
-            ctx.add_response_header(_LEGACY_RESET, b"%d" % max(0, math.ceil(reset - now)))
+            ctx.add_response_header(_LEGACY_RESET, b"%d" % after)
         if refused is None:
             await self.app(scope, receive, send)
             return
-        retry_after = max(1, math.ceil(reset - now))
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "rate limited"})
             return
         await send_error(scope, send, RpcError(
-            5020, f"Rate limit {refused.name!r} exceeded; retry in {retry_after} s",
+            5020, f"Rate limit {refused.name!r} exceeded; retry in {after} s",
             details=[{"type": "rate_limit", "reason": "quota exhausted",
                       "metadata": {"policy": refused.name, "limit": refused.amount,
                                    "window_s": refused.window}}],
-            headers={"Retry-After": str(retry_after)},
+            headers={"Retry-After": str(after)},
         ), ctx=ctx)
+
+    @staticmethod
+    def _report_many(
+        ctx: RequestContext, stats: list[tuple[_Compiled, int, float]],
+        refused: _Compiled | None, now: float,
+    ) -> tuple[_Compiled, int, float, int]:
+        """Headers for several policies; the policy reported in metadata and its ``t``.
+
+        The refusing policy when there is one, else the one with the least left.
+        """
+        policy_items: list[bytes] = []
+        rl_items: list[bytes] = []
+        chosen = stats[-1] if refused is not None else min(stats, key=lambda s: s[1])
+        chosen_after = 0
+        for item in stats:
+            p, remaining, reset = item
+            after = max(0, math.ceil(reset - now))
+            if p is refused:
+                after = max(1, after)
+            if item is chosen:
+                chosen_after = after
+            policy_items.append(p.policy_header)
+            rl_items.append(b"%s%d;t=%d" % (p.rl_prefix, remaining, after))
+        ctx.add_response_header(_RATELIMIT_POLICY, b", ".join(policy_items))
+        ctx.add_response_header(_RATELIMIT, b", ".join(rl_items))
+        return chosen[0], chosen[1], chosen[2], chosen_after
 
     async def _storage_failed(self, exc: Exception, scope: Scope, receive: Receive,
                               send: Send, ctx: RequestContext) -> None:

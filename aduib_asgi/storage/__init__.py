@@ -58,7 +58,14 @@ class Reservation:
 
 @runtime_checkable
 class IdempotencyStore(Protocol):
-    """The async interface the idempotency layer uses; every call is short."""
+    """The async interface the idempotency layer uses; every call is short.
+
+    ``in_process``: calls never wait on I/O (no timeout needed).
+    ``needs_renewal``: reservations expire after their lease unless renewed.
+    """
+
+    in_process: bool
+    needs_renewal: bool
 
     async def reserve(self, key: str, fingerprint: str, lease: float) -> Reservation:
         """Atomically take ``key`` for ``lease`` seconds, or report what holds it."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -28,15 +28,23 @@ class MemoryIdempotencyStore:
 
     Only for one process: several instances need the Redis store. Every
     critical section is synchronous under one ``threading.Lock``, so the
-    reservation is atomic for tasks and threads alike.
+    reservation is atomic for tasks and threads alike, and no call ever waits
+    (``in_process``: callers need no timeout). A reservation's owner lives in
+    this process and releases it on every path, so it is held until then
+    (``needs_renewal`` is False); ``lease`` is kept as a safety net only when
+    ``hold_reservations=False``.
     """
 
-    def __init__(self, *, max_entries: int = 10_000,
+    in_process = True
+
+    def __init__(self, *, max_entries: int = 10_000, hold_reservations: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
         self.max_entries = max_entries
+        self.needs_renewal = not hold_reservations
         self._clock = clock
+        self._tokens = itertools.count(1)
         self._items: OrderedDict[str, _Item] = OrderedDict()
         self._lock = threading.Lock()
         self._waiters: dict[str, anyio.Event] = {}
@@ -78,8 +86,9 @@ class MemoryIdempotencyStore:
                 if entry.response is not None:
                     return Reservation("completed", entry=entry)
                 return Reservation("in_flight", entry=entry)
-            token = uuid.uuid4().hex
-            self._items[key] = _Item(StoreEntry(fingerprint, token), now + lease)
+            token = str(next(self._tokens))
+            expires = now + lease if self.needs_renewal else float("inf")
+            self._items[key] = _Item(StoreEntry(fingerprint, token), expires)
             self._evict(now)
             return Reservation("reserved", token=token)
 
@@ -89,7 +98,8 @@ class MemoryIdempotencyStore:
             item = self._live(key, now)
             if item is None or item.entry.response is not None or item.entry.token != token:
                 return False
-            item.expires = now + lease
+            if self.needs_renewal:
+                item.expires = now + lease
             return True
 
     async def complete(self, key: str, token: str, response: StoredResponse,

@@ -65,6 +65,9 @@ class RedisIdempotencyStore:
     bounds every store call with its own timeout.
     """
 
+    in_process = False
+    needs_renewal = True
+
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *,
                  prefix: str = "aduib:idem:", socket_timeout: float = 1.0,
                  poll_interval: float = 0.025, client: Any = None) -> None:
