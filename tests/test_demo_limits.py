@@ -83,3 +83,14 @@ async def test_two_demo_instances_share_redis(redis_url: str) -> None:
         second = await b.post(RPC, json=body, headers=headers)
     assert second.headers["idempotent-replayed"] == "true"
     assert second.content == first.content
+
+
+async def test_counter_incr_with_a_qos_key_and_a_conflicting_payload(backend: str) -> None:
+    async with client_for(demo(backend)) as client:
+        qos = {"idempotency_key": "demo-q"}
+        first = await client.post(RPC, json=envelope("rpc.v2/Counter/incr", {"by": 2}, qos=qos))
+        replay = await client.post(RPC, json=envelope("rpc.v2/Counter/incr", {"by": 2}, qos=qos))
+        other = await client.post(RPC, json=envelope("rpc.v2/Counter/incr", {"by": 3}, qos=qos))
+    assert first.status_code == 200 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.content == first.content
+    assert other.status_code == 422 and other.json()["error"]["code"] == 4011
