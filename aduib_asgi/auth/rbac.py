@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Generic, TypeVar
 
+from aduib_asgi.errors import RpcError
 from aduib_asgi.models import parse_method
 
-__all__ = ["PatternTable", "roles_table"]
+__all__ = ["PatternTable", "enforce_method_roles", "roles_table"]
 
 T = TypeVar("T")
 
@@ -69,3 +70,23 @@ class PatternTable(Generic[T]):
 def roles_table(rules: Mapping[str, Iterable[str]] | None) -> PatternTable[tuple[str, ...]]:
     """A :class:`PatternTable` of required roles (any one of them grants access)."""
     return PatternTable({k: tuple(v) for k, v in (rules or {}).items()})
+
+
+def enforce_method_roles(method: str, roles: Iterable[str] | None, ctx: object | None) -> None:
+    """Refuse a caller who lacks every role a method was registered with.
+
+    The last line of defence, applied wherever a method is resolved for a
+    request (unary, streams, WebSocket, tasks), so a ``roles=[...]`` registration
+    holds even in a stack without the auth layer: no identity → 3000 (401),
+    an identity without the role → 3011 (403).
+    """
+    if not roles:
+        return
+    have = getattr(ctx, "roles", ()) or ()
+    required = set(roles)
+    if required.intersection(have):
+        return
+    if getattr(ctx, "principal", None) is None:
+        raise RpcError(3000, f"{method} requires authentication",
+                       headers={"WWW-Authenticate": 'Bearer realm="aduib_rpc"'})
+    raise RpcError(3011, f"{method} requires one of the roles {sorted(required)}")

@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from aduib_asgi.auth.rbac import enforce_method_roles
 from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.errors import RpcError, details_from_validation
 from aduib_asgi.models import parse_method
@@ -297,7 +298,9 @@ class MethodRegistry:
         negotiated version (or, without the version layer, the envelope's
         ``aduib_rpc``). With a context, the spec is recorded at
         ``ctx.extras["aduib.method_spec"]`` and a deprecated method's headers
-        are added to the response (once) with a warning in the log.
+        are added to the response (once) with a warning in the log, and a
+        method registered with ``roles`` refuses a caller without one of them
+        (3000/3011) — whether or not the auth layer is in the stack.
         """
         variants = self._variants.get(method)
         if variants is None:
@@ -314,6 +317,9 @@ class MethodRegistry:
                     ctx.envelope.aduib_rpc if ctx.envelope is not None else None)
             spec = self._pick(spec.method, variants, version)
         if ctx is not None:
+            roles = spec.options.get("roles")
+            if roles:
+                enforce_method_roles(spec.method, roles, ctx)
             extras = ctx.extras
             if spec.deprecated and extras.get(METHOD_SPEC_KEY) is not spec:
                 _announce(spec, ctx)

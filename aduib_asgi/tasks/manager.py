@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
+from aduib_asgi.auth.rbac import enforce_method_roles
 from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.dispatcher.app import to_jsonable
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
@@ -190,7 +191,7 @@ class TaskManager:
         if spec.streaming:
             raise RpcError(2000, f"{target} is a streaming method and cannot run as a task")
         tenant = tenant_of(ctx)
-        _check_roles(spec, ctx)
+        enforce_method_roles(spec.method, spec.options.get("roles"), ctx)
         rec = TaskRecord(
             task_id=str(uuid.uuid4()), target_method=target, params=params,
             status=TaskStatus.PENDING, priority=req.priority, created_at_ms=_now_ms(),
@@ -499,18 +500,6 @@ def tenant_of(ctx: RequestContext | None) -> str:
         return ctx.tenant_id
     raw = ctx.header(b"x-tenant-id")
     return raw.decode("latin-1") if raw else "default"
-
-
-def _check_roles(spec: MethodSpec, ctx: RequestContext | None) -> None:
-    roles = spec.options.get("roles")
-    if not roles:
-        return
-    have = set(ctx.roles) if ctx is not None else set()
-    if have & set(roles):
-        return
-    if ctx is None or ctx.principal is None:
-        raise RpcError(3000, f"{spec.method} requires authentication")
-    raise RpcError(3011, f"{spec.method} requires one of the roles {sorted(roles)}")
 
 
 def _event_of(entry: TaskEntry) -> str:
