@@ -9,7 +9,7 @@ from aduib_asgi.middleware.deadline import DeadlineMiddleware
 from aduib_asgi.middleware.errors import ErrorMappingMiddleware
 from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
 from aduib_asgi.middleware.metrics import MetricsMiddleware
-from aduib_asgi.middleware.ratelimit import RateLimitMiddleware
+from aduib_asgi.middleware.ratelimit import RateLimitMiddleware, RateLimitPolicy
 from aduib_asgi.middleware.tenant import TenantScopeMiddleware
 from aduib_asgi.middleware.trace import TracePropagationMiddleware
 from aduib_asgi.middleware.version import VersionNegotiationMiddleware
@@ -25,6 +25,7 @@ __all__ = [
     "IdempotencyMiddleware",
     "MetricsMiddleware",
     "RateLimitMiddleware",
+    "RateLimitPolicy",
     "TenantScopeMiddleware",
     "TracePropagationMiddleware",
     "VersionNegotiationMiddleware",
