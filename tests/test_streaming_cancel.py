@@ -208,7 +208,12 @@ async def test_cancel_unknown_id_is_404_4000_and_bad_body_is_400() -> None:
         assert r.status_code == 400 and r.json()["error"]["code"] == 2003
 
 
-async def test_cancel_a_running_unary_call() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["asyncio-task", "cancel-scope"])
+async def test_cancel_a_running_unary_call(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not native:  # the path taken on event loops other than asyncio (trio)
+        from aduib_asgi.streaming import endpoints
+
+        monkeypatch.setattr(endpoints, "_asyncio_task", lambda: None)
     probe = Probe()
     app, dispatcher = make_app(probe)
     result: dict[str, Any] = {}
