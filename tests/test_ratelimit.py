@@ -229,6 +229,22 @@ def test_bad_configuration_is_rejected() -> None:
         RateLimitMiddleware(Starlette(), policies=[RateLimitPolicy("a", "1/minute")] * 2)
 
 
+
+def test_policy_items_use_limits_own_storage_keys() -> None:
+    """The layer memoises limits' key_for: same keys (shared Redis buckets), bounded memory."""
+    from limits import parse
+
+    from aduib_asgi.middleware import ratelimit
+
+    layer = RateLimitMiddleware(Starlette(), policies=[RateLimitPolicy("p", "3/10 seconds")])
+    item, plain = layer.policies[0].item, parse("3/10 seconds")
+    for ids in (("p", "acme"), ("p", "acme"), ("p", "b%2Fc", "x")):
+        assert item.key_for(*ids) == plain.key_for(*ids)
+    assert item == plain and item.get_expiry() == 10 and str(item) == str(plain)
+    for i in range(ratelimit._CACHE_MAX + 10):
+        assert item.key_for("p", str(i)) == plain.key_for("p", str(i))
+    assert len(item._keys) <= ratelimit._CACHE_MAX  # type: ignore[attr-defined]
+
 # -- several instances, outages ---------------------------------------------------------
 
 

@@ -125,21 +125,60 @@ def policies_from_registry(registry: Iterable[Any], *,
     return out
 
 
+class _KeyedItem(RateLimitItem):
+    """A ``limits`` item that remembers the storage keys its own ``key_for`` built.
+
+    ``limits`` rebuilds the same key string on every storage call (three times
+    per admitted request: ``hit``, then ``get_window_stats``' count and expiry),
+    ~0.9 µs each; the keys themselves are unchanged.
+    """
+
+    __slots__ = ("_keys",)
+    _keys: dict[tuple[Any, ...], str]
+
+    def key_for(self, *identifiers: bytes | str | int | float) -> str:
+        key = self._keys.get(identifiers)
+        if key is None:
+            key = super().key_for(*identifiers)
+            if len(self._keys) >= _CACHE_MAX:
+                self._keys.clear()
+            self._keys[identifiers] = key
+        return key
+
+
+_KEYED_CLASSES: dict[type[RateLimitItem], type[_KeyedItem]] = {}
+
+
+def _keyed(item: RateLimitItem) -> RateLimitItem:
+    """``item`` as a :class:`_KeyedItem` of the same granularity (same keys, same limit)."""
+    base = type(item)
+    cls = _KEYED_CLASSES.get(base)
+    if cls is None:
+        meta: Any = type(base)  # limits' item metaclass
+        cls = meta(f"Keyed{base.__name__}", (_KeyedItem, base),
+                   {"__slots__": (), "__module__": __name__})
+        _KEYED_CLASSES[base] = cls
+    keyed = cls(item.amount, item.multiples, item.namespace)
+    keyed._keys = {}
+    return keyed
+
+
 class _Compiled:
     """A policy with everything precomputed for the hot path."""
 
-    __slots__ = ("amount", "by_client_only", "cost", "item", "key_by", "name", "policy",
-                 "policy_header", "rl_prefix", "window")
+    __slots__ = ("amount", "by_client_only", "by_tenant_only", "cost", "item", "key_by", "name",
+                 "policy", "policy_header", "rl_prefix", "window")
 
     def __init__(self, policy: RateLimitPolicy) -> None:
         self.policy = policy
         self.name = policy.name
-        self.item = policy.item
+        self.item = _keyed(policy.item)
         self.amount = self.item.amount
         self.window = int(self.item.get_expiry())
         self.cost = policy.cost
         self.key_by = policy.key_by
         self.by_client_only = policy.key_by == ("client",)
+        self.by_tenant_only = policy.key_by == ("tenant",)
         self.policy_header = f'"{policy.name}";q={self.amount};w={self.window}'.encode("latin-1")
         self.rl_prefix = f'"{policy.name}";r='.encode("latin-1")
 
@@ -214,6 +253,17 @@ def _escape(value: str) -> str:
     if "/" in value or "%" in value:
         return value.replace("%", "%25").replace("/", "%2F")
     return value
+
+
+def _tenant(ctx: RequestContext) -> str:
+    """The tenant partition: ``ctx.tenant_id``, else ``X-Tenant-ID``, else ``default``."""
+    tenant = ctx.tenant_id
+    if tenant is None:
+        raw = ctx.header(_X_TENANT)
+        if not raw:
+            return "default"
+        tenant = raw.decode("latin-1")
+    return _escape(tenant)
 
 
 def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-window",
@@ -306,29 +356,25 @@ class RateLimitMiddleware:
                 self._match[key] = found
         return found
 
-    def _identifiers(self, p: _Compiled, scope: Scope, ctx: RequestContext) -> list[str]:
-        ids = [p.name]
+    def _identifiers(self, p: _Compiled, scope: Scope, ctx: RequestContext) -> tuple[str, ...]:
+        if p.by_tenant_only:  # the default partition
+            return (p.name, _tenant(ctx))
         if p.by_client_only:
             client = scope.get("client")
             if self.trusted or not client:
-                ids.append(_escape(client_address(scope, ctx, self.trusted)))
-            else:
-                ids.append(_escape(client[0]))
-            return ids
+                return (p.name, _escape(client_address(scope, ctx, self.trusted)))
+            return (p.name, _escape(client[0]))
+        ids = [p.name]
         for k in p.key_by:
             if k == "tenant":
-                tenant = ctx.tenant_id
-                if tenant is None:
-                    raw = ctx.header(_X_TENANT)
-                    tenant = raw.decode("latin-1") if raw else "default"
-                ids.append(_escape(tenant))
+                ids.append(_tenant(ctx))
             elif k == "principal":
                 ids.append(_escape(ctx.principal or "anonymous"))
             elif k == "method":
                 ids.append(_escape(ctx.method or scope["path"]))
             else:
                 ids.append(_escape(client_address(scope, ctx, self.trusted)))
-        return ids
+        return tuple(ids)
 
     async def _consume(
         self, policies: tuple[_Compiled, ...], scope: Scope, ctx: RequestContext
