@@ -59,16 +59,24 @@ async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY) -> bytes
 
 def replay_receive(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that yields ``body`` once, then defers to the real one."""
-    sent = False
+    return _Replay(body, receive)
 
-    async def _receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
 
-    return _receive
+class _Replay:
+    """Per-request ``receive`` of :func:`replay_receive`."""
+
+    __slots__ = ("body", "receive")
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self.body: bytes | None = body
+        self.receive = receive
+
+    async def __call__(self) -> Message:
+        body = self.body
+        if body is None:
+            return await self.receive()
+        self.body = None
+        return {"type": "http.request", "body": body, "more_body": False}
 
 
 def _readable_id(payload: Any) -> str | None:

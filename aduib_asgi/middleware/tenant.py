@@ -139,6 +139,9 @@ class TenantScopeMiddleware:
                 await send_error(scope, send, exc, ctx=ctx)
             return
         ctx.tenant_id = tenant
+        if tenant is None and current_tenant.get() is None and _current_config.get() is None:
+            await self.app(scope, receive, send)  # nothing to bind
+            return
         config = self.overrides.get(tenant, _EMPTY) if tenant is not None else _EMPTY
         if config:
             ctx.extras[TENANT_CONFIG_KEY] = config

@@ -53,11 +53,13 @@ class RetryingCall:
         self.sleep: Sleep = sleep or anyio.sleep
         self._header = self.limits.header.lower().encode("latin-1")
 
-    async def __call__(self, spec: Any, env: Any, ctx: RequestContext) -> Any:
+    def __call__(self, spec: Any, env: Any, ctx: RequestContext) -> Awaitable[Any]:
         qos = env.qos
         if qos is None or qos.retry is None or not spec.idempotent or not self.limits.enabled:
-            return await self.call(spec, env, ctx)
-        cfg = qos.retry
+            return self.call(spec, env, ctx)  # no retry: no extra coroutine frame
+        return self._retrying(spec, env, ctx, qos.retry)
+
+    async def _retrying(self, spec: Any, env: Any, ctx: RequestContext, cfg: Any) -> Any:
         limits = self.limits
         max_attempts = max(1, min(cfg.max_attempts, limits.max_attempts))
         max_delay = min(cfg.max_delay_ms, limits.max_delay_ms) / 1000.0
