@@ -61,7 +61,7 @@ def new_trace_id() -> str:
     v = getrandbits(128)
     while not v:
         v = getrandbits(128)
-    return f"{v:032x}"
+    return v.to_bytes(16, "big").hex()
 
 
 def new_span_id() -> str:
@@ -69,7 +69,19 @@ def new_span_id() -> str:
     v = getrandbits(64)
     while not v:
         v = getrandbits(64)
-    return f"{v:016x}"
+    return v.to_bytes(8, "big").hex()
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _new_ids() -> tuple[str, str]:
+    """A new trace id and span id from one random draw (neither all zero)."""
+    v = getrandbits(192)
+    while not (v >> 64 and v & _MASK64):
+        v = getrandbits(192)
+    h = v.to_bytes(24, "big").hex()
+    return h[:32], h[32:]
 
 
 class _ContextGetter(Getter[RequestContext]):
@@ -174,8 +186,10 @@ class TracePropagationMiddleware:
 
         tracer = self._tracer_now()
         if tracer is None:
-            ctx.trace_id = parent_tid or new_trace_id()
-            ctx.span_id = new_span_id()
+            if parent_tid is None:
+                ctx.trace_id, ctx.span_id = _new_ids()
+            else:
+                ctx.trace_id, ctx.span_id = parent_tid, new_span_id()
             ctx.parent_span_id = parent_sid
             ctx.sampled = sampled
             ctx.trace_baggage = bag
