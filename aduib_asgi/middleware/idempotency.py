@@ -26,6 +26,7 @@ from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import send_error
 from aduib_asgi.storage import IdempotencyStore, StoredResponse, StoreEntry
 from aduib_asgi.storage import idempotency_store_from_url as _store_from_url
+from aduib_asgi.storage.timeout import call_within
 
 __all__ = ["IdempotencyMiddleware", "parse_idempotency_key"]
 
@@ -218,8 +219,7 @@ class IdempotencyMiddleware:
     async def _store_call(self, fn: Any, *args: Any) -> Any:
         if self._in_process:  # never waits: no timeout scope on the hot path
             return await fn(*args)
-        with anyio.fail_after(self.timeout):
-            return await fn(*args)
+        return await call_within(self.timeout, fn, *args)
 
     async def _run_once(self, scope: Scope, receive: Receive, send: Send,
                         ctx: RequestContext, skey: str, fingerprint: str) -> None:
@@ -251,8 +251,8 @@ class IdempotencyMiddleware:
             if self.wait > 0 and not waited:
                 waited = True
                 try:
-                    with anyio.fail_after(self.wait + self.timeout):
-                        after: StoreEntry | None = await store.wait(skey, self.wait)
+                    after: StoreEntry | None = await call_within(
+                        self.wait + self.timeout, store.wait, skey, self.wait)
                 except Exception as exc:
                     await self._store_failed(exc, scope, receive, send, ctx)
                     return

@@ -15,12 +15,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import operator
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import STRATEGIES, RateLimiter
@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import send_error
+from aduib_asgi.storage.timeout import call_within
 
 __all__ = [
     "PARTITION_KEYS",
@@ -53,6 +54,7 @@ _X_TENANT = b"x-tenant-id"
 _XFF = b"x-forwarded-for"
 _FORWARDED = b"forwarded"
 _CACHE_MAX = 4096
+_REMAINING = operator.itemgetter(1)
 
 
 @dataclass(frozen=True)
@@ -399,38 +401,37 @@ class RateLimitMiddleware:
         if not policies:
             await self.app(scope, receive, send)
             return
-        try:
-            if self.timeout is None and len(policies) == 1:  # in-process storage, one policy
-                p = policies[0]
-                ids = self._identifiers(p, scope, ctx)
-                limiter = self.limiter
+        if self.timeout is None and len(policies) == 1:  # in-process storage, one policy
+            p = policies[0]
+            ids = self._identifiers(p, scope, ctx)
+            limiter = self.limiter
+            try:
                 ok = await limiter.hit(p.item, *ids, cost=p.cost)
                 reset, remaining = await limiter.get_window_stats(p.item, *ids)
-                refused = None if ok else p
-                stats = [(p, remaining, reset)]
-            elif self.timeout is None:
-                refused, stats = await self._consume(policies, scope, ctx)
-            else:
-                with anyio.fail_after(self.timeout):
-                    refused, stats = await self._consume(policies, scope, ctx)
-        except Exception as exc:
-            await self._storage_failed(exc, scope, receive, send, ctx)
-            return
-        if self._degraded:
-            self._degraded = False
-            logger.warning("rate-limit storage is reachable again")
-        now = time.time()
-        if len(stats) == 1:  # the usual case: one policy
-            p, remaining, reset = stats[0]
-            after = math.ceil(reset - now)
-            if after < 0:
-                after = 0
-            if refused is not None and after < 1:
-                after = 1  # never invite a retry before the window resets
+            except Exception as exc:
+                await self._storage_failed(exc, scope, receive, send, ctx)
+                return
+            if self._degraded:
+                self._recovered()
+            refused = None if ok else p
+            after = math.ceil(reset - time.time())
+            if after < 1:  # never invite a retry before the window resets
+                after = 0 if ok else 1
             ctx.add_response_header(_RATELIMIT_POLICY, p.policy_header)
             ctx.add_response_header(_RATELIMIT, b"%s%d;t=%d" % (p.rl_prefix, remaining, after))
         else:
-            p, remaining, reset, after = self._report_many(ctx, stats, refused, now)
+            try:
+                if self.timeout is None:
+                    refused, stats = await self._consume(policies, scope, ctx)
+                else:
+                    refused, stats = await call_within(self.timeout, self._consume,
+                                                       policies, scope, ctx)
+            except Exception as exc:
+                await self._storage_failed(exc, scope, receive, send, ctx)
+                return
+            if self._degraded:
+                self._recovered()
+            p, remaining, reset, after = self._report(ctx, stats, refused, time.time())
         ctx.rate_limit = {"limit": p.amount, "remaining": remaining,
                           "reset_at_ms": int(reset * 1000)}
         if self.legacy_headers:
@@ -451,18 +452,22 @@ class RateLimitMiddleware:
             headers={"Retry-After": str(after)},
         ), ctx=ctx)
 
+    def _recovered(self) -> None:
+        self._degraded = False
+        logger.warning("rate-limit storage is reachable again")
+
     @staticmethod
-    def _report_many(
+    def _report(
         ctx: RequestContext, stats: list[tuple[_Compiled, int, float]],
         refused: _Compiled | None, now: float,
     ) -> tuple[_Compiled, int, float, int]:
-        """Headers for several policies; the policy reported in metadata and its ``t``.
+        """Headers for the applied policies; the policy reported in metadata and its ``t``.
 
         The refusing policy when there is one, else the one with the least left.
         """
         policy_items: list[bytes] = []
         rl_items: list[bytes] = []
-        chosen = stats[-1] if refused is not None else min(stats, key=lambda s: s[1])
+        chosen = stats[-1] if refused is not None else min(stats, key=_REMAINING)
         chosen_after = 0
         for item in stats:
             p, remaining, reset = item
