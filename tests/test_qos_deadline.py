@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from aduib_asgi.context import RequestContext, get_context
 from aduib_asgi.dispatcher import MethodRegistry
 from aduib_asgi.errors import RpcError
 from aduib_asgi.middleware import DeadlineMiddleware
-from aduib_asgi.middleware.deadline import DEADLINE_SCOPE_KEY
+from aduib_asgi.middleware.deadline import DEADLINE_SCOPE_KEY, DeadlineScope
 from aduib_asgi.qos import timeout_headers
 from aduib_asgi.stack import Layer
 from tests.conftest import RPC, client_for, envelope
@@ -248,5 +249,9 @@ async def test_scope_is_published_for_streaming_layers() -> None:
     async with client_for(DeadlineMiddleware(app)) as client:
         r = await client.get("/", headers={"X-Timeout-Ms": "1000"})
     assert r.status_code == 204
-    assert isinstance(seen["scope"], anyio.CancelScope)
+    dscope = seen["scope"]
+    assert isinstance(dscope, DeadlineScope)
+    assert isinstance(dscope.cancel_scope, anyio.CancelScope)
+    assert math.isfinite(dscope.deadline)  # on anyio's clock
+    assert dscope.deadline <= anyio.current_time() + 1.0
     assert seen["deadline"] is not None

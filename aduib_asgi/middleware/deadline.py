@@ -4,8 +4,12 @@ The budget comes from ``qos.timeout_ms`` (and ``meta.timeout_ms`` of 2.0.1
 clients) and the ``X-Timeout-Ms`` header — the smaller applies — else from the
 configured default; it is capped by ``max_timeout_ms``. It becomes
 ``ctx.deadline`` (absolute, ``time.monotonic()``) and is enforced with an anyio
-``CancelScope`` around everything inside this layer, stored at
-``ctx.extras["aduib.deadline_scope"]``. On expiry before the response started the
+``CancelScope`` around everything inside this layer, cancelled at the deadline
+by one shared loop timer (:class:`aduib_asgi.qos.timer.DeadlineTimer`; a
+timer per request costs several µs on uvloop). The request's
+:class:`DeadlineScope` is stored at ``ctx.extras["aduib.deadline_scope"]``: a
+streaming endpoint that enforces the deadline in-band sets its ``deadline`` to
+``math.inf``. On expiry before the response started the
 client gets 504 with code 5003; a response already streaming is finished
 in-band through ``scope["aduib.stream_abort"]`` (error 5003 + end frames) or by
 ending its body.
@@ -13,6 +17,7 @@ ending its body.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Mapping
@@ -24,11 +29,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.qos.keys import lookup, method_spec
+from aduib_asgi.qos.timer import DeadlineTimer, Timed
 from aduib_asgi.responses import send_error
 
-__all__ = ["DEADLINE_SCOPE_KEY", "DeadlineMiddleware"]
+__all__ = ["DEADLINE_SCOPE_KEY", "DeadlineMiddleware", "DeadlineScope"]
 
-#: ``ctx.extras`` key of the request's deadline CancelScope (streaming contract).
+#: ``ctx.extras`` key of the request's :class:`DeadlineScope` (streaming contract).
 DEADLINE_SCOPE_KEY = "aduib.deadline_scope"
 _STREAM_ABORT_KEY = "aduib.stream_abort"
 _TIMEOUT_HEADER = b"x-timeout-ms"
@@ -91,6 +97,7 @@ class DeadlineMiddleware:
         self.method_timeouts = dict(method_timeouts or {})
         self.registry = registry
         self._header = header.lower().encode("latin-1")
+        self._timer: DeadlineTimer | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -149,16 +156,39 @@ class DeadlineMiddleware:
         if left <= 0:
             await self._expired(scope, send, ctx, None)
             return
-        responder = _DeadlineResponder(send)
-        # anyio's clock need not be time.monotonic() (trio): convert the budget.
-        with anyio.CancelScope(deadline=anyio.current_time() + left) as cancel_scope:
-            ctx.extras[DEADLINE_SCOPE_KEY] = cancel_scope
-            await self.app(scope, receive, responder)
+        timer = self._loop_timer()
+        if timer is None:  # not asyncio (trio): anyio's own deadline, on its clock
+            cancel_scope = anyio.CancelScope(deadline=anyio.current_time() + left)
+        else:
+            cancel_scope = anyio.CancelScope()
+        responder = DeadlineScope(send, cancel_scope, timer)
+        ctx.extras[DEADLINE_SCOPE_KEY] = responder
+        if timer is None:
+            with cancel_scope:
+                await self.app(scope, receive, responder)
+        else:
+            try:
+                with cancel_scope:
+                    timer.add(responder, timer.loop.time() + left)
+                    await self.app(scope, receive, responder)
+            finally:
+                timer.remove(responder)
         if cancel_scope.cancelled_caught:
             await self._expired(scope, send, ctx, responder)
 
+    def _loop_timer(self) -> DeadlineTimer | None:
+        """The shared deadline timer of the running asyncio loop (None on other loops)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        timer = self._timer
+        if timer is None or timer.loop is not loop:
+            timer = self._timer = DeadlineTimer(loop)
+        return timer
+
     async def _expired(
-        self, scope: Scope, send: Send, ctx: RequestContext, responder: _DeadlineResponder | None
+        self, scope: Scope, send: Send, ctx: RequestContext, responder: DeadlineScope | None
     ) -> None:
         ctx.cancelled = True
         if ctx.cancel_reason is None:
@@ -175,15 +205,44 @@ class DeadlineMiddleware:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-class _DeadlineResponder:
-    """Records whether the response started / finished (to answer 504 or end it)."""
+class DeadlineScope(Timed):
+    """One request's deadline: its cancel scope, and whether the response started.
 
-    __slots__ = ("finished", "send", "started")
+    Published at ``ctx.extras["aduib.deadline_scope"]``. ``deadline`` is on
+    anyio's clock; setting it moves the deadline (``math.inf``: no deadline, as a
+    streaming endpoint does once it enforces ``ctx.deadline`` in-band). It is
+    also the request's ``send`` wrapper, recording whether the response
+    started / finished (to answer 504 or end it).
+    """
 
-    def __init__(self, send: Send) -> None:
+    __slots__ = ("_timer", "cancel_scope", "finished", "send", "started")
+
+    def __init__(self, send: Send, cancel_scope: anyio.CancelScope,
+                 timer: DeadlineTimer | None) -> None:
+        super().__init__()
         self.send = send
         self.started = False
         self.finished = False
+        self.cancel_scope = cancel_scope
+        self._timer = timer
+
+    @property
+    def deadline(self) -> float:
+        return self.when if self._timer is not None else self.cancel_scope.deadline
+
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        if self._timer is not None:
+            self._timer.add(self, value)
+        else:
+            self.cancel_scope.deadline = value
+
+    def cancel(self) -> None:
+        """Cancel the request now (as the deadline would)."""
+        self.cancel_scope.cancel()
+
+    def expire(self) -> None:
+        self.cancel_scope.cancel()
 
     async def __call__(self, message: Message) -> None:
         t = message["type"]
