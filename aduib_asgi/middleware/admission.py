@@ -119,66 +119,74 @@ class AdmissionMiddleware:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plan(key, ctx, scope)
-        tenant = self._tenant_bulkhead(ctx) if self.tenant_limit else None
-        if tenant is not None:
-            plan = (*plan, tenant)
-        glob = self._global
-        if glob is not None:
-            plan = (*plan, glob)
-        held: list[Bulkhead] = []
+        tenant = None
+        if self.tenant_limit:
+            tenant = self._tenant_bulkhead(ctx)
+            plan = (*plan[:-1], tenant, plan[-1]) if self._global is not None else (*plan, tenant)
+        if plan:
+            try:
+                await self._acquire(plan, ctx)
+            except Rejected as exc:
+                await self._reject(scope, send, ctx, exc)
+                return
+            except RpcError as exc:
+                await send_error(scope, send, exc, ctx=ctx)
+                return
         try:
-            if plan:
-                try:
-                    await self._acquire(plan, held, ctx)
-                except Rejected as exc:
-                    await self._reject(scope, send, ctx, exc)
-                    return
-                except RpcError as exc:
-                    await send_error(scope, send, exc, ctx=ctx)
-                    return
             responder = _AdmissionResponder(send)
-            with anyio.CancelScope() as cancel_scope:
-                shutdown.enter(cancel_scope)
+            with responder.cancel_scope:
+                shutdown.enter(responder)
                 try:
                     await self.app(scope, receive, responder)
                 finally:
-                    shutdown.exit(cancel_scope)
-            if cancel_scope.cancelled_caught:
+                    shutdown.exit(responder)
+            if responder.cancel_scope.cancelled_caught:
                 await self._aborted(scope, send, ctx, responder)
         finally:
-            for b in held:
+            for b in plan:
                 b.release()
             if tenant is not None and tenant.idle and len(self._tenants) > 1024:
                 self._tenants.pop(tenant.name, None)
 
     # -- admission -----------------------------------------------------------------------
 
-    async def _acquire(self, plan: tuple[Bulkhead, ...], held: list[Bulkhead],
-                       ctx: RequestContext) -> None:
+    async def _acquire(self, plan: tuple[Bulkhead, ...], ctx: RequestContext) -> None:
+        """Take a slot in every bulkhead of ``plan`` (all, or none and raise)."""
         priority = self._priority(ctx) if ctx.envelope is None else ctx.priority
+        n = 0
         for b in plan:  # not saturated: no awaits, no clock reads
             if not b.try_acquire():
                 break
-            held.append(b)
+            n += 1
         else:
             return
+        await self._wait_for_slots(plan, n, priority, ctx)
+
+    async def _wait_for_slots(self, plan: tuple[Bulkhead, ...], n: int, priority: int,
+                              ctx: RequestContext) -> None:
+        """Queue for ``plan[n:]`` holding ``plan[:n]``; release them all on failure."""
         give_up = time.monotonic() + self.queue_timeout_s
         # With DeadlineMiddleware outside, its cancel scope ends the wait (504);
         # alone, the wait is bounded by ctx.deadline here.
         deadline = None if DEADLINE_SCOPE_KEY in ctx.extras else ctx.deadline
-        for b in plan[len(held):]:
+        for i in range(n, len(plan)):
             now = time.monotonic()
             limit = give_up
             if deadline is not None and deadline < limit:
                 limit = deadline
             try:
-                await b.acquire(priority, max(0.0, limit - now))
+                await plan[i].acquire(priority, max(0.0, limit - now))
             except Rejected as exc:
+                for b in plan[:i]:
+                    b.release()
                 if (exc.reason == "timeout" and deadline is not None
                         and time.monotonic() >= deadline):
                     raise RpcError(5003, "Deadline exceeded while queued") from None
                 raise
-            held.append(b)
+            except BaseException:
+                for b in plan[:i]:
+                    b.release()
+                raise
 
     def _priority(self, ctx: RequestContext) -> int:
         if ctx.envelope is None:
@@ -193,7 +201,8 @@ class AdmissionMiddleware:
         return ctx.priority
 
     def _plan(self, key: str, ctx: RequestContext, scope: Scope) -> tuple[Bulkhead, ...]:
-        """The bulkheads of a method/path, most specific first (cached per key)."""
+        """The bulkheads of a method/path, most specific first, then the global one
+        (cached per key)."""
         found: list[Bulkhead] = []
         static = self._static
         if ctx.method is not None:
@@ -207,6 +216,8 @@ class AdmissionMiddleware:
         path = scope.get("path", "")
         if path in static:
             found.append(static[path])
+        if self._global is not None:  # last: the tenant's bulkhead goes before it
+            found.append(self._global)
         plan = tuple(found) if found else _NO_PLAN
         if len(self._plans) < _MAX_PLANS:
             self._plans[key] = plan
@@ -286,14 +297,19 @@ class AdmissionMiddleware:
 
 
 class _AdmissionResponder:
-    """Records whether the response started / finished (for shutdown aborts)."""
+    """An in-flight request: its cancel scope (for shutdown aborts), and whether
+    the response started / finished."""
 
-    __slots__ = ("finished", "send", "started")
+    __slots__ = ("cancel_scope", "finished", "send", "started")
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.started = False
         self.finished = False
+        self.cancel_scope = anyio.CancelScope()
+
+    def cancel(self) -> None:
+        self.cancel_scope.cancel()
 
     async def __call__(self, message: Message) -> None:
         t = message["type"]

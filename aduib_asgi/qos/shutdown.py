@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 
-__all__ = ["ShutdownController"]
+__all__ = ["Cancellable", "ShutdownController"]
 
 logger = logging.getLogger("aduib_asgi.qos.shutdown")
+
+
+class Cancellable(Protocol):
+    """An in-flight request as the controller sees it (e.g. an anyio ``CancelScope``)."""
+
+    def cancel(self) -> None: ...
 
 
 class ShutdownController:
@@ -30,7 +37,7 @@ class ShutdownController:
     def __init__(self, grace_s: float = 8.0) -> None:
         self.grace_s = grace_s
         self.draining = False
-        self._inflight: set[anyio.CancelScope] = set()
+        self._inflight: set[Cancellable] = set()
         self._listeners: list[Callable[[], None]] = []
         self._idle: anyio.Event | None = None
 
@@ -40,11 +47,12 @@ class ShutdownController:
         """Call ``callback()`` when draining starts (to reject queued waiters)."""
         self._listeners.append(callback)
 
-    def enter(self, scope: anyio.CancelScope) -> None:
-        self._inflight.add(scope)
+    def enter(self, request: Cancellable) -> None:
+        """``request`` is in flight: :meth:`abort_in_flight` will ``cancel()`` it."""
+        self._inflight.add(request)
 
-    def exit(self, scope: anyio.CancelScope) -> None:
-        self._inflight.discard(scope)
+    def exit(self, request: Cancellable) -> None:
+        self._inflight.discard(request)
         if self._idle is not None and not self._inflight:
             self._idle.set()
 
