@@ -48,15 +48,15 @@ LAYER_CLASSES: dict[str, str] = {
     "errors": "aduib_asgi.middleware.errors:ErrorMappingMiddleware",
     "compression": "aduib_asgi.middleware.compression:CompressionMiddleware",
     "content": "aduib_asgi.middleware.content:ContentNegotiationMiddleware",
-    "deadline": "aduib_asgi.middleware.deadline:DeadlineMiddleware",
-    "admission": "aduib_asgi.middleware.admission:AdmissionMiddleware",
-    "circuit": "aduib_asgi.middleware.circuit:CircuitBreakerMiddleware",
     "version": "aduib_asgi.middleware.version:VersionNegotiationMiddleware",
-    "ratelimit": "aduib_asgi.middleware.ratelimit:RateLimitMiddleware",
-    "idempotency": "aduib_asgi.middleware.idempotency:IdempotencyMiddleware",
     "trace": "aduib_asgi.middleware.trace:TracePropagationMiddleware",
     "tenant": "aduib_asgi.middleware.tenant:TenantScopeMiddleware",
     "auth": "aduib_asgi.middleware.auth:AuthMiddleware",
+    "ratelimit": "aduib_asgi.middleware.ratelimit:RateLimitMiddleware",
+    "deadline": "aduib_asgi.middleware.deadline:DeadlineMiddleware",
+    "admission": "aduib_asgi.middleware.admission:AdmissionMiddleware",
+    "idempotency": "aduib_asgi.middleware.idempotency:IdempotencyMiddleware",
+    "circuit": "aduib_asgi.middleware.circuit:CircuitBreakerMiddleware",
 }
 
 #: Hard constraints: (outer, inner) pairs. When both layers are in a stack, the
