@@ -69,6 +69,20 @@ async def test_key_from_envelope_qos(backend: str) -> None:
     assert services.calls["incr"] == 1
 
 
+async def test_envelope_and_header_keys_must_agree(backend: str) -> None:
+    services = Services()
+    async with client_for(rpc_app(services, store=backend)) as client:
+        clash = await call(client, key='"h-1"', qos_key="q-1")
+        same = await call(client, key='"q-2"', qos_key="q-2")
+        again = await call(client, key=None, qos_key="q-2")
+    assert clash.status_code == 400
+    assert clash.json()["error"]["code"] == 2003
+    assert clash.json()["error"]["details"][0]["field"] == "qos.idempotency_key"
+    assert same.status_code == 200 and REPLAYED not in same.headers
+    assert again.headers[REPLAYED] == "true"
+    assert services.calls["incr"] == 1
+
+
 async def test_quoted_header_and_bare_token_are_the_same_key(backend: str) -> None:
     services = Services()
     async with client_for(rpc_app(services, store=backend)) as client:

@@ -156,18 +156,34 @@ class IdempotencyMiddleware:
 
     # -- request side --------------------------------------------------------------
 
+    def _same_key(self, envelope_key: str, header: bytes) -> bool:
+        try:
+            from_header = parse_idempotency_key(header.decode("latin-1"),
+                                                max_length=self.max_key_length,
+                                                quoted_header=True)
+        except RpcError:
+            return False
+        return from_header == envelope_key
+
     async def _handle(self, scope: Scope, receive: Receive, send: Send,
                       ctx: RequestContext) -> None:
         env = ctx.envelope
         raw_key: str | None = None
         from_header = False
+        header = ctx.header(_HEADER)
         if env is not None and env.qos is not None and env.qos.idempotency_key is not None:
             raw_key = env.qos.idempotency_key
-        else:
-            header = ctx.header(_HEADER)
-            if header is not None:
-                raw_key = header.decode("latin-1")
-                from_header = True
+            # Both given: they must name the same key (PROTOCOL.md section 2).
+            if header is not None and not self._same_key(raw_key, header):
+                await send_error(scope, send, RpcError(
+                    2003, "qos.idempotency_key and the Idempotency-Key header disagree",
+                    details=[{"type": "conflict", "field": "qos.idempotency_key",
+                              "reason": "differs from the Idempotency-Key header"}],
+                ), ctx=ctx)
+                return
+        elif header is not None:
+            raw_key = header.decode("latin-1")
+            from_header = True
         if raw_key is None:
             if self.required and (ctx.method or scope["path"]) in self.required:
                 await send_error(scope, send, RpcError(
