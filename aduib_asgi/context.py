@@ -143,12 +143,12 @@ class RequestContext:
         """A request header by lower-case name (one scan per request, then a dict)."""
         m = self._header_map
         if m is None:
-            m = {}
-            for k, v in self.raw_headers:
-                if k in m:  # repeated header: join as RFC 9110 allows for lists
-                    m[k] = m[k] + b", " + v
-                else:
-                    m[k] = v
+            raw = self.raw_headers
+            m = dict(raw)
+            if len(m) != len(raw):  # a repeated header: join as RFC 9110 allows for lists
+                m = {}
+                for k, v in raw:
+                    m[k] = m[k] + b", " + v if k in m else v
             self._header_map = m
         return m.get(name)
 

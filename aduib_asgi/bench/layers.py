@@ -171,7 +171,10 @@ def _content(cls: type) -> list[LayerCase]:
 
     has_msgpack = "application/msgpack" in default_registry().media_types()
     cases = [
-        LayerCase("not triggered (POST outside the RPC paths)", False, alone=True,
+        LayerCase("not triggered (text/plain POST outside the RPC paths)", False, alone=True,
+                  request=Request("POST", "/plain", (("content-type", "text/plain"),),
+                                  ECHO_BODY)),
+        LayerCase("JSON POST outside the RPC paths, decoded into ctx.payload", True,
                   request=echo_request(path="/plain")),
         LayerCase("JSON envelope decoded + validated", True),
     ]

@@ -150,6 +150,18 @@ class ContentNegotiationMiddleware:
         media: str | None = None
         if ctype is not None:
             req_codec, media = self.request_type(ctype)
+        envelope = path in self.envelope_paths and scope["method"] == "POST"
+        strict = envelope or self.strict or path.startswith(self.rpc_prefix)
+        if not strict and req_codec is None and (media is None or
+                                                 self.registry.missing(media) is None):
+            # Not triggered: a plain app's request with nothing for us to decode.
+            # Its responses are its own; only errors rendered further in use the
+            # negotiated codec (no Vary: the layer changes nothing the app sends).
+            accept = ctx.header(b"accept")
+            if accept is not None:
+                ctx.response_codec = self.response_codec(accept, None) or JSON
+            await self.app(scope, receive, send)
+            return
         accept = ctx.header(b"accept")
         if accept is None:
             resp: Codec | None = req_codec or JSON
@@ -160,8 +172,6 @@ class ContentNegotiationMiddleware:
         ctx.add_response_header(*_VARY)
         ctx.request_codec = req_codec
         ctx.content_type = media
-        envelope = path in self.envelope_paths and scope["method"] == "POST"
-        strict = envelope or self.strict or path.startswith(self.rpc_prefix)
 
         if ctype is not None and req_codec is None:
             assert media is not None
