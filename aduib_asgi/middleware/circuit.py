@@ -95,14 +95,7 @@ class CircuitBreakerMiddleware:
             if b is not None:
                 yield name, b.state
 
-    def _breaker_for(self, ctx: RequestContext, scope: Scope) -> CircuitBreaker | None:
-        name = ctx.method if ctx.method is not None else scope["path"]
-        if self.per_tenant:
-            name = f"{name}\x00{ctx.tenant_id or 'default'}"
-        try:
-            return self._breakers[name]
-        except KeyError:
-            pass
+    def _new_breaker(self, name: str, ctx: RequestContext, scope: Scope) -> CircuitBreaker | None:
         settings = self._settings_for(ctx, scope)
         breaker = (None if settings is None else
                    CircuitBreaker(name, settings, clock=self._clock, listener=_on_transition))
@@ -125,7 +118,13 @@ class CircuitBreakerMiddleware:
         return self.settings
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
-        breaker = self._breaker_for(ctx, scope)
+        name = ctx.method if ctx.method is not None else scope["path"]
+        if self.per_tenant:
+            name = f"{name}\x00{ctx.tenant_id or 'default'}"
+        try:
+            breaker = self._breakers[name]
+        except KeyError:
+            breaker = self._new_breaker(name, ctx, scope)
         if breaker is None:
             await self.app(scope, receive, send)
             return

@@ -10,6 +10,7 @@ successful probes close it, one failed probe opens it again.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,8 +59,9 @@ Listener = Callable[[str, str, str], None]
 class CircuitBreaker:
     """One breaker (per method, or per method and tenant)."""
 
-    __slots__ = ("_clock", "_fails", "_listener", "_stamps", "_totals", "_width", "name",
-                 "opened_until", "probe_successes", "probes", "settings", "state")
+    __slots__ = ("_bucket_end", "_bucket_start", "_clock", "_fails", "_listener", "_slot",
+                 "_stamps", "_totals", "_width", "name", "opened_until", "probe_successes",
+                 "probes", "settings", "state")
 
     def __init__(self, name: str, settings: BreakerSettings | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -76,6 +78,9 @@ class CircuitBreaker:
         self._totals = [0] * s.buckets
         self._fails = [0] * s.buckets
         self._stamps = [-1] * s.buckets
+        # The bucket outcomes go to while the clock is in [_bucket_start, _bucket_end).
+        self._slot = 0
+        self._bucket_start = self._bucket_end = -math.inf
 
     def acquire(self) -> int:
         """Admit a call (CALL or PROBE) or raise :class:`BreakerOpen`."""
@@ -94,6 +99,16 @@ class CircuitBreaker:
 
     def record(self, token: int, failure: bool | None) -> None:
         """Record an outcome: True failure, False success, None neither (released)."""
+        if token == CALL:
+            if failure is None or self.state != CLOSED:
+                return
+            now = self._clock()
+            slot = (self._slot if self._bucket_start <= now < self._bucket_end
+                    else self._bucket(now))
+            self._totals[slot] += 1
+            if failure:
+                self._failed(slot, now)
+            return
         if token == PROBE:
             if self.state != HALF_OPEN:
                 return
@@ -107,22 +122,24 @@ class CircuitBreaker:
             if self.probe_successes >= self.settings.half_open_successes:
                 self._reset_window()
                 self._transition(CLOSED)
-            return
-        if failure is None or self.state != CLOSED:
-            return
-        now = self._clock()
-        n = self.settings.buckets
+
+    def _bucket(self, now: float) -> int:
+        """The bucket of ``now`` (emptied when it starts a new epoch); cached until it ends."""
         epoch = int(now / self._width)
-        slot = epoch % n
+        slot = epoch % self.settings.buckets
         if self._stamps[slot] != epoch:
             self._stamps[slot] = epoch
             self._totals[slot] = 0
             self._fails[slot] = 0
-        self._totals[slot] += 1
-        if not failure:
-            return
+        self._slot = slot
+        self._bucket_start = epoch * self._width
+        self._bucket_end = (epoch + 1) * self._width
+        return slot
+
+    def _failed(self, slot: int, now: float) -> None:
         self._fails[slot] += 1
-        oldest = epoch - n
+        n = self.settings.buckets
+        oldest = int(now / self._width) - n
         total = fails = 0
         for i in range(n):
             if self._stamps[i] > oldest:
@@ -151,6 +168,7 @@ class CircuitBreaker:
         self._totals = [0] * n
         self._fails = [0] * n
         self._stamps = [-1] * n
+        self._bucket_start = self._bucket_end = -math.inf
 
     def _transition(self, new: str) -> None:
         old = self.state
