@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.qos.bulkhead import Bulkhead, Rejected
+from aduib_asgi.qos.interrupt import end_interrupted
 from aduib_asgi.qos.keys import method_spec
 from aduib_asgi.qos.metrics import record_rejection
 from aduib_asgi.qos.shutdown import ShutdownController
@@ -32,7 +33,6 @@ __all__ = ["AdmissionMiddleware"]
 
 logger = logging.getLogger("aduib_asgi.qos.admission")
 
-_STREAM_ABORT_KEY = "aduib.stream_abort"
 DEADLINE_SCOPE_KEY = "aduib.deadline_scope"
 _PRIORITY_NAMES = {b"low": 0, b"normal": 1, b"high": 2, b"critical": 3,
                    b"0": 0, b"1": 1, b"2": 2, b"3": 3}
@@ -282,18 +282,8 @@ class AdmissionMiddleware:
     async def _aborted(self, scope: Scope, send: Send, ctx: RequestContext,
                        responder: _AdmissionResponder) -> None:
         """The grace period ended while this request was still running."""
-        ctx.cancelled = True
-        ctx.cancel_reason = ctx.cancel_reason or "server shutting down"
-        error = RpcError(5002, "Server is shutting down")
-        if not responder.started:
-            await send_error(scope, send, error, ctx=ctx)
-            return
-        if responder.finished:
-            return
-        abort = scope.get(_STREAM_ABORT_KEY)
-        if abort is not None and await abort(error):
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await end_interrupted(scope, send, ctx, RpcError(5002, "Server is shutting down"),
+                              responder, "server shutting down")
 
 
 class _AdmissionResponder:

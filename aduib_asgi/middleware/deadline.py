@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.qos.interrupt import end_interrupted
 from aduib_asgi.qos.keys import lookup, method_spec
 from aduib_asgi.qos.timer import DeadlineTimer, Timed
 from aduib_asgi.responses import send_error
@@ -36,7 +37,6 @@ __all__ = ["DEADLINE_SCOPE_KEY", "DeadlineMiddleware", "DeadlineScope"]
 
 #: ``ctx.extras`` key of the request's :class:`DeadlineScope` (streaming contract).
 DEADLINE_SCOPE_KEY = "aduib.deadline_scope"
-_STREAM_ABORT_KEY = "aduib.stream_abort"
 _TIMEOUT_HEADER = b"x-timeout-ms"
 
 
@@ -190,19 +190,8 @@ class DeadlineMiddleware:
     async def _expired(
         self, scope: Scope, send: Send, ctx: RequestContext, responder: DeadlineScope | None
     ) -> None:
-        ctx.cancelled = True
-        if ctx.cancel_reason is None:
-            ctx.cancel_reason = "deadline exceeded"
-        error = RpcError(5003, "Deadline exceeded")
-        if responder is None or not responder.started:
-            await send_error(scope, send, error, ctx=ctx)
-            return
-        if responder.finished:
-            return
-        abort = scope.get(_STREAM_ABORT_KEY)
-        if abort is not None and await abort(error):
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await end_interrupted(scope, send, ctx, RpcError(5003, "Deadline exceeded"), responder,
+                              "deadline exceeded")
 
 
 class DeadlineScope(Timed):

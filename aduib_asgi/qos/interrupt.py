@@ -1,0 +1,43 @@
+"""Ending a request that a QoS layer cut short (deadline passed, shutdown grace over)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from starlette.types import Scope, Send
+
+from aduib_asgi.context import RequestContext
+from aduib_asgi.errors import RpcError
+from aduib_asgi.middleware.errors import STREAM_ABORT_KEY
+from aduib_asgi.responses import send_error
+
+__all__ = ["ResponseProgress", "end_interrupted"]
+
+
+class ResponseProgress(Protocol):
+    """What a layer's send wrapper recorded about the response so far."""
+
+    started: bool
+    finished: bool
+
+
+async def end_interrupted(scope: Scope, send: Send, ctx: RequestContext, error: RpcError,
+                          progress: ResponseProgress | None, reason: str) -> None:
+    """Answer ``error`` if nothing was sent yet; else end the response in-band.
+
+    A stream that started is ended by the streaming layer's abort hook (error
+    frame, then ``end``); any other started response is ended cleanly (the
+    status can no longer change).
+    """
+    ctx.cancelled = True
+    if ctx.cancel_reason is None:
+        ctx.cancel_reason = reason
+    if progress is None or not progress.started:
+        await send_error(scope, send, error, ctx=ctx)
+        return
+    if progress.finished:
+        return
+    abort = scope.get(STREAM_ABORT_KEY)
+    if abort is not None and await abort(error):
+        return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
