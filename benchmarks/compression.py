@@ -1,72 +1,52 @@
-"""Compression middleware throughput vs the raw codec call, Starlette GZip and starlette-compress.
+"""Compression middleware vs the raw codec call, Starlette GZip and starlette-compress.
 
-Run: ``.venv/bin/python benchmarks/compression.py [--rounds N]``
+Run: ``.venv/bin/python benchmarks/compression.py [--rounds N] [--round-ms MS]``
 
-One plain ASGI app answers a JSON document (20 KB and 1 MB) in one body
-message. Each row compares, in the same run and on the same bytes, the median
-time of: the raw one-shot codec call at the same level, the app behind our
-CompressionMiddleware, behind Starlette's GZipMiddleware (gzip only) and behind
-starlette-compress (gzip, zstd, br), and the bare app. The ASGI app is driven
-in-process (no HTTP, no client), so the numbers are the middleware's own cost.
-Targets (issue 3): ours within 10% of the raw codec on 1 MB for gzip/zstd, and
-no slower than starlette-compress for the same codec and level.
+Measured the way ``aduib-asgi bench`` measures its ``compress-20k`` /
+``compress-1m`` groups, so the two agree: the same sizes (20 KiB and 1 MiB,
+``aduib_asgi.bench.apps.BIG_SIZES``), the same raw codec calls at the same levels
+(``aduib_asgi.bench.cases.raw_codec``: zstd with a reused context, like the
+layer), the same in-process driver (``AsgiRunner``: the app answers in one body
+message), short rounds in alternating order, paired per round. Two bodies: the
+harness's repetitive text (fast to compress, so fixed costs show most) and a JSON
+array of small records (closer to real replies). An app's cost is reported as
+its time minus the bare app's in the same round; ``ours/raw`` is that over the
+raw codec call. The "thread" rows force the worker-thread path
+(``thread_threshold=0``) to show what a thread hop costs; by default bodies
+below ``DEFAULT_THREAD_THRESHOLD`` (2 MiB) are compressed inline.
+Targets (issue 9): ours ≤ raw codec + 10%, and faster than starlette-compress
+for the same codec and level.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
-import time
-import zlib
 from collections.abc import Callable
 from typing import Any
 
-import anyio
-import brotli
-import lz4.frame
-import snappy
-import zstandard
 from starlette.middleware.gzip import GZipMiddleware
 from starlette_compress import CompressMiddleware
 
+from aduib_asgi.bench.apps import BIG_SIZES, big_body
+from aduib_asgi.bench.cases import raw_codec
+from aduib_asgi.bench.driver import AsgiRunner, CallRunner, Request, Runner
+from aduib_asgi.compression import DEFAULT_LEVELS
 from aduib_asgi.middleware.compression import CompressionMiddleware
 
-LEVELS = {"gzip": 6, "zstd": 3, "br": 4, "lz4": 0}
-CODECS = ("gzip", "zstd", "lz4", "snappy", "br")
+CODECS = ("zstd", "gzip", "br", "lz4", "snappy")
+PEER_CODECS = ("zstd", "gzip", "br")  # what starlette-compress speaks
 
 
 def make_json(size: int) -> bytes:
-    """A JSON array of small records, about ``size`` bytes."""
-    rows: list[dict[str, Any]] = []
-    body = b"[]"
-    i = 0
-    while len(body) < size:
-        rows.extend({"id": i + k, "name": f"user-{i + k}", "email": f"user{i + k}@example.com",
-                     "active": (i + k) % 3 == 0, "score": (i + k) * 1.5,
-                     "tags": ["alpha", "beta", str((i + k) % 7)]} for k in range(50))
-        i += 50
-        body = json.dumps(rows).encode()
-    return body[:size].rsplit(b"},", 1)[0] + b"}]"
-
-
-def raw_codecs() -> dict[str, Callable[[bytes], bytes]]:
-    zctx = zstandard.ZstdCompressor(level=LEVELS["zstd"])
-
-    def zstd(b: bytes) -> bytes:
-        # The fastest library usage we know: a reused context for small inputs,
-        # a fresh one for large ones (what the middleware does too).
-        if len(b) < 128 * 1024:
-            return zctx.compress(b)
-        return zstandard.ZstdCompressor(level=LEVELS["zstd"]).compress(b)
-
-    return {
-        "gzip": lambda b: zlib.compress(b, LEVELS["gzip"], 31),
-        "zstd": zstd,
-        "lz4": lambda b: lz4.frame.compress(b, compression_level=LEVELS["lz4"]),
-        "snappy": lambda b: snappy.StreamCompressor().compress(b),
-        "br": lambda b: brotli.compress(b, quality=LEVELS["br"]),
-    }
+    """A JSON array of small records, exactly ``size`` bytes long."""
+    rows = [{"id": i, "name": f"user-{i}", "email": f"user{i}@example.com",
+             "active": i % 3 == 0, "score": i * 1.5, "tags": ["alpha", "beta", str(i % 7)]}
+            for i in range(size // 60 + 50)]
+    body = json.dumps(rows).encode()[:size - 1].rsplit(b"},", 1)[0] + b"}]"
+    return body + b" " * (size - len(body))
 
 
 def json_app(body: bytes) -> Any:
@@ -81,100 +61,96 @@ def json_app(body: bytes) -> Any:
     return app
 
 
-async def call(app: Any, coding: str) -> tuple[int, bytes]:
-    """One request through ``app``: (elapsed ns, content-encoding sent)."""
-    scope = {"type": "http", "method": "GET", "path": "/", "query_string": b"",
-             "headers": [(b"accept-encoding", coding.encode())], "extensions": {}}
-    encoding = b""
+def _encoded(codec: str) -> Callable[[Any], str | None]:
+    def check(ex: Any) -> str | None:
+        got = ex.header(b"content-encoding")
+        return None if got == codec.encode() else f"answered {got!r}, expected {codec}"
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal encoding
-        if message["type"] == "http.response.start":
-            for k, v in message["headers"]:
-                if k.lower() == b"content-encoding":
-                    encoding = v
-
-    t0 = time.perf_counter_ns()
-    await app(scope, receive, send)
-    return time.perf_counter_ns() - t0, encoding
+    return check
 
 
-async def check(app: Any, coding: str) -> None:
-    """Warm up, and make sure the middleware really answered in ``coding``."""
-    _, enc = await call(app, coding)
-    if enc.decode() != coding:
-        raise SystemExit(f"{app!r} answered {enc!r} for {coding}")
+async def measure(runners: dict[str, Runner], rounds: int, round_s: float) -> dict[str, float]:
+    """Per runner: median over rounds of (its µs/op minus the bare app's µs/op in that round);
+    for ``raw`` its own µs/op."""
+    for name, r in runners.items():
+        err = await r.check()
+        if err:
+            raise SystemExit(f"{name}: {err}")
+    sizes = {}
+    for name, r in runners.items():
+        per_op = await r.round(2) / 2
+        sizes[name] = max(1, int(round_s / max(per_op, 1e-7)))
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    order = list(runners)
+    for i in range(rounds):
+        for name in (order if i % 2 == 0 else reversed(order)):
+            n = sizes[name]
+            samples[name].append(await runners[name].round(n) / n * 1e6)
+    bare = samples["bare"]
+    out = {"raw": statistics.median(samples["raw"])}
+    for name, xs in samples.items():
+        if name not in ("raw", "bare"):
+            out[name] = statistics.median(x - b for x, b in zip(xs, bare, strict=True))
+    return out
 
 
-def raw_ns(func: Callable[[bytes], bytes], body: bytes) -> int:
-    t0 = time.perf_counter_ns()
-    func(body)
-    return time.perf_counter_ns() - t0
-
-
-async def medians_us(body: bytes, raw: Callable[[bytes], bytes], apps: list[Any],
-                     coding: str, rounds: int) -> list[float | None]:
-    """Medians for [raw codec, *apps], measured interleaved so they share the machine's load."""
-    live = [a for a in apps if a is not None]
-    for app in live:
-        await check(app, coding)
-    raw(body)
-    samples: list[list[int]] = [[] for _ in range(1 + len(live))]
-    for _ in range(rounds):
-        samples[0].append(raw_ns(raw, body))
-        for i, app in enumerate(live, 1):
-            samples[i].append((await call(app, coding))[0])
-    it = iter(statistics.median(x) / 1000 for x in samples)
-    first = next(it)
-    return [first] + [next(it) if a is not None else None for a in apps]
-
-
-async def bare_us(app: Any, rounds: int) -> float:
-    return statistics.median([(await call(app, "identity"))[0] for _ in range(rounds)]) / 1000
+def _call(func: Callable[[bytes], bytes], body: bytes) -> Callable[[], bytes]:
+    return lambda: func(body)
 
 
 def fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:,.0f}"
+    return "n/a" if v is None else f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
 
 
-async def main(rounds_small: int, rounds_large: int) -> None:
-    raw = raw_codecs()
+async def main(rounds: int, round_ms: float) -> None:
+    levels: dict[str, int] = {k: DEFAULT_LEVELS[k] for k in PEER_CODECS}
     print("| body | codec | raw codec µs | ours µs | ours/raw | Starlette GZip µs "
-          "| starlette-compress µs | ours/sc | bare app µs |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, size, rounds in (("20 KB", 20_000, rounds_small), ("1 MB", 1_000_000,
-                                                                   rounds_large)):
-        body = make_json(size)
-        app = json_app(body)
-        ours = CompressionMiddleware(app, levels=LEVELS)
-        gz = GZipMiddleware(app, compresslevel=LEVELS["gzip"])
-        sc = CompressMiddleware(app, gzip_level=LEVELS["gzip"], zstd_level=LEVELS["zstd"],
-                                brotli_quality=LEVELS["br"])
-        bare = await bare_us(app, rounds)
-        for codec in CODECS:
-            r, o, g, sc_us = await medians_us(
-                body, raw[codec],
-                [ours, gz if codec == "gzip" else None,
-                 sc if codec in ("gzip", "zstd", "br") else None], codec, rounds)
-            assert r is not None and o is not None
-            ratio_sc = "n/a" if sc_us is None else f"{o / sc_us:.2f}"
-            print(f"| {label} | {codec} | {fmt(r)} | {fmt(o)} | {o / r:.2f} | {fmt(g)} | "
-                  f"{fmt(sc_us)} | {ratio_sc} | {fmt(bare)} |")
-        if size >= 1_000_000:  # the same body compressed in a worker thread (the >=1 MiB path)
-            threaded = CompressionMiddleware(app, levels=LEVELS, thread_threshold=0)
-            for codec in ("gzip", "zstd"):
-                r, o = await medians_us(body, raw[codec], [threaded], codec, rounds)
-                assert r is not None and o is not None
-                print(f"| {label}, thread | {codec} | {fmt(r)} | {fmt(o)} | {o / r:.2f} "
-                      f"| n/a | n/a | n/a | {fmt(bare)} |")
+          "| starlette-compress µs | ours/sc |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for size_name, size in BIG_SIZES.items():
+        for kind, body in (("text", big_body(size)), ("json", make_json(size))):
+            app = json_app(body)
+            for codec in CODECS:
+                try:
+                    raw = raw_codec(codec, levels.get(codec))
+                except Exception as exc:  # brotli not installed
+                    print(f"| {size_name} {kind} | {codec} | n/a ({exc}) | | | | | |")
+                    continue
+                req = Request("GET", "/", (("accept-encoding", codec),))
+                check = _encoded(codec)
+                runners: dict[str, Runner] = {
+                    "bare": AsgiRunner(app, Request("GET", "/")),
+                    "raw": CallRunner(_call(raw, body)),
+                    "ours": AsgiRunner(CompressionMiddleware(app), req, extra_check=check),
+                }
+                if codec == "gzip":
+                    runners["gzip"] = AsgiRunner(
+                        GZipMiddleware(app, compresslevel=levels["gzip"]), req, extra_check=check)
+                if codec in PEER_CODECS:
+                    runners["sc"] = AsgiRunner(CompressMiddleware(
+                        app, gzip_level=levels["gzip"], zstd_level=levels["zstd"],
+                        brotli_quality=levels["br"]), req, extra_check=check)
+                if size >= 1024 * 1024 and codec in ("zstd", "gzip"):
+                    runners["thread"] = AsgiRunner(
+                        CompressionMiddleware(app, thread_threshold=0), req, extra_check=check)
+                m = await measure(runners, rounds, round_ms / 1000)
+                r, o, sc = m["raw"], m["ours"], m.get("sc")
+                print(f"| {size_name} {kind} | {codec} | {fmt(r)} | {fmt(o)} | {o / r:.2f} | "
+                      f"{fmt(m.get('gzip'))} | {fmt(sc)} | "
+                      f"{'n/a' if sc is None else f'{o / sc:.2f}'} |")
+                if "thread" in m:
+                    print(f"| {size_name} {kind}, thread | {codec} | {fmt(r)} | "
+                          f"{fmt(m['thread'])} | {m['thread'] / r:.2f} | | | |")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=400, help="rounds for the 20 KB body")
-    parser.add_argument("--rounds-large", type=int, default=40, help="rounds for the 1 MB body")
+    parser.add_argument("--rounds", type=int, default=31, help="rounds per row")
+    parser.add_argument("--round-ms", type=float, default=10.0, help="length of one round")
     args = parser.parse_args()
-    anyio.run(main, args.rounds, args.rounds_large)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(main(args.rounds, args.round_ms))
+    else:
+        uvloop.run(main(args.rounds, args.round_ms))

@@ -171,9 +171,12 @@ async def test_big_body_is_compressed_in_a_thread(
     monkeypatch.setattr(compression_module.anyio.to_thread, "run_sync", spy)
     await get_raw(plain, "/text?size=10000", "gzip")
     assert calls == []  # small: inline
-    _r, raw = await get_raw(plain, "/text?size=2000000", "gzip")
-    assert calls == [2_000_000]
-    assert gzip.decompress(raw) == (TEXT * 445)[:2_000_000]
+    _r, raw = await get_raw(plain, "/text?size=1048576", "gzip")
+    assert calls == []  # 1 MiB: still inline (a thread hop would cost more than it spares)
+    assert gzip.decompress(raw) == (TEXT * 234)[:1_048_576]
+    _r, raw = await get_raw(plain, "/text?size=3000000", "gzip")
+    assert calls == [3_000_000]  # above DEFAULT_THREAD_THRESHOLD (2 MiB): in a thread
+    assert gzip.decompress(raw) == (TEXT * 667)[:3_000_000]
 
 
 # -- requests ---------------------------------------------------------------------------

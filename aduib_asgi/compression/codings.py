@@ -62,9 +62,12 @@ class Decoder(Protocol):
 
 
 class Coding:
-    """One content coding: name, one-shot compress, encoder and decoder factories."""
+    """One content coding: name, one-shot compress, encoder and decoder factories.
 
-    __slots__ = ("compress", "decoder", "encoder", "name")
+    ``content_encoding`` is the response header pair, built once.
+    """
+
+    __slots__ = ("compress", "content_encoding", "decoder", "encoder", "name")
 
     def __init__(
         self,
@@ -77,6 +80,7 @@ class Coding:
         self.compress = compress
         self.encoder = encoder
         self.decoder = decoder
+        self.content_encoding = (b"content-encoding", name.encode("latin-1"))
 
 
 # -- gzip ---------------------------------------------------------------------------
@@ -129,30 +133,25 @@ class _GzipDecoder:
 
 # -- zstd ---------------------------------------------------------------------------
 
-_local = threading.local()
+class _ZstdContexts(threading.local):
+    """One reusable compressor per thread (a ``ZstdCompressor`` is not thread-safe).
+
+    Reused for every one-shot body, small or large: measured here, a reused
+    context is as fast as or faster than a fresh one at 20 KiB-1 MiB (a fresh one
+    costs ~13 µs of setup at 20 KiB).
+    """
+
+    def __init__(self, level: int) -> None:
+        self.cctx = zstandard.ZstdCompressor(level=level)
 
 
-#: Below this, one-shot zstd reuses a per-thread context; above it a fresh context
-#: is faster (measured: a reused context's tables cost more than a new one's for
-#: large inputs when other work runs in between).
-_ZSTD_REUSE_BELOW = 128 * 1024
+def _zstd_compress_for(level: int) -> Callable[[bytes], bytes]:
+    local = _ZstdContexts(level)
 
+    def compress(data: bytes) -> bytes:
+        return local.cctx.compress(data)
 
-def _zstd_compress(data: bytes, level: int) -> bytes:
-    if len(data) < _ZSTD_REUSE_BELOW:
-        return _zstd_cctx(level).compress(data)
-    return zstandard.ZstdCompressor(level=level).compress(data)
-
-
-def _zstd_cctx(level: int) -> zstandard.ZstdCompressor:
-    """One compressor per thread and level (not thread-safe; reused for one-shot calls)."""
-    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "zstd", None)
-    if cache is None:
-        cache = _local.zstd = {}
-    cctx = cache.get(level)
-    if cctx is None:
-        cctx = cache[level] = zstandard.ZstdCompressor(level=level)
-    return cctx
+    return compress
 
 
 class _ZstdEncoder:
@@ -330,7 +329,7 @@ def available_codings(levels: dict[str, int] | None = None) -> dict[str, Coding]
     lv = {**DEFAULT_LEVELS, **(levels or {})}
     gz, zs, l4 = lv["gzip"], lv["zstd"], lv["lz4"]
     codings = {
-        "zstd": Coding("zstd", lambda b: _zstd_compress(b, zs),
+        "zstd": Coding("zstd", _zstd_compress_for(zs),
                        lambda: _ZstdEncoder(zs), _ZstdDecoder),
         "gzip": Coding("gzip", lambda b: zlib.compress(b, gz, 31),
                        lambda: _GzipEncoder(gz), _GzipDecoder),
