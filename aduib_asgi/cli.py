@@ -25,6 +25,10 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="warning")
     p.add_argument("--shutdown-grace", type=float, default=8.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may finish")
+    p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
+                   help="event loop (auto: uvloop when installed)")
+    p.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
+                   help="HTTP/1.1 parser (auto: httptools when installed)")
     p.set_defaults(func=_run_demo)
 
 
@@ -81,7 +85,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     sock.setblocking(False)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    # loop/http "auto": uvloop and httptools (the `uvicorn[standard]` dependency), the
+    # fastest stack uvicorn has; no access log (a log record per request).
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
+                            loop=args.loop, http=args.http,
                             timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
     server = _Server(config)
     server.aduib_shutdown = shutdown
@@ -94,8 +101,9 @@ def _run_demo(args: argparse.Namespace) -> int:
             print(f"listening on http://{host}:{port}", flush=True)
         await task
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    with contextlib.suppress(KeyboardInterrupt), \
+            asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(serve())
     return 0
 
 

@@ -46,3 +46,26 @@ def test_layers_filter_keeps_references_and_reports_missing_layers() -> None:
     assert len(ghost) == 1
     with pytest.raises(Unavailable, match="has not landed"):
         ghost[0].build()
+
+
+def test_http_mode_serves_the_demo_as_shipped_and_like_for_like() -> None:
+    from aduib_asgi.bench.http import REFERENCE_SETTINGS, planned_servers, shipped_settings
+    from aduib_asgi.bench.targets import evaluate_targets
+
+    servers = {s.name: s for s in planned_servers()}
+    shipped, same = servers["demo"], servers["demo-h11"]
+    # both run the real CLI; the like-for-like one pins the reference's loop and parser
+    assert shipped.argv[1:4] == ["-m", "aduib_asgi.cli", "demo"]
+    assert "--loop" not in shipped.argv and shipped.settings == shipped_settings()
+    assert same.argv[1:4] == ["-m", "aduib_asgi.cli", "demo"]
+    assert same.argv[-4:] == ["--loop", "asyncio", "--http", "h11"]
+    assert same.settings == REFERENCE_SETTINGS == servers["bare"].settings
+    assert servers["bare-shipped"].settings == shipped.settings
+    http = {"servers": [
+        {"name": "demo", "settings": "uvloop, httptools", "rps": 6000.0},
+        {"name": "demo-h11", "settings": REFERENCE_SETTINGS, "rps": 3300.0},
+        {"name": "aduib-rpc", "settings": REFERENCE_SETTINGS, "rps": 3000.0},
+    ]}
+    row = evaluate_targets({}, [], http)[-1]
+    assert row["measured"] == "2.00\u00d7" and row["verdict"] == "met"
+    assert "like for like" in row["detail"] and "1.10\u00d7" in row["detail"]

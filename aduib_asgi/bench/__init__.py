@@ -74,7 +74,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     from dataclasses import replace
 
     from aduib_asgi.bench.cases import all_cases
-    from aduib_asgi.bench.http import HttpSettings, run_http
+    from aduib_asgi.bench.http import HttpSettings, planned_servers, run_http
     from aduib_asgi.bench.report import print_report, to_json, write_json, write_plot
     from aduib_asgi.bench.runner import Settings, planned_steps, run_cases
     from aduib_asgi.bench.targets import evaluate_targets
@@ -110,7 +110,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         http: dict[str, Any] | None = None
         if opts.http:
             if progress_ctx is not None:
-                htask = progress_ctx.add_task("HTTP mode", total=http_settings.rounds * 4)
+                htask = progress_ctx.add_task(
+                    "HTTP mode", total=http_settings.rounds * len(planned_servers()))
 
                 def on_http(n: int) -> None:
                     progress_ctx.update(htask, advance=n)

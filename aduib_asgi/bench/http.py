@@ -1,9 +1,11 @@
 """HTTP mode: real servers on 127.0.0.1 under a bounded load, in alternating rounds.
 
-Servers: a bare pure-ASGI app, the dispatcher alone, the demo (full stack), and
-aduib-rpc 2.0.1's own REST app with the same Echo handler when the interop
-virtualenv ``.venv-interop`` exists (``benchmarks/aduib_rpc_reference_server.py``).
-All run on uvicorn with the same loop and HTTP parser. The load generator is
+Servers, all on uvicorn: the demo as shipped (``aduib-asgi demo``: uvloop and
+httptools when installed) and a bare pure-ASGI app on the same settings; then, on
+asyncio + h11 (what aduib-rpc's virtualenv has, so like for like with it), the
+same demo command, a bare app and the dispatcher alone; and aduib-rpc 2.0.1's own
+REST app with the same Echo handler when the interop virtualenv ``.venv-interop``
+exists (``benchmarks/aduib_rpc_reference_server.py``). The load generator is
 ``wrk`` when installed, else a built-in asyncio HTTP/1.1 keep-alive client. Each
 round loads one server for a fixed time; rounds alternate between servers.
 Only loopback traffic, bounded in time (and, for the built-in client, count).
@@ -59,9 +61,24 @@ def find_reference() -> tuple[Path, Path] | None:
     return None
 
 
+#: uvicorn's settings for the aduib-rpc reference (its virtualenv has neither uvloop
+#: nor httptools) and for our like-for-like rows.
+REFERENCE_SETTINGS = "asyncio, h11"
+
+
+def shipped_settings() -> str:
+    """What uvicorn's ``auto`` picks here (``aduib-asgi demo``'s default)."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"{loop}, {parser}"
+
+
 class _Server:
-    def __init__(self, name: str, label: str, argv: list[str]) -> None:
-        self.name, self.label, self.argv = name, label, argv
+    def __init__(self, name: str, label: str, argv: list[str], settings: str) -> None:
+        self.name, self.argv, self.settings = name, argv, settings
+        self.label = f"{label} ({settings})"
         self.proc: subprocess.Popen[str] | None = None
         self.url: str | None = None
         self.error: str | None = None
@@ -170,24 +187,35 @@ def _builtin(url: str, seconds: float, connections: int) -> dict[str, Any]:
 
 # -- the run ---------------------------------------------------------------------------------
 
+def planned_servers() -> list[_Server]:
+    """The servers of a run, in load order (not started)."""
+    py = sys.executable
+    shipped, ref = shipped_settings(), REFERENCE_SETTINGS
+    demo = [py, "-m", "aduib_asgi.cli", "demo", "--host", "127.0.0.1", "--port", "0",
+            "--env", "prod"]
+    serve = [py, "-m", "aduib_asgi.bench.serve", "--app"]
+    servers = [
+        _Server("demo", "demo as shipped: aduib-asgi demo", demo, shipped),
+        _Server("bare-shipped", "bare pure-ASGI app", [*serve, "bare", "--loop", "auto",
+                                                       "--http", "auto"], shipped),
+        _Server("demo-h11", "demo: aduib-asgi demo", [*demo, "--loop", "asyncio",
+                                                      "--http", "h11"], ref),
+        _Server("bare", "bare pure-ASGI app", [*serve, "bare"], ref),
+        _Server("dispatcher", "dispatcher alone", [*serve, "dispatcher"], ref),
+    ]
+    found = find_reference()
+    if found is not None:
+        servers.append(_Server("aduib-rpc", "aduib-rpc 2.0.1 REST app (reference)",
+                               [str(found[0]), str(found[1])], ref))
+    return servers
+
+
 def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = None
              ) -> dict[str, Any]:
     """Start the servers, load them in alternating rounds, stop them; the summary dict."""
-    py = sys.executable
-    servers = [
-        _Server("bare", "bare pure-ASGI app", [py, "-m", "aduib_asgi.bench.serve", "--app",
-                                               "bare"]),
-        _Server("dispatcher", "dispatcher alone", [py, "-m", "aduib_asgi.bench.serve", "--app",
-                                                   "dispatcher"]),
-        _Server("demo", "demo (full default stack)", [py, "-m", "aduib_asgi.bench.serve",
-                                                      "--app", "demo"]),
-    ]
-    ref = find_reference()
+    servers = planned_servers()
     skipped: list[dict[str, Any]] = []
-    if ref is not None:
-        servers.append(_Server("aduib-rpc", "aduib-rpc 2.0.1 REST app (reference)",
-                               [str(ref[0]), str(ref[1])]))
-    else:
+    if not any(s.name == "aduib-rpc" for s in servers):
         skipped.append({"name": "aduib-rpc", "label": "aduib-rpc 2.0.1 REST app (reference)",
                         "reason": ".venv-interop not found"})
     loader = "wrk" if shutil.which("wrk") else "built-in asyncio client"
@@ -220,7 +248,7 @@ def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = No
     out: list[dict[str, Any]] = []
     for s in servers:
         rows = samples[s.name]
-        entry: dict[str, Any] = {"name": s.name, "label": s.label}
+        entry: dict[str, Any] = {"name": s.name, "label": s.label, "settings": s.settings}
         if s.error is not None or not rows:
             entry["reason"] = s.error or "no samples"
         elif any(x["errors"] for x in rows):
@@ -232,13 +260,15 @@ def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = No
             entry["rounds"] = rows
         out.append(entry)
     out.extend(skipped)
-    bare = next((x for x in out if x["name"] == "bare" and x.get("rps")), None)
+    # vs_bare: against the bare app on the same loop and parser.
+    bare = {x["settings"]: x["rps"] for x in out
+            if x["name"] in ("bare", "bare-shipped") and x.get("rps")}
     for x in out:
-        if bare is not None and x.get("rps"):
-            x["vs_bare"] = x["rps"] / bare["rps"]
+        if x.get("rps") and x.get("settings") in bare:
+            x["vs_bare"] = x["rps"] / bare[x["settings"]]
     return {"loader": loader, "connections": settings.connections, "rounds": settings.rounds,
-            "round_seconds": settings.round_seconds, "server": "uvicorn, asyncio loop, h11",
-            "servers": out}
+            "round_seconds": settings.round_seconds,
+            "server": "uvicorn; event loop and HTTP parser per row", "servers": out}
 
 
 def _load(loader: str, url: str, seconds: float, connections: int, lua: Path) -> dict[str, Any]:

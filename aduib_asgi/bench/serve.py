@@ -2,8 +2,9 @@
 
 ``python -m aduib_asgi.bench.serve --app demo|dispatcher|bare [--port 0]``
 prints ``listening on http://HOST:PORT`` once it accepts connections. The event
-loop and HTTP parser are pinned (``--loop``/``--http``) so every server of a run,
-the aduib-rpc reference included, runs on the same uvicorn settings.
+loop and HTTP parser are pinned (``--loop``/``--http``, default asyncio + h11, the
+aduib-rpc reference's settings); ``auto`` picks uvloop/httptools when installed.
+(HTTP mode serves the demo through ``aduib-asgi demo`` itself, as shipped.)
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--app", required=True, choices=("bare", "dispatcher", "demo"))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
-    p.add_argument("--http", default="h11")
+    p.add_argument("--loop", default="asyncio", choices=("auto", "asyncio", "uvloop"))
+    p.add_argument("--http", default="h11", choices=("auto", "h11", "httptools"))
     args = p.parse_args(argv)
     app = build_app(args.app)
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto is TCP
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     sock.listen(2048)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            http=args.http)
+                            loop=args.loop, http=args.http)
     server = uvicorn.Server(config)
 
     async def serve() -> None:
@@ -63,12 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"listening on http://{args.host}:{port}", flush=True)
         await task
 
-    factory = None
-    if args.loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(serve())
 
 
