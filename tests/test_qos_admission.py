@@ -339,3 +339,25 @@ async def test_tenant_limit_isolates_tenants() -> None:
         assert (await client.get("/w", headers={"X-Tenant-ID": "a"})).status_code == 429
         assert (await client.get("/w", headers={"X-Tenant-ID": "b"})).status_code == 200
         release.set()
+
+
+async def test_without_a_controller_in_flight_requests_are_counted_never_cancelled() -> None:
+    app, gate, layer = _setup()  # no ShutdownController given: nothing cancels after grace
+    assert layer.shutdown.cancel_after_grace is False
+    async with client_for(app) as client, anyio.create_task_group() as tg:
+        box: dict[str, httpx.Response] = {}
+
+        async def call() -> None:
+            box["r"] = await client.post(RPC, json=_call("hold"))
+
+        tg.start_soon(call)
+        await gate.holding.wait()
+        assert layer.shutdown.in_flight == 1
+        # drain() waits for the grace period, then reports what is still running.
+        assert await layer.shutdown.drain(grace_s=0.05) is False
+        rejected = await client.post(RPC, json=_call("new"))
+        gate.release.set()
+        await wait_until(lambda: "r" in box)
+    assert box["r"].status_code == 200  # not cancelled
+    assert rejected.status_code == 503 and rejected.json()["error"]["code"] == 5002
+    assert layer.shutdown.in_flight == 0

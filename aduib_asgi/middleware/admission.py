@@ -47,8 +47,10 @@ class AdmissionMiddleware:
     HTTP path (``"/reports"``) to its concurrency limit. With ``registry=`` a
     method's ``concurrency`` (and ``max_queue``) registration options apply too.
     ``tenant_limit`` caps each tenant's concurrent requests. ``shutdown`` is the
-    :class:`ShutdownController` to drain with (one is created if not given;
-    ``lifespan.shutdown`` starts draining too). ``priority_header`` is read when
+    :class:`ShutdownController` to drain with: pass one (as the demo CLI does) to
+    have in-flight requests cancelled when its grace period ends; without one, a
+    controller that drains on ``lifespan.shutdown`` but never cancels is created
+    (and requests skip the per-request cancel scope). ``priority_header`` is read when
     there is no envelope (``0``-``3`` or ``low``/``normal``/``high``/``critical``).
     """
 
@@ -73,7 +75,10 @@ class AdmissionMiddleware:
         self.queue_timeout_s = queue_timeout_s
         self.registry = registry
         self.tenant_limit = tenant_limit
-        self.shutdown = shutdown if shutdown is not None else ShutdownController()
+        # Without a controller from the app owner nothing will cancel in-flight
+        # requests after a grace period, so none pays for a cancel scope.
+        self.shutdown = (shutdown if shutdown is not None
+                         else ShutdownController(cancel_after_grace=False))
         self.shutdown.add_listener(self._on_drain)
         self._retry_after = str(max(0, int(retry_after_s)))
         self._priority_header = priority_header.lower().encode("latin-1")
@@ -132,6 +137,14 @@ class AdmissionMiddleware:
             except RpcError as exc:
                 await send_error(scope, send, exc, ctx=ctx)
                 return
+        if not shutdown.cancel_after_grace:
+            shutdown.begin()
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                shutdown.end()
+                self._release(plan, tenant)
+            return
         try:
             responder = _AdmissionResponder(send)
             with responder.cancel_scope:
@@ -143,10 +156,13 @@ class AdmissionMiddleware:
             if responder.cancel_scope.cancelled_caught:
                 await self._aborted(scope, send, ctx, responder)
         finally:
-            for b in plan:
-                b.release()
-            if tenant is not None and tenant.idle and len(self._tenants) > 1024:
-                self._tenants.pop(tenant.name, None)
+            self._release(plan, tenant)
+
+    def _release(self, plan: tuple[Bulkhead, ...], tenant: Bulkhead | None) -> None:
+        for b in plan:
+            b.release()
+        if tenant is not None and tenant.idle and len(self._tenants) > 1024:
+            self._tenants.pop(tenant.name, None)
 
     # -- admission -----------------------------------------------------------------------
 

@@ -34,10 +34,15 @@ class Cancellable(Protocol):
 class ShutdownController:
     """Draining state and the set of in-flight requests of one app."""
 
-    def __init__(self, grace_s: float = 8.0) -> None:
+    def __init__(self, grace_s: float = 8.0, *, cancel_after_grace: bool = True) -> None:
         self.grace_s = grace_s
+        #: When False, :meth:`drain` only waits: in-flight requests are counted
+        #: but never cancelled, so admission layers skip their per-request
+        #: cancel scope (the server's own graceful timeout ends what is left).
+        self.cancel_after_grace = cancel_after_grace
         self.draining = False
         self._inflight: set[Cancellable] = set()
+        self._counted = 0
         self._listeners: list[Callable[[], None]] = []
         self._idle: anyio.Event | None = None
 
@@ -53,12 +58,21 @@ class ShutdownController:
 
     def exit(self, request: Cancellable) -> None:
         self._inflight.discard(request)
-        if self._idle is not None and not self._inflight:
+        if self._idle is not None and not self._inflight and not self._counted:
+            self._idle.set()
+
+    def begin(self) -> None:
+        """A request that cannot be cancelled is in flight (``cancel_after_grace=False``)."""
+        self._counted += 1
+
+    def end(self) -> None:
+        self._counted -= 1
+        if self._idle is not None and not self._inflight and not self._counted:
             self._idle.set()
 
     @property
     def in_flight(self) -> int:
-        return len(self._inflight)
+        return len(self._inflight) + self._counted
 
     # -- used by whoever handles the shutdown ------------------------------------------
 
@@ -86,13 +100,15 @@ class ShutdownController:
         Returns True when everything finished within the grace period.
         """
         self.start_draining()
-        if not self._inflight:
+        if not self.in_flight:
             return True
         self._idle = anyio.Event()
         with anyio.move_on_after(self.grace_s if grace_s is None else grace_s):
             await self._idle.wait()
-        if not self._inflight:
+        if not self.in_flight:
             return True
+        if not self.cancel_after_grace:
+            return False
         self.abort_in_flight()
         with anyio.move_on_after(1.0):
             await self._idle.wait()
