@@ -50,31 +50,39 @@ headers = st.fixed_dictionaries({}, optional={
 })
 
 
-def _check(r: httpx.Response) -> None:
+def _check(r: httpx.Response, path: str = RPC) -> None:
     assert r.status_code < 500 or r.status_code in (503, 504), (r.status_code, r.content[:300])
     if r.status_code >= 400 and r.headers.get("content-type") == "application/json":
         body = r.json()
         assert body["status"] == "error"
-        assert {"code", "name", "message"} <= set(body["error"])
+        # v1 answers in v1 shape: error {code, message, data} (PROTOCOL.md section 9).
+        required = {"code", "message"} if "/v1/" in path else {"code", "name", "message"}
+        assert required <= set(body["error"])
         assert body["error"]["code"] in ERROR_TABLE
 
 
-async def _post(body: bytes, extra: dict[str, str]) -> httpx.Response:
+PATHS = [RPC, RPC + "/stream", RPC + "/cancel", "/aduib_rpc/v1/rpc",
+         "/aduib_rpc/v2/TaskService/Submit", "/aduib_rpc/v2/TaskService/Query",
+         "/aduib_rpc/v2/HealthService/Check"]
+
+
+async def _post(body: bytes, extra: dict[str, str], path: str = RPC) -> httpx.Response:
     async with client_for(_APP) as c:
-        return await c.post(RPC, content=body,
+        return await c.post(path, content=body,
                             headers={"content-type": "application/json", **extra})
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(envelope=envelopes, extra=headers)
+@given(envelope=envelopes, extra=headers, path=st.sampled_from(PATHS))
 async def test_arbitrary_envelopes_and_headers_never_500(envelope: dict[str, Any],
-                                                          extra: dict[str, str]) -> None:
-    _check(await _post(json.dumps(envelope).encode(), extra))
+                                                          extra: dict[str, str],
+                                                          path: str) -> None:
+    _check(await _post(json.dumps(envelope).encode(), extra, path), path)
 
 
-@settings(max_examples=100, deadline=None,
+@settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.binary(max_size=200))
-async def test_arbitrary_bytes_never_500(body: bytes) -> None:
-    _check(await _post(body, {}))
+@given(body=st.binary(max_size=200), path=st.sampled_from(PATHS))
+async def test_arbitrary_bytes_never_500(body: bytes, path: str) -> None:
+    _check(await _post(body, {}, path), path)
