@@ -377,3 +377,22 @@ async def test_demo_task_runs_as_the_authenticated_submitter() -> None:
     assert (result["tenant_id"], result["principal"], result["roles"]) == (
         "acme", "alice", ["user"])
     assert result["request_id"] == tid
+
+
+@pytest.mark.parametrize("field", ["scheduled_at_ms", "timeout_ms"])
+async def test_out_of_range_times_are_1002_and_workers_keep_running(field: str) -> None:
+    # An integer past int64 (and past float range) must not reach the queue:
+    # it used to kill every worker (OverflowError computing the wait).
+    app, _, _ = build_app()
+    raw = b'{"target_method": "rpc.v2/T/ok", "%s": 1%s}' % (field.encode(), b"0" * 400)
+    with anyio.fail_after(15):
+        async with lifespan(app), client_for(app) as c:
+            r = await c.post(TS + "Submit", content=raw,
+                             headers={"content-type": "application/json"})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["code"] == 1002
+            assert r.json()["error"]["details"][0]["field"] == field
+            sub = await submit(c, "rpc.v2/T/ok", {"x": 1})
+            task = await wait_terminal(c, sub["task_id"])
+    assert task["status"] == "succeeded"
+

@@ -33,6 +33,9 @@ class TaskEventType(StrEnum):
     CANCELED = "canceled"
 
 
+INT64_MAX = 2**63 - 1
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -59,8 +62,9 @@ class TaskSubmitRequest(_Model):
     params: dict[str, Any] | None = None
     priority: Priority = Priority.NORMAL
     max_attempts: int = Field(1, ge=1, le=100)
-    timeout_ms: int | None = Field(None, ge=0)
-    scheduled_at_ms: int | None = None
+    # int64 bounds (the .proto's type): larger values used to kill the workers.
+    timeout_ms: int | None = Field(None, ge=0, le=INT64_MAX)
+    scheduled_at_ms: int | None = Field(None, ge=-INT64_MAX, le=INT64_MAX)
     idempotency_key: str | None = None
     metadata: dict[str, Any] | None = None
 
