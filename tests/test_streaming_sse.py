@@ -72,6 +72,11 @@ def make_registry() -> MethodRegistry:
     async def unary(data: dict[str, Any]) -> dict[str, Any]:
         return {"unary": True}
 
+    async def unserializable(data: dict[str, Any]) -> AsyncIterator[Any]:
+        yield {"i": 1}
+        yield {"x": object()}  # no JSON for it
+        yield {"i": 3}  # pragma: no cover
+
     reg.register("rpc.v2/S/count", count, input_model=Count)
     reg.register("rpc.v2/S/auth", auth_gen)
     reg.register("rpc.v2/S/limited", limited)
@@ -81,6 +86,7 @@ def make_registry() -> MethodRegistry:
     reg.register("rpc.v2/S/slow", slow)
     reg.register("rpc.v2/S/forever", forever)
     reg.register("rpc.v2/S/unary", unary)
+    reg.register("rpc.v2/S/unserializable", unserializable)
     return reg
 
 
@@ -158,6 +164,25 @@ async def test_mid_stream_failure_is_error_then_end_without_secrets() -> None:
     err = frames[1]["payload"]["error"]
     assert err["code"] == 5000 and err["name"] == "INTERNAL_ERROR"
     assert "secret-detail" not in r.text and "debug" not in err
+
+
+@pytest.mark.parametrize("framing", ["message", "envelope"])
+async def test_an_item_that_cannot_be_encoded_is_error_then_end(framing: str) -> None:
+    # The encoding failure used to escape the stream: no error frame, no end frame.
+    app, dispatcher = make_app(framing=framing)
+    r = await post_stream(app, envelope("rpc.v2/S/unserializable"))
+    assert r.status_code == 200
+    if framing == "envelope":
+        items = [json.loads(e["data"]) for e in parse_sse(r.content)]
+        assert [i["status"] for i in items] == ["success", "error"]
+        assert items[1]["error"]["code"] == 5000
+        return
+    frames = frames_of(r.content)
+    assert [(f["type"], f["sequence"]) for f in frames] == [
+        ("data", 1), ("error", 2), ("end", 3)]
+    assert frames[1]["payload"]["error"]["code"] == 5000
+    assert frames[-1]["payload"]["control"] == {"final": True, "total_count": 1}
+    assert len(dispatcher.streaming.inflight) == 0
 
 
 async def test_debug_mode_adds_debug_to_error_frames() -> None:

@@ -217,10 +217,15 @@ class StreamRun:
                     return
                 if not self.started:
                     await self._start()
+                frame = machine.item(item)
                 try:
-                    await sink.send_frame(machine.item(item))
+                    await sink.send_frame(frame)
                 except OSError:
                     self.disconnect()
+                    return
+                except Exception as exc:  # the item cannot be encoded: error + end
+                    machine.retract(frame)
+                    self.failure = exc
                     return
                 if beat:
                     self._last = time.monotonic()

@@ -157,6 +157,13 @@ class FrameMachine:
             return self.partial(value.value)
         return self.data(value)
 
+    def retract(self, frame: Frame) -> None:
+        """Take back the last data/partial ``frame``, which could not be sent (no gap)."""
+        if frame.sequence == self.sequence and frame.type in (DATA, PARTIAL):
+            self.sequence -= 1
+            if frame.type == DATA:
+                self.data_count -= 1
+
     def heartbeat(self) -> Frame:
         self._require_open(HEARTBEAT)
         self._ping += 1
