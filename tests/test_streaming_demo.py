@@ -6,6 +6,7 @@ import json
 
 import anyio
 import httpx
+import msgpack
 import pytest
 
 from aduib_asgi.demo import DemoConfig, build_demo_app
@@ -44,6 +45,24 @@ async def test_echo_stream_fail_at_zero_is_a_plain_http_error(
 async def test_echo_stream_bad_count_is_2003(demo_client: httpx.AsyncClient) -> None:
     r = await demo_client.post(STREAM, json=envelope("rpc.v2/Echo/stream", {"count": "x"}))
     assert r.status_code == 400 and r.json()["error"]["code"] == 2003
+
+
+@pytest.mark.parametrize(("method", "data"), [
+    ("rpc.v2/Echo/stream", {"count": float("inf")}),
+    ("rpc.v2/Echo/stream", {"count": float("nan")}),
+    ("rpc.v2/Echo/stream", {"count": 2, "interval_ms": float("inf")}),
+    ("rpc.v2/Echo/sleep", {"ms": float("inf")}),
+])
+async def test_non_finite_numbers_are_2003(demo_client: httpx.AsyncClient, method: str,
+                                           data: dict[str, float]) -> None:
+    # msgpack carries inf/nan natively: they used to be 500s (int(inf)) or endless sleeps.
+    body = msgpack.packb(envelope(method, data))
+    path = STREAM if method.endswith("stream") else "/aduib_rpc/v2/rpc"
+    with anyio.fail_after(10):
+        r = await demo_client.post(path, content=body, headers={
+            "content-type": "application/msgpack", "accept": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == 2003
 
 
 async def test_demo_stream_framing_flag() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -145,6 +146,10 @@ def _number(data: dict[str, Any], key: str, default: int) -> Any:
         raise RpcError(2003, f"data.{key} must be a number",
                        details=[{"type": "type_error", "field": f"data.{key}",
                                  "reason": "not a number"}])
+    if not math.isfinite(value):  # msgpack (and lenient JSON) carry inf and nan
+        raise RpcError(2003, f"data.{key} must be a finite number",
+                       details=[{"type": "value_error", "field": f"data.{key}",
+                                 "reason": "not finite"}])
     if value < 0:
         raise RpcError(2003, f"data.{key} must not be negative",
                        details=[{"type": "value_error", "field": f"data.{key}",
