@@ -280,3 +280,31 @@ async def test_websocket_heartbeats() -> None:
             beat = await ws.frame()
     assert beat is not None and beat["type"] == "heartbeat"
     assert beat["payload"]["control"]["ping_id"] == "1"
+
+
+async def test_a_client_that_sends_no_request_is_closed() -> None:
+    # It used to hold the connection (and a server task) forever.
+    app, dispatcher, _ = make_app(window=0)
+    dispatcher.streaming.configure(ws_request_timeout=0.2)
+    with anyio.fail_after(10):
+        async with ws_client(app) as ws:
+            frames = await ws.rest()
+    assert [f["type"] for f in frames] == ["error", "end"]
+    assert frames[0]["payload"]["error"]["code"] == 5003
+    assert ws.close_code == 1013
+
+
+async def test_a_client_that_never_acks_gets_5003_then_end() -> None:
+    # A connected client that never acks used to stall the handler forever.
+    app, dispatcher, _ = make_app(window=2)
+    dispatcher.streaming.configure(ack_timeout=0.3)
+    with anyio.fail_after(10):
+        async with ws_client(app) as ws:
+            await ws.send_json(envelope("rpc.v2/W/count", {"n": 10}))
+            frames = await ws.rest()
+    assert [f["type"] for f in frames] == ["data", "data", "error", "end"]
+    assert [f["sequence"] for f in frames] == [1, 2, 3, 4]
+    assert frames[2]["payload"]["error"]["code"] == 5003
+    assert frames[-1]["payload"]["control"]["total_count"] == 2
+    assert ws.close_code == 1013
+    assert len(dispatcher.streaming.inflight) == 0

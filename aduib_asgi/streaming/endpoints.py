@@ -170,6 +170,10 @@ class StreamingEndpoints:
         self.window: int = 64
         #: WebSocket: unread client data frames buffered before 5021.
         self.max_client_buffer: int = 1024
+        #: WebSocket: seconds for the request envelope after the accept (0: no limit).
+        self.ws_request_timeout: float = 30.0
+        #: WebSocket: seconds a full window waits for an ack before 5003 (0: no limit).
+        self.ack_timeout: float = 60.0
         #: Register unary calls for ``/rpc/cancel`` too.
         self.cancel_unary: bool = True
         self.inflight = InflightRegistry()
@@ -184,6 +188,8 @@ class StreamingEndpoints:
         window: int | None = None,
         max_client_buffer: int | None = None,
         cancel_unary: bool | None = None,
+        ws_request_timeout: float | None = None,
+        ack_timeout: float | None = None,
     ) -> StreamingEndpoints:
         """Set configuration values (None leaves a value unchanged); returns self."""
         if default_framing is not None:
@@ -204,6 +210,14 @@ class StreamingEndpoints:
             self.max_client_buffer = max(1, int(max_client_buffer))
         if cancel_unary is not None:
             self.cancel_unary = cancel_unary
+        if ws_request_timeout is not None:
+            if ws_request_timeout < 0:
+                raise ValueError("ws_request_timeout must be >= 0")
+            self.ws_request_timeout = float(ws_request_timeout)
+        if ack_timeout is not None:
+            if ack_timeout < 0:
+                raise ValueError("ack_timeout must be >= 0")
+            self.ack_timeout = float(ack_timeout)
         return self
 
     # -- endpoints ------------------------------------------------------------------
@@ -261,7 +275,9 @@ class StreamingEndpoints:
                               registry=self.dispatcher.registry, open_source=open_source,
                               apply_timeout=apply_envelope_timeout,
                               heartbeat_interval=self.heartbeat_interval, window=self.window,
-                              inflight=self.inflight, max_client_buffer=self.max_client_buffer)
+                              inflight=self.inflight, max_client_buffer=self.max_client_buffer,
+                              request_timeout=self.ws_request_timeout,
+                              ack_timeout=self.ack_timeout)
 
     async def unary(self, scope: Scope, receive: Receive, send: Send,
                     ctx: RequestContext) -> None:

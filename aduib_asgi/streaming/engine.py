@@ -70,7 +70,11 @@ class FrameSink(Protocol):
         """Answer a failure before the first frame (only when ``http_errors``)."""
 
     async def acquire_credit(self) -> None:
-        """Wait until one more data frame may be sent (only when ``flow_controlled``)."""
+        """Wait until one more data frame may be sent (only when ``flow_controlled``).
+
+        Raising (e.g. an RpcError when the peer stopped acknowledging) ends the
+        stream with that error then ``end``.
+        """
 
 
 async def aclose_quietly(source: Any) -> None:
@@ -211,7 +215,11 @@ class StreamRun:
                 self.failure = exc
                 return
             if flow:
-                await sink.acquire_credit()
+                try:
+                    await sink.acquire_credit()
+                except Exception as exc:  # e.g. no ack in time: error + end
+                    self.failure = exc
+                    return
             async with lock:
                 if not machine.is_open:
                     return

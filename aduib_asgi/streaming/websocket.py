@@ -13,6 +13,7 @@ outstanding. An invalid client frame ends the stream with ``error`` 1002 then
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -83,16 +84,19 @@ def _invalid(reason: str, field: str | None = None) -> RpcError:
 class WsSink:
     """Frames as WebSocket messages (JSON text or msgpack binary), with an ack window."""
 
-    __slots__ = ("_credit", "binary", "close_code", "ctx", "flow_controlled", "outstanding",
-                 "send", "window")
+    __slots__ = ("_credit", "ack_timeout", "binary", "close_code", "ctx", "flow_controlled",
+                 "outstanding", "send", "window")
 
     http_errors = False
 
-    def __init__(self, ctx: RequestContext, send: Send, *, binary: bool, window: int) -> None:
+    def __init__(self, ctx: RequestContext, send: Send, *, binary: bool, window: int,
+                 ack_timeout: float = 0.0) -> None:
         self.ctx = ctx
         self.send = send
         self.binary = binary
         self.window = window
+        #: Seconds to wait for an ack when the window is full before 5003 (0: forever).
+        self.ack_timeout = ack_timeout
         self.flow_controlled = window > 0
         self.outstanding: deque[int] = deque()
         self._credit = anyio.Event()
@@ -127,9 +131,15 @@ class WsSink:
         raise AssertionError("WebSocket errors are sent in-band")
 
     async def acquire_credit(self) -> None:
-        while len(self.outstanding) >= self.window:
-            self._credit = anyio.Event()
-            await self._credit.wait()
+        if len(self.outstanding) < self.window:
+            return
+        with anyio.move_on_after(self.ack_timeout or math.inf) as scope:
+            while len(self.outstanding) >= self.window:
+                self._credit = anyio.Event()
+                await self._credit.wait()
+        if scope.cancelled_caught:
+            self.close_code = CLOSE_TRY_AGAIN
+            raise RpcError(5003, f"No ack within {self.ack_timeout:g} s with the window full")
 
     def ack(self, sequence: int) -> None:
         """The client acknowledged every frame up to ``sequence``."""
@@ -302,8 +312,15 @@ async def serve_websocket(
     window: int,
     inflight: InflightRegistry | None,
     max_client_buffer: int = 1024,
+    request_timeout: float = 0.0,
+    ack_timeout: float = 0.0,
 ) -> None:
-    """Serve one WebSocket call on ``.../rpc/ws`` (see the module docstring)."""
+    """Serve one WebSocket call on ``.../rpc/ws`` (see the module docstring).
+
+    ``request_timeout``: seconds after the accept for the request envelope, else
+    ``error`` 5003 + ``end`` and close 1013; ``ack_timeout``: see :class:`WsSink`
+    (0: no limit for either).
+    """
     message = await receive()
     if message["type"] != "websocket.connect":
         return
@@ -313,11 +330,18 @@ async def serve_websocket(
     if chosen is not None:
         accept["subprotocol"] = chosen
     await send(accept)
-    message = await receive()
+    first: Message | None = None
+    with anyio.move_on_after(request_timeout or math.inf):
+        first = await receive()
+    if first is None:
+        late = WsSink(ctx, send, binary=chosen == SUBPROTOCOL_MSGPACK, window=0)
+        await late.reject(RpcError(5003, f"No request within {request_timeout:g} s"))
+        return
+    message = first
     if message["type"] != "websocket.receive":
         return
     binary = chosen == SUBPROTOCOL_MSGPACK or (chosen is None and message.get("text") is None)
-    sink = WsSink(ctx, send, binary=binary, window=window)
+    sink = WsSink(ctx, send, binary=binary, window=window, ack_timeout=ack_timeout)
     requests: ClientItems | None = None
     try:
         env = parse_envelope(ctx, _decode(message))
