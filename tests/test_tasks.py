@@ -3,7 +3,9 @@ retries with backoff, timeouts, priority order, scheduling, tenant isolation."""
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Any
 
 import anyio
 import pytest
@@ -396,3 +398,27 @@ async def test_out_of_range_times_are_1002_and_workers_keep_running(field: str) 
             task = await wait_terminal(c, sub["task_id"])
     assert task["status"] == "succeeded"
 
+
+
+async def test_a_cancel_that_loses_the_race_leaves_no_cancel_reason_behind() -> None:
+    # The handler ignores the cancel and succeeds: the recorded reason used to stay in
+    # the manager's dict forever (one entry per such race).
+    app, manager, h = build_app()
+
+    async def stubborn(data: dict[str, Any]) -> dict[str, Any]:
+        h.started.set()
+        try:
+            await anyio.sleep(math.inf)
+        except anyio.get_cancelled_exc_class():
+            return {"ignored": True}
+        return {}  # pragma: no cover
+
+    manager.registry.register("rpc.v2/T/stubborn", stubborn)
+    with anyio.fail_after(15):
+        async with lifespan(app), client_for(app) as c:
+            sub = await submit(c, "rpc.v2/T/stubborn", {})
+            await h.started.wait()
+            r = await c.post(TS + "Cancel", json={"task_id": sub["task_id"], "reason": "x"})
+            assert r.status_code == 200
+            await wait_terminal(c, sub["task_id"])
+            assert manager._cancel_reasons == {}

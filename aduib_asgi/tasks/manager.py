@@ -375,6 +375,7 @@ class TaskManager:
         finally:
             self._running.pop(tid, None)
             self._done.pop(tid, None)
+            self._cancel_reasons.pop(tid, None)  # a cancel that came too late
             done.set()
             if not finished:  # manager shutting down: hand the task back (see _hand_back)
                 self._owned.add(tid)
