@@ -349,3 +349,28 @@ async def test_redis_killed_then_back(own_redis: RedisServer, fail_open: bool) -
         assert down.status_code == 503 and down.json()["error"]["code"] == 5002
         assert services.calls["incr"] == 2
     assert back[0].status_code == 200 and back[1].headers[REPLAYED] == "true"
+
+
+async def test_a_call_cancelled_through_rpc_cancel_is_not_stored() -> None:
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+
+    body = envelope("rpc.v2/Echo/sleep", {"ms": 400}, id="cancel-me",
+                    qos={"idempotency_key": "idem-cancel"})
+    async with client_for(build_demo_app(DemoConfig(env="prod"))) as client:
+        box: dict[str, httpx.Response] = {}
+
+        async def first() -> None:
+            box["first"] = await client.post(RPC, json=body)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            with anyio.fail_after(5):
+                while True:  # 404 until the call is registered as in flight
+                    r = await client.post(RPC + "/cancel", json={"id": "cancel-me"})
+                    if r.status_code == 200:
+                        break
+                    await anyio.sleep(0.01)
+        second = await client.post(RPC, json=body)
+    assert box["first"].json()["error"]["code"] == 4011
+    assert second.status_code == 200 and REPLAYED not in second.headers
+    assert second.json()["result"] == {"slept_ms": 400}

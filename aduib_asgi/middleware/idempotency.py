@@ -335,7 +335,10 @@ class IdempotencyMiddleware:
                 raise exc.exceptions[0] from None
             raise
         response = recorder.storable()
-        if response is None:
+        ctx = RequestContext.of(scope)
+        if response is None or (ctx is not None and ctx.cancelled):
+            # Not replayable (5xx, 429, 408, streams, too big) or cancelled:
+            # a retry with the same key runs again.
             await self._release(skey, token)
             return
         try:
