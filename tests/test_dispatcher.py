@@ -64,6 +64,8 @@ async def test_unknown_members_are_ignored(demo_client: httpx.AsyncClient) -> No
         (b'{"method": "rpc.v2/Nope/echo"}', 404, 4002, None),
         (b'{"method": "rpc.v2/Echo/nope"}', 404, 4001, None),
         (b"", 400, 1002, None),
+        (b'{"method": "rpc.v2/Echo/echo", "data": {"x": NaN}}', 400, 1003, None),
+        (b'{"method": "rpc.v2/Echo/echo", "data": {"x": -Infinity}}', 400, 1003, None),
     ],
 )
 async def test_bad_requests_get_their_own_code(

@@ -52,7 +52,7 @@ class JsonCodec:
 
     def decode(self, data: bytes) -> Any:
         try:
-            return pydantic_core.from_json(data)
+            return pydantic_core.from_json(data, allow_inf_nan=False)
         except ValueError as exc:
             raise RpcError(1003, f"Invalid JSON: {exc}") from None
 

@@ -44,7 +44,7 @@ def _text(value: Any) -> str | None:
 
 
 def _from_text(value: str | None) -> Any:
-    return None if value is None else pydantic_core.from_json(value)
+    return None if value is None else pydantic_core.from_json(value, allow_inf_nan=False)
 
 
 def _read(data: bytes, schema: Any) -> dict[str, Any]:

@@ -211,7 +211,7 @@ def _decode(message: Message) -> Any:
     text = message.get("text")
     if text is not None:
         try:
-            return pydantic_core.from_json(text)
+            return pydantic_core.from_json(text, allow_inf_nan=False)
         except ValueError as exc:
             raise RpcError(1003, f"Invalid JSON: {exc}") from None
     raw = message.get("bytes")
