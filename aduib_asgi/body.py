@@ -118,4 +118,12 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False) -> Rp
         ctx.service, ctx.handler = parts
     if env.qos is not None:
         ctx.priority = int(env.qos.priority)
+    md = env.metadata
+    if md is not None and md.headers:
+        ctx.add_envelope_headers(md.headers)
+    meta = env.meta
+    if meta is not None:  # 2.0.1 clients: meta.headers (also sent as HTTP headers)
+        extra = meta.get("headers")
+        if isinstance(extra, dict) and extra:
+            ctx.add_envelope_headers(extra)
     return env

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,15 @@ __all__ = [
 CONTEXT_KEY = "aduib.context"
 SERVER_VERSION = "0.1.0"
 SERVER_ID = f"{socket.gethostname()}-{os.getpid()}"
+
+#: Headers an envelope's ``metadata.headers`` can never supply: the transport's
+#: own, the body's encoding (already decoded) and what proxies vouch for.
+_NOT_FROM_ENVELOPE = frozenset({
+    b"host", b"connection", b"keep-alive", b"upgrade", b"te", b"trailer", b"expect",
+    b"transfer-encoding", b"content-length", b"content-type", b"content-encoding",
+    b"accept", b"accept-encoding", b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
+    b"x-forwarded-proto", b"x-real-ip", b"proxy-authorization", b"cookie",
+})
 
 current_context: ContextVar[RequestContext | None] = ContextVar("aduib_context", default=None)
 
@@ -151,6 +160,23 @@ class RequestContext:
                     m[k] = m[k] + b", " + v if k in m else v
             self._header_map = m
         return m.get(name)
+
+    def add_envelope_headers(self, headers: Mapping[str, Any]) -> None:
+        """Envelope-carried headers (``metadata.headers``, ``meta.headers``) seen by :meth:`header`.
+
+        They are the envelope's equivalents of HTTP headers: a real request header
+        of the same name wins, transport and forwarding headers are never taken
+        from the body, and only string values count.
+        """
+        self.header(b"")  # build the map
+        m = self._header_map
+        assert m is not None
+        for name, value in headers.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                continue
+            key = name.strip().lower().encode("utf-8", "replace")
+            if key and key not in _NOT_FROM_ENVELOPE:
+                m.setdefault(key, value.encode("utf-8", "replace"))
 
     def ensure_request_id(self) -> str:
         if self.request_id is None:

@@ -1,0 +1,89 @@
+"""Request-envelope members that must take effect, not just parse (PROTOCOL.md sections 2, 6).
+
+``metadata.headers`` (and ``meta.headers`` of 2.0.1 clients, ``meta`` of v1
+clients) are the envelope's equivalents of HTTP headers: the layers that fall
+back to headers see them; an HTTP header of the same name wins; transport and
+forwarding headers are never taken from the body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from starlette.types import Receive, Scope, Send
+
+from aduib_asgi.context import RequestContext
+from aduib_asgi.middleware import ContentNegotiationMiddleware
+from tests.conftest import RPC, client_for, envelope
+
+pytestmark = pytest.mark.anyio
+
+
+async def _seen(client: httpx.AsyncClient, body: dict[str, Any],
+                headers: dict[str, str] | None = None) -> dict[str, Any]:
+    r = await client.post(RPC, json=body, headers=headers or {})
+    assert r.status_code == 200, r.text
+    seen: dict[str, Any] = r.json()["result"]
+    return seen
+
+
+async def test_metadata_headers_carry_the_tenant(demo_client: httpx.AsyncClient) -> None:
+    body = envelope("rpc.v2/Echo/context", {}, metadata={"headers": {"X-Tenant-ID": "acme"}})
+    assert (await _seen(demo_client, body))["tenant_id"] == "acme"
+
+
+async def test_meta_headers_of_2_0_1_clients_carry_the_tenant(
+        demo_client: httpx.AsyncClient) -> None:
+    body = envelope("rpc.v2/Echo/context", {}, meta={"headers": {"X-Tenant-Id": "t1"},
+                                                     "timeout_ms": 3000})
+    assert (await _seen(demo_client, body))["tenant_id"] == "t1"
+
+
+async def test_v1_meta_carries_the_tenant(demo_client: httpx.AsyncClient) -> None:
+    body = {"aduib_rpc": "1.0", "method": "rpc.v2/Echo/context", "data": {},
+            "meta": {"X-Tenant-ID": "legacy"}}
+    assert (await _seen(demo_client, body))["tenant_id"] == "legacy"
+
+
+async def test_metadata_headers_carry_credentials_and_trace(
+        demo_client: httpx.AsyncClient) -> None:
+    trace, span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    body = envelope("rpc.v2/Admin/secret", {}, metadata={"headers": {
+        "Authorization": "Bearer demo-admin-token", "traceparent": f"00-{trace}-{span}-01"}})
+    r = await demo_client.post(RPC, json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["trace_context"]["trace_id"] == trace
+
+
+async def test_metadata_headers_timeout_applies(demo_client: httpx.AsyncClient) -> None:
+    body = envelope("rpc.v2/Echo/context", {}, metadata={"headers": {"X-Timeout-Ms": "5000"}})
+    remaining = (await _seen(demo_client, body))["deadline_remaining_ms"]
+    assert remaining is not None and 0 < remaining <= 5000
+
+
+async def test_http_header_wins_over_metadata_headers(demo_client: httpx.AsyncClient) -> None:
+    body = envelope("rpc.v2/Echo/context", {}, metadata={"headers": {"X-Tenant-ID": "body"}})
+    seen = await _seen(demo_client, body, {"X-Tenant-ID": "http"})
+    assert seen["tenant_id"] == "http"
+
+
+async def test_metadata_headers_never_supply_transport_headers() -> None:
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        ctx: RequestContext = scope["aduib.context"]
+        seen["xff"] = ctx.header(b"x-forwarded-for")
+        seen["host"] = ctx.header(b"host")
+        seen["tenant"] = ctx.header(b"x-tenant-id")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    body = envelope("rpc.v2/Echo/echo", {}, metadata={"headers": {
+        "X-Forwarded-For": "10.9.9.9", "Host": "evil", "X-Tenant-ID": "acme"}})
+    async with client_for(ContentNegotiationMiddleware(app)) as client:
+        r = await client.post(RPC, json=body)
+    assert r.status_code == 204
+    assert seen == {"xff": None, "host": b"testserver", "tenant": b"acme"}
+
