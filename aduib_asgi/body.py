@@ -16,7 +16,7 @@ from starlette.types import Message, Receive
 
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
-from aduib_asgi.models import RpcRequest, parse_method
+from aduib_asgi.models import RequestMetadata, RpcRequest, parse_method
 from aduib_asgi.versioning.compat import prepare_payload
 
 __all__ = [
@@ -119,8 +119,13 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False) -> Rp
     if env.qos is not None:
         ctx.priority = int(env.qos.priority)
     md = env.metadata
-    if md is not None and md.headers:
-        ctx.add_envelope_headers(md.headers)
+    if md is None:  # the server fills timestamp_ms when absent (PROTOCOL.md section 2)
+        env.metadata = RequestMetadata.model_construct(timestamp_ms=ctx.timestamp_ms)
+    else:
+        if md.timestamp_ms is None:
+            md.timestamp_ms = ctx.timestamp_ms
+        if md.headers:
+            ctx.add_envelope_headers(md.headers)
     meta = env.meta
     if meta is not None:  # 2.0.1 clients: meta.headers (also sent as HTTP headers)
         extra = meta.get("headers")

@@ -15,6 +15,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext
+from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.middleware import ContentNegotiationMiddleware
 from tests.conftest import RPC, client_for, envelope
 
@@ -87,3 +88,30 @@ async def test_metadata_headers_never_supply_transport_headers() -> None:
     assert r.status_code == 204
     assert seen == {"xff": None, "host": b"testserver", "tenant": b"acme"}
 
+
+def _metadata_app() -> Any:
+    registry = MethodRegistry()
+
+    async def seen(data: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        assert ctx.envelope is not None and ctx.envelope.metadata is not None
+        return {"timestamp_ms": ctx.envelope.metadata.timestamp_ms, "server": ctx.timestamp_ms}
+
+    registry.register("rpc.v2/Meta/seen", seen)
+    return ContentNegotiationMiddleware(RpcDispatcher(registry))
+
+
+@pytest.mark.parametrize("with_content_layer", [True, False])
+async def test_server_fills_metadata_timestamp_when_absent(with_content_layer: bool) -> None:
+    app = _metadata_app()
+    if not with_content_layer:
+        app = app.app
+    async with client_for(app) as client:
+        for body in (envelope("rpc.v2/Meta/seen", {}),
+                     envelope("rpc.v2/Meta/seen", {}, metadata={"client_id": "c1"})):
+            seen = await _seen(client, body)
+            assert isinstance(seen["timestamp_ms"], int)
+            assert seen["timestamp_ms"] == seen["server"]
+        client_ts = 1795803146891
+        seen = await _seen(client, envelope("rpc.v2/Meta/seen", {},
+                                            metadata={"timestamp_ms": client_ts}))
+        assert seen["timestamp_ms"] == client_ts
