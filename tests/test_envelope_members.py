@@ -115,3 +115,43 @@ async def test_server_fills_metadata_timestamp_when_absent(with_content_layer: b
         seen = await _seen(client, envelope("rpc.v2/Meta/seen", {},
                                             metadata={"timestamp_ms": client_ts}))
         assert seen["timestamp_ms"] == client_ts
+
+
+async def _post_without_accept_encoding(client: httpx.AsyncClient,
+                                        body: dict[str, Any]) -> httpx.Response:
+    request = client.build_request("POST", RPC, json=body)
+    del request.headers["accept-encoding"]
+    return await client.send(request)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "zstd"])
+async def test_metadata_compression_chooses_the_response_coding(
+        demo_client: httpx.AsyncClient, coding: str) -> None:
+    body = envelope("rpc.v2/Echo/big", {"size": 4000}, metadata={"compression": coding})
+    r = await _post_without_accept_encoding(demo_client, body)
+    assert r.status_code == 200
+    assert r.headers["content-encoding"] == coding
+    assert len(r.json()["result"]["text"]) == 4000
+
+
+async def test_metadata_compression_yields_to_accept_encoding(
+        demo_client: httpx.AsyncClient) -> None:
+    body = envelope("rpc.v2/Echo/big", {"size": 4000}, metadata={"compression": "gzip"})
+    r = await demo_client.post(RPC, json=body, headers={"Accept-Encoding": "identity"})
+    assert r.status_code == 200 and "content-encoding" not in r.headers
+
+
+@pytest.mark.parametrize("value", ["identity", "none", "deflate", "bogus"])
+async def test_metadata_compression_unknown_or_identity_is_plain(
+        demo_client: httpx.AsyncClient, value: str) -> None:
+    body = envelope("rpc.v2/Echo/big", {"size": 4000}, metadata={"compression": value})
+    r = await _post_without_accept_encoding(demo_client, body)
+    assert r.status_code == 200 and "content-encoding" not in r.headers
+    assert len(r.json()["result"]["text"]) == 4000
+
+
+async def test_without_metadata_compression_nothing_is_compressed(
+        demo_client: httpx.AsyncClient) -> None:
+    r = await _post_without_accept_encoding(
+        demo_client, envelope("rpc.v2/Echo/big", {"size": 4000}))
+    assert r.status_code == 200 and "content-encoding" not in r.headers

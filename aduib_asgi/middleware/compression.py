@@ -5,7 +5,9 @@ at ``max_body_size`` decompressed bytes (2004/413 the moment the cap is
 crossed); corrupt input is 1004/400, an unknown coding 1004/415 with
 ``Accept-Encoding`` naming what is supported. Uncompressed bodies get the same
 cap. Responses: the coding is chosen from ``Accept-Encoding`` (q-values, then
-the server's preference), ``Vary: Accept-Encoding`` is added, small bodies,
+the server's preference) — or, for a POST without ``Accept-Encoding``, from the
+envelope's ``metadata.compression`` once the response starts (an unknown value
+means identity) — ``Vary: Accept-Encoding`` is added, small bodies,
 already-encoded bodies, excluded types and ``Cache-Control: no-transform`` are
 left alone; streamed bodies (``text/event-stream`` and any multi-message body)
 are flushed per ASGI message, so each event reaches the client at once; a
@@ -142,6 +144,9 @@ class CompressionMiddleware:
             coding = self.choose(ae)
             if coding is not None:
                 ctx.response_encoding = coding.name
+        # No Accept-Encoding: an envelope's metadata.compression (decoded further in)
+        # may still choose, once the response starts.
+        lazy = ae is None and scope["method"] == "POST"
         rx: _DecodingReceive | _CountingReceive | None = None
         ce = ctx.header(b"content-encoding")
         if ce is not None and (name := ce.strip().lower()) not in (b"identity", b""):
@@ -165,10 +170,11 @@ class CompressionMiddleware:
                     return
             elif scope["method"] in _BODY_METHODS:
                 rx = _CountingReceive(receive, self.max_body_size)
-        if coding is None and rx is None:
+        if coding is None and rx is None and not lazy:
             await self.app(scope, receive, send)
             return
-        responder = _Responder(send, self, coding, rx, scope["method"] == "HEAD")
+        responder = _Responder(send, self, coding, rx, scope["method"] == "HEAD",
+                               ctx if lazy else None)
         try:
             await self.app(scope, rx if rx is not None else receive, responder)
         except Exception:
@@ -176,6 +182,20 @@ class CompressionMiddleware:
                 raise
         if rx is not None and rx.error is not None and not responder.started:
             await send_error(scope, send, rx.error, ctx=ctx)
+
+
+    def from_metadata(self, ctx: RequestContext) -> Coding | None:
+        """The coding named by the envelope's ``metadata.compression`` (None: identity)."""
+        env = ctx.envelope
+        md = env.metadata if env is not None else None
+        name = md.compression if md is not None else None
+        if not name:
+            return None
+        name = name.strip().lower()
+        coding = self.codings.get("gzip" if name == "x-gzip" else name)
+        if coding is not None:
+            ctx.response_encoding = coding.name
+        return coding
 
 
 def _too_large(limit: int) -> RpcError:
@@ -261,7 +281,8 @@ _HELD, _PASS, _STREAM = 0, 1, 2
 class _Responder:
     """Wraps ``send``: compresses the response, or passes it through untouched."""
 
-    __slots__ = ("coding", "encoder", "head", "mode", "mw", "rx", "send", "start", "started")
+    __slots__ = ("coding", "ctx", "encoder", "head", "mode", "mw", "rx", "send", "start",
+                 "started")
 
     def __init__(
         self,
@@ -270,8 +291,10 @@ class _Responder:
         coding: Coding | None,
         rx: _DecodingReceive | _CountingReceive | None,
         head: bool,
+        ctx: RequestContext | None = None,
     ) -> None:
         self.send = send
+        self.ctx = ctx  # set: choose from metadata.compression when the response starts
         self.mw = mw
         self.coding = coding
         self.rx = rx
@@ -302,6 +325,9 @@ class _Responder:
         elif mode == _STREAM and message["type"] == "http.response.body":
             await self._stream_body(message)
         elif message["type"] == "http.response.start":
+            if self.ctx is not None:
+                self.coding = self.mw.from_metadata(self.ctx)
+                self.ctx = None
             mode = self._mode_for(message)
             if mode == _HELD:
                 self.mode = _HELD
