@@ -17,7 +17,11 @@ from starlette.types import Receive, Scope, Send
 from aduib_asgi.context import RequestContext
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.middleware import ContentNegotiationMiddleware
+from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+from aduib_asgi.middleware.ratelimit import RateLimitMiddleware, RateLimitPolicy
+from aduib_asgi.stack import Layer, build_stack
 from tests.conftest import RPC, client_for, envelope
+from tests.rl_idem_helpers import Services
 
 pytestmark = pytest.mark.anyio
 
@@ -155,3 +159,20 @@ async def test_without_metadata_compression_nothing_is_compressed(
     r = await _post_without_accept_encoding(
         demo_client, envelope("rpc.v2/Echo/big", {"size": 4000}))
     assert r.status_code == 200 and "content-encoding" not in r.headers
+
+
+async def test_rate_limit_partitioned_by_metadata_client_id() -> None:
+    policy = RateLimitPolicy("per-client", "1/minute", methods=("rpc.v2/Limited/ping",),
+                             key_by=("client_id",))
+    app = build_stack(Services().dispatcher(), [
+        Layer.of(ErrorMappingMiddleware), Layer.of(ContentNegotiationMiddleware),
+        Layer.of(RateLimitMiddleware, policies=[policy])])
+
+    def ping(client_id: str | None) -> dict[str, Any]:
+        meta = {"client_id": client_id} if client_id is not None else {}
+        return envelope("rpc.v2/Limited/ping", {}, metadata=meta)
+
+    async with client_for(app) as client:
+        codes = [(await client.post(RPC, json=ping(c))).status_code
+                 for c in ("c1", "c2", "c1", None, None)]
+    assert codes == [200, 200, 429, 200, 429]

@@ -43,7 +43,7 @@ __all__ = [
 logger = logging.getLogger("aduib_asgi.ratelimit")
 
 #: What a policy may partition its buckets by.
-PARTITION_KEYS = frozenset({"tenant", "principal", "method", "client"})
+PARTITION_KEYS = frozenset({"tenant", "principal", "method", "client", "client_id"})
 
 _RATELIMIT = b"ratelimit"
 _RATELIMIT_POLICY = b"ratelimit-policy"
@@ -64,7 +64,8 @@ class RateLimitPolicy:
     It applies to requests whose method is in ``methods``, whose service is in
     ``services`` or whose path starts with one of ``paths`` (a policy with none
     of these applies to every request). Buckets are partitioned by ``key_by``
-    (any of tenant, principal, method, client); each request consumes ``cost``.
+    (any of tenant, principal, method, client, and client_id: the client-asserted
+    ``metadata.client_id``, ``anonymous`` without one); each request consumes ``cost``.
     """
 
     name: str
@@ -268,6 +269,13 @@ def _tenant(ctx: RequestContext) -> str:
     return _escape(tenant)
 
 
+def _client_id(ctx: RequestContext) -> str:
+    """The ``metadata.client_id`` partition (client-asserted), else ``anonymous``."""
+    env = ctx.envelope
+    md = env.metadata if env is not None else None
+    return (md.client_id if md is not None else None) or "anonymous"
+
+
 def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-window",
                  **storage_options: Any) -> RateLimiter:
     """A ``limits.aio`` limiter: ``strategy`` over storage given as a URI or instance.
@@ -374,6 +382,8 @@ class RateLimitMiddleware:
                 ids.append(_escape(ctx.principal or "anonymous"))
             elif k == "method":
                 ids.append(_escape(ctx.method or scope["path"]))
+            elif k == "client_id":
+                ids.append(_escape(_client_id(ctx)))
             else:
                 ids.append(_escape(client_address(scope, ctx, self.trusted)))
         return tuple(ids)
