@@ -42,6 +42,39 @@ _SHAPER_KEY = "aduib.envelope_shaper"
 _CONTENT_TYPE = b"content-type"
 _CONTENT_LENGTH = b"content-length"
 
+#: Scope key where :func:`aduib_asgi.stack.build_stack` publishes the app's
+#: default SSE framing, so that errors rendered by any layer on a streaming
+#: endpoint use it (PROTOCOL.md section 5.1).
+STREAM_FRAMING_DEFAULT_KEY = "aduib.stream_framing_default"
+STREAM_FRAMING_HEADER = b"aduib-stream-framing"
+#: Endpoints answered with SSE (path suffixes under any base path).
+STREAM_PATH_SUFFIXES = ("/rpc/stream", "/TaskService/Subscribe", "/HealthService/Watch")
+_SSE_ERROR_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"x-accel-buffering", b"no"),
+)
+
+
+def stream_error_framing(scope: Scope, ctx: RequestContext | None) -> str | None:
+    """The SSE framing an error on this request must use, or None (not a stream).
+
+    Decided only when an error is rendered (no cost on the hot path): the
+    framing already chosen for the request, else the ``Aduib-Stream-Framing``
+    header on a streaming endpoint, else the app's default framing.
+    """
+    if ctx is not None and ctx.stream_framing is not None:
+        return ctx.stream_framing
+    if scope.get("type") != "http" or not scope.get("path", "").endswith(STREAM_PATH_SUFFIXES):
+        return None
+    raw = ctx.header(STREAM_FRAMING_HEADER) if ctx is not None else None
+    if raw is not None:
+        value = raw.strip().lower()
+        if value in (b"message", b"envelope"):
+            return value.decode("ascii")
+    framing: str = scope.get(STREAM_FRAMING_DEFAULT_KEY, "message")
+    return framing
+
 
 def to_rpc_error(exc: BaseException) -> RpcError:
     """Map any exception to an error of the table.
@@ -190,5 +223,17 @@ async def send_error(
     log_error(error, cause, ctx)
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
     headers.extend(extra_headers)
-    await send_envelope(send, ctx, error_envelope(ctx, error, cause), error.http_status, headers)
+    env = error_envelope(ctx, error, cause)
+    if stream_error_framing(scope, ctx) == "envelope":
+        # Envelope framing (PROTOCOL.md section 5.1): the table's status, but one
+        # SSE event carrying the error envelope, which 2.0.1 clients can read.
+        body = b"data: " + JSON.encode(env) + b"\n\n"
+        raw = [*_SSE_ERROR_HEADERS, (_CONTENT_LENGTH, str(len(body)).encode("latin-1")),
+               *headers]
+        if ctx is None or ctx.stream_framing is None:  # else already named by the stream
+            raw.append((STREAM_FRAMING_HEADER, b"envelope"))
+        await send({"type": "http.response.start", "status": error.http_status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+        return error
+    await send_envelope(send, ctx, env, error.http_status, headers)
     return error

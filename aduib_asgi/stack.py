@@ -14,7 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from aduib_asgi.responses import STREAM_FRAMING_DEFAULT_KEY
 
 __all__ = [
     "DEFAULT_ORDER",
@@ -127,6 +129,25 @@ def build_stack(app: ASGIApp, layers: Iterable[Layer | tuple[type, dict[str, Any
     """Wrap ``app`` with ``layers`` (outermost first), after checking their order."""
     items = [x if isinstance(x, Layer) else Layer(x[0], dict(x[1])) for x in layers]
     check_order([x.name for x in items])
+    streaming = getattr(app, "streaming", None)  # an RpcDispatcher
     for item in reversed(items):
         app = item.cls(app, **item.kwargs)
+    if streaming is not None and hasattr(streaming, "default_framing"):
+        app = _StreamFramingDefault(app, streaming)
     return app
+
+
+class _StreamFramingDefault:
+    """Publishes the dispatcher's default SSE framing in the scope, so that an
+    error rendered by any layer on a streaming endpoint uses it (PROTOCOL.md 5.1)."""
+
+    __slots__ = ("app", "streaming")
+
+    def __init__(self, app: ASGIApp, streaming: Any) -> None:
+        self.app = app
+        self.streaming = streaming
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[STREAM_FRAMING_DEFAULT_KEY] = self.streaming.default_framing
+        await self.app(scope, receive, send)

@@ -113,8 +113,11 @@ async def test_v1_stream_without_stream_endpoint_is_5001() -> None:
                                  base_url="http://t") as client:
         r = await client.post(V1, json={"aduib_rpc": "1.0", "method": "rpc.v2/Echo/stream",
                                         "meta": {"stream": True}})
+    # meta.stream selected envelope framing: the error is one SSE event (PROTOCOL.md 5.1).
     assert r.status_code == 501
-    assert r.json()["error"]["code"] == 5001 and r.json()["aduib_rpc"] == "1.0"
+    assert r.headers["content-type"].startswith("text/event-stream")
+    body = json.loads(r.text.removeprefix("data: ").strip())
+    assert body["error"]["code"] == 5001 and body["aduib_rpc"] == "1.0"
 
 
 async def test_v1_stream_flag_selects_the_stream_endpoint() -> None:

@@ -31,9 +31,7 @@ from aduib_asgi.responses import (
     _debug_info,
     build_envelope,
     error_envelope,
-    log_error,
     send_error,
-    to_rpc_error,
 )
 from aduib_asgi.streaming.frames import DATA, ERROR, HEARTBEAT, PARTIAL, Frame
 
@@ -258,18 +256,8 @@ async def send_stream_error(
     error-envelope event, so a 2.0.1 client (which reads SSE whatever the status)
     still sees the code.
     """
-    framing = framing or ctx.stream_framing or MESSAGE
-    if framing != ENVELOPE:
-        return await send_error(scope, send, exc, ctx=ctx, extra_headers=extra_headers)
-    error = to_rpc_error(exc)
-    cause = None if exc is error else exc
-    log_error(error, cause, ctx)
-    body = b"data: " + _to_json(error_envelope(ctx, error, cause)) + b"\n\n"
-    headers = [*SSE_HEADERS,
-               (b"content-length", str(len(body)).encode("latin-1")),
-               *((k.lower().encode("latin-1"), v.encode("latin-1"))
-                 for k, v in error.headers.items()),
-               *extra_headers]
-    await send({"type": "http.response.start", "status": error.http_status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-    return error
+    if framing is not None:
+        ctx.stream_framing = framing
+    elif ctx.stream_framing is None:
+        ctx.stream_framing = MESSAGE
+    return await send_error(scope, send, exc, ctx=ctx, extra_headers=extra_headers)
