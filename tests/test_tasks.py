@@ -422,3 +422,22 @@ async def test_a_cancel_that_loses_the_race_leaves_no_cancel_reason_behind() -> 
             assert r.status_code == 200
             await wait_terminal(c, sub["task_id"])
             assert manager._cancel_reasons == {}
+
+
+async def test_a_tenant_cannot_queue_unbounded_tasks() -> None:
+    app, _, h = build_app(max_active_per_tenant=2, workers=1)
+    async with lifespan(app), client_for(app) as c:
+        first = await submit(c, "rpc.v2/T/block", {})
+        await submit(c, "rpc.v2/T/block", {})
+        over = await c.post(TS + "Submit", json={"target_method": "rpc.v2/T/block"})
+        other = await c.post(TS + "Submit", json={"target_method": "rpc.v2/T/ok"},
+                             headers={"X-Tenant-ID": "someone-else"})
+        assert over.status_code == 429
+        assert over.json()["error"]["code"] == 5021
+        assert over.headers["retry-after"] == "1"
+        assert other.status_code == 200  # another tenant has its own quota
+        r = await c.post(TS + "Cancel", json={"task_id": first["task_id"]})
+        assert r.json()["canceled"] is True
+        again = await c.post(TS + "Submit", json={"target_method": "rpc.v2/T/ok"})
+        assert again.status_code == 200
+        h.gate.set()

@@ -117,8 +117,13 @@ class TaskManager:
         lease_ttl: float = 15.0,
         poll_interval: float = 1.0,
         cancel_wait: float = 5.0,
+        max_active_per_tenant: int | None = 1000,
     ) -> None:
         self.registry = registry
+        #: Unfinished tasks one tenant may have submitted here (None: no cap);
+        #: past it Submit answers 429 / 5021.
+        self.max_active_per_tenant = max_active_per_tenant
+        self._active: dict[str, set[str]] = {}
         self._owns_store = store is None or isinstance(store, str)
         self.store: TaskStore = store if store is not None and not isinstance(store, str) \
             else store_from_uri(store)
@@ -205,9 +210,19 @@ class TaskManager:
             trace_id=ctx.trace_id if ctx is not None else None,
         )
         key = f"{tenant}:{req.idempotency_key}" if req.idempotency_key else None
+        active = self._active.setdefault(tenant, set())
+        limit = self.max_active_per_tenant
+        if limit is not None and len(active) >= limit and not key:
+            raise RpcError(5021, f"Tenant {tenant!r} has {limit} unfinished tasks; "
+                                 "wait for some to finish", headers={"Retry-After": "1"})
         stored = await self.store.create(entry, key)
         if stored.task_id != entry.task_id:
             return stored
+        if limit is not None and len(active) >= limit:
+            await self._finish_canceled(entry, "tenant task quota exceeded")
+            raise RpcError(5021, f"Tenant {tenant!r} has {limit} unfinished tasks; "
+                                 "wait for some to finish", headers={"Retry-After": "1"})
+        active.add(entry.task_id)
         await self._schedule(entry)
         return entry
 
@@ -418,6 +433,12 @@ class TaskManager:
         await self._finish(entry, TaskEventType.CANCELED)
 
     async def _finish(self, entry: TaskEntry, event: TaskEventType) -> None:
+        tenant = entry.record.tenant_id or "default"
+        active = self._active.get(tenant)
+        if active is not None:
+            active.discard(entry.task_id)
+            if not active:
+                del self._active[tenant]
         latest = await self.store.get(entry.task_id)
         self._owned.discard(entry.task_id)
         if latest is not None and latest.record.status is TaskStatus.CANCELED \
