@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,17 +95,17 @@ class Exchange:
         return None
 
 
-class Runner:
+class Runner(ABC):
     """Something timed in rounds. ``check`` runs once and returns an error text or None."""
 
     async def check(self) -> str | None:
         return None
 
-    async def round(self, n: int) -> float:  # pragma: no cover - interface
+    @abstractmethod
+    async def round(self, n: int) -> float:
         """Run ``n`` operations; return seconds elapsed."""
-        raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release what the runner holds (default: nothing)."""
 
 

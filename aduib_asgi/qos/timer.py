@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from abc import ABC, abstractmethod
 from heapq import heapify, heappop, heappush
 
 __all__ = ["DeadlineTimer", "Timed"]
@@ -23,7 +24,7 @@ __all__ = ["DeadlineTimer", "Timed"]
 _COMPACT_MIN = 64
 
 
-class Timed:
+class Timed(ABC):
     """A heap entry: ``expire()`` runs when ``when`` (loop clock) has passed."""
 
     __slots__ = ("_seq", "when")
@@ -32,8 +33,9 @@ class Timed:
         self.when = math.inf
         self._seq = -1  # sequence number of the live heap item, -1 when not queued
 
-    def expire(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def expire(self) -> None:
+        """Called by the timer when ``when`` has passed."""
 
 
 class DeadlineTimer:
