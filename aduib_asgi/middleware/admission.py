@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.qos.bulkhead import Bulkhead, Rejected
-from aduib_asgi.qos.interrupt import end_interrupted
+from aduib_asgi.qos.interrupt import end_interrupted, send_tracked
 from aduib_asgi.qos.keys import method_spec
 from aduib_asgi.qos.metrics import record_rejection
 from aduib_asgi.qos.shutdown import ShutdownController
@@ -318,9 +318,4 @@ class _AdmissionResponder:
         self.cancel_scope.cancel()
 
     async def __call__(self, message: Message) -> None:
-        t = message["type"]
-        if t == "http.response.start":
-            self.started = True
-        elif t == "http.response.body" and not message.get("more_body", False):
-            self.finished = True
-        await self.send(message)
+        await send_tracked(self, message)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from starlette.types import Scope, Send
+from starlette.types import Message, Scope, Send
 
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError
 from aduib_asgi.middleware.errors import STREAM_ABORT_KEY
 from aduib_asgi.responses import send_error
 
-__all__ = ["ResponseProgress", "end_interrupted"]
+__all__ = ["ResponseProgress", "end_interrupted", "send_tracked"]
 
 
 class ResponseProgress(Protocol):
@@ -19,6 +19,22 @@ class ResponseProgress(Protocol):
 
     started: bool
     finished: bool
+
+
+class _Tracked(Protocol):
+    send: Send
+    started: bool
+    finished: bool
+
+
+async def send_tracked(wrapper: _Tracked, message: Message) -> None:
+    """Forward ``message`` through ``wrapper.send``, recording the response's progress."""
+    t = message["type"]
+    if t == "http.response.start":
+        wrapper.started = True
+    elif t == "http.response.body" and not message.get("more_body", False):
+        wrapper.finished = True
+    await wrapper.send(message)
 
 
 async def end_interrupted(scope: Scope, send: Send, ctx: RequestContext, error: RpcError,
