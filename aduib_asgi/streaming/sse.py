@@ -114,6 +114,19 @@ def _to_json(value: Any) -> bytes:
     return pydantic_core.to_json(value)
 
 
+def message_dict(ctx: RequestContext | None, frame: Frame) -> dict[str, Any]:
+    """A frame as the StreamMessage JSON object (the same for SSE and WebSocket)."""
+    t = frame.type
+    if t in (DATA, PARTIAL):
+        payload: dict[str, Any] = {"data": jsonable(frame.data)}
+    elif t == ERROR:
+        payload = {"error": error_dict(ctx, frame)}
+    else:
+        payload = frame.payload()
+    return {"type": t, "sequence": frame.sequence, "timestamp_ms": frame.timestamp_ms,
+            "payload": payload}
+
+
 def error_dict(ctx: RequestContext | None, frame: Frame) -> dict[str, Any]:
     """The ``error`` member of an error frame (``debug`` only in development mode)."""
     assert frame.error is not None
@@ -137,14 +150,7 @@ class MessageSseEncoder:
 
     def encode(self, frame: Frame) -> bytes:
         t = frame.type
-        if t in (DATA, PARTIAL):
-            payload: dict[str, Any] = {"data": jsonable(frame.data)}
-        elif t == ERROR:
-            payload = {"error": error_dict(self.ctx, frame)}
-        else:
-            payload = frame.payload()
-        body = _to_json({"type": t, "sequence": frame.sequence,
-                         "timestamp_ms": frame.timestamp_ms, "payload": payload})
+        body = _to_json(message_dict(self.ctx, frame))
         head = b"id: %d" % frame.sequence
         if self.retry_ms is not None:
             head = b"retry: %d\n" % self.retry_ms + head

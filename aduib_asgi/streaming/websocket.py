@@ -34,14 +34,13 @@ from aduib_asgi.streaming.frames import (
     CANCEL,
     DATA,
     END,
-    ERROR,
     HEARTBEAT,
     PARTIAL,
     Frame,
     FrameMachine,
 )
 from aduib_asgi.streaming.inflight import InflightRegistry
-from aduib_asgi.streaming.sse import error_dict, jsonable
+from aduib_asgi.streaming.sse import message_dict
 
 if TYPE_CHECKING:
     from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
@@ -103,15 +102,7 @@ class WsSink:
         self.close_code = CLOSE_NORMAL
 
     def encode(self, frame: Frame) -> Message:
-        t = frame.type
-        if t in (DATA, PARTIAL):
-            payload: dict[str, Any] = {"data": jsonable(frame.data)}
-        elif t == ERROR:
-            payload = {"error": error_dict(self.ctx, frame)}
-        else:
-            payload = frame.payload()
-        d = {"type": t, "sequence": frame.sequence, "timestamp_ms": frame.timestamp_ms,
-             "payload": payload}
+        d = message_dict(self.ctx, frame)
         if self.binary:
             return {"type": "websocket.send", "bytes": msgpack.packb(d, use_bin_type=True)}
         return {"type": "websocket.send", "text": pydantic_core.to_json(d).decode()}
