@@ -4,7 +4,8 @@ A store keeps, per lookup key, either an *in-flight* reservation (fingerprint +
 owner token, with a lease that expires unless renewed) or a *completed*
 response (fingerprint + status, headers, body, with a TTL). :meth:`reserve` is
 atomic: of many concurrent callers with one key exactly one gets the
-reservation. Rate-limit storage is not here: it is the ``limits`` package's own.
+reservation. Rate-limit storage is the ``limits`` package's own;
+:mod:`aduib_asgi.storage.ratelimit` reads the quota a hit leaves.
 """
 
 from __future__ import annotations
