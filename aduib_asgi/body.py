@@ -120,7 +120,7 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False) -> Rp
         ctx.priority = int(env.qos.priority)
     md = env.metadata
     if md is None:  # the server fills timestamp_ms when absent (PROTOCOL.md section 2)
-        env.metadata = RequestMetadata.model_construct(timestamp_ms=ctx.timestamp_ms)
+        env.metadata = RequestMetadata(timestamp_ms=ctx.timestamp_ms)  # model_construct: ~15 µs
     else:
         if md.timestamp_ms is None:
             md.timestamp_ms = ctx.timestamp_ms
