@@ -111,3 +111,54 @@ async def test_demo_health_check(demo_client: Any) -> None:
     assert r.json()["status"] == "healthy"
     r = await demo_client.post(HS + "Check", json={"service": "Echo"})
     assert r.json() == {"status": "healthy", "services": {"Echo": "healthy"}}
+
+
+async def test_a_blocking_sync_check_runs_in_a_thread_and_keeps_its_timeout() -> None:
+    """A sync check that blocks (a socket call, say) neither stalls the loop nor the answer."""
+    import threading
+    import time
+
+    release = threading.Event()
+    threads: list[str] = []
+
+    def blocking() -> bool:
+        threads.append(threading.current_thread().name)
+        release.wait(5)  # stuck until the test ends
+        return True
+
+    def quick() -> str:
+        threads.append(threading.current_thread().name)
+        return "degraded"
+
+    def returns_a_coroutine() -> Any:  # e.g. ``lambda: store.ping()`` on an async client
+        async def ping() -> bool:
+            return False
+
+        return ping()
+
+    registry = HealthRegistry()
+    registry.add("stuck", blocking, timeout=0.2)
+    registry.add("quick", quick)
+    registry.add("async-by-lambda", returns_a_coroutine)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.01)
+            ticks += 1
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            started = time.monotonic()
+            result = await registry.check()
+            elapsed = time.monotonic() - started
+            tg.cancel_scope.cancel()
+    finally:
+        release.set()
+    assert result is not None
+    assert result.services == {"async-by-lambda": U, "quick": D, "stuck": U}
+    assert elapsed < 1.0  # the timeout held although the function never returned
+    assert ticks >= 5  # the loop kept running while the check blocked
+    assert threading.main_thread().name not in threads

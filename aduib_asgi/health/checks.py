@@ -1,6 +1,6 @@
 """Health checks and their aggregation (PROTOCOL.md §10).
 
-A check is a callable (sync or async) returning a :class:`HealthStatus` (or its
+A check is a callable (sync ones run in a worker thread) returning a :class:`HealthStatus` (or its
 string), a bool (True healthy, False unhealthy) or None (healthy: "it did not
 raise", e.g. a store's ``ping``). Raising or exceeding its timeout counts as
 unhealthy. Aggregate: a *critical* check unhealthy → unhealthy; any other check
@@ -72,11 +72,22 @@ class HealthRegistry:
         self._checks.pop(name, None)
 
     async def run_one(self, check: HealthCheck) -> HealthStatus:
+        """Run one check within its timeout; sync callables run in a worker thread.
+
+        A sync check may block (a socket call, a driver's ping): in a thread it
+        cannot stall the event loop, and past the timeout it is abandoned (its
+        thread finishes on its own) and reported unhealthy. An awaitable it
+        returns is awaited on the loop.
+        """
+        func = check.func
         try:
             with anyio.fail_after(check.timeout):
-                value = check.func()
-                if inspect.isawaitable(value):
-                    value = await value
+                if inspect.iscoroutinefunction(func):
+                    value = await func()
+                else:
+                    value = await anyio.to_thread.run_sync(func, abandon_on_cancel=True)
+                    if inspect.isawaitable(value):
+                        value = await value
             return _as_status(value)
         except Exception as exc:
             logger.warning("health check %s failed: %s", check.name, type(exc).__name__)
