@@ -246,7 +246,9 @@ class _HeaderEmitter:
         self.send = send
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and self.ctx.response_headers:
+        t = message["type"]
+        if (t == "http.response.start" or t == "websocket.http.response.start") \
+                and self.ctx.response_headers:
             headers = list(message.get("headers", ()))
             headers.extend(self.ctx.response_headers)
             message = {**message, "headers": headers}

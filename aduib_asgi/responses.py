@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.types import Scope, Send
+from starlette.types import Message, Scope, Send
 
 from aduib_asgi.codecs import JSON, Codec
 from aduib_asgi.context import CONTEXT_KEY, RequestContext
@@ -27,6 +27,7 @@ __all__ = [
     "build_envelope",
     "encode_envelope",
     "error_envelope",
+    "refuse_websocket",
     "send_envelope",
     "send_error",
     "to_rpc_error",
@@ -237,3 +238,40 @@ async def send_error(
         return error
     await send_envelope(send, ctx, env, error.http_status, headers)
     return error
+
+
+#: The ASGI extension that lets an app answer a WebSocket handshake with an HTTP response.
+WEBSOCKET_DENIAL = "websocket.http.response"
+
+
+class _DenialSend:
+    """Sends an HTTP response as the ASGI WebSocket denial response messages."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+
+    async def __call__(self, message: Message) -> None:
+        await self.send({**message, "type": "websocket." + message["type"]})
+
+
+async def refuse_websocket(scope: Scope, send: Send, error: RpcError, *,
+                           ctx: RequestContext | None = None, close_code: int = 1008) -> None:
+    """Refuse a WebSocket handshake that has not been accepted.
+
+    Where the server supports the ASGI ``websocket.http.response`` extension
+    (uvicorn, Starlette's test client) the refusal is an HTTP response like any
+    other error of the layer: the table's status, the full error envelope and
+    the error's and context's headers (``WWW-Authenticate``, ``Retry-After``,
+    ``RateLimit``...). Elsewhere it is a close with ``close_code`` (RFC 6455:
+    1008 policy violation, 1012 restarting, 1013 try again later) and the
+    error's name as the reason.
+    """
+    if WEBSOCKET_DENIAL in (scope.get("extensions") or {}):
+        await send_error(scope, _DenialSend(send), error, ctx=ctx)
+        return
+    if ctx is None:
+        ctx = scope.get(CONTEXT_KEY)
+    log_error(error, None, ctx)
+    await send({"type": "websocket.close", "code": close_code, "reason": error.name})

@@ -25,7 +25,7 @@ from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
 from aduib_asgi.models import RpcRequest
 from aduib_asgi.qos.retry import install_retry
-from aduib_asgi.responses import build_envelope, send_envelope, send_error
+from aduib_asgi.responses import build_envelope, refuse_websocket, send_envelope, send_error
 from aduib_asgi.streaming.endpoints import install_streaming
 from aduib_asgi.versioning.routes import install_version_routes
 
@@ -124,7 +124,8 @@ class RpcDispatcher:
     ) -> None:
         endpoint = self._ws_routes.get(scope["path"])
         if endpoint is None:
-            await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
+            await refuse_websocket(scope, send, RpcError(
+                4000, f"No WebSocket endpoint at {scope['path']}"), ctx=ctx)
             return
         await endpoint(scope, receive, send, ctx)
 

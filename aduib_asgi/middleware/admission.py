@@ -27,7 +27,7 @@ from aduib_asgi.qos.interrupt import end_interrupted, send_tracked
 from aduib_asgi.qos.keys import method_spec
 from aduib_asgi.qos.metrics import record_rejection
 from aduib_asgi.qos.shutdown import ShutdownController
-from aduib_asgi.responses import send_error
+from aduib_asgi.responses import refuse_websocket, send_error
 
 __all__ = ["AdmissionMiddleware"]
 
@@ -97,8 +97,8 @@ class AdmissionMiddleware:
             await run_with_context(self._http, scope, receive, send)
         elif t == "websocket":
             if self.shutdown.draining:
-                await send({"type": "websocket.close", "code": 1012,
-                            "reason": "server shutting down"})
+                record_rejection("*", "draining", 1)  # normal priority: a WebSocket has no envelope
+                await refuse_websocket(scope, send, self._draining_error(), close_code=1012)
                 return
             await self.app(scope, receive, send)
         elif t == "lifespan":
@@ -290,10 +290,11 @@ class AdmissionMiddleware:
 
     async def _reject_draining(self, scope: Scope, send: Send, ctx: RequestContext) -> None:
         record_rejection("*", "draining", ctx.priority)
-        await send_error(scope, send, RpcError(
-            5002, "Server is shutting down",
-            headers={"Retry-After": self._retry_after, "Connection": "close"},
-        ), ctx=ctx)
+        await send_error(scope, send, self._draining_error(), ctx=ctx)
+
+    def _draining_error(self) -> RpcError:
+        return RpcError(5002, "Server is shutting down",
+                        headers={"Retry-After": self._retry_after, "Connection": "close"})
 
     async def _aborted(self, scope: Scope, send: Send, ctx: RequestContext,
                        responder: _AdmissionResponder) -> None:

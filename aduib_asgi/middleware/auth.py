@@ -40,7 +40,7 @@ from aduib_asgi.auth.rbac import PatternTable, roles_table
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.observability.audit import AuditEvent, AuditSink, LoggingAuditSink, now_ms
-from aduib_asgi.responses import send_error
+from aduib_asgi.responses import refuse_websocket, send_error
 
 __all__ = ["METHOD_SPEC_KEY", "AuthMiddleware"]
 
@@ -188,11 +188,11 @@ class AuthMiddleware:
 
     async def _reject(self, scope: Scope, send: Send, ctx: RequestContext, error: RpcError,
                       creds: Credentials | None) -> None:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": error.name})
-            return
         if 3000 <= error.code < 3010 and "WWW-Authenticate" not in error.headers:
             error.headers["WWW-Authenticate"] = self._challenge(error, creds)
+        if scope["type"] == "websocket":
+            await refuse_websocket(scope, send, error, ctx=ctx)
+            return
         await send_error(scope, send, error, ctx=ctx)
 
     def _challenge(self, error: RpcError, creds: Credentials | None) -> str:

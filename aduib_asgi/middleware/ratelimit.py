@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
-from aduib_asgi.responses import send_error
+from aduib_asgi.responses import refuse_websocket, send_error
 from aduib_asgi.storage.ratelimit import quota_for
 from aduib_asgi.storage.timeout import call_within
 
@@ -449,16 +449,17 @@ class RateLimitMiddleware:
         if refused is None:
             await self.app(scope, receive, send)
             return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "rate limited"})
-            return
-        await send_error(scope, send, RpcError(
+        error = RpcError(
             5020, f"Rate limit {refused.name!r} exceeded; retry in {after} s",
             details=[{"type": "rate_limit", "reason": "quota exhausted",
                       "metadata": {"policy": refused.name, "limit": refused.amount,
                                    "window_s": refused.window}}],
             headers={"Retry-After": str(after)},
-        ), ctx=ctx)
+        )
+        if scope["type"] == "websocket":
+            await refuse_websocket(scope, send, error, ctx=ctx)
+            return
+        await send_error(scope, send, error, ctx=ctx)
 
     def _recovered(self) -> None:
         self._degraded = False
@@ -502,8 +503,8 @@ class RateLimitMiddleware:
         if self.fail_open:
             await self.app(scope, receive, send)
             return
+        error = RpcError(5002, "Rate limiting is unavailable", headers={"Retry-After": "1"})
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
+            await refuse_websocket(scope, send, error, ctx=ctx, close_code=1013)
             return
-        await send_error(scope, send, RpcError(
-            5002, "Rate limiting is unavailable", headers={"Retry-After": "1"}), ctx=ctx)
+        await send_error(scope, send, error, ctx=ctx)

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError, detail
-from aduib_asgi.responses import send_error
+from aduib_asgi.responses import refuse_websocket, send_error
 
 __all__ = [
     "DEFAULT_TENANT_PATTERN",
@@ -134,7 +134,7 @@ class TenantScopeMiddleware:
             tenant = self.resolve(ctx)
         except RpcError as exc:
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": exc.message})
+                await refuse_websocket(scope, send, exc, ctx=ctx)
             else:
                 await send_error(scope, send, exc, ctx=ctx)
             return

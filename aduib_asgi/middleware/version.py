@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aduib_asgi.body import parse_envelope
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
-from aduib_asgi.responses import send_error
+from aduib_asgi.responses import refuse_websocket, send_error
 from aduib_asgi.versioning import DEFAULT_VERSIONS, VERSIONS_KEY, ServerVersions
 from aduib_asgi.versioning.compat import V1_KEY
 
@@ -87,7 +87,7 @@ class VersionNegotiationMiddleware:
                 self._from_headers(ctx)
         except RpcError as exc:
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": exc.message[:120]})
+                await refuse_websocket(scope, send, exc, ctx=ctx)
             else:
                 await send_error(scope, send, exc, ctx=ctx)
             return
