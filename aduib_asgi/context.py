@@ -87,6 +87,7 @@ class RequestContext:
         "response_headers",
         "roles",
         "sampled",
+        "scopes",
         "server_id",
         "server_version",
         "service",
@@ -129,6 +130,7 @@ class RequestContext:
         self.tenant_id: str | None = None
         self.principal: str | None = None
         self.roles: tuple[str, ...] = ()
+        self.scopes: tuple[str, ...] = ()  # OAuth scopes granted to the caller
         self.auth_scheme: str | None = None
         # Absolute deadline on the ``time.monotonic()`` clock, or None.
         self.deadline: float | None = None

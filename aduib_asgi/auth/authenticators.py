@@ -35,11 +35,17 @@ logger = logging.getLogger("aduib_asgi.auth")
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who the caller is: a principal and its roles."""
+    """Who the caller is: a principal, its roles and OAuth scopes, and its tenants.
+
+    ``tenants`` None: any tenant; otherwise the only tenants this identity may
+    act for (another one → 3010).
+    """
 
     principal: str
     roles: tuple[str, ...] = ()
     claims: Mapping[str, Any] = field(default_factory=dict)
+    scopes: tuple[str, ...] = ()
+    tenants: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -198,6 +204,17 @@ class MtlsAuthenticator:
         return Identity(cn, self.roles.get(cn, self.default_roles))
 
 
+def _strings(value: Any) -> tuple[str, ...]:
+    """A claim as a tuple of strings: a space-separated string or a list."""
+    if not value:
+        return ()
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v) for v in value)
+    return (str(value),)
+
+
 def jwt_verifier(
     key: Any,
     *,
@@ -206,9 +223,17 @@ def jwt_verifier(
     issuer: str | None = None,
     principal_claim: str = "sub",
     roles_claim: str = "roles",
+    scopes_claim: str = "scope",
+    tenants_claim: str | None = None,
     leeway: float = 0,
 ) -> Callable[[str], Identity | None]:
-    """A bearer verifier for JWTs (PyJWT, extra ``jwt``): expired → 3002, invalid → 3001."""
+    """A bearer verifier for JWTs (PyJWT, extra ``jwt``): expired → 3002, invalid → 3001.
+
+    Scopes come from ``scopes_claim`` (RFC 9068 ``scope``: space-separated), else
+    ``scp`` (a list, as some issuers send). With ``tenants_claim`` (e.g. ``"tid"``)
+    the identity is bound to the tenant(s) in that claim (a string or a list); a
+    token without the claim is bound to none, i.e. refused for every tenant.
+    """
     import jwt  # optional dependency
 
     algs = list(algorithms)
@@ -221,9 +246,11 @@ def jwt_verifier(
             raise RpcError(3002, "Token expired") from None
         except jwt.InvalidTokenError:
             return None
-        roles = claims.get(roles_claim) or ()
-        if isinstance(roles, str):
-            roles = roles.split()
-        return Identity(str(claims[principal_claim]), tuple(str(r) for r in roles), claims)
+        tenants = None if tenants_claim is None else _strings(claims.get(tenants_claim))
+        scopes = claims.get(scopes_claim)
+        if scopes is None:
+            scopes = claims.get("scp")
+        return Identity(str(claims[principal_claim]), _strings(claims.get(roles_claim)), claims,
+                        scopes=_strings(scopes), tenants=tenants)
 
     return verify

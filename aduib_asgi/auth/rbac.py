@@ -10,12 +10,18 @@ compiled per request.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aduib_asgi.errors import RpcError
 from aduib_asgi.models import parse_method
 
-__all__ = ["PatternTable", "enforce_method_roles", "roles_table"]
+__all__ = [
+    "PatternTable",
+    "enforce_method_access",
+    "enforce_method_roles",
+    "insufficient_scope",
+    "roles_table",
+]
 
 T = TypeVar("T")
 
@@ -90,3 +96,34 @@ def enforce_method_roles(method: str, roles: Iterable[str] | None, ctx: object |
         raise RpcError(3000, f"{method} requires authentication",
                        headers={"WWW-Authenticate": 'Bearer realm="aduib_rpc"'})
     raise RpcError(3011, f"{method} requires one of the roles {sorted(required)}")
+
+
+def insufficient_scope(method: str | None, required: tuple[str, ...],
+                       realm: str = "aduib_rpc") -> RpcError:
+    """3012 with the RFC 6750 challenge naming the scopes the request needs."""
+    need = " ".join(required)
+    return RpcError(3012, f"{method or 'This request'} requires the scopes {need!r}",
+                    headers={"WWW-Authenticate": f'Bearer realm="{realm}", '
+                                                 f'error="insufficient_scope", scope="{need}"'})
+
+
+def enforce_method_access(method: str, options: Mapping[str, Any], ctx: object | None) -> None:
+    """Apply a registration's ``roles=[...]`` (any one) and ``scopes=[...]`` (all of them).
+
+    Like :func:`enforce_method_roles`, applied wherever a method is resolved, so
+    both hold without the auth layer: no identity → 3000, missing role → 3011,
+    missing scope → 3012.
+    """
+    roles = options.get("roles")
+    if roles:
+        enforce_method_roles(method, roles, ctx)
+    scopes = options.get("scopes")
+    if scopes:
+        required = tuple(scopes)
+        have = getattr(ctx, "scopes", ()) or ()
+        if all(s in have for s in required):
+            return
+        if getattr(ctx, "principal", None) is None:
+            raise RpcError(3000, f"{method} requires authentication",
+                           headers={"WWW-Authenticate": 'Bearer realm="aduib_rpc"'})
+        raise insufficient_scope(method, required)

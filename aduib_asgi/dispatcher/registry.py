@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from aduib_asgi.auth.rbac import enforce_method_roles
+from aduib_asgi.auth.rbac import enforce_method_access
 from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.errors import RpcError, details_from_validation
 from aduib_asgi.models import parse_method
@@ -317,9 +317,9 @@ class MethodRegistry:
                     ctx.envelope.aduib_rpc if ctx.envelope is not None else None)
             spec = self._pick(spec.method, variants, version)
         if ctx is not None:
-            roles = spec.options.get("roles")
-            if roles:
-                enforce_method_roles(spec.method, roles, ctx)
+            options = spec.options
+            if options and ("roles" in options or "scopes" in options):
+                enforce_method_access(spec.method, options, ctx)
             extras = ctx.extras
             if spec.deprecated and extras.get(METHOD_SPEC_KEY) is not spec:
                 _announce(spec, ctx)

@@ -36,7 +36,7 @@ from aduib_asgi.auth.authenticators import (
     Identity,
     verified_client_cert,
 )
-from aduib_asgi.auth.rbac import PatternTable, roles_table
+from aduib_asgi.auth.rbac import PatternTable, insufficient_scope, roles_table
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.observability.audit import AuditEvent, AuditSink, LoggingAuditSink, now_ms
@@ -65,6 +65,7 @@ class AuthMiddleware:
         require_auth: bool = False,
         anonymous_methods: Iterable[str] = (),
         rules: Mapping[str, Iterable[str]] | None = None,
+        scope_rules: Mapping[str, Iterable[str]] | None = None,
         registry: Any = None,
         audit: AuditSink | None = None,
         realm: str = "aduib_rpc",
@@ -74,6 +75,7 @@ class AuthMiddleware:
         self.require_auth = require_auth
         self._anonymous: PatternTable[bool] = PatternTable(dict.fromkeys(anonymous_methods, True))
         self._rules = roles_table(rules)
+        self._scope_rules = roles_table(scope_rules)
         self.registry = registry
         self.audit: AuditSink = audit if audit is not None else LoggingAuditSink()
         api = self.authenticators.get("api_key")
@@ -109,23 +111,33 @@ class AuthMiddleware:
                 if authenticator is None:
                     raise RpcError(3000, f"Authentication scheme {creds.scheme!r} is not accepted")
                 identity = await authenticator.authenticate(creds, scope)
-            required = self._required_roles(ctx, scope)
+            options = self._method_options(ctx)
+            required = self._required(options, "roles", self._rules, ctx, scope)
+            scopes = self._required(options, "scopes", self._scope_rules, ctx, scope)
             if identity is None:
-                if required or (self.require_auth and not self._anonymous.get(
+                if required or scopes or (self.require_auth and not self._anonymous.get(
                         ctx.method, ctx.service, scope.get("path"))):
                     raise RpcError(3000, "Authentication required")
             else:
                 ctx.principal = identity.principal
                 ctx.roles = identity.roles
+                ctx.scopes = identity.scopes
                 ctx.auth_scheme = creds.scheme if creds is not None else None
+                if identity.tenants is not None:
+                    tenant = _requested_tenant(ctx)
+                    if tenant is not None and tenant not in identity.tenants:
+                        raise RpcError(3010, f"{identity.principal!r} may not act for tenant "
+                                             f"{tenant!r}")
                 if required and not _has_any(identity.roles, required):
                     raise RpcError(3011, "Permission denied: a required role is missing")
+                if scopes and not all(s in identity.scopes for s in scopes):
+                    raise insufficient_scope(ctx.method, scopes, self._realm)
         except RpcError as exc:
             error = _scrub(exc, creds)
             self._audit(ctx, "deny", error.code, error.message, creds)
             await self._reject(scope, send, ctx, error, creds)
             return
-        if creds is not None or required:
+        if creds is not None or required or scopes:
             self._audit(ctx, "allow", 0, "", creds)
         await self.app(scope, receive, send)
 
@@ -157,20 +169,29 @@ class AuthMiddleware:
             return Credentials("mtls", None, "tls")
         return None
 
-    def _required_roles(self, ctx: RequestContext, scope: Scope) -> tuple[str, ...] | None:
+    def _method_options(self, ctx: RequestContext) -> Mapping[str, Any] | None:
+        """The registration options of the request's method, when known."""
         method = ctx.method
-        if method is not None:
-            spec = ctx.extras.get(METHOD_SPEC_KEY)
-            if spec is None and self.registry is not None:
-                spec = self.registry.get(method)
-            options = getattr(spec, "options", None)
-            if options:
-                roles = options.get("roles")
-                if roles is not None:
-                    return tuple(roles)
-        if not self._rules:
+        if method is None:
             return None
-        return self._rules.get(method, ctx.service, scope.get("path"))
+        spec = ctx.extras.get(METHOD_SPEC_KEY)
+        if spec is None and self.registry is not None:
+            spec = self.registry.get(method)
+        options: Mapping[str, Any] | None = getattr(spec, "options", None)
+        return options
+
+    @staticmethod
+    def _required(options: Mapping[str, Any] | None, key: str,
+                  rules: PatternTable[tuple[str, ...]], ctx: RequestContext,
+                  scope: Scope) -> tuple[str, ...] | None:
+        """Roles or scopes the request needs: the method's option, else the pattern rules."""
+        if options:
+            value = options.get(key)
+            if value is not None:
+                return tuple(value)
+        if not rules:
+            return None
+        return rules.get(ctx.method, ctx.service, scope.get("path"))
 
     # -- outcome --------------------------------------------------------------------
 
@@ -203,6 +224,18 @@ class AuthMiddleware:
         if error.code == 3002:
             return f'{base}, error="invalid_token", error_description="token expired"'
         return f'{base}, error="invalid_token"'
+
+
+def _requested_tenant(ctx: RequestContext) -> str | None:
+    """The tenant the request acts for: the tenant layer's, else the envelope's or header's."""
+    if ctx.tenant_id is not None:
+        return ctx.tenant_id
+    env = ctx.envelope
+    md = env.metadata if env is not None else None
+    if md is not None and md.tenant_id:
+        return md.tenant_id
+    raw = ctx.header(b"x-tenant-id")
+    return raw.decode("latin-1").strip() or None if raw is not None else None
 
 
 def _has_any(have: tuple[str, ...], need: tuple[str, ...]) -> bool:

@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
-from aduib_asgi.auth.rbac import enforce_method_roles
+from aduib_asgi.auth.rbac import enforce_method_access
 from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.dispatcher.app import to_jsonable
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
@@ -196,7 +196,7 @@ class TaskManager:
         if spec.streaming:
             raise RpcError(2000, f"{target} is a streaming method and cannot run as a task")
         tenant = tenant_of(ctx)
-        enforce_method_roles(spec.method, spec.options.get("roles"), ctx)
+        enforce_method_access(spec.method, spec.options, ctx)
         rec = TaskRecord(
             task_id=str(uuid.uuid4()), target_method=target, params=params,
             status=TaskStatus.PENDING, priority=req.priority, created_at_ms=_now_ms(),
