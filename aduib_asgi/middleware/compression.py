@@ -170,8 +170,11 @@ class CompressionMiddleware:
                     return
             elif scope["method"] in _BODY_METHODS:
                 rx = _CountingReceive(receive, self.max_body_size)
-        if coding is None and rx is None and not lazy:
-            await self.app(scope, receive, send)
+        if coding is None and rx is None:
+            if lazy:  # the common case: no coding unless the envelope asks for one
+                await self.app(scope, receive, _MetadataChoice(send, self, ctx))
+            else:
+                await self.app(scope, receive, send)
             return
         responder = _Responder(send, self, coding, rx, scope["method"] == "HEAD",
                                ctx if lazy else None)
@@ -196,6 +199,34 @@ class CompressionMiddleware:
         if coding is not None:
             ctx.response_encoding = coding.name
         return coding
+
+
+class _MetadataChoice:
+    """No ``Accept-Encoding``: ``metadata.compression`` may choose when the response starts.
+
+    A plain pass-through unless the envelope names a coding; only then does a
+    full :class:`_Responder` take over.
+    """
+
+    __slots__ = ("ctx", "mw", "send", "target")
+
+    def __init__(self, send: Send, mw: CompressionMiddleware, ctx: RequestContext) -> None:
+        self.send = send
+        self.mw = mw
+        self.ctx = ctx
+        self.target: Send | None = None
+
+    async def __call__(self, message: Message) -> None:
+        target = self.target
+        if target is None:
+            if message["type"] != "http.response.start":
+                await self.send(message)
+                return
+            coding = self.mw.from_metadata(self.ctx)
+            target = self.send if coding is None else _Responder(
+                self.send, self.mw, coding, None, False)
+            self.target = target
+        await target(message)
 
 
 def _too_large(limit: int) -> RpcError:
