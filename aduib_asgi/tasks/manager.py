@@ -118,6 +118,7 @@ class TaskManager:
         poll_interval: float = 1.0,
         cancel_wait: float = 5.0,
         max_active_per_tenant: int | None = 1000,
+        listen_for_changes: bool = True,
     ) -> None:
         self.registry = registry
         #: Unfinished tasks one tenant may have submitted here (None: no cap);
@@ -144,6 +145,13 @@ class TaskManager:
         self._cancel_reasons: dict[str, str | None] = {}
         self._done: dict[str, anyio.Event] = {}
         self._subs: dict[str, list[MemoryObjectSendStream[tuple[int, TaskEvent]]]] = {}
+        #: Revisions this manager saved of tasks it runs or relays (not re-fetched
+        #: when the store's change notification for them comes back).
+        self._own_rev: dict[str, int] = {}
+        #: Relay other managers' saves from the store's change notifications (Redis
+        #: pub/sub) at once; without them, or when off, the polls
+        #: (``poll_interval`` for subscribers, ``lease_ttl / 3`` for cancels) do it.
+        self.listen_for_changes = listen_for_changes
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -161,6 +169,9 @@ class TaskManager:
             for _ in range(self.workers):
                 tg.start_soon(self._worker)
             tg.start_soon(self._maintain)
+            changes = getattr(self.store, "changes", None)
+            if self.listen_for_changes and changes is not None:
+                tg.start_soon(self._listen, changes)
             self._started = True
             try:
                 yield self
@@ -287,6 +298,8 @@ class TaskManager:
                 subs.remove(send)
                 if not subs:
                     del self._subs[tid]
+                    if tid not in self._running:
+                        self._own_rev.pop(tid, None)
             send.close()
             recv.close()
 
@@ -389,6 +402,8 @@ class TaskManager:
                 finished = True
         finally:
             self._running.pop(tid, None)
+            if tid not in self._subs:
+                self._own_rev.pop(tid, None)
             self._done.pop(tid, None)
             self._cancel_reasons.pop(tid, None)  # a cancel that came too late
             done.set()
@@ -454,7 +469,10 @@ class TaskManager:
         self, entry: TaskEntry, event: TaskEventType, ts: int | None = None
     ) -> None:
         await self.store.save(entry)
-        subs = self._subs.get(entry.task_id)
+        tid = entry.task_id
+        subs = self._subs.get(tid)
+        if tid in self._running or subs:
+            self._own_rev[tid] = entry.rev
         if not subs:
             return
         item = (entry.rev, TaskEvent(event=event.value, task=entry.record.model_copy(deep=True),
@@ -462,6 +480,45 @@ class TaskManager:
         for send in subs:
             with contextlib.suppress(anyio.WouldBlock):  # slow subscribers poll the store
                 send.send_nowait(item)
+
+    # -- other managers' changes ---------------------------------------------------------
+
+    async def _listen(self, changes: Any) -> None:
+        """Relay the store's change notifications; reconnect with backoff when they fail."""
+        delay = 0.5
+        while True:
+            try:
+                async for tid, rev in changes():
+                    delay = 0.5
+                    if rev > self._own_rev.get(tid, 0) and (
+                            tid in self._subs or tid in self._running):
+                        await self._heard(tid)
+            except Exception as exc:
+                logger.warning("task change notifications interrupted (%s: %s); "
+                               "relying on polls until they are back", type(exc).__name__, exc)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _heard(self, tid: str) -> None:
+        """Another manager saved ``tid``: tell local subscribers; stop it if it was canceled."""
+        try:
+            latest = await self.store.get(tid)
+        except Exception as exc:
+            logger.warning("task %s: could not read a change (%s)", tid, type(exc).__name__)
+            return
+        if latest is None:
+            return
+        scope = self._running.get(tid)
+        if scope is not None and latest.record.status is TaskStatus.CANCELED:
+            error = latest.record.error or {}
+            self._cancel_reasons.setdefault(tid, error.get("message"))
+            scope.cancel()
+        subs = self._subs.get(tid)
+        if subs:
+            item = (latest.rev, _event(latest))
+            for send in subs:
+                with contextlib.suppress(anyio.WouldBlock):  # slow subscribers poll the store
+                    send.send_nowait(item)
 
     # -- ownership, recovery, shutdown ------------------------------------------------
 

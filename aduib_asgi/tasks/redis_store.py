@@ -4,13 +4,17 @@ managers, and the basis of restart recovery.
 Keys (under ``prefix``): ``task:{id}`` the entry JSON (terminal ones expire after
 the result TTL), ``active`` the set of non-terminal ids, ``lease:{id}`` the owner
 of a queued/running task (expires unless renewed), ``idem:{key}`` idempotency
-index. Every call is bounded by the client's socket timeouts.
+index. Every call is bounded by the client's socket timeouts. Every save is also
+published on the ``changes`` channel (``{id} {rev}``), so managers on other
+instances learn of it at once (:meth:`RedisTaskStore.changes`).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from redis.asyncio import Redis
 
 from aduib_asgi.tasks.store import DEFAULT_RESULT_TTL, TaskEntry
@@ -47,6 +51,7 @@ class RedisTaskStore:
         self.prefix = prefix
         self.result_ttl = result_ttl
         self._active = prefix + "active"
+        self._channel = prefix + "changes"
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
@@ -90,7 +95,28 @@ class RedisTaskStore:
             else:
                 pipe.set(self._key(tid), entry.model_dump_json())
                 pipe.sadd(self._active, tid)
+            pipe.publish(self._channel, f"{tid} {entry.rev}")
             await pipe.execute()
+
+    async def changes(self) -> AsyncIterator[tuple[str, int]]:
+        """``(task id, rev)`` of every save by any manager on this Redis, as they happen.
+
+        One pub/sub connection for the iterator's lifetime; a connection error
+        ends the iteration with the exception (the manager reconnects).
+        """
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._channel)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                tid, _, rev = str(message["data"]).partition(" ")
+                if tid and rev.isdigit():
+                    yield tid, int(rev)
+        finally:
+            with anyio.move_on_after(1.0, shield=True):  # also when cancelled (shutdown)
+                await pubsub.aclose()
 
     async def claim(self, task_id: str, owner: str, ttl: float) -> bool:
         key = self._lease(task_id)

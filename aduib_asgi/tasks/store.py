@@ -62,6 +62,11 @@ class TaskStore(Protocol):
     async def orphans(self) -> list[str]:
         """Active task ids whose lease is missing or expired."""
 
+    # Optional: ``changes() -> AsyncIterator[tuple[str, int]]`` yields ``(task id, rev)``
+    # for every save by any manager sharing the store (Redis: pub/sub). Managers
+    # listen to it to relay other instances' events and cancels at once; stores
+    # without it (the in-process memory store) rely on the polls.
+
     async def ping(self) -> None:
         """Raise when the backend is not reachable."""
 
