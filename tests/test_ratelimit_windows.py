@@ -53,20 +53,21 @@ async def test_reports_what_limits_itself_reports(backend: str, strategy: str) -
     assert verdicts == [True, True, True, False, False]
 
 
-async def test_fixed_window_uses_one_storage_call_within_a_window(backend: str) -> None:
-    """The count comes back from incr; the reset is read once per window, not per request."""
+async def test_fixed_window_storage_calls(backend: str) -> None:
+    """One call within a window on memory (reset remembered), two on shared storage."""
     limiter = make_limiter(backend, "fixed-window")
-    storage = CountingStorage(limiter.storage)
-    limiter.storage = storage  # type: ignore[assignment]
     quota = quota_for(limiter)
     assert isinstance(quota, FixedWindowQuota)
+    storage = CountingStorage(limiter.storage)
+    limiter.storage = storage  # type: ignore[assignment]
     item = parse("100/minute")
     await quota.hit(item, ("p", "acme"), 1)
-    assert storage.calls == ["incr", "get_expiry"]  # the window starts: read its reset once
+    assert storage.calls == ["incr", "get_expiry"]  # the window starts: read its reset
     storage.calls.clear()
     for _ in range(10):
         await quota.hit(item, ("p", "acme"), 1)
-    assert storage.calls == ["incr"] * 10
+    per_hit = ["incr"] if backend == "memory://" else ["incr", "get_expiry"]
+    assert storage.calls == per_hit * 10  # limits' hit + get_window_stats: 3 calls each
     storage.calls.clear()
     await quota.hit(item, ("p", "other"), 1)  # another bucket has a window of its own
     assert storage.calls == ["incr", "get_expiry"]
@@ -137,3 +138,64 @@ async def test_the_reset_cache_is_bounded() -> None:
     for i in range(quota.max_cached + 50):
         await quota.hit(item, ("p", str(i)), 1)
     assert len(quota._resets) <= quota.max_cached
+
+
+@pytest.mark.redis
+async def test_a_bucket_cleared_and_restarted_elsewhere_reports_the_new_reset(
+        redis_url: str) -> None:
+    """Another instance clears the bucket and opens a new window: the reset moves later."""
+    a, b = make_limiter(redis_url, "fixed-window"), make_limiter(redis_url, "fixed-window")
+    qa, qb = quota_for(a), quota_for(b)
+    item = parse("5/10 seconds")
+    _, _, first = await qa.hit(item, ("p", "acme"), 1)
+    await anyio.sleep(2.1)
+    await b.clear(item, "p", "acme")
+    await qb.hit(item, ("p", "acme"), 1)
+    await qb.hit(item, ("p", "acme"), 1)
+    ok, remaining, reset = await qa.hit(item, ("p", "acme"), 1)  # count 3: not a new window
+    own_reset, _ = await a.get_window_stats(item, "p", "acme")
+    assert (ok, remaining) == (True, 2)
+    assert reset >= first + 1.5 and abs(reset - own_reset) <= 1.0  # never the old reset
+
+
+async def test_memory_sees_a_bucket_cleared_and_refilled_by_another_user_of_its_storage() -> None:
+    """Two limiters over one memory storage: a clear + refill by the other is noticed."""
+    from limits.aio.storage import MemoryStorage
+    from limits.aio.strategies import FixedWindowRateLimiter
+
+    storage = MemoryStorage()
+    a, b = FixedWindowRateLimiter(storage), FixedWindowRateLimiter(storage)
+    qa = quota_for(a)
+    item = parse("5/10 seconds")
+    for _ in range(3):
+        _, _, first = await qa.hit(item, ("p", "acme"), 1)
+    await anyio.sleep(1.1)
+    await b.clear(item, "p", "acme")
+    await b.hit(item, "p", "acme")
+    ok, remaining, reset = await qa.hit(item, ("p", "acme"), 1)  # count 2 after 3: restarted
+    own_reset, _ = await a.get_window_stats(item, "p", "acme")
+    assert (ok, remaining) == (True, 3)
+    assert reset == own_reset and reset >= first + 1.0
+
+
+async def test_a_limiter_assigned_to_the_middleware_is_the_one_used() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from aduib_asgi.middleware.ratelimit import RateLimitMiddleware, RateLimitPolicy
+    from tests.conftest import client_for
+
+    async def ok(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    policy = RateLimitPolicy("p", "5/minute", key_by=("client",))
+    mw = RateLimitMiddleware(Starlette(routes=[Route("/", ok)]), policies=[policy])
+    replacement = make_limiter("memory://", "moving-window")
+    mw.limiter = replacement
+    async with client_for(mw) as client:
+        resp = await client.get("/")
+    assert mw.limiter is replacement and type(mw.quota) is WindowQuota
+    assert resp.headers["ratelimit"] == '"p";r=4;t=60'
+    _, remaining = await replacement.get_window_stats(mw.policies[0].item, "p", "127.0.0.1")
+    assert remaining == 4

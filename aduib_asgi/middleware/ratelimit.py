@@ -333,23 +333,31 @@ class RateLimitMiddleware:
         if isinstance(storage, str) and storage.startswith(("redis", "async+redis")):
             opts.setdefault("socket_timeout", timeout)
             opts.setdefault("socket_connect_timeout", timeout)
-        self.limiter = make_limiter(storage, strategy, **opts)
-        self.quota = quota_for(self.limiter)
+        self.storage_timeout = timeout
+        self.limiter = make_limiter(storage, strategy, **opts)  # sets quota and timeout
         self.policies = tuple(_Compiled(p) for p in policies)
         names = [p.name for p in self.policies]
         if len(set(names)) != len(names):
             raise ValueError("policy names must be unique")
         self.trusted = _Trusted(trusted_proxies)
-        # in-process storage cannot hang: no timeout scope on its hot path
-        self.timeout: float | None = (
-            None if isinstance(self.limiter.storage, MemoryStorage) else timeout
-        )
         self.fail_open = fail_open
         self.legacy_headers = legacy_headers
         self.on_storage_error = on_storage_error
         self.storage_errors = 0
         self._degraded = False
         self._match: dict[tuple[str | None, str], tuple[_Compiled, ...]] = {}
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The ``limits.aio`` limiter (assignable: the quota reader follows it)."""
+        return self.quota.limiter
+
+    @limiter.setter
+    def limiter(self, limiter: RateLimiter) -> None:
+        self.quota = quota_for(limiter)
+        # in-process storage cannot hang: no timeout scope on its hot path
+        self.timeout: float | None = (
+            None if isinstance(limiter.storage, MemoryStorage) else self.storage_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]

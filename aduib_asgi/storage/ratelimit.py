@@ -5,10 +5,10 @@ each hit needs the window's state too. ``limits`` answers that with a second
 call, ``get_window_stats``, which on a fixed window is two more storage calls
 (Redis: two more round trips). :class:`FixedWindowQuota` makes the storage call
 ``FixedWindowRateLimiter.hit`` makes (``incr``, whose return value is the
-window's count) and keeps that count, so within a window one storage call
-answers everything; the reset is read from the storage (``get_expiry``) when a
-window starts or the remembered one has passed. Windows, counting and expiry
-stay ``limits``' own. Other strategies ask ``limits`` with ``get_window_stats``.
+window's count) and keeps that count, so remaining needs no second call; the
+reset is the storage's ``get_expiry`` (on the in-process memory storage,
+remembered per window). Windows, counting and expiry stay ``limits``' own.
+Other strategies ask ``limits`` with ``get_window_stats``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from limits import RateLimitItem
+from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter, RateLimiter
 
 __all__ = ["FixedWindowQuota", "WindowQuota", "quota_for"]
@@ -39,31 +40,44 @@ class WindowQuota:
 
 
 class FixedWindowQuota(WindowQuota):
-    """Fixed window: the count from ``incr``, the reset once per window."""
+    """Fixed window: the count from ``incr``; the reset from the storage.
 
-    __slots__ = ("_resets", "max_cached")
+    Shared storages (Redis...) are read for the reset after every hit: other
+    instances may clear a bucket and open a new window at any time, and Redis
+    reports expiry in whole seconds. The in-process memory storage has exact
+    expiries and only this process's users, so there the reset is remembered per
+    key and read again only when a window starts (the count equals the cost),
+    when the remembered one has passed, or when the count went down (the bucket
+    was cleared and refilled by another user of the same storage).
+    """
+
+    __slots__ = ("_resets", "max_cached", "remember")
 
     def __init__(self, limiter: FixedWindowRateLimiter, *, max_cached: int = 4096) -> None:
         super().__init__(limiter)
         self.max_cached = max_cached
-        self._resets: dict[str, float] = {}
+        self.remember = isinstance(limiter.storage, MemoryStorage)
+        self._resets: dict[str, tuple[float, int]] = {}
 
     async def hit(self, item: RateLimitItem, ids: tuple[str, ...],
                   cost: int) -> tuple[bool, int, float]:
         storage: Any = self.limiter.storage
         key = item.key_for(*ids)
         count: int = await storage.incr(key, item.get_expiry(), amount=cost)
-        reset = self._resets.get(key)
-        # count == cost: this hit opened the window (limits sets its expiry then);
-        # a remembered reset in the past belongs to a window that has ended
-        if reset is None or count == cost or reset <= time.time():
+        amount = item.amount
+        remaining = amount - count if count < amount else 0
+        if not self.remember:
+            return count <= amount, remaining, float(await storage.get_expiry(key))
+        known = self._resets.get(key)
+        if known is None or count == cost or count <= known[1] or known[0] <= time.time():
             reset = float(await storage.get_expiry(key))
             resets = self._resets
             if len(resets) >= self.max_cached and key not in resets:
                 resets.clear()
-            resets[key] = reset
-        amount = item.amount
-        return count <= amount, (amount - count if count < amount else 0), reset
+        else:
+            reset = known[0]
+        self._resets[key] = (reset, count)
+        return count <= amount, remaining, reset
 
 
 def quota_for(limiter: RateLimiter) -> WindowQuota:
