@@ -70,6 +70,8 @@ MUST_BE_OUTSIDE: dict[tuple[str, str], str] = {
     ("content", "trace"): "the trace layer reads the envelope's trace_context",
     ("content", "tenant"): "the tenant layer reads metadata.tenant_id from the envelope",
     ("content", "auth"): "the auth layer reads metadata.auth and the method from the envelope",
+    ("tenant", "auth"): "the auth layer checks tenant-bound identities against the tenant "
+                        "the tenant layer resolved",
     ("content", "ratelimit"): "rate-limit policies match the method from the envelope",
     ("content", "deadline"): "the deadline layer reads qos.timeout_ms from the envelope",
     ("content", "admission"): "the admission layer reads qos.priority from the envelope",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import jwt
 import pytest
 
@@ -15,6 +18,7 @@ from aduib_asgi.middleware.tenant import TenantScopeMiddleware
 from aduib_asgi.stack import Layer
 from tests.conftest import RPC, client_for
 from tests.obs_helpers import call, make_registry, rpc_app
+from tests.stream_harness import WS, WsClient
 
 pytestmark = pytest.mark.anyio
 
@@ -40,10 +44,10 @@ def registry() -> MethodRegistry:
     return r
 
 
-def app(*, tenant: bool = True, **auth: Any) -> Any:
+def app(*, tenant: bool = True, tenants_claim: str | None = "tid", **auth: Any) -> Any:
     reg = registry()
-    auth.setdefault("authenticators", [BearerAuthenticator(jwt_verifier(KEY,
-                                                                        tenants_claim="tid"))])
+    auth.setdefault("authenticators", [BearerAuthenticator(jwt_verifier(
+        KEY, tenants_claim=tenants_claim))])
     layers = [Layer.of(TenantScopeMiddleware)] if tenant else []
     return rpc_app([*layers, Layer.of(AuthMiddleware, registry=reg, **auth)], reg)
 
@@ -52,14 +56,14 @@ def app(*, tenant: bool = True, **auth: Any) -> Any:
 
 
 async def test_a_token_with_the_scopes_is_admitted() -> None:
-    async with client_for(app()) as c:
+    async with client_for(app(tenants_claim=None)) as c:
         r = await c.post(RPC, json=call("rpc.v2/Doc/write"),
                          headers=token(scope="docs:read docs:write other"))
     assert r.status_code == 200 and r.json()["result"] == {"written": True}
 
 
 async def test_a_missing_scope_is_403_3012_with_the_rfc6750_challenge() -> None:
-    async with client_for(app()) as c:
+    async with client_for(app(tenants_claim=None)) as c:
         r = await c.post(RPC, json=call("rpc.v2/Doc/write"), headers=token(scope="docs:read"))
     assert r.status_code == 403
     assert r.json()["error"]["code"] == 3012
@@ -71,7 +75,7 @@ async def test_a_missing_scope_is_403_3012_with_the_rfc6750_challenge() -> None:
 
 
 async def test_scopes_from_a_list_claim_scp() -> None:
-    async with client_for(app()) as c:
+    async with client_for(app(tenants_claim=None)) as c:
         ok = await c.post(RPC, json=call("rpc.v2/Doc/read"), headers=token(scp=["docs:read"]))
         no = await c.post(RPC, json=call("rpc.v2/Doc/read"), headers=token(scp=["other"]))
     assert ok.status_code == 200
@@ -79,14 +83,14 @@ async def test_scopes_from_a_list_claim_scp() -> None:
 
 
 async def test_no_credentials_on_a_scoped_method_is_401_3000() -> None:
-    async with client_for(app()) as c:
+    async with client_for(app(tenants_claim=None)) as c:
         r = await c.post(RPC, json=call("rpc.v2/Doc/read"))
     assert r.status_code == 401 and r.json()["error"]["code"] == 3000
     assert "www-authenticate" in r.headers
 
 
 async def test_scope_rules_by_pattern_for_methods_and_plain_paths() -> None:
-    async with client_for(app(scope_rules={"rpc.v2/T/*": ["t:use"]})) as c:
+    async with client_for(app(tenants_claim=None, scope_rules={"rpc.v2/T/*": ["t:use"]})) as c:
         no = await c.post(RPC, json=call("rpc.v2/T/echo"), headers=token(scope="docs:read"))
         ok = await c.post(RPC, json=call("rpc.v2/T/echo"), headers=token(scope="t:use"))
     assert no.status_code == 403 and no.json()["error"]["code"] == 3012
@@ -156,15 +160,14 @@ async def test_tenant_binding_holds_without_the_tenant_layer() -> None:
     assert ok.status_code == 200
 
 
-async def test_unbound_identities_and_requests_without_a_tenant_are_unaffected() -> None:
+async def test_unbound_identities_and_anonymous_calls_are_unaffected() -> None:
     unbound = app(authenticators=[BearerAuthenticator(jwt_verifier(KEY))])  # no tenants_claim
     async with client_for(unbound) as c:
         free = await c.post(RPC, json=call("rpc.v2/T/echo"),
                             headers={**token(tid="acme"), "X-Tenant-ID": "globex"})
-    async with client_for(app()) as c:
-        none = await c.post(RPC, json=call("rpc.v2/T/echo"), headers=token(tid="acme"))
+        anon = await c.post(RPC, json=call("rpc.v2/T/echo"), headers={"X-Tenant-ID": "globex"})
     assert free.status_code == 200
-    assert none.status_code == 200
+    assert anon.status_code == 200
 
 
 async def test_a_token_without_the_tenants_claim_is_bound_to_no_tenant() -> None:
@@ -190,3 +193,155 @@ async def test_identity_objects_carry_scopes_and_tenants() -> None:
                              headers={"Authorization": "Bearer tok", "X-Tenant-ID": "zeta"})
     assert read.status_code == 200
     assert other.status_code == 403 and other.json()["error"]["code"] == 3010
+
+
+# -- review findings: every path and every tenant source --------------------------------------
+
+
+async def test_a_bound_identity_naming_no_tenant_is_checked_against_default() -> None:
+    """No tenant named means the implicit ``default`` tenant: a bound identity may not use it."""
+    async with client_for(app()) as c:
+        r = await c.post(RPC, json=call("rpc.v2/T/echo"), headers=token(tid="acme"))
+        unbound_claim = await c.post(RPC, json=call("rpc.v2/T/echo"), headers=token())
+    assert r.status_code == 403 and r.json()["error"]["code"] == 3010
+    assert unbound_claim.status_code == 403 and unbound_claim.json()["error"]["code"] == 3010
+
+
+async def test_every_named_tenant_must_be_allowed_without_the_tenant_layer() -> None:
+    """Auth alone: envelope and header tenants are both checked (no mismatch bypass)."""
+    async with client_for(app(tenant=False)) as c:
+        mixed = await c.post(RPC, json=call("rpc.v2/T/echo", metadata={"tenant_id": "acme"}),
+                             headers={**token(tid="acme"), "X-Tenant-ID": "globex"})
+        padded = await c.post(RPC, json=call("rpc.v2/T/echo"),
+                              headers={**token(tid="acme"), "X-Tenant-ID": "acme "})
+    assert mixed.status_code == 403 and mixed.json()["error"]["code"] == 3010
+    assert padded.status_code in (400, 403)
+
+
+async def test_identity_fields_given_as_strings_are_split_not_substring_matched() -> None:
+    ident = Identity("eve", roles="notadmin reader", scopes="notadmin read")  # type: ignore[arg-type]
+    assert ident.roles == ("notadmin", "reader") and ident.scopes == ("notadmin", "read")
+    reg = registry()
+
+    async def admin(data: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    reg.register("rpc.v2/Doc/admin", admin, scopes="admin")
+    verify = {"tok": ident}.get
+    stack = rpc_app([Layer.of(AuthMiddleware, registry=reg,
+                              authenticators=[BearerAuthenticator(verify)])], reg)
+    async with client_for(stack) as c:
+        r = await c.post(RPC, json=call("rpc.v2/Doc/admin"),
+                         headers={"Authorization": "Bearer tok"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == 3012
+
+
+def test_scope_names_that_would_break_the_challenge_are_refused() -> None:
+    reg = MethodRegistry()
+
+    async def f(data: dict[str, Any]) -> None:
+        return None
+
+    for bad in ('a"b', "a\\b", "a\r\nX-Evil: 1", ""):
+        with pytest.raises(ValueError):
+            reg.register("rpc.v2/Bad/f", f, scopes=[bad])
+    with pytest.raises(ValueError):
+        AuthMiddleware(rpc_app([]), scope_rules={"rpc.v2/T/*": ['x"y']})
+
+
+def test_tenant_must_be_outside_auth_in_a_stack() -> None:
+    from aduib_asgi.stack import StackOrderError, check_order
+
+    with pytest.raises(StackOrderError):
+        check_order(["auth", "tenant"])
+
+
+def ws_registry() -> MethodRegistry:
+    reg = registry()
+
+    async def count(data: dict[str, Any]) -> Any:
+        for i in range(int(data.get("n", 2))):
+            yield i
+
+    reg.register("rpc.v2/W/count", count)
+    return reg
+
+
+@asynccontextmanager
+async def ws_with(app: Any, headers: dict[str, str]) -> AsyncIterator[WsClient]:
+    client = WsClient(app, WS, [])
+    client.scope["headers"] += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(client.run)
+        await client.accept()
+        yield client
+        tg.cancel_scope.cancel()
+
+
+def ws_app(**auth: Any) -> Any:
+    reg = ws_registry()
+    auth.setdefault("authenticators", [BearerAuthenticator(jwt_verifier(KEY,
+                                                                        tenants_claim="tid"))])
+    return rpc_app([Layer.of(TenantScopeMiddleware),
+                    Layer.of(AuthMiddleware, registry=reg, **auth)], reg)
+
+
+async def test_websocket_methods_follow_the_scope_rules() -> None:
+    stack = ws_app(scope_rules={"rpc.v2/W/*": ["w:use"]})
+    hdrs = {"X-Tenant-ID": "acme"}
+    with anyio.fail_after(10):
+        async with ws_with(stack, {**token(tid="acme", scope="other"), **hdrs}) as ws:
+            await ws.send_json(call("rpc.v2/W/count"))
+            refused = await ws.rest()
+        async with ws_with(stack, {**token(tid="acme", scope="w:use"), **hdrs}) as ws:
+            await ws.send_json(call("rpc.v2/W/count"))
+            allowed = await ws.rest()
+    assert [f["type"] for f in refused] == ["error", "end"]
+    assert refused[0]["payload"]["error"]["code"] == 3012
+    assert [f["type"] for f in allowed][-1] == "end" and "error" not in [
+        f["type"] for f in allowed]
+
+
+async def test_a_websocket_message_cannot_switch_tenant() -> None:
+    stack = ws_app()
+    with anyio.fail_after(10):
+        async with ws_with(stack, {**token(tid="acme"), "X-Tenant-ID": "acme"}) as ws:
+            await ws.send_json(call("rpc.v2/W/count", metadata={"tenant_id": "globex"}))
+            frames = await ws.rest()
+    assert [f["type"] for f in frames] == ["error", "end"]
+    assert frames[0]["payload"]["error"]["code"] == 2003
+
+
+async def test_task_submit_follows_the_scope_rules_and_tasks_keep_the_scopes() -> None:
+    from aduib_asgi.middleware.content import ContentNegotiationMiddleware
+    from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+    from aduib_asgi.stack import build_stack
+    from aduib_asgi.tasks import install_task_service
+    from tests.test_tasks_support import lifespan
+
+    reg = registry()
+    seen: list[list[str]] = []
+
+    async def job(data: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        seen.append(list(ctx.scopes))
+        return {"ok": True}
+
+    reg.register("rpc.v2/S/job", job)
+    dispatcher = RpcDispatcher(reg)
+    install_task_service(dispatcher)
+    stack = build_stack(dispatcher, [
+        Layer.of(ErrorMappingMiddleware), Layer.of(ContentNegotiationMiddleware),
+        Layer.of(AuthMiddleware, registry=reg, scope_rules={"rpc.v2/S/*": ["s:use"]},
+                 authenticators=[BearerAuthenticator(jwt_verifier(KEY))])])
+    submit = "/aduib_rpc/v2/TaskService/Submit"
+    async with lifespan(stack), client_for(stack) as c:
+        refused = await c.post(submit, json={"target_method": "rpc.v2/S/job"},
+                               headers=token(scope="other"))
+        ok = await c.post(submit, json={"target_method": "rpc.v2/S/job"},
+                          headers=token(scope="s:use extra"))
+        assert ok.status_code == 200, ok.text
+        with anyio.fail_after(5):
+            while not seen:
+                await anyio.sleep(0.01)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == 3012
+    assert seen == [["s:use", "extra"]]

@@ -47,6 +47,14 @@ class Identity:
     scopes: tuple[str, ...] = ()
     tenants: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        # A string is a space-separated list, never a sequence of characters
+        # (else "notadmin" would grant "admin" by substring).
+        for name in ("roles", "scopes", "tenants"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, _strings(value))
+
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Credentials:

@@ -16,14 +16,48 @@ from aduib_asgi.errors import RpcError
 from aduib_asgi.models import parse_method
 
 __all__ = [
+    "AUTHORIZE_KEY",
     "PatternTable",
+    "authorize_method",
     "enforce_method_access",
     "enforce_method_roles",
     "insufficient_scope",
+    "names",
     "roles_table",
 ]
 
 T = TypeVar("T")
+
+#: ``ctx.extras`` key of the auth layer's late check, ``check(ctx, method)``: run
+#: where the method becomes known after the auth layer (a WebSocket's first
+#: message, a task's target) so pattern rules and tenant binding hold there too.
+AUTHORIZE_KEY = "aduib.authorize"
+
+# RFC 6750 scope-token characters (and the same for role names in challenges)
+_TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "\\"}
+
+
+def names(value: object, *, what: str = "scope") -> tuple[str, ...]:
+    """Role or scope names as a tuple: a string is space-separated, each name a token.
+
+    Raises ValueError for names that are empty or use characters outside
+    RFC 6750's scope-token set (quotes, backslashes, spaces, controls), which
+    would also break the ``WWW-Authenticate`` challenge that names them.
+    """
+    items = value.split() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    out = tuple(str(v) for v in items)
+    for n in out:
+        if not n or not set(n) <= _TOKEN_CHARS:
+            raise ValueError(f"bad {what} name {n!r} (RFC 6750 scope-token characters only)")
+    return out
+
+
+def authorize_method(ctx: object | None, method: str) -> None:
+    """Run the auth layer's late check for ``method`` when the request went through one."""
+    extras = getattr(ctx, "extras", None)
+    check = extras.get(AUTHORIZE_KEY) if extras else None
+    if check is not None:
+        check(ctx, method)
 
 
 class PatternTable(Generic[T]):
@@ -75,7 +109,7 @@ class PatternTable(Generic[T]):
 
 def roles_table(rules: Mapping[str, Iterable[str]] | None) -> PatternTable[tuple[str, ...]]:
     """A :class:`PatternTable` of required roles (any one of them grants access)."""
-    return PatternTable({k: tuple(v) for k, v in (rules or {}).items()})
+    return PatternTable({k: names(v, what="role") for k, v in (rules or {}).items()})
 
 
 def enforce_method_roles(method: str, roles: Iterable[str] | None, ctx: object | None) -> None:
@@ -116,10 +150,10 @@ def enforce_method_access(method: str, options: Mapping[str, Any], ctx: object |
     """
     roles = options.get("roles")
     if roles:
-        enforce_method_roles(method, roles, ctx)
+        enforce_method_roles(method, names(roles, what="role"), ctx)
     scopes = options.get("scopes")
     if scopes:
-        required = tuple(scopes)
+        required = names(scopes)
         have = getattr(ctx, "scopes", ()) or ()
         if all(s in have for s in required):
             return

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from aduib_asgi.auth.rbac import enforce_method_access
+from aduib_asgi.auth.rbac import enforce_method_access, names
 from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.errors import RpcError, details_from_validation
 from aduib_asgi.models import parse_method
@@ -227,6 +227,9 @@ class MethodRegistry:
             raise ValueError("since/removed_in must be MAJOR.MINOR versions")
         if since_key is not None and removed_key is not None and removed_key <= since_key:
             raise ValueError("removed_in must be a later version than since")
+        for key in ("roles", "scopes"):  # names, validated (a string is space-separated)
+            if options.get(key) is not None:
+                options[key] = names(options[key], what=key[:-1])
         deprecated_at = None
         if deprecated is not False and deprecated is not True:
             deprecated_at = _as_utc(deprecated, "deprecated")

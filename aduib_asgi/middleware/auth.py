@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -36,9 +37,15 @@ from aduib_asgi.auth.authenticators import (
     Identity,
     verified_client_cert,
 )
-from aduib_asgi.auth.rbac import PatternTable, insufficient_scope, roles_table
+from aduib_asgi.auth.rbac import (
+    AUTHORIZE_KEY,
+    PatternTable,
+    insufficient_scope,
+    roles_table,
+)
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.models import parse_method
 from aduib_asgi.observability.audit import AuditEvent, AuditSink, LoggingAuditSink, now_ms
 from aduib_asgi.responses import refuse_websocket, send_error
 
@@ -49,6 +56,7 @@ logger = logging.getLogger("aduib_asgi.auth")
 METHOD_SPEC_KEY = "aduib.method_spec"
 REDACTED = "[REDACTED]"
 _AUTHORIZATION = b"authorization"
+_X_TENANT = b"x-tenant-id"
 _BEARER = b"bearer"
 
 
@@ -124,10 +132,7 @@ class AuthMiddleware:
                 ctx.scopes = identity.scopes
                 ctx.auth_scheme = creds.scheme if creds is not None else None
                 if identity.tenants is not None:
-                    tenant = _requested_tenant(ctx)
-                    if tenant is not None and tenant not in identity.tenants:
-                        raise RpcError(3010, f"{identity.principal!r} may not act for tenant "
-                                             f"{tenant!r}")
+                    _check_tenants(identity, ctx)
                 if required and not _has_any(identity.roles, required):
                     raise RpcError(3011, "Permission denied: a required role is missing")
                 if scopes and not all(s in identity.scopes for s in scopes):
@@ -137,6 +142,9 @@ class AuthMiddleware:
             self._audit(ctx, "deny", error.code, error.message, creds)
             await self._reject(scope, send, ctx, error, creds)
             return
+        if identity is not None or self._rules or self._scope_rules:
+            # checked again where the method becomes known later (WebSocket, tasks)
+            ctx.extras[AUTHORIZE_KEY] = partial(self._authorize, identity)
         if creds is not None or required or scopes:
             self._audit(ctx, "allow", 0, "", creds)
         await self.app(scope, receive, send)
@@ -193,6 +201,29 @@ class AuthMiddleware:
             return None
         return rules.get(ctx.method, ctx.service, scope.get("path"))
 
+    def _authorize(self, identity: Identity | None, ctx: RequestContext, method: str) -> None:
+        """The late check (``AUTHORIZE_KEY``): pattern rules and tenants for ``method``.
+
+        Registration options (``roles=``/``scopes=``) are enforced where methods
+        resolve; this adds the layer's own ``rules``/``scope_rules`` and the
+        tenant binding, for methods named after the layer ran.
+        """
+        parts = parse_method(method)
+        service = parts[0] if parts is not None else None
+        roles = self._rules.get(method, service, None) if self._rules else None
+        scopes = self._scope_rules.get(method, service, None) if self._scope_rules else None
+        if identity is None:
+            if roles or scopes:
+                raise RpcError(3000, "Authentication required",
+                               headers={"WWW-Authenticate": self._challenge_all})
+            return
+        if identity.tenants is not None:
+            _check_tenants(identity, ctx)
+        if roles and not _has_any(identity.roles, roles):
+            raise RpcError(3011, "Permission denied: a required role is missing")
+        if scopes and not all(s in identity.scopes for s in scopes):
+            raise insufficient_scope(method, scopes, self._realm)
+
     # -- outcome --------------------------------------------------------------------
 
     def _audit(self, ctx: RequestContext, outcome: str, code: int, reason: str,
@@ -226,16 +257,31 @@ class AuthMiddleware:
         return f'{base}, error="invalid_token"'
 
 
-def _requested_tenant(ctx: RequestContext) -> str | None:
-    """The tenant the request acts for: the tenant layer's, else the envelope's or header's."""
+def _named_tenants(ctx: RequestContext) -> set[str]:
+    """Every tenant the request names: the tenant layer's, the envelope's, the header's.
+
+    Each is checked, so no source can disagree with the one that was checked;
+    a request naming none acts for the implicit ``default`` tenant.
+    """
+    named: set[str] = set()
     if ctx.tenant_id is not None:
-        return ctx.tenant_id
+        named.add(ctx.tenant_id)
     env = ctx.envelope
     md = env.metadata if env is not None else None
-    if md is not None and md.tenant_id:
-        return md.tenant_id
-    raw = ctx.header(b"x-tenant-id")
-    return raw.decode("latin-1").strip() or None if raw is not None else None
+    if md is not None and md.tenant_id is not None:
+        named.add(md.tenant_id)
+    raw = ctx.header(_X_TENANT)
+    if raw is not None:
+        named.add(raw.decode("latin-1"))
+    return named or {"default"}
+
+
+def _check_tenants(identity: Identity, ctx: RequestContext) -> None:
+    """3010 unless every tenant the request names is one the identity may act for."""
+    allowed = identity.tenants or ()
+    for tenant in sorted(_named_tenants(ctx)):
+        if tenant not in allowed:
+            raise RpcError(3010, f"{identity.principal!r} may not act for tenant {tenant!r}")
 
 
 def _has_any(have: tuple[str, ...], need: tuple[str, ...]) -> bool:

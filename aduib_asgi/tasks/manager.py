@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
-from aduib_asgi.auth.rbac import enforce_method_access
+from aduib_asgi.auth.rbac import authorize_method, enforce_method_access
 from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.dispatcher.app import to_jsonable
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
@@ -208,6 +208,7 @@ class TaskManager:
             raise RpcError(2000, f"{target} is a streaming method and cannot run as a task")
         tenant = tenant_of(ctx)
         enforce_method_access(spec.method, spec.options, ctx)
+        authorize_method(ctx, spec.method)  # the auth layer's pattern rules for the target
         rec = TaskRecord(
             task_id=str(uuid.uuid4()), target_method=target, params=params,
             status=TaskStatus.PENDING, priority=req.priority, created_at_ms=_now_ms(),
@@ -218,6 +219,7 @@ class TaskManager:
             record=rec,
             principal=ctx.principal if ctx is not None else None,
             roles=list(ctx.roles) if ctx is not None else [],
+            scopes=list(ctx.scopes) if ctx is not None else [],
             trace_id=ctx.trace_id if ctx is not None else None,
         )
         key = f"{tenant}:{req.idempotency_key}" if req.idempotency_key else None
@@ -418,6 +420,7 @@ class TaskManager:
         ctx.tenant_id = rec.tenant_id
         ctx.principal = entry.principal
         ctx.roles = tuple(entry.roles)
+        ctx.scopes = tuple(entry.scopes)
         ctx.priority = int(rec.priority)
         ctx.trace_id = entry.trace_id
         ctx.extras[TASK_KEY] = TaskHandle(self, entry)

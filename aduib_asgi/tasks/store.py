@@ -30,6 +30,7 @@ class TaskEntry(BaseModel):
     record: TaskRecord
     principal: str | None = None
     roles: list[str] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=list)
     trace_id: str | None = None
     #: Bumped on every save; subscribers use it to skip stale events.
     rev: int = 0
