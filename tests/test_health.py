@@ -162,3 +162,49 @@ async def test_a_blocking_sync_check_runs_in_a_thread_and_keeps_its_timeout() ->
     assert elapsed < 1.0  # the timeout held although the function never returned
     assert ticks >= 5  # the loop kept running while the check blocked
     assert threading.main_thread().name not in threads
+
+
+async def test_a_hung_sync_check_is_not_started_again_while_it_still_runs() -> None:
+    """Checks polled often must not pile up threads behind one that never returns."""
+    import threading
+
+    release = threading.Event()
+    started = 0
+
+    def hung() -> bool:
+        nonlocal started
+        started += 1
+        release.wait(5)
+        return True
+
+    registry = HealthRegistry()
+    registry.add("hung", hung, timeout=0.05)
+    try:
+        for _ in range(5):
+            result = await registry.check()
+            assert result is not None and result.services == {"hung": U}
+        assert started == 1
+    finally:
+        release.set()
+    with anyio.fail_after(5):  # once it returns, the next run starts normally
+        while True:
+            result = await registry.check()
+            assert result is not None
+            if result.services == {"hung": H}:
+                break
+            await anyio.sleep(0.02)
+    assert started == 2
+
+
+async def test_in_thread_false_runs_a_sync_check_on_the_loop() -> None:
+    import asyncio
+
+    def on_loop() -> bool:  # raises RuntimeError in a worker thread
+        return asyncio.get_running_loop() is not None
+
+    registry = HealthRegistry()
+    registry.add("on-loop", on_loop, in_thread=False)
+    registry.add("in-thread", on_loop)
+    result = await registry.check()
+    assert result is not None
+    assert result.services == {"in-thread": U, "on-loop": H}

@@ -106,3 +106,86 @@ async def test_managers_keep_working_when_the_notifications_stop(redis_url: str)
         statuses = [e.task.status.value async for e in b.events(
             await b.get(entry.task_id, None))]
     assert statuses[-1] == "succeeded"
+
+
+async def test_own_saves_heard_back_do_not_change_the_local_events(redis_url: str) -> None:
+    """A manager hears its own publishes: local subscribers still get the true event types."""
+    from aduib_asgi.tasks import report_progress
+
+    registry = MethodRegistry()
+    go = anyio.Event()
+
+    async def steps(data: dict[str, Any]) -> dict[str, Any]:
+        await go.wait()
+        for i in range(5):
+            await report_progress(i + 1, 5, f"step {i + 1}")
+        return {"done": True}
+
+    registry.register("rpc.v2/T/steps", steps)
+    a = TaskManager(registry, redis_url, workers=1, poll_interval=30.0, lease_ttl=60.0)
+    async with a.running():
+        entry = await a.submit(TaskSubmitRequest(target_method="rpc.v2/T/steps"), None)
+        events: list[str] = []
+
+        async def watch() -> None:
+            async for event in a.events(await a.get(entry.task_id, None)):
+                events.append(event.event)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await anyio.sleep(0.2)
+            go.set()
+    assert events.count("progress") == 5, events
+    assert events[0] == "started" and events[-1] == "completed", events
+
+
+async def test_a_cancel_overwritten_by_the_owners_progress_save_still_stops_the_task(
+        redis_url: str) -> None:
+    """B cancels while A saves progress with the same revision: A still stops the task."""
+    from aduib_asgi.tasks import report_progress
+
+    registry = MethodRegistry()
+    cancelled = anyio.Event()
+    reporting = anyio.Event()
+
+    async def chatty(data: dict[str, Any]) -> None:
+        try:
+            while True:
+                await report_progress(1, 2, "working")  # a save every few ms
+                reporting.set()
+                await anyio.sleep(0.002)
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    registry.register("rpc.v2/T/chatty", chatty)
+    a = TaskManager(registry, redis_url, workers=1, poll_interval=30.0, lease_ttl=60.0)
+    b = TaskManager(registry, redis_url, workers=1, poll_interval=30.0, lease_ttl=60.0)
+    async with a.running(), b.running():
+        entry = await a.submit(TaskSubmitRequest(target_method="rpc.v2/T/chatty"), None)
+        await reporting.wait()
+        await b.cancel(entry.task_id, None, reason="stop")  # once, amid A's saves
+        with anyio.fail_after(3):
+            await cancelled.wait()
+        with anyio.fail_after(5):
+            while a._running:
+                await anyio.sleep(0.01)
+        final = await a.store.get(entry.task_id)
+    assert final is not None and final.record.status is TaskStatus.CANCELED
+
+
+async def test_the_cancel_reason_given_on_another_instance_is_kept(redis_url: str) -> None:
+    runs, other = Targets(), Targets()
+    a, b = manager(redis_url, runs), manager(redis_url, other)
+    async with a.running(), b.running():
+        entry = await a.submit(TaskSubmitRequest(target_method="rpc.v2/T/block"), None)
+        await runs.started.wait()
+        await b.cancel(entry.task_id, None, reason="operator said stop")
+        with anyio.fail_after(5):
+            await runs.cancelled.wait()
+            while a._running:
+                await anyio.sleep(0.01)
+        final = await a.store.get(entry.task_id)
+    assert final is not None and final.record.status is TaskStatus.CANCELED
+    assert final.record.error is not None
+    assert final.record.error["message"] == "operator said stop"

@@ -35,6 +35,10 @@ class HealthCheck:
     func: CheckFunc
     critical: bool = False
     timeout: float = 2.0
+    #: Sync callables run in a worker thread (None/True) or on the event loop (False).
+    in_thread: bool | None = None
+    #: A worker thread still runs this check (abandoned past its timeout).
+    busy: bool = False
 
 
 def _as_status(value: Any) -> HealthStatus:
@@ -43,6 +47,14 @@ def _as_status(value: Any) -> HealthStatus:
     if value is False:
         return HealthStatus.UNHEALTHY
     return HealthStatus(value)
+
+
+def _run_marking_done(check: HealthCheck) -> Any:
+    """Run a sync check in its worker thread; it is free again when it returns."""
+    try:
+        return check.func()
+    finally:
+        check.busy = False
 
 
 def aggregate(results: dict[str, HealthStatus], critical: set[str]) -> HealthStatus:
@@ -64,9 +76,13 @@ class HealthRegistry:
         self._services = services or set
 
     def add(self, name: str, func: CheckFunc, *, critical: bool = False,
-            timeout: float = 2.0) -> None:
-        """Register a check; ``critical`` ones make the whole server unhealthy."""
-        self._checks[name] = HealthCheck(name, func, critical, timeout)
+            timeout: float = 2.0, in_thread: bool | None = None) -> None:
+        """Register a check; ``critical`` ones make the whole server unhealthy.
+
+        A sync ``func`` runs in a worker thread unless ``in_thread=False`` (for a
+        cheap callable that must run on the event loop's thread).
+        """
+        self._checks[name] = HealthCheck(name, func, critical, timeout, in_thread)
 
     def remove(self, name: str) -> None:
         self._checks.pop(name, None)
@@ -76,16 +92,26 @@ class HealthRegistry:
 
         A sync check may block (a socket call, a driver's ping): in a thread it
         cannot stall the event loop, and past the timeout it is abandoned (its
-        thread finishes on its own) and reported unhealthy. An awaitable it
-        returns is awaited on the loop.
+        thread finishes on its own) and reported unhealthy; until that thread
+        returns the check is reported unhealthy without starting another one.
+        An awaitable it returns is awaited on the loop.
         """
         func = check.func
         try:
             with anyio.fail_after(check.timeout):
                 if inspect.iscoroutinefunction(func):
                     value = await func()
+                elif check.in_thread is False:
+                    value = func()
+                    if inspect.isawaitable(value):
+                        value = await value
                 else:
-                    value = await anyio.to_thread.run_sync(func, abandon_on_cancel=True)
+                    if check.busy:  # the last run never returned: do not pile up threads
+                        logger.warning("health check %s is still running", check.name)
+                        return HealthStatus.UNHEALTHY
+                    check.busy = True
+                    value = await anyio.to_thread.run_sync(_run_marking_done, check,
+                                                           abandon_on_cancel=True)
                     if inspect.isawaitable(value):
                         value = await value
             return _as_status(value)

@@ -145,9 +145,6 @@ class TaskManager:
         self._cancel_reasons: dict[str, str | None] = {}
         self._done: dict[str, anyio.Event] = {}
         self._subs: dict[str, list[MemoryObjectSendStream[tuple[int, TaskEvent]]]] = {}
-        #: Revisions this manager saved of tasks it runs or relays (not re-fetched
-        #: when the store's change notification for them comes back).
-        self._own_rev: dict[str, int] = {}
         #: Relay other managers' saves from the store's change notifications (Redis
         #: pub/sub) at once; without them, or when off, the polls
         #: (``poll_interval`` for subscribers, ``lease_ttl / 3`` for cancels) do it.
@@ -300,8 +297,6 @@ class TaskManager:
                 subs.remove(send)
                 if not subs:
                     del self._subs[tid]
-                    if tid not in self._running:
-                        self._own_rev.pop(tid, None)
             send.close()
             recv.close()
 
@@ -404,8 +399,6 @@ class TaskManager:
                 finished = True
         finally:
             self._running.pop(tid, None)
-            if tid not in self._subs:
-                self._own_rev.pop(tid, None)
             self._done.pop(tid, None)
             self._cancel_reasons.pop(tid, None)  # a cancel that came too late
             done.set()
@@ -465,6 +458,9 @@ class TaskManager:
         else:
             if latest is not None:
                 entry.rev = max(entry.rev, latest.rev)
+                if latest.record.status is TaskStatus.CANCELED:  # keep the canceller's reason
+                    entry.record.error = latest.record.error
+                    entry.record.completed_at_ms = latest.record.completed_at_ms
             await self._save_and_emit(entry, event)
         await self.store.release(entry.task_id, self.owner)
 
@@ -472,10 +468,7 @@ class TaskManager:
         self, entry: TaskEntry, event: TaskEventType, ts: int | None = None
     ) -> None:
         await self.store.save(entry)
-        tid = entry.task_id
-        subs = self._subs.get(tid)
-        if tid in self._running or subs:
-            self._own_rev[tid] = entry.rev
+        subs = self._subs.get(entry.task_id)
         if not subs:
             return
         item = (entry.rev, TaskEvent(event=event.value, task=entry.record.model_copy(deep=True),
@@ -491,19 +484,28 @@ class TaskManager:
         delay = 0.5
         while True:
             try:
-                async for tid, rev in changes():
+                async for change in changes():
                     delay = 0.5
-                    if rev > self._own_rev.get(tid, 0) and (
-                            tid in self._subs or tid in self._running):
-                        await self._heard(tid)
+                    if change.own:  # ours: local subscribers already have it
+                        continue
+                    tid = change.task_id
+                    scope = self._running.get(tid)
+                    if scope is not None and change.status == TaskStatus.CANCELED.value:
+                        # acted on from the notification itself: our own concurrent
+                        # save may already have overwritten the stored status
+                        self._cancel_reasons.setdefault(tid, "canceled through another "
+                                                             "instance")
+                        scope.cancel()
+                    if tid in self._subs:
+                        await self._relay(tid)
             except Exception as exc:
                 logger.warning("task change notifications interrupted (%s: %s); "
                                "relying on polls until they are back", type(exc).__name__, exc)
             await anyio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    async def _heard(self, tid: str) -> None:
-        """Another manager saved ``tid``: tell local subscribers; stop it if it was canceled."""
+    async def _relay(self, tid: str) -> None:
+        """Another manager saved ``tid``: pass its state to the local subscribers."""
         try:
             latest = await self.store.get(tid)
         except Exception as exc:
@@ -511,11 +513,6 @@ class TaskManager:
             return
         if latest is None:
             return
-        scope = self._running.get(tid)
-        if scope is not None and latest.record.status is TaskStatus.CANCELED:
-            error = latest.record.error or {}
-            self._cancel_reasons.setdefault(tid, error.get("message"))
-            scope.cancel()
         subs = self._subs.get(tid)
         if subs:
             item = (latest.rev, _event(latest))

@@ -5,19 +5,20 @@ Keys (under ``prefix``): ``task:{id}`` the entry JSON (terminal ones expire afte
 the result TTL), ``active`` the set of non-terminal ids, ``lease:{id}`` the owner
 of a queued/running task (expires unless renewed), ``idem:{key}`` idempotency
 index. Every call is bounded by the client's socket timeouts. Every save is also
-published on the ``changes`` channel (``{id} {rev}``), so managers on other
-instances learn of it at once (:meth:`RedisTaskStore.changes`).
+published on the ``changes`` channel (``{id} {rev} {origin} {status}``), so
+managers on other instances learn of it at once (:meth:`RedisTaskStore.changes`).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 from redis.asyncio import Redis
 
-from aduib_asgi.tasks.store import DEFAULT_RESULT_TTL, TaskEntry
+from aduib_asgi.tasks.store import DEFAULT_RESULT_TTL, TaskChange, TaskEntry
 
 __all__ = ["RedisTaskStore"]
 
@@ -52,6 +53,8 @@ class RedisTaskStore:
         self.result_ttl = result_ttl
         self._active = prefix + "active"
         self._channel = prefix + "changes"
+        #: Tags this store's publishes, so its own manager can skip them.
+        self.origin = uuid.uuid4().hex
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
 
@@ -95,11 +98,12 @@ class RedisTaskStore:
             else:
                 pipe.set(self._key(tid), entry.model_dump_json())
                 pipe.sadd(self._active, tid)
-            pipe.publish(self._channel, f"{tid} {entry.rev}")
+            pipe.publish(self._channel,
+                         f"{tid} {entry.rev} {self.origin} {entry.record.status.value}")
             await pipe.execute()
 
-    async def changes(self) -> AsyncIterator[tuple[str, int]]:
-        """``(task id, rev)`` of every save by any manager on this Redis, as they happen.
+    async def changes(self) -> AsyncIterator[TaskChange]:
+        """Every save by any manager on this Redis, as it happens.
 
         One pub/sub connection for the iterator's lifetime; a connection error
         ends the iteration with the exception (the manager reconnects).
@@ -111,9 +115,10 @@ class RedisTaskStore:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None or message.get("type") != "message":
                     continue
-                tid, _, rev = str(message["data"]).partition(" ")
-                if tid and rev.isdigit():
-                    yield tid, int(rev)
+                parts = str(message["data"]).split(" ")
+                if len(parts) == 4 and parts[1].isdigit():
+                    tid, rev, origin, status = parts
+                    yield TaskChange(tid, int(rev), status, origin == self.origin)
         finally:
             with anyio.move_on_after(1.0, shield=True):  # also when cancelled (shutdown)
                 await pubsub.aclose()

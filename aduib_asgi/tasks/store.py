@@ -11,15 +11,24 @@ any manager's recovery scan.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from aduib_asgi.models import TaskRecord
 
-__all__ = ["MemoryTaskStore", "TaskEntry", "TaskStore", "store_from_uri"]
+__all__ = ["MemoryTaskStore", "TaskChange", "TaskEntry", "TaskStore", "store_from_uri"]
 
 DEFAULT_RESULT_TTL = 24 * 3600.0
+
+
+class TaskChange(NamedTuple):
+    """A save announced by a shared store: which task, its status, and whether we made it."""
+
+    task_id: str
+    rev: int
+    status: str
+    own: bool
 
 
 class TaskEntry(BaseModel):
@@ -63,10 +72,10 @@ class TaskStore(Protocol):
     async def orphans(self) -> list[str]:
         """Active task ids whose lease is missing or expired."""
 
-    # Optional: ``changes() -> AsyncIterator[tuple[str, int]]`` yields ``(task id, rev)``
-    # for every save by any manager sharing the store (Redis: pub/sub). Managers
-    # listen to it to relay other instances' events and cancels at once; stores
-    # without it (the in-process memory store) rely on the polls.
+    # Optional: ``changes() -> AsyncIterator[TaskChange]`` yields every save by any
+    # manager sharing the store (Redis: pub/sub). Managers listen to it to relay
+    # other instances' events and cancels at once; stores without it (the
+    # in-process memory store) rely on the polls.
 
     async def ping(self) -> None:
         """Raise when the backend is not reachable."""
