@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import socket
 import sys
 from collections.abc import Iterator, Sequence
@@ -69,6 +70,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     import uvicorn
 
     from aduib_asgi.demo import DemoConfig, build_demo_app
+    from aduib_asgi.observability.logs import RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
 
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
@@ -90,6 +92,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
                             loop=args.loop, http=args.http,
                             timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
+    # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
+    logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
     server = _Server(config)
     server.aduib_shutdown = shutdown
 

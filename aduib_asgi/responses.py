@@ -14,6 +14,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,8 +26,11 @@ from aduib_asgi.errors import RpcError, details_from_validation
 
 __all__ = [
     "build_envelope",
+    "can_deny_websocket",
+    "deny_websocket",
     "encode_envelope",
     "error_envelope",
+    "handshake_refused",
     "refuse_websocket",
     "send_envelope",
     "send_error",
@@ -243,6 +247,10 @@ async def send_error(
 #: The ASGI extension that lets an app answer a WebSocket handshake with an HTTP response.
 WEBSOCKET_DENIAL = "websocket.http.response"
 
+#: Set in the request's task when the stack refused a WebSocket handshake with an
+#: HTTP response (see :class:`aduib_asgi.observability.logs.RefusedHandshakeFilter`).
+handshake_refused: ContextVar[bool] = ContextVar("aduib_handshake_refused", default=False)
+
 
 class _DenialSend:
     """Sends an HTTP response as the ASGI WebSocket denial response messages."""
@@ -256,6 +264,18 @@ class _DenialSend:
         await self.send({**message, "type": "websocket." + message["type"]})
 
 
+def can_deny_websocket(scope: Scope) -> bool:
+    """Whether the server lets the app answer this WebSocket handshake with HTTP."""
+    return WEBSOCKET_DENIAL in (scope.get("extensions") or {})
+
+
+async def deny_websocket(scope: Scope, send: Send, exc: BaseException, *,
+                         ctx: RequestContext | None = None) -> RpcError:
+    """Answer an unaccepted handshake with the error response (needs the extension)."""
+    handshake_refused.set(True)
+    return await send_error(scope, _DenialSend(send), exc, ctx=ctx)
+
+
 async def refuse_websocket(scope: Scope, send: Send, error: RpcError, *,
                            ctx: RequestContext | None = None, close_code: int = 1008) -> None:
     """Refuse a WebSocket handshake that has not been accepted.
@@ -266,12 +286,15 @@ async def refuse_websocket(scope: Scope, send: Send, error: RpcError, *,
     the error's and context's headers (``WWW-Authenticate``, ``Retry-After``,
     ``RateLimit``...). Elsewhere it is a close with ``close_code`` (RFC 6455:
     1008 policy violation, 1012 restarting, 1013 try again later) and the
-    error's name as the reason.
+    error's name as the reason; a close before accept reaches the client as an
+    HTTP 403 (ASGI), so the code is advisory.
     """
-    if WEBSOCKET_DENIAL in (scope.get("extensions") or {}):
-        await send_error(scope, _DenialSend(send), error, ctx=ctx)
+    if can_deny_websocket(scope):
+        await deny_websocket(scope, send, error, ctx=ctx)
         return
     if ctx is None:
         ctx = scope.get(CONTEXT_KEY)
+    if ctx is not None:
+        ctx.extras["aduib.error_code"] = error.code  # the outcome, as send_error records it
     log_error(error, None, ctx)
     await send({"type": "websocket.close", "code": close_code, "reason": error.name})

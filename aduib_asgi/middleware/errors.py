@@ -7,7 +7,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
-from aduib_asgi.responses import send_error
+from aduib_asgi.responses import can_deny_websocket, deny_websocket, send_error
 
 __all__ = ["ErrorMappingMiddleware"]
 
@@ -74,15 +74,34 @@ class ErrorMappingMiddleware:
     ) -> None:
         if self.debug:
             ctx.debug = True
+        tracker = _HandshakeTracker(send)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, tracker)
         except Exception as exc:
+            if not tracker.answered and can_deny_websocket(scope):
+                # before the handshake: the 500 error response (logged by send_error)
+                await deny_websocket(scope, send, exc, ctx=ctx)
+                return
             logger.error("exception in websocket handler (request %s)", ctx.request_id,
                          exc_info=exc)
             try:
                 await send({"type": "websocket.close", "code": 1011, "reason": "internal error"})
             except Exception:
                 logger.debug("could not close the websocket", exc_info=True)
+
+
+class _HandshakeTracker:
+    """Notes whether the app answered the WebSocket handshake (accept, close or HTTP)."""
+
+    __slots__ = ("answered", "send")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.answered = False
+
+    async def __call__(self, message: Message) -> None:
+        self.answered = True
+        await self.send(message)
 
 
 class _ErrorResponder:

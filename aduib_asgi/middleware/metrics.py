@@ -88,6 +88,7 @@ class StatusResponder:
         self.status: int | None = None
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+        t = message["type"]
+        if t == "http.response.start" or t == "websocket.http.response.start":
             self.status = message["status"]
         await self.send(message)

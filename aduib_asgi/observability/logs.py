@@ -20,11 +20,13 @@ from collections.abc import MutableMapping
 from typing import IO, Any
 
 from aduib_asgi.context import current_context
+from aduib_asgi.responses import handshake_refused
 
 __all__ = [
     "CONTEXT_FIELDS",
     "TEXT_FORMAT",
     "JsonFormatter",
+    "RefusedHandshakeFilter",
     "RequestContextFilter",
     "add_request_context",
     "configure_logging",
@@ -55,6 +57,23 @@ class RequestContextFilter(logging.Filter):
             record.tenant_id = ctx.tenant_id
             record.method = ctx.method
         return True
+
+
+class RefusedHandshakeFilter(logging.Filter):
+    """Drops uvicorn's "ASGI callable returned without completing handshake." error
+    for WebSocket handshakes the stack refused on purpose with an HTTP response.
+
+    uvicorn's ``websockets-sansio`` protocol (its default) logs that line after a
+    ``websocket.http.response`` denial although the response was sent; for a
+    refused credential or rate limit that would be an ERROR any client can
+    trigger. The record is dropped only in the task whose handshake the stack
+    refused; every other record passes. Put it on the ``uvicorn.error`` logger
+    (``aduib-asgi demo`` does).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (handshake_refused.get() and record.getMessage().startswith(
+            "ASGI callable returned without completing handshake"))
 
 
 def add_request_context(
