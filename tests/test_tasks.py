@@ -283,9 +283,29 @@ async def test_method_roles_apply_at_submit() -> None:
         r = await c.post(TS + "Submit", json={"target_method": "rpc.v2/T/admin"},
                          headers={"X-Test-Principal": "bob", "X-Test-Roles": "user"})
         assert (r.status_code, r.json()["error"]["code"]) == (403, 3011)
-        sub = await submit(c, "rpc.v2/T/admin", {},
-                           headers={"X-Test-Principal": "root", "X-Test-Roles": "admin"})
-        assert (await wait_terminal(c, sub["task_id"]))["result"] == {"secret": "ok"}
+        admin = {"X-Test-Principal": "root", "X-Test-Roles": "admin"}
+        sub = await submit(c, "rpc.v2/T/admin", {}, headers=admin)
+        done = await wait_terminal(c, sub["task_id"], headers=admin)
+        assert done["result"] == {"secret": "ok"}
+
+
+async def test_reading_or_cancelling_a_task_needs_the_methods_roles() -> None:
+    """A task id alone does not give a same-tenant caller the result of a protected method."""
+    app, _, _ = build_app()
+    admin = {"X-Test-Principal": "root", "X-Test-Roles": "admin"}
+    user = {"X-Test-Principal": "bob", "X-Test-Roles": "user"}
+    async with lifespan(app), client_for(app) as c:
+        sub = await submit(c, "rpc.v2/T/admin", {}, headers=admin)
+        await wait_terminal(c, sub["task_id"], headers=admin)
+        anon = await query(c, sub["task_id"])
+        bob = await query(c, sub["task_id"], headers=user)
+        cancel = await c.post(TS + "Cancel", json={"task_id": sub["task_id"]}, headers=user)
+        subscribe = await c.post(TS + "Subscribe", json={"task_id": sub["task_id"]},
+                                 headers=user)
+    assert (anon.status_code, anon.json()["error"]["code"]) == (401, 3000)
+    assert (bob.status_code, bob.json()["error"]["code"]) == (403, 3011)
+    assert (cancel.status_code, cancel.json()["error"]["code"]) == (403, 3011)
+    assert subscribe.status_code == 403
 
 
 async def test_idempotency_key_returns_the_same_task(backend: str) -> None:

@@ -237,10 +237,20 @@ class TaskManager:
         return entry
 
     async def get(self, task_id: str, ctx: RequestContext | None) -> TaskEntry:
-        """The task, if it exists and belongs to the caller's tenant (else 4000)."""
+        """The task, if it exists and belongs to the caller's tenant (else 4000).
+
+        Reading, cancelling or following a task needs the same rights as calling
+        its method (roles, scopes, the auth layer's rules): a task id alone does
+        not hand a protected result to anyone in the tenant.
+        """
         entry = await self.store.get(task_id)
         if entry is None or entry.record.tenant_id != tenant_of(ctx):
             raise RpcError(4000, "Task not found")
+        if ctx is not None:
+            spec = self.registry.get(entry.record.target_method or "")
+            if spec is not None:
+                enforce_method_access(spec.method, spec.options, ctx)
+                authorize_method(ctx, spec.method)
         return entry
 
     async def cancel(
