@@ -345,3 +345,108 @@ async def test_task_submit_follows_the_scope_rules_and_tasks_keep_the_scopes() -
                 await anyio.sleep(0.01)
     assert refused.status_code == 403 and refused.json()["error"]["code"] == 3012
     assert seen == [["s:use", "extra"]]
+
+
+# -- second review ------------------------------------------------------------------------------
+
+
+async def test_a_bound_identity_may_open_a_websocket_without_a_tenant_header() -> None:
+    """Browsers cannot set headers: the tenant is checked on the first message instead."""
+    stack = ws_app()
+    with anyio.fail_after(10):
+        async with ws_with(stack, token(tid="acme")) as ws:
+            await ws.send_json(call("rpc.v2/W/count", metadata={"tenant_id": "acme"}))
+            ok = await ws.rest()
+        async with ws_with(stack, token(tid="acme")) as ws:
+            await ws.send_json(call("rpc.v2/W/count", metadata={"tenant_id": "globex"}))
+            refused = await ws.rest()
+    assert "error" not in [f["type"] for f in ok] and ok[-1]["type"] == "end"
+    assert refused[0]["type"] == "error" and refused[0]["payload"]["error"]["code"] == 3010
+
+
+def _task_stack(**auth: Any) -> tuple[Any, list[str]]:
+    from aduib_asgi.middleware.content import ContentNegotiationMiddleware
+    from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+    from aduib_asgi.stack import build_stack
+    from aduib_asgi.tasks import install_task_service
+
+    reg = registry()
+    ran: list[str] = []
+
+    async def job(data: dict[str, Any]) -> dict[str, Any]:
+        ran.append("job")
+        return {}
+
+    async def only_users(data: dict[str, Any]) -> dict[str, Any]:
+        ran.append("only_users")
+        return {}
+
+    reg.register("rpc.v2/S/job", job)
+    reg.register("rpc.v2/U/only", only_users, roles=["user"])
+    dispatcher = RpcDispatcher(reg)
+    install_task_service(dispatcher)
+    auth.setdefault("authenticators", [BearerAuthenticator(jwt_verifier(KEY))])
+    return build_stack(dispatcher, [
+        Layer.of(ErrorMappingMiddleware), Layer.of(ContentNegotiationMiddleware),
+        Layer.of(AuthMiddleware, registry=reg, **auth)]), ran
+
+
+async def test_task_targets_follow_require_auth_and_registration_precedence() -> None:
+    from tests.test_tasks_support import lifespan
+
+    submit = "/aduib_rpc/v2/TaskService/Submit"
+    stack, _ = _task_stack(require_auth=True, anonymous_methods=["/aduib_rpc/v2/TaskService"],
+                           rules={"rpc.v2/U/*": ["admin"]})
+    async with lifespan(stack), client_for(stack) as c:
+        anon = await c.post(submit, json={"target_method": "rpc.v2/S/job"})
+        user = await c.post(submit, json={"target_method": "rpc.v2/U/only"},
+                            headers=token(roles=["user"]))
+        direct = await c.post(RPC, json=call("rpc.v2/U/only"), headers=token(roles=["user"]))
+    assert anon.status_code == 401 and anon.json()["error"]["code"] == 3000
+    assert direct.status_code == 200  # the registration's roles win over the pattern rule
+    assert user.status_code == 200, user.text  # and so they do for a task target
+
+
+async def test_late_denials_are_audited() -> None:
+    from aduib_asgi.observability.audit import CollectingAuditSink
+    from tests.test_tasks_support import lifespan
+
+    audit = CollectingAuditSink()
+    stack, _ = _task_stack(scope_rules={"rpc.v2/S/*": ["s:use"]}, audit=audit)
+    async with lifespan(stack), client_for(stack) as c:
+        r = await c.post("/aduib_rpc/v2/TaskService/Submit",
+                         json={"target_method": "rpc.v2/S/job"}, headers=token(scope="x"))
+    assert r.json()["error"]["code"] == 3012
+    assert any(e.outcome == "deny" and e.code == 3012 for e in audit.events)
+
+
+async def test_rules_apply_when_the_dispatcher_parses_the_envelope() -> None:
+    """No content layer: the auth layer ran before the method was known."""
+    reg = registry()
+    dispatcher = RpcDispatcher(reg)
+    from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+    from aduib_asgi.stack import build_stack
+
+    stack = build_stack(dispatcher, [
+        Layer.of(ErrorMappingMiddleware),
+        Layer.of(AuthMiddleware, registry=reg, rules={"rpc.v2/T/*": ["admin"]},
+                 authenticators=[BearerAuthenticator(jwt_verifier(KEY))])])
+    async with client_for(stack) as c:
+        anon = await c.post(RPC, json=call("rpc.v2/T/echo"))
+        user = await c.post(RPC, json=call("rpc.v2/T/echo"), headers=token(roles=["user"]))
+        admin = await c.post(RPC, json=call("rpc.v2/T/echo"), headers=token(roles=["admin"]))
+    assert anon.status_code == 401 and anon.json()["error"]["code"] == 3000
+    assert user.status_code == 403 and user.json()["error"]["code"] == 3011
+    assert admin.status_code == 200
+
+
+def test_role_names_are_free_text_and_identity_takes_any_iterable() -> None:
+    reg = MethodRegistry()
+
+    async def f(data: dict[str, Any]) -> None:
+        return None
+
+    reg.register("rpc.v2/R/f", f, roles=["Domain Admins", "café"])
+    assert reg.get("rpc.v2/R/f").options["roles"] == ("Domain Admins", "café")  # type: ignore[union-attr]
+    assert Identity("a", roles=frozenset({"admin"})).roles == ("admin",)  # type: ignore[arg-type]
+    assert Identity("a", scopes=["x", "y"]).scopes == ("x", "y")  # type: ignore[arg-type]

@@ -193,7 +193,9 @@ async def test_a_hung_sync_check_is_not_started_again_while_it_still_runs() -> N
             if result.services == {"hung": H}:
                 break
             await anyio.sleep(0.02)
-    assert started == 2
+    assert started == 1  # the waiting probe got the answer of the run that was stuck
+    result = await registry.check()
+    assert result is not None and result.services == {"hung": H} and started == 2
 
 
 async def test_in_thread_false_runs_a_sync_check_on_the_loop() -> None:
@@ -208,3 +210,48 @@ async def test_in_thread_false_runs_a_sync_check_on_the_loop() -> None:
     result = await registry.check()
     assert result is not None
     assert result.services == {"in-thread": U, "on-loop": H}
+
+
+async def test_concurrent_probes_of_a_sync_check_share_one_run() -> None:
+    """A Watch tick and a readiness probe at once both get the real answer."""
+    import time as _time
+
+    runs = 0
+
+    def slow() -> bool:
+        nonlocal runs
+        runs += 1
+        _time.sleep(0.2)
+        return True
+
+    registry = HealthRegistry()
+    registry.add("slow", slow, timeout=2.0)
+    results: list[Any] = []
+
+    async def probe() -> None:
+        results.append(await registry.check("slow"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(probe)
+        tg.start_soon(probe)
+    assert [r.status for r in results] == [H, H]
+    assert runs == 1
+
+
+async def test_a_check_that_timed_out_before_its_thread_started_recovers() -> None:
+    """Worker threads all busy: the timed-out call leaves no stuck state behind."""
+    from anyio import to_thread
+
+    limiter = to_thread.current_default_thread_limiter()
+    old = limiter.total_tokens
+    registry = HealthRegistry()
+    registry.add("quick", lambda: True, timeout=0.1)
+    try:
+        limiter.total_tokens = 1
+        async with limiter:  # the only worker token is taken
+            first = await registry.check("quick")
+    finally:
+        limiter.total_tokens = old
+    second = await registry.check("quick")
+    assert first is not None and second is not None
+    assert second.status == H  # whatever the first said, nothing is stuck

@@ -218,7 +218,7 @@ def _strings(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return tuple(value.split())
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, Iterable):
         return tuple(str(v) for v in value)
     return (str(value),)
 

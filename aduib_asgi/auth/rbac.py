@@ -38,17 +38,18 @@ _TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "\\"}
 
 
 def names(value: object, *, what: str = "scope") -> tuple[str, ...]:
-    """Role or scope names as a tuple: a string is space-separated, each name a token.
+    """Role or scope names as a tuple; a string is a space-separated list.
 
-    Raises ValueError for names that are empty or use characters outside
-    RFC 6750's scope-token set (quotes, backslashes, spaces, controls), which
-    would also break the ``WWW-Authenticate`` challenge that names them.
+    Scope names must be RFC 6750 scope-tokens (no quotes, backslashes, spaces or
+    controls: they are echoed in the ``WWW-Authenticate`` challenge); role names
+    are free text but not empty. Raises ValueError otherwise.
     """
     items = value.split() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
     out = tuple(str(v) for v in items)
     for n in out:
-        if not n or not set(n) <= _TOKEN_CHARS:
-            raise ValueError(f"bad {what} name {n!r} (RFC 6750 scope-token characters only)")
+        if not n or (what == "scope" and not set(n) <= _TOKEN_CHARS):
+            raise ValueError(f"bad {what} name {n!r}" + (
+                " (RFC 6750 scope-token characters only)" if what == "scope" else ""))
     return out
 
 
@@ -107,9 +108,10 @@ class PatternTable(Generic[T]):
         return self._default
 
 
-def roles_table(rules: Mapping[str, Iterable[str]] | None) -> PatternTable[tuple[str, ...]]:
-    """A :class:`PatternTable` of required roles (any one of them grants access)."""
-    return PatternTable({k: names(v, what="role") for k, v in (rules or {}).items()})
+def roles_table(rules: Mapping[str, Iterable[str]] | None, *,
+                what: str = "role") -> PatternTable[tuple[str, ...]]:
+    """A :class:`PatternTable` of required roles (any one grants access) or scopes."""
+    return PatternTable({k: names(v, what=what) for k, v in (rules or {}).items()})
 
 
 def enforce_method_roles(method: str, roles: Iterable[str] | None, ctx: object | None) -> None:
@@ -149,11 +151,12 @@ def enforce_method_access(method: str, options: Mapping[str, Any], ctx: object |
     missing scope → 3012.
     """
     roles = options.get("roles")
-    if roles:
-        enforce_method_roles(method, names(roles, what="role"), ctx)
+    if roles:  # normalised at registration (a tuple); anything else once more here
+        enforce_method_roles(method, roles if isinstance(roles, tuple)
+                             else names(roles, what="role"), ctx)
     scopes = options.get("scopes")
     if scopes:
-        required = names(scopes)
+        required = scopes if isinstance(scopes, tuple) else names(scopes)
         have = getattr(ctx, "scopes", ()) or ()
         if all(s in have for s in required):
             return

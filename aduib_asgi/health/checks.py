@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from aduib_asgi.models import HealthCheckResponse, HealthStatus
 
@@ -37,8 +40,8 @@ class HealthCheck:
     timeout: float = 2.0
     #: Sync callables run in a worker thread (None/True) or on the event loop (False).
     in_thread: bool | None = None
-    #: A worker thread still runs this check (abandoned past its timeout).
-    busy: bool = False
+    #: The run of a sync check whose thread has not returned yet (shared by callers).
+    current: _ThreadRun | None = None
 
 
 def _as_status(value: Any) -> HealthStatus:
@@ -49,12 +52,49 @@ def _as_status(value: Any) -> HealthStatus:
     return HealthStatus(value)
 
 
-def _run_marking_done(check: HealthCheck) -> Any:
-    """Run a sync check in its worker thread; it is free again when it returns."""
-    try:
-        return check.func()
-    finally:
-        check.busy = False
+class _ThreadRun:
+    """One run of a sync check in its own thread; any number of callers await it."""
+
+    __slots__ = ("done", "error", "value")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+async def _shared_thread_run(check: HealthCheck) -> Any:
+    """The result of ``check.func()`` run in a thread of its own.
+
+    Callers arriving while a run is in progress wait for that run (each within
+    its own timeout) instead of starting another: a check that hangs holds one
+    thread, never one per probe, and never a token of anyio's worker pool.
+    """
+    run = check.current
+    if run is None:
+        run = check.current = _ThreadRun()
+        token = anyio.lowlevel.current_token()
+
+        def finish() -> None:
+            check.current = None
+            run.done.set()
+
+        def target() -> None:
+            try:
+                run.value = check.func()
+            except BaseException as exc:  # reported to the awaiting callers
+                run.error = exc
+            finally:
+                try:
+                    anyio.from_thread.run_sync(finish, token=token)
+                except Exception:  # the event loop is gone (shutdown)
+                    check.current = None
+
+        threading.Thread(target=target, name=f"health-check-{check.name}", daemon=True).start()
+    await run.done.wait()
+    if run.error is not None:
+        raise run.error
+    return run.value
 
 
 def aggregate(results: dict[str, HealthStatus], critical: set[str]) -> HealthStatus:
@@ -106,12 +146,7 @@ class HealthRegistry:
                     if inspect.isawaitable(value):
                         value = await value
                 else:
-                    if check.busy:  # the last run never returned: do not pile up threads
-                        logger.warning("health check %s is still running", check.name)
-                        return HealthStatus.UNHEALTHY
-                    check.busy = True
-                    value = await anyio.to_thread.run_sync(_run_marking_done, check,
-                                                           abandon_on_cancel=True)
+                    value = await _shared_thread_run(check)
                     if inspect.isawaitable(value):
                         value = await value
             return _as_status(value)

@@ -83,7 +83,7 @@ class AuthMiddleware:
         self.require_auth = require_auth
         self._anonymous: PatternTable[bool] = PatternTable(dict.fromkeys(anonymous_methods, True))
         self._rules = roles_table(rules)
-        self._scope_rules = roles_table(scope_rules)
+        self._scope_rules = roles_table(scope_rules, what="scope")
         self.registry = registry
         self.audit: AuditSink = audit if audit is not None else LoggingAuditSink()
         api = self.authenticators.get("api_key")
@@ -131,7 +131,10 @@ class AuthMiddleware:
                 ctx.roles = identity.roles
                 ctx.scopes = identity.scopes
                 ctx.auth_scheme = creds.scheme if creds is not None else None
-                if identity.tenants is not None:
+                if identity.tenants is not None and (
+                        scope["type"] == "http" or _named_tenants(ctx)):
+                    # a WebSocket naming no tenant in its handshake (browsers cannot
+                    # set headers) is checked on its first message instead
                     _check_tenants(identity, ctx)
                 if required and not _has_any(identity.roles, required):
                     raise RpcError(3011, "Permission denied: a required role is missing")
@@ -142,9 +145,10 @@ class AuthMiddleware:
             self._audit(ctx, "deny", error.code, error.message, creds)
             await self._reject(scope, send, ctx, error, creds)
             return
-        if identity is not None or self._rules or self._scope_rules:
-            # checked again where the method becomes known later (WebSocket, tasks)
-            ctx.extras[AUTHORIZE_KEY] = partial(self._authorize, identity)
+        if identity is not None or self._rules or self._scope_rules or self.require_auth:
+            # checked again where a method is named later (WebSocket message, task
+            # target, an envelope the dispatcher parses)
+            ctx.extras[AUTHORIZE_KEY] = partial(self._authorize, identity, creds)
         if creds is not None or required or scopes:
             self._audit(ctx, "allow", 0, "", creds)
         await self.app(scope, receive, send)
@@ -177,13 +181,15 @@ class AuthMiddleware:
             return Credentials("mtls", None, "tls")
         return None
 
-    def _method_options(self, ctx: RequestContext) -> Mapping[str, Any] | None:
-        """The registration options of the request's method, when known."""
-        method = ctx.method
+    def _method_options(self, ctx: RequestContext,
+                        method: str | None = None) -> Mapping[str, Any] | None:
+        """The registration options of ``method`` (default: the request's), when known."""
         if method is None:
-            return None
+            method = ctx.method
+            if method is None:
+                return None
         spec = ctx.extras.get(METHOD_SPEC_KEY)
-        if spec is None and self.registry is not None:
+        if (spec is None or spec.method != method) and self.registry is not None:
             spec = self.registry.get(method)
         options: Mapping[str, Any] | None = getattr(spec, "options", None)
         return options
@@ -191,46 +197,56 @@ class AuthMiddleware:
     @staticmethod
     def _required(options: Mapping[str, Any] | None, key: str,
                   rules: PatternTable[tuple[str, ...]], ctx: RequestContext,
-                  scope: Scope) -> tuple[str, ...] | None:
-        """Roles or scopes the request needs: the method's option, else the pattern rules."""
+                  scope: Scope | None, method: str | None = None) -> tuple[str, ...] | None:
+        """Roles or scopes needed: the method's registration option, else the pattern rules."""
         if options:
             value = options.get(key)
             if value is not None:
                 return tuple(value)
         if not rules:
             return None
-        return rules.get(ctx.method, ctx.service, scope.get("path"))
-
-    def _authorize(self, identity: Identity | None, ctx: RequestContext, method: str) -> None:
-        """The late check (``AUTHORIZE_KEY``): pattern rules and tenants for ``method``.
-
-        Registration options (``roles=``/``scopes=``) are enforced where methods
-        resolve; this adds the layer's own ``rules``/``scope_rules`` and the
-        tenant binding, for methods named after the layer ran.
-        """
+        if method is None:
+            return rules.get(ctx.method, ctx.service, scope.get("path") if scope else None)
         parts = parse_method(method)
-        service = parts[0] if parts is not None else None
-        roles = self._rules.get(method, service, None) if self._rules else None
-        scopes = self._scope_rules.get(method, service, None) if self._scope_rules else None
-        if identity is None:
-            if roles or scopes:
-                raise RpcError(3000, "Authentication required",
-                               headers={"WWW-Authenticate": self._challenge_all})
-            return
-        if identity.tenants is not None:
-            _check_tenants(identity, ctx)
-        if roles and not _has_any(identity.roles, roles):
-            raise RpcError(3011, "Permission denied: a required role is missing")
-        if scopes and not all(s in identity.scopes for s in scopes):
-            raise insufficient_scope(method, scopes, self._realm)
+        return rules.get(method, parts[0] if parts is not None else None, None)
+
+    def _authorize(self, identity: Identity | None, creds: Credentials | None,
+                   ctx: RequestContext, method: str) -> None:
+        """The late check (``AUTHORIZE_KEY``) for a method named after the layer ran.
+
+        The same decision as in front: registration options before pattern
+        rules, ``require_auth`` with its anonymous allowlist, tenant binding
+        (now with the envelope's tenant); denials are audited.
+        """
+        try:
+            options = self._method_options(ctx, method)
+            roles = self._required(options, "roles", self._rules, ctx, None, method)
+            scopes = self._required(options, "scopes", self._scope_rules, ctx, None, method)
+            if identity is None:
+                parts = parse_method(method)
+                if roles or scopes or (self.require_auth and not self._anonymous.get(
+                        method, parts[0] if parts is not None else None, None)):
+                    raise RpcError(3000, "Authentication required",
+                                   headers={"WWW-Authenticate": self._challenge_all})
+                return
+            if identity.tenants is not None:
+                _check_tenants(identity, ctx)
+            if roles and not _has_any(identity.roles, roles):
+                raise RpcError(3011, "Permission denied: a required role is missing")
+            if scopes and not all(s in identity.scopes for s in scopes):
+                raise insufficient_scope(method, scopes, self._realm)
+        except RpcError as exc:
+            self._audit(ctx, "deny", exc.code, exc.message, creds, method=method)
+            raise
 
     # -- outcome --------------------------------------------------------------------
 
     def _audit(self, ctx: RequestContext, outcome: str, code: int, reason: str,
-               creds: Credentials | None) -> None:
+               creds: Credentials | None, *, method: str | None = None) -> None:
         try:
             self.audit(AuditEvent(
-                outcome=outcome, code=code, request_id=ctx.request_id, method=ctx.method,
+                outcome=outcome, code=code, request_id=ctx.request_id,
+                method=method or ctx.method,
                 tenant_id=ctx.tenant_id, principal=ctx.principal,
                 scheme=creds.scheme if creds is not None else None, reason=reason,
                 timestamp_ms=now_ms(),
@@ -260,8 +276,7 @@ class AuthMiddleware:
 def _named_tenants(ctx: RequestContext) -> set[str]:
     """Every tenant the request names: the tenant layer's, the envelope's, the header's.
 
-    Each is checked, so no source can disagree with the one that was checked;
-    a request naming none acts for the implicit ``default`` tenant.
+    Each is checked, so no source can disagree with the one that was checked.
     """
     named: set[str] = set()
     if ctx.tenant_id is not None:
@@ -273,13 +288,16 @@ def _named_tenants(ctx: RequestContext) -> set[str]:
     raw = ctx.header(_X_TENANT)
     if raw is not None:
         named.add(raw.decode("latin-1"))
-    return named or {"default"}
+    return named
 
 
 def _check_tenants(identity: Identity, ctx: RequestContext) -> None:
-    """3010 unless every tenant the request names is one the identity may act for."""
+    """3010 unless every tenant the request names is one the identity may act for.
+
+    A request naming none acts for the implicit ``default`` tenant.
+    """
     allowed = identity.tenants or ()
-    for tenant in sorted(_named_tenants(ctx)):
+    for tenant in sorted(_named_tenants(ctx) or ("default",)):
         if tenant not in allowed:
             raise RpcError(3010, f"{identity.principal!r} may not act for tenant {tenant!r}")
 
