@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import Message, Receive
 
+from aduib_asgi.auth.rbac import authorize_method
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
 from aduib_asgi.models import RequestMetadata, RpcRequest, parse_method
@@ -131,4 +132,7 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False) -> Rp
         extra = meta.get("headers")
         if isinstance(extra, dict) and extra:
             ctx.add_envelope_headers(extra)
+    # Parsed after an auth layer ran (the dispatcher without a content layer in
+    # front, the v1 endpoint, a WebSocket's first message): its rules now apply.
+    authorize_method(ctx, env.method)
     return env

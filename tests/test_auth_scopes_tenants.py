@@ -303,9 +303,9 @@ async def test_websocket_methods_follow_the_scope_rules() -> None:
 
 
 async def test_a_websocket_message_cannot_switch_tenant() -> None:
-    stack = ws_app()
+    stack = ws_app(authenticators=[BearerAuthenticator(jwt_verifier(KEY))])  # not bound
     with anyio.fail_after(10):
-        async with ws_with(stack, {**token(tid="acme"), "X-Tenant-ID": "acme"}) as ws:
+        async with ws_with(stack, {**token(), "X-Tenant-ID": "acme"}) as ws:
             await ws.send_json(call("rpc.v2/W/count", metadata={"tenant_id": "globex"}))
             frames = await ws.rest()
     assert [f["type"] for f in frames] == ["error", "end"]
@@ -450,3 +450,49 @@ def test_role_names_are_free_text_and_identity_takes_any_iterable() -> None:
     assert reg.get("rpc.v2/R/f").options["roles"] == ("Domain Admins", "café")  # type: ignore[union-attr]
     assert Identity("a", roles=frozenset({"admin"})).roles == ("admin",)  # type: ignore[arg-type]
     assert Identity("a", scopes=["x", "y"]).scopes == ("x", "y")  # type: ignore[arg-type]
+
+
+async def test_rules_apply_on_the_v1_endpoint_too() -> None:
+    reg = registry()
+    dispatcher = RpcDispatcher(reg)
+    from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+    from aduib_asgi.stack import build_stack
+
+    stack = build_stack(dispatcher, [
+        Layer.of(ErrorMappingMiddleware),
+        Layer.of(AuthMiddleware, registry=reg, rules={"rpc.v2/T/*": ["admin"]},
+                 authenticators=[BearerAuthenticator(jwt_verifier(KEY))])])
+    v1 = {"aduib_rpc": "1.0", "id": 1, "method": "rpc.v1/T/echo", "data": {}}
+    async with client_for(stack) as c:
+        anon = await c.post("/aduib_rpc/v1/rpc", json=v1)
+        admin = await c.post("/aduib_rpc/v1/rpc", json=v1, headers=token(roles=["admin"]))
+    assert anon.status_code == 401
+    assert admin.status_code == 200
+
+
+async def test_task_reads_follow_the_rules_for_methods_registered_elsewhere() -> None:
+    """Query of a task whose method this instance does not know still applies the rules."""
+    from functools import partial
+
+    from aduib_asgi.auth.rbac import AUTHORIZE_KEY
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.errors import RpcError
+    from aduib_asgi.models import TaskRecord, TaskStatus
+    from aduib_asgi.tasks import TaskManager
+    from aduib_asgi.tasks.store import TaskEntry
+
+    manager = TaskManager(MethodRegistry())
+    entry = TaskEntry(record=TaskRecord(task_id="t1", target_method="rpc.v2/Else/where",
+                                        status=TaskStatus.SUCCEEDED, tenant_id="default",
+                                        created_at_ms=0))
+    await manager.store.create(entry)
+    mw = AuthMiddleware(rpc_app([]), rules={"rpc.v2/Else/*": ["admin"]},
+                        authenticators=[BearerAuthenticator(jwt_verifier(KEY))])
+    anonymous = RequestContext()
+    anonymous.extras[AUTHORIZE_KEY] = partial(mw._authorize, None, None)
+    with pytest.raises(RpcError) as refused:
+        await manager.get("t1", anonymous)
+    assert refused.value.code == 3000
+    admin = RequestContext()
+    admin.extras[AUTHORIZE_KEY] = partial(mw._authorize, Identity("root", roles=("admin",)), None)
+    assert (await manager.get("t1", admin)).task_id == "t1"

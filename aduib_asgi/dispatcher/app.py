@@ -18,7 +18,6 @@ import anyio.to_thread
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from aduib_asgi.auth.rbac import authorize_method
 from aduib_asgi.body import DEFAULT_MAX_BODY, ClientDisconnected, parse_envelope, read_body
 from aduib_asgi.codecs import JSON
 from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
@@ -153,10 +152,7 @@ class RpcDispatcher:
         if ctx.envelope is not None:
             return ctx.envelope
         payload = await self.read_payload(receive, ctx)
-        env = parse_envelope(ctx, payload)
-        # an auth layer in front ran before the method was known: its rules now
-        authorize_method(ctx, env.method)
-        return env
+        return parse_envelope(ctx, payload)  # also applies an auth layer's late check
 
     async def call_unary(self, spec: MethodSpec, env: RpcRequest, ctx: RequestContext) -> Any:
         """Run a unary handler (sync ones in a worker thread) and return its result."""

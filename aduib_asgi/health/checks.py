@@ -1,10 +1,11 @@
 """Health checks and their aggregation (PROTOCOL.md §10).
 
-A check is a callable (sync ones run in a worker thread) returning a :class:`HealthStatus` (or its
-string), a bool (True healthy, False unhealthy) or None (healthy: "it did not
-raise", e.g. a store's ``ping``). Raising or exceeding its timeout counts as
-unhealthy. Aggregate: a *critical* check unhealthy → unhealthy; any other check
-unhealthy or degraded → degraded; else any unknown → unknown; else healthy.
+A check is a callable (sync ones run in a worker thread, one at a time per
+check) returning a :class:`HealthStatus` (or its string), a bool (True healthy,
+False unhealthy) or None (healthy: "it did not raise", e.g. a store's ``ping``).
+Raising or exceeding its timeout counts as unhealthy. Aggregate: a *critical*
+check unhealthy → unhealthy; any other check unhealthy or degraded → degraded;
+else any unknown → unknown; else healthy.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
+import anyio.to_thread
 
 from aduib_asgi.models import HealthCheckResponse, HealthStatus
 
@@ -27,6 +27,8 @@ __all__ = ["HealthCheck", "HealthRegistry", "aggregate"]
 logger = logging.getLogger("aduib_asgi.health")
 
 CheckFunc = Callable[[], Any | Awaitable[Any]]
+
+_STILL_RUNNING = object()
 
 _RANK = {HealthStatus.HEALTHY: 0, HealthStatus.UNKNOWN: 1, HealthStatus.DEGRADED: 2,
          HealthStatus.UNHEALTHY: 3}
@@ -40,8 +42,8 @@ class HealthCheck:
     timeout: float = 2.0
     #: Sync callables run in a worker thread (None/True) or on the event loop (False).
     in_thread: bool | None = None
-    #: The run of a sync check whose thread has not returned yet (shared by callers).
-    current: _ThreadRun | None = None
+    #: Held by the worker thread running ``func`` (one at a time per check).
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _as_status(value: Any) -> HealthStatus:
@@ -52,49 +54,38 @@ def _as_status(value: Any) -> HealthStatus:
     return HealthStatus(value)
 
 
-class _ThreadRun:
-    """One run of a sync check in its own thread; any number of callers await it."""
-
-    __slots__ = ("done", "error", "value")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
+class _CheckRaised(Exception):
+    """A check raised something that is not an Exception (SystemExit, KeyboardInterrupt)."""
 
 
-async def _shared_thread_run(check: HealthCheck) -> Any:
-    """The result of ``check.func()`` run in a thread of its own.
+def _run_alone(check: HealthCheck) -> Any:
+    """In a worker thread: run ``check.func`` unless another run of it still holds the check."""
+    if not check.lock.acquire(blocking=False):
+        return _STILL_RUNNING
+    try:
+        return check.func()
+    except Exception:
+        raise
+    except BaseException as exc:  # never let a check stop the server
+        raise _CheckRaised(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        check.lock.release()
 
-    Callers arriving while a run is in progress wait for that run (each within
-    its own timeout) instead of starting another: a check that hangs holds one
-    thread, never one per probe, and never a token of anyio's worker pool.
+
+async def _run_in_thread(check: HealthCheck) -> Any:
+    """``check.func()`` in a worker thread, at most one thread per check.
+
+    A run abandoned past its timeout keeps the check until its thread returns;
+    meanwhile callers wait (within their own timeouts) instead of starting
+    another thread, so a hung check never holds more than one thread. The check
+    is taken inside the thread, so a call that timed out before a worker picked
+    it up leaves nothing behind.
     """
-    run = check.current
-    if run is None:
-        run = check.current = _ThreadRun()
-        token = anyio.lowlevel.current_token()
-
-        def finish() -> None:
-            check.current = None
-            run.done.set()
-
-        def target() -> None:
-            try:
-                run.value = check.func()
-            except BaseException as exc:  # reported to the awaiting callers
-                run.error = exc
-            finally:
-                try:
-                    anyio.from_thread.run_sync(finish, token=token)
-                except Exception:  # the event loop is gone (shutdown)
-                    check.current = None
-
-        threading.Thread(target=target, name=f"health-check-{check.name}", daemon=True).start()
-    await run.done.wait()
-    if run.error is not None:
-        raise run.error
-    return run.value
+    while True:
+        value = await anyio.to_thread.run_sync(_run_alone, check, abandon_on_cancel=True)
+        if value is not _STILL_RUNNING:
+            return value
+        await anyio.sleep(0.02)
 
 
 def aggregate(results: dict[str, HealthStatus], critical: set[str]) -> HealthStatus:
@@ -133,8 +124,8 @@ class HealthRegistry:
         A sync check may block (a socket call, a driver's ping): in a thread it
         cannot stall the event loop, and past the timeout it is abandoned (its
         thread finishes on its own) and reported unhealthy; until that thread
-        returns the check is reported unhealthy without starting another one.
-        An awaitable it returns is awaited on the loop.
+        returns, callers wait for it (within their timeouts) rather than start
+        another. An awaitable it returns is awaited on the loop.
         """
         func = check.func
         try:
@@ -146,7 +137,7 @@ class HealthRegistry:
                     if inspect.isawaitable(value):
                         value = await value
                 else:
-                    value = await _shared_thread_run(check)
+                    value = await _run_in_thread(check)
                     if inspect.isawaitable(value):
                         value = await value
             return _as_status(value)

