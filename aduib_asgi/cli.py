@@ -88,8 +88,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     # loop/http "auto": uvloop and httptools (the `uvicorn[standard]` dependency), the
-    # fastest stack uvicorn has; no access log (a log record per request).
+    # fastest stack uvicorn has; no access log (a log record per request); no
+    # ProxyHeadersMiddleware (the rate-limit layer decides which proxies to believe)
+    # and no `server` header (a wrapper and a header less per request).
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
+                            proxy_headers=False, server_header=False,
                             loop=args.loop, http=args.http,
                             timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
     # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors

@@ -34,6 +34,7 @@ def test_demo_cli_serves_echo_and_stops_on_sigterm() -> None:
         assert r.status_code == 200
         assert r.json()["result"] == {"hello": "world"}
         assert r.json()["id"] == "x"
+        assert "server" not in r.headers  # uvicorn's server header is off (a header less)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
