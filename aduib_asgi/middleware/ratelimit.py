@@ -136,8 +136,12 @@ class _KeyedItem(RateLimitItem):
     ``get_window_stats`` makes two); the keys are the same from request to request.
     """
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_expiry", "_keys")
     _keys: dict[tuple[Any, ...], str]
+    _expiry: int
+
+    def get_expiry(self) -> int:
+        return self._expiry
 
     def key_for(self, *identifiers: bytes | str | int | float) -> str:
         key = self._keys.get(identifiers)
@@ -163,6 +167,7 @@ def _keyed(item: RateLimitItem) -> RateLimitItem:
         _KEYED_CLASSES[base] = cls
     keyed = cls(item.amount, item.multiples, item.namespace)
     keyed._keys = {}
+    keyed._expiry = item.get_expiry()
     return keyed
 
 
@@ -421,9 +426,9 @@ class RateLimitMiddleware:
             return
         if self.timeout is None and len(policies) == 1:  # in-process storage, one policy
             p = policies[0]
+            ids = (p.name, _tenant(ctx)) if p.by_tenant_only else self._identifiers(p, scope, ctx)
             try:
-                ok, remaining, reset = await self.quota.hit(
-                    p.item, self._identifiers(p, scope, ctx), p.cost)
+                ok, remaining, reset = await self.quota.hit(p.item, ids, p.cost)
             except Exception as exc:
                 await self._storage_failed(exc, scope, receive, send, ctx)
                 return
@@ -433,8 +438,8 @@ class RateLimitMiddleware:
             after = math.ceil(reset - time.time())
             if after < 1:  # never invite a retry before the window resets
                 after = 0 if ok else 1
-            ctx.add_response_header(_RATELIMIT_POLICY, p.policy_header)
-            ctx.add_response_header(_RATELIMIT, b"%s%d;t=%d" % (p.rl_prefix, remaining, after))
+            ctx.response_headers += ((_RATELIMIT_POLICY, p.policy_header),
+                                     (_RATELIMIT, b"%s%d;t=%d" % (p.rl_prefix, remaining, after)))
         else:
             try:
                 if self.timeout is None:

@@ -57,7 +57,7 @@ class FixedWindowQuota(WindowQuota):
         super().__init__(limiter)
         self.max_cached = max_cached
         self.remember = isinstance(limiter.storage, MemoryStorage)
-        self._resets: dict[str, tuple[float, int]] = {}
+        self._resets: dict[str, list[Any]] = {}  # key -> [reset, last count]
 
     async def hit(self, item: RateLimitItem, ids: tuple[str, ...],
                   cost: int) -> tuple[bool, int, float]:
@@ -69,14 +69,14 @@ class FixedWindowQuota(WindowQuota):
         if not self.remember:
             return count <= amount, remaining, float(await storage.get_expiry(key))
         known = self._resets.get(key)
-        if known is None or count == cost or count <= known[1] or known[0] <= time.time():
-            reset = float(await storage.get_expiry(key))
-            resets = self._resets
-            if len(resets) >= self.max_cached and key not in resets:
-                resets.clear()
-        else:
-            reset = known[0]
-        self._resets[key] = (reset, count)
+        if known is not None and count != cost and count > known[1] and known[0] > time.time():
+            known[1] = count  # same window: the remembered reset holds
+            return count <= amount, remaining, known[0]
+        reset = float(await storage.get_expiry(key))
+        resets = self._resets
+        if len(resets) >= self.max_cached and key not in resets:
+            resets.clear()
+        resets[key] = [reset, count]
         return count <= amount, remaining, reset
 
 
