@@ -361,3 +361,29 @@ async def test_without_a_controller_in_flight_requests_are_counted_never_cancell
     assert box["r"].status_code == 200  # not cancelled
     assert rejected.status_code == 503 and rejected.json()["error"]["code"] == 5002
     assert layer.shutdown.in_flight == 0
+
+
+async def test_a_path_limit_holds_for_a_method_first_seen_on_another_path() -> None:
+    """Plans are per method and path: a limit on /v1/rpc is not skipped after a /v2 call."""
+    gate = Gate()
+    registry = MethodRegistry()
+    registry.register("rpc.v2/Slow/work", gate.work)
+    app, _ = rpc_stack(registry, Layer.of(AdmissionMiddleware, registry=registry, max_queue=0,
+                                          limits={"/aduib_rpc/v1/rpc": 1}))
+    v1 = {"aduib_rpc": "1.0", "id": 1, "method": "rpc.v1/Slow/work", "data": {"tag": "hold"}}
+    async with client_for(app) as c:
+        warm = await c.post(RPC, json=envelope("rpc.v2/Slow/work", {"tag": "warm"}))
+        assert warm.status_code == 200
+        results: list[int] = []
+
+        async def call() -> None:
+            results.append((await c.post("/aduib_rpc/v1/rpc", json=v1)).status_code)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            await gate.holding.wait()
+            tg.start_soon(call)
+            tg.start_soon(call)
+            await wait_until(lambda: len(results) == 2)
+            gate.release.set()
+    assert sorted(results) == [200, 429, 429]

@@ -202,3 +202,27 @@ async def test_alone_around_a_plain_app_counts_5xx_statuses() -> None:
     assert r.status_code == 503
     assert r.json()["error"]["code"] == 5010
     assert r.headers["retry-after"] == "5"
+
+
+@pytest.mark.parametrize("with_registry", [True, False])
+async def test_made_up_method_names_cannot_exhaust_the_breakers(with_registry: bool) -> None:
+    """Thousands of unknown method names never stop a real method's breaker from opening."""
+    from aduib_asgi.middleware import circuit
+
+    flaky = Flaky()
+    registry = MethodRegistry()
+    registry.register(METHOD, flaky.__call__)
+    settings = BreakerSettings(min_requests=4, failure_rate=0.5, open_s=30, window_s=10)
+    extra = {"registry": registry} if with_registry else {}
+    app, _ = rpc_stack(registry, Layer.of(CircuitBreakerMiddleware, settings=settings, **extra))
+    layer = app
+    while not isinstance(layer, CircuitBreakerMiddleware):
+        layer = layer.app
+    async with client_for(app) as c:
+        for i in range(circuit._MAX_BREAKERS + 10):
+            await c.post(RPC, json=envelope(f"rpc.v2/Junk/m{i}", {}))
+        if with_registry:
+            assert len(layer._breakers) < 10  # unknown methods are accounted by path
+        codes = [(await _call(c)).json()["error"]["code"] for _ in range(8)]
+    assert codes[-1] == 5010  # the real method's breaker still opens
+    assert flaky.calls < 8

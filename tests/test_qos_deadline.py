@@ -255,3 +255,27 @@ async def test_scope_is_published_for_streaming_layers() -> None:
     assert math.isfinite(dscope.deadline)  # on anyio's clock
     assert dscope.deadline <= anyio.current_time() + 1.0
     assert seen["deadline"] is not None
+
+
+@pytest.mark.parametrize("where", ["qos", "meta"])
+async def test_an_absurdly_large_timeout_is_capped_not_a_500(where: str) -> None:
+    from aduib_asgi.dispatcher import MethodRegistry
+    from aduib_asgi.middleware.deadline import DeadlineMiddleware
+    from aduib_asgi.stack import Layer
+    from tests.conftest import RPC, client_for, envelope
+    from tests.qos_helpers import rpc_stack
+
+    registry = MethodRegistry()
+
+    async def ok(data: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    registry.register("rpc.v2/T/ok", ok)
+    app, _ = rpc_stack(registry, Layer.of(DeadlineMiddleware, max_timeout_ms=1000))
+    huge = 10 ** 400
+    extra = {"qos": {"timeout_ms": huge}} if where == "qos" else {"meta": {"timeout_ms": huge}}
+    async with client_for(app) as c:
+        r = await c.post(RPC, json=envelope("rpc.v2/T/ok", {}, **extra))
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert r.json()["error"]["code"] in (1002, 2003)

@@ -87,7 +87,7 @@ class AdmissionMiddleware:
         self._static = {k: Bulkhead(k, v, max_queue=max_queue) for k, v in (limits or {}).items()}
         self._registered: dict[str, Bulkhead] = {}
         self._tenants: dict[str, Bulkhead] = {}
-        self._plans: dict[str, tuple[Bulkhead, ...]] = {}
+        self._plans: dict[tuple[str | None, str], tuple[Bulkhead, ...]] = {}
 
     # -- ASGI --------------------------------------------------------------------------
 
@@ -120,7 +120,9 @@ class AdmissionMiddleware:
         if shutdown.draining:
             await self._reject_draining(scope, send, ctx)
             return
-        key = ctx.method if ctx.method is not None else scope["path"]
+        # per method *and* path: a path limit (e.g. on /v1/rpc) applies whichever
+        # endpoint the method was first seen on
+        key = (ctx.method, scope["path"])
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plan(key, ctx, scope)
@@ -216,7 +218,8 @@ class AdmissionMiddleware:
                 ctx.priority = p
         return ctx.priority
 
-    def _plan(self, key: str, ctx: RequestContext, scope: Scope) -> tuple[Bulkhead, ...]:
+    def _plan(self, key: tuple[str | None, str], ctx: RequestContext,
+              scope: Scope) -> tuple[Bulkhead, ...]:
         """The bulkheads of a method/path, most specific first, then the global one
         (cached per key)."""
         found: list[Bulkhead] = []

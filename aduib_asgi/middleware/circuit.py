@@ -78,6 +78,7 @@ class CircuitBreakerMiddleware:
         self._is_failure: Callable[[int], bool] = (
             _default_is_failure if codes is None else codes.__contains__)
         self._breakers: dict[str, CircuitBreaker | None] = {}
+        self._known: set[str] = set()  # methods found registered (bounded)
         watch_breakers(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,12 +96,25 @@ class CircuitBreakerMiddleware:
             if b is not None:
                 yield name, b.state
 
+    def _registered(self, method: str) -> bool:
+        if self.registry.get(method) is None:
+            return False
+        if len(self._known) < _MAX_BREAKERS:
+            self._known.add(method)
+        return True
+
     def _new_breaker(self, name: str, ctx: RequestContext, scope: Scope) -> CircuitBreaker | None:
         settings = self._settings_for(ctx, scope)
         breaker = (None if settings is None else
                    CircuitBreaker(name, settings, clock=self._clock, listener=_on_transition))
-        if len(self._breakers) < _MAX_BREAKERS:
-            self._breakers[name] = breaker
+        breakers = self._breakers
+        if len(breakers) >= _MAX_BREAKERS:
+            # full (client-chosen paths or tenants on a plain app): forget the closed
+            # ones (their windows restart); open and half-open ones are kept
+            for key in [k for k, b in breakers.items() if b is None or b.state == "closed"]:
+                del breakers[key]
+        if len(breakers) < _MAX_BREAKERS:
+            breakers[name] = breaker
         return breaker
 
     def _settings_for(self, ctx: RequestContext, scope: Scope) -> BreakerSettings | None:
@@ -118,7 +132,10 @@ class CircuitBreakerMiddleware:
         return self.settings
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
-        name = ctx.method if ctx.method is not None else scope["path"]
+        name = ctx.method
+        if name is None or (self.registry is not None and name not in self._known
+                            and not self._registered(name)):
+            name = scope["path"]  # unknown methods are client-chosen names: one per endpoint
         if self.per_tenant:
             name = f"{name}\x00{ctx.tenant_id or 'default'}"
         try:

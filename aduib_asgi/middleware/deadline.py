@@ -65,8 +65,16 @@ def _meta_timeout(payload: Any) -> float | None:
         return None
     v = meta.get("timeout_ms")
     if isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < math.inf:
-        return float(v)
+        return _as_ms(v)
     return None
+
+
+def _as_ms(value: float) -> float:
+    """A millisecond count as a float; beyond a float's range it is simply "forever"."""
+    try:
+        return float(value)
+    except OverflowError:  # an int of hundreds of digits
+        return math.inf
 
 
 class DeadlineMiddleware:
@@ -111,7 +119,7 @@ class DeadlineMiddleware:
         if env is not None:
             qos = env.qos
             if qos is not None and qos.timeout_ms:
-                budget = float(qos.timeout_ms)
+                budget = _as_ms(qos.timeout_ms)
             meta = _meta_timeout(ctx.payload)
             if meta is not None and (budget is None or meta < budget):
                 budget = meta
@@ -125,6 +133,8 @@ class DeadlineMiddleware:
         cap = self.max_timeout_ms
         if cap is not None and budget is not None and budget > cap:
             budget = cap
+        if budget is not None and budget == math.inf:
+            return None  # uncapped and beyond any clock: no deadline
         return budget
 
     def _default_for(self, ctx: RequestContext, scope: Scope) -> float | None:
