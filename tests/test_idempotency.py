@@ -374,3 +374,49 @@ async def test_a_call_cancelled_through_rpc_cancel_is_not_stored() -> None:
     assert box["first"].json()["error"]["code"] == 4011
     assert second.status_code == 200 and REPLAYED not in second.headers
     assert second.json()["result"] == {"slept_ms": 400}
+
+
+# -- review: variants and canonical payloads ---------------------------------------------------
+
+
+async def test_a_repeat_asking_for_another_representation_is_422_not_a_wrong_replay(
+        demo_client: httpx.AsyncClient) -> None:
+    """Same key, same payload, but msgpack or the v1 endpoint: never the JSON v2 bytes."""
+    key = {"Idempotency-Key": '"variant-1"'}
+    body = envelope("rpc.v2/Counter/incr", {"by": 1})
+    first = await demo_client.post(RPC, json=body, headers=key)
+    assert first.status_code == 200
+    again = await demo_client.post(RPC, json=body, headers=key)
+    assert again.headers.get("idempotent-replayed") == "true"
+    msgpack = await demo_client.post(RPC, json=body,
+                                     headers={**key, "Accept": "application/msgpack"})
+    v1 = {"aduib_rpc": "1.0", "id": 1, "method": "rpc.v1/Counter/incr", "data": {"by": 1}}
+    old = await demo_client.post("/aduib_rpc/v1/rpc", json=v1, headers=key)
+    assert msgpack.status_code == 422 and "idempotent-replayed" not in msgpack.headers
+    assert old.status_code == 422 and "idempotent-replayed" not in old.headers
+
+
+def test_payload_fingerprints_tell_types_apart_and_never_fail() -> None:
+    from aduib_asgi.middleware.idempotency import canonical_payload
+
+    assert canonical_payload({"x": b"abc"}) != canonical_payload({"x": "b'abc'"})
+    assert canonical_payload({"x": [1, "1"]}) != canonical_payload({"x": ["1", 1]})
+    assert canonical_payload({"b": 1, "a": 2}) == canonical_payload({"a": 2, "b": 1})
+    assert canonical_payload({"n": 1}) == canonical_payload({"n": 1.0})  # the same number
+    assert canonical_payload({"n": 0.5}) != canonical_payload({"n": "0.5"})
+    assert canonical_payload({b"k": 1, "k": 2})  # mixed key types: no exception
+    assert canonical_payload({"t": (1, 2)}) == canonical_payload({"t": [1, 2]})
+
+
+async def test_a_replay_keeps_the_headers_layers_inside_added(
+        demo_client: httpx.AsyncClient) -> None:
+    """Deprecation/Sunset (added by the registry, emitted by the context) are replayed too."""
+    key = {"Idempotency-Key": '"legacy-1"'}
+    body = envelope("rpc.v2/Legacy/old", {})
+    first = await demo_client.post(RPC, json=body, headers=key)
+    again = await demo_client.post(RPC, json=body, headers=key)
+    assert first.status_code == 200 and "deprecation" in first.headers
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.headers["deprecation"] == first.headers["deprecation"]
+    assert again.headers["sunset"] == first.headers["sunset"]
+    assert again.headers.get_list("deprecation") == first.headers.get_list("deprecation")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import anyio
 import pytest
 
 from aduib_asgi.storage import IdempotencyStore, StoredResponse, idempotency_store_from_url
@@ -87,3 +90,27 @@ def test_store_urls() -> None:
                       MemoryIdempotencyStore)
     with pytest.raises(ValueError):
         idempotency_store_from_url("mongodb://x")
+
+
+@pytest.mark.redis
+async def test_a_reserve_whose_reply_comes_too_late_leaves_no_orphan(redis_url: str) -> None:
+    """SET NX ran on the server but the caller timed out: the reservation is dropped."""
+    store = idempotency_store_from_url(redis_url)
+    real_set = store._redis.set  # type: ignore[attr-defined]
+
+    async def late_reply(*args: Any, **kwargs: Any) -> Any:
+        result = await real_set(*args, **kwargs)  # executed on the server...
+        await anyio.sleep(5)  # ...but the reply arrives after the caller gave up
+        return result
+
+    store._redis.set = late_reply  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(TimeoutError):
+            with anyio.fail_after(0.3):
+                await store.reserve("k", "fp", 30.0)
+    finally:
+        store._redis.set = real_set  # type: ignore[attr-defined]
+    assert await store.get("k") is None  # no orphan in flight
+    again = await store.reserve("k", "fp", 30.0)
+    assert again.outcome == "reserved"
+    await store.aclose()

@@ -226,3 +226,25 @@ async def test_made_up_method_names_cannot_exhaust_the_breakers(with_registry: b
         codes = [(await _call(c)).json()["error"]["code"] for _ in range(8)]
     assert codes[-1] == 5010  # the real method's breaker still opens
     assert flaky.calls < 8
+
+
+def test_a_probe_from_an_earlier_half_open_period_does_not_count() -> None:
+    """Stale probes neither close the breaker nor free a probe slot of the new period."""
+    from aduib_asgi.qos.breaker import BreakerOpen, CircuitBreaker
+
+    clock = Clock()
+    b = CircuitBreaker("m", BreakerSettings(min_requests=1, failure_rate=0.5, open_s=10,
+                                            half_open_probes=1, half_open_successes=1),
+                       clock=clock)
+    b.record(b.acquire(), True)  # opens
+    clock.now += 11
+    stale = b.acquire()  # the probe of the first half-open period, still running
+    b._open()  # meanwhile the breaker re-opened (another probe failed)
+    clock.now += 11
+    fresh = b.acquire()  # the new period's only probe
+    b.record(stale, False)  # the old probe finishes OK: must not close the breaker
+    assert b.state == "half_open"
+    with pytest.raises(BreakerOpen):  # nor free the new period's probe slot
+        b.acquire()
+    b.record(fresh, False)
+    assert b.state == "closed"

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import anyio
@@ -28,7 +28,7 @@ from aduib_asgi.storage import IdempotencyStore, StoredResponse, StoreEntry
 from aduib_asgi.storage import idempotency_store_from_url as _store_from_url
 from aduib_asgi.storage.timeout import call_within
 
-__all__ = ["IdempotencyMiddleware", "parse_idempotency_key"]
+__all__ = ["IdempotencyMiddleware", "canonical_payload", "parse_idempotency_key"]
 
 logger = logging.getLogger("aduib_asgi.idempotency")
 
@@ -89,6 +89,40 @@ def parse_idempotency_key(raw: str, *, max_length: int = 255, quoted_header: boo
     if not _KEY_CHARS.fullmatch(raw):
         raise _bad_key("only printable ASCII characters are allowed")
     return raw
+
+
+def _tagged(value: Any) -> Any:
+    """A JSON-able, type-tagged form of a decoded value (see :func:`canonical_payload`)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else ["f", value.hex()]
+    if isinstance(value, str):
+        return ["s", value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return ["b", bytes(value).hex()]
+    if isinstance(value, dict):
+        items = [(json.dumps(_tagged(k), separators=(",", ":"), ensure_ascii=False),
+                  _tagged(v)) for k, v in value.items()]
+        items.sort(key=lambda kv: kv[0])
+        return ["d", items]
+    if isinstance(value, list | tuple):
+        return ["l", [_tagged(v) for v in value]]
+    return ["r", type(value).__name__, repr(value)]
+
+
+def canonical_payload(data: Any) -> bytes:
+    """The request data as canonical bytes for the payload fingerprint.
+
+    Type-tagged, so values that print alike are told apart (msgpack ``b"abc"``
+    vs the string ``"b'abc'"``; ``[1, "1"]`` vs ``["1", 1]``); map keys of any
+    type sort without error; numerically equal int and float are the same number
+    (JSON ``1`` and ``1.0``).
+    """
+    return json.dumps(_tagged(data), separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 class IdempotencyMiddleware:
@@ -202,8 +236,12 @@ class IdempotencyMiddleware:
             return
         if env is not None:
             method = env.method
-            canonical = json.dumps(env.data, sort_keys=True, separators=(",", ":"),
-                                   ensure_ascii=False, default=repr).encode("utf-8")
+            # the representation is part of the request: a repeat asking for another
+            # one (endpoint, protocol version, response type) must not get these bytes
+            codec = ctx.response_codec
+            variant = "\n".join((scope["path"], ctx.negotiated_version or "",
+                                  codec.media_type if codec is not None else ""))
+            canonical = variant.encode() + b"\n" + canonical_payload(env.data)
         else:  # used alone: the HTTP method and path, and the raw body
             method = f"{scope['method']} {scope['path']}"
             try:
@@ -255,7 +293,8 @@ class IdempotencyMiddleware:
             assert entry is not None
             if entry.fingerprint != fingerprint:
                 await send_error(scope, send, RpcError(
-                    4011, "This idempotency key was used with a different request",
+                    4011, "This idempotency key was used with a different request (payload, "
+                          "endpoint, protocol version or response type)",
                     http_status=422,
                     details=[{"type": "conflict", "field": "idempotency_key",
                               "reason": "payload fingerprint mismatch"}],
@@ -319,6 +358,10 @@ class IdempotencyMiddleware:
     async def _run_and_store(self, scope: Scope, receive: Receive, send: Send,
                              skey: str, token: str) -> None:
         recorder = _Recorder(send, self.max_body_size)
+        ctx = RequestContext.of(scope)
+        # headers layers further in ask for (Deprecation, Sunset, retry attempts) are
+        # emitted by the context's creator outside this layer: keep them for replays
+        mark = len(ctx.response_headers) if ctx is not None else 0
         try:
             if self._renews:
                 async with anyio.create_task_group() as tg:
@@ -334,8 +377,7 @@ class IdempotencyMiddleware:
             if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
                 raise exc.exceptions[0] from None
             raise
-        response = recorder.storable()
-        ctx = RequestContext.of(scope)
+        response = recorder.storable(ctx.response_headers[mark:] if ctx is not None else ())
         if response is None or (ctx is not None and ctx.cancelled):
             # Not replayable (5xx, 429, 408, streams, too big) or cancelled:
             # a retry with the same key runs again.
@@ -398,14 +440,18 @@ class _Recorder:
                 self.complete = True
         await self.send(message)
 
-    def storable(self) -> StoredResponse | None:
-        """The response, when it may be replayed: complete, small, not 5xx/429/408, not a stream."""
+    def storable(self, added: Sequence[tuple[bytes, bytes]] = ()) -> StoredResponse | None:
+        """The response, when it may be replayed: complete, small, not 5xx/429/408, not a stream.
+
+        ``added``: headers the request context emits on top of those sent through
+        this layer (asked for by layers further in).
+        """
         status = self.status
         if (not self.complete or self.too_big or self.headers is None
                 or status >= 500 or status in (429, 408)):
             return None
         headers = []
-        for k, v in self.headers:
+        for k, v in (*self.headers, *((bytes(k).lower(), bytes(v)) for k, v in added)):
             if k in _NOT_STORED:
                 continue
             if k == _CONTENT_TYPE and v.startswith(_EVENT_STREAM):

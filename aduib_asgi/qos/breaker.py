@@ -21,6 +21,8 @@ logger = logging.getLogger("aduib_asgi.qos.circuit")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 #: What :meth:`CircuitBreaker.acquire` returns: a normal call, or a half-open probe.
+#: ``acquire`` tokens: CALL in the closed state; a probe's token is PROBE plus the
+#: number of the half-open period it belongs to (stale probes are ignored).
 CALL, PROBE = 0, 1
 
 
@@ -59,9 +61,9 @@ Listener = Callable[[str, str, str], None]
 class CircuitBreaker:
     """One breaker (per method, or per method and tenant)."""
 
-    __slots__ = ("_bucket_end", "_bucket_start", "_clock", "_fails", "_listener", "_slot",
-                 "_stamps", "_totals", "_width", "name", "opened_until", "probe_successes",
-                 "probes", "settings", "state")
+    __slots__ = ("_bucket_end", "_bucket_start", "_clock", "_fails", "_half_open_period",
+                 "_listener", "_slot", "_stamps", "_totals", "_width", "name", "opened_until",
+                 "probe_successes", "probes", "settings", "state")
 
     def __init__(self, name: str, settings: BreakerSettings | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -72,6 +74,7 @@ class CircuitBreaker:
         self.opened_until = 0.0
         self.probes = 0
         self.probe_successes = 0
+        self._half_open_period = 0
         self._clock = clock
         self._listener = listener
         self._width = s.window_s / s.buckets
@@ -94,7 +97,7 @@ class CircuitBreaker:
             self._transition(HALF_OPEN)
         if self.probes < self.settings.half_open_probes:
             self.probes += 1
-            return PROBE
+            return PROBE + self._half_open_period
         raise BreakerOpen(min(1.0, self.settings.open_s) or 1.0)
 
     def record(self, token: int, failure: bool | None) -> None:
@@ -109,9 +112,9 @@ class CircuitBreaker:
             if failure:
                 self._failed(slot, now)
             return
-        if token == PROBE:
-            if self.state != HALF_OPEN:
-                return
+        if token >= PROBE:
+            if self.state != HALF_OPEN or token != PROBE + self._half_open_period:
+                return  # a probe of an earlier half-open period
             self.probes -= 1
             if failure is None:
                 return
@@ -175,6 +178,8 @@ class CircuitBreaker:
         self.state = new
         self.probes = 0
         self.probe_successes = 0
+        if new == HALF_OPEN:
+            self._half_open_period += 1
         if new == CLOSED:
             self._reset_window()
         logger.warning("circuit %s: %s -> %s", self.name, old, new)

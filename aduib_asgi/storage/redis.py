@@ -9,6 +9,7 @@ overwrite or drop the entry of a newer owner.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -90,7 +91,16 @@ class RedisIdempotencyStore:
         for _ in range(3):  # the key may expire between SET NX and GET: try again
             token = uuid.uuid4().hex
             blob = _in_flight_blob(fingerprint, token)
-            if await self._redis.set(rkey, blob, nx=True, px=_ms(lease)):
+            try:
+                reserved = await self._redis.set(rkey, blob, nx=True, px=_ms(lease))
+            except BaseException:
+                # timed out, cancelled or disconnected after the server may have run
+                # the SET: drop it if it is ours, so no key stays reserved by nobody
+                # (unreachable Redis: the lease expires on its own)
+                with anyio.move_on_after(1.0, shield=True), contextlib.suppress(Exception):
+                    await self._release(keys=[rkey], args=[blob])
+                raise
+            if reserved:
                 self._blobs[token] = blob
                 return Reservation("reserved", token=token)
             entry = _decode(await self._redis.get(rkey))
