@@ -223,3 +223,60 @@ def test_end_always_last(kind: str, n: int, k: int, partial_every: int) -> None:
         assert tail == ["error"]
         err = frames[-2].error
         assert err is not None and err.code == (6000 if kind == "raise" else 5003)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("coding", [None, b"gzip"])
+async def test_a_deadline_during_a_blocked_send_loses_no_frame(coding: bytes | None) -> None:
+    """A send waiting on a slow reader completes before the deadline ends the stream."""
+    import json
+    import zlib
+
+    from aduib_asgi.demo.server import DemoConfig, build_demo_app
+    from tests.stream_harness import parse_sse
+
+    app = build_demo_app(DemoConfig(heartbeat=0))
+    body = json.dumps({"aduib_rpc": "2.0", "id": "s1", "method": "rpc.v2/Echo/stream",
+                       "data": {"count": 50, "interval_ms": 0},
+                       "qos": {"timeout_ms": 300}}).encode()
+    headers = [(b"host", b"t"), (b"content-type", b"application/json")]
+    if coding:
+        headers.append((b"accept-encoding", coding))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/aduib_rpc/v2/rpc/stream",
+             "raw_path": b"/aduib_rpc/v2/rpc/stream", "query_string": b"", "root_path": "",
+             "client": ("127.0.0.1", 1), "server": ("t", 80), "headers": headers}
+    sent = False
+    gone = anyio.Event()
+    delivered: list[dict[str, Any]] = []
+    bodies = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal bodies
+        if message["type"] == "http.response.body":
+            bodies += 1
+            if bodies == 3:  # the reader stalls, as uvicorn's drain() before a write
+                await anyio.sleep(1.0)
+        delivered.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            gone.set()
+
+    with anyio.fail_after(10):
+        await app(scope, receive, send)
+    raw = b"".join(m.get("body", b"") for m in delivered if m["type"] == "http.response.body")
+    if coding:
+        raw = zlib.decompressobj(31).decompress(raw)  # decodable: no frame cut in half
+    frames = [json.loads(e["data"]) for e in parse_sse(raw) if "data" in e]
+    sequences = [f["sequence"] for f in frames]
+    assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))  # no gap
+    assert [f["type"] for f in frames][-2:] == ["error", "end"]
+    data = [f for f in frames if f["type"] == "data"]
+    assert frames[-1]["payload"]["control"]["total_count"] == len(data)

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 import anyio
@@ -35,7 +35,11 @@ from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import log_error, to_rpc_error
 from aduib_asgi.streaming.frames import Frame, FrameMachine, StreamState
 
-__all__ = ["DEADLINE_SCOPE_KEY", "STREAM_KEY", "FrameSink", "StreamRun", "aclose_quietly"]
+__all__ = ["DEADLINE_SCOPE_KEY", "SEND_TIMEOUT", "STREAM_KEY", "FrameSink", "StreamRun",
+           "aclose_quietly"]
+
+#: Seconds a client may take to accept one frame before it counts as gone.
+SEND_TIMEOUT = 30.0
 
 logger = logging.getLogger("aduib_asgi.streaming")
 
@@ -197,7 +201,23 @@ class StreamRun:
 
     async def _start(self) -> None:
         self.started = True
-        await self.sink.start()
+        await self._whole(self.sink.start())
+
+    async def _send(self, frame: Frame) -> None:
+        """Send one frame whole: a cancel (deadline, /rpc/cancel) waits for it.
+
+        A frame interrupted half way would leave a sequence gap and, under a
+        compressing layer, an undecodable rest of the body. A reader that does
+        not take a frame within ``SEND_TIMEOUT`` counts as gone (OSError).
+        """
+        await self._whole(self.sink.send_frame(frame))
+
+    @staticmethod
+    async def _whole(operation: Awaitable[None]) -> None:
+        with anyio.move_on_after(SEND_TIMEOUT, shield=True) as scope:
+            await operation
+        if scope.cancelled_caught:
+            raise OSError(f"the client took no frame for {SEND_TIMEOUT:g} s")
 
     async def _pump(self, source: AsyncIterator[Any]) -> None:
         anext_ = source.__anext__
@@ -227,7 +247,7 @@ class StreamRun:
                     await self._start()
                 frame = machine.item(item)
                 try:
-                    await sink.send_frame(frame)
+                    await self._send(frame)
                 except OSError:
                     self.disconnect()
                     return
@@ -254,7 +274,7 @@ class StreamRun:
                 try:
                     if not self.started:
                         await self._start()
-                    await self.sink.send_frame(machine.heartbeat())
+                    await self._send(machine.heartbeat())
                 except OSError:
                     self.disconnect()
                     return
@@ -293,8 +313,8 @@ class StreamRun:
                 if not self.started:
                     await self._start()
                 for frame in frames:
-                    await sink.send_frame(frame)
-                await sink.finish()
+                    await self._send(frame)
+                await self._whole(sink.finish())
             except OSError:
                 machine.mark_cancelled()
 
