@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import Message, Scope, Send
 
-from aduib_asgi.codecs import JSON, Codec
+from aduib_asgi.codecs import JSON, Codec, CodecRegistry, default_registry
+from aduib_asgi.codecs.negotiation import choose_codec, media_type_of, parse_qlist
 from aduib_asgi.context import CONTEXT_KEY, RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
 
@@ -167,6 +168,29 @@ def response_codec(ctx: RequestContext | None) -> Codec:
     return JSON
 
 
+_error_codecs: CodecRegistry | None = None
+
+
+def _negotiate_for_error(ctx: RequestContext) -> None:
+    """An error before the content layer chose a codec: choose it the same way.
+
+    ``Accept`` first, else the request's own ``Content-Type``, else JSON — so a
+    415 or 413 from the compression layer reaches a msgpack client in msgpack.
+    """
+    global _error_codecs
+    registry = _error_codecs
+    if registry is None:
+        registry = _error_codecs = default_registry()
+    raw = ctx.header(b"content-type")
+    request = registry.get(media_type_of(raw.decode("latin-1"))) if raw else None
+    accept = ctx.header(b"accept")
+    codec = choose_codec(parse_qlist(accept.decode("latin-1")), registry, request) \
+        if accept else None
+    codec = codec or request
+    if codec is not None:
+        ctx.response_codec = codec
+
+
 def encode_envelope(ctx: RequestContext | None, env: dict[str, Any]) -> tuple[bytes, bytes]:
     """Encode ``env`` in the negotiated codec: (body, content-type header value)."""
     codec = response_codec(ctx)
@@ -224,6 +248,8 @@ async def send_error(
     error = to_rpc_error(exc)
     if ctx is not None:
         ctx.extras["aduib.error_code"] = error.code  # the outcome, for circuit breakers
+        if ctx.response_codec is None:
+            _negotiate_for_error(ctx)
     cause = None if _unwrap(exc) is error else exc
     log_error(error, cause, ctx)
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]

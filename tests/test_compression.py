@@ -367,3 +367,59 @@ async def test_websocket_and_lifespan_pass_through() -> None:
     await mw({"type": "websocket", "path": "/"}, None, None)
     await mw({"type": "lifespan"}, None, None)
     assert seen == ["websocket", "lifespan"]
+
+
+async def test_compression_layer_errors_use_the_requests_content_type(
+        demo_client: httpx.AsyncClient) -> None:
+    """The compression layer runs before content negotiation; its errors still follow it."""
+    import msgpack
+
+    body = msgpack.packb({"aduib_rpc": "2.0", "method": "rpc.v2/Echo/echo", "data": {}})
+    bogus = await demo_client.post(RPC, content=body, headers={
+        "Content-Type": "application/msgpack", "Accept": "application/msgpack",
+        "Content-Encoding": "bogus"})
+    assert bogus.status_code == 415
+    assert bogus.headers["content-type"].startswith("application/msgpack")
+    assert msgpack.unpackb(bogus.content)["error"]["code"] == 1004
+    huge = await demo_client.post(RPC, content=body, headers={
+        "Content-Type": "application/msgpack", "Content-Length": str(1 << 30)})
+    assert huge.status_code == 413
+    assert huge.headers["content-type"].startswith("application/msgpack")
+
+
+async def test_x_gzip_content_encoding_is_gzip(demo_client: httpx.AsyncClient) -> None:
+    import gzip
+    import json
+
+    body = gzip.compress(json.dumps(envelope("rpc.v2/Echo/echo", {"a": 1})).encode())
+    r = await demo_client.post(RPC, content=body, headers={
+        "Content-Type": "application/json", "Content-Encoding": "x-gzip"})
+    assert r.status_code == 200 and r.json()["result"] == {"a": 1}
+
+
+async def test_compressed_input_is_capped_too() -> None:
+    """Input that decompresses to nothing (zstd skippable frames) cannot be sent unbounded."""
+    import zstandard
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from aduib_asgi.middleware.compression import CompressionMiddleware
+
+    async def echo_len(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(str(len(await request.body())))
+
+    app = CompressionMiddleware(Starlette(routes=[Route("/", echo_len, methods=["POST"])]),
+                                max_body_size=4096)
+    skippable = b"\x50\x2a\x4d\x18" + (16384).to_bytes(4, "little") + b"\x00" * 16384
+    body = skippable + zstandard.ZstdCompressor().compress(b"ok")
+    async with client_for(app) as c:
+        declared = await c.post("/", content=body, headers={"Content-Encoding": "zstd"})
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(body), 1000):
+                yield body[i:i + 1000]
+
+        streamed = await c.post("/", content=chunks(), headers={"Content-Encoding": "zstd"})
+    assert declared.status_code == 413 and declared.json()["error"]["code"] == 2004
+    assert streamed.status_code == 413 and streamed.json()["error"]["code"] == 2004

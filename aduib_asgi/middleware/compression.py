@@ -150,12 +150,18 @@ class CompressionMiddleware:
         rx: _DecodingReceive | _CountingReceive | None = None
         ce = ctx.header(b"content-encoding")
         if ce is not None and (name := ce.strip().lower()) not in (b"identity", b""):
-            decoding = self.codings.get(name.decode("latin-1"))
+            coding_name = name.decode("latin-1")
+            decoding = self.codings.get("gzip" if coding_name == "x-gzip" else coding_name)
             if decoding is None:
                 await send_error(scope, send, RpcError(
                     1004, f"Unsupported Content-Encoding {ce.decode('latin-1')!r}",
                     http_status=415, headers={"Accept-Encoding": self._accept_encoding},
                 ), ctx=ctx)
+                return
+            length = ctx.header(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body_size:
+                # compressed input is capped too (skippable frames decode to nothing)
+                await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
                 return
             rx = _DecodingReceive(receive, decoding, self.max_body_size)
             scope = {**scope, "headers": [
@@ -236,13 +242,14 @@ def _too_large(limit: int) -> RpcError:
 class _DecodingReceive:
     """Decompresses request messages as they arrive, within the size cap."""
 
-    __slots__ = ("decoder", "done", "error", "limit", "name", "pending", "receive")
+    __slots__ = ("decoder", "done", "error", "limit", "name", "pending", "read", "receive")
 
     def __init__(self, receive: Receive, coding: Coding, limit: int) -> None:
         self.receive = receive
         self.decoder = coding.decoder()
         self.name = coding.name
         self.limit = limit
+        self.read = 0  # compressed bytes: capped too (input that decodes to nothing)
         self.pending: deque[bytes] = deque()
         self.done = False
         self.error: RpcError | None = None
@@ -261,6 +268,9 @@ class _DecodingReceive:
             body = message.get("body", b"")
             try:
                 if body:
+                    self.read += len(body)
+                    if self.read > self.limit:
+                        raise TooLarge
                     self.pending.extend(self.decoder.decompress(body, self.limit))
                 if not message.get("more_body", False):
                     self.decoder.finish()
