@@ -390,3 +390,58 @@ async def test_v1_decode_errors_are_v1_shaped(demo_client: httpx.AsyncClient) ->
                                         "accept": "application/json"})
     assert r.status_code == 400
     assert r.json()["aduib_rpc"] == "1.0" and r.json()["error"]["code"] == 1003
+
+
+# -- review: values JSON cannot carry ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    (float("nan"), "NaN"), (float("inf"), "Infinity"),
+    ("ext", "an ext type"), ("timestamp", "a Timestamp"), ("deep", "300 levels"),
+])
+async def test_msgpack_values_json_cannot_carry_are_1003(demo_client: httpx.AsyncClient,
+                                                          value: Any, why: str) -> None:
+    import msgpack
+
+    if value == "ext":
+        value = msgpack.ExtType(5, b"x")
+    elif value == "timestamp":
+        value = msgpack.Timestamp(1, 0)
+    elif value == "deep":
+        for _ in range(300):
+            value = [value]
+    body = msgpack.packb({"aduib_rpc": "2.0", "method": "rpc.v2/Echo/echo",
+                          "data": {"v": value}}, use_bin_type=True)
+    r = await demo_client.post(RPC, content=body, headers={
+        "Content-Type": "application/msgpack", "Accept": "application/json"})
+    assert r.status_code == 400, why
+    assert r.json()["error"]["code"] == 1003
+
+
+async def test_msgpack_bytes_answered_in_json_are_base64(demo_client: httpx.AsyncClient) -> None:
+    import base64
+
+    import msgpack
+
+    body = msgpack.packb({"aduib_rpc": "2.0", "method": "rpc.v2/Echo/echo",
+                          "data": {"blob": b"\xff\x00\x01"}}, use_bin_type=True)
+    as_json = await demo_client.post(RPC, content=body, headers={
+        "Content-Type": "application/msgpack", "Accept": "application/json"})
+    as_msgpack = await demo_client.post(RPC, content=body, headers={
+        "Content-Type": "application/msgpack", "Accept": "application/msgpack"})
+    assert as_json.status_code == 200
+    encoded = as_json.json()["result"]["blob"]  # URL-safe base64 (RFC 4648 section 5)
+    assert base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)) == b"\xff\x00\x01"
+    assert msgpack.unpackb(as_msgpack.content)["result"]["blob"] == b"\xff\x00\x01"
+
+
+def test_protobuf_non_finite_numbers_are_1003() -> None:
+    pytest.importorskip("google.protobuf")
+    from aduib_asgi.codecs.protobuf_codec import ProtobufCodec, RequestMessage
+    from aduib_asgi.errors import RpcError
+
+    msg = RequestMessage(aduib_rpc="2.0", method="rpc.v2/Echo/echo")
+    msg.data["v"] = float("nan")
+    with pytest.raises(RpcError) as bad:
+        ProtobufCodec().decode(msg.SerializeToString())
+    assert bad.value.code == 1003

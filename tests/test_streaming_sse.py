@@ -86,7 +86,11 @@ def make_registry() -> MethodRegistry:
     reg.register("rpc.v2/S/slow", slow)
     reg.register("rpc.v2/S/forever", forever)
     reg.register("rpc.v2/S/unary", unary)
+    async def unserializable_first(data: dict[str, Any]) -> AsyncIterator[Any]:
+        yield {"x": object()}  # the very first item cannot be encoded
+
     reg.register("rpc.v2/S/unserializable", unserializable)
+    reg.register("rpc.v2/S/unserializable_first", unserializable_first)
     return reg
 
 
@@ -182,6 +186,21 @@ async def test_an_item_that_cannot_be_encoded_is_error_then_end(framing: str) ->
         ("data", 1), ("error", 2), ("end", 3)]
     assert frames[1]["payload"]["error"]["code"] == 5000
     assert frames[-1]["payload"]["control"] == {"final": True, "total_count": 1}
+    assert len(dispatcher.streaming.inflight) == 0
+
+
+@pytest.mark.parametrize("framing", ["message", "envelope"])
+async def test_a_first_item_that_cannot_be_encoded_is_a_plain_http_error(framing: str) -> None:
+    """Nothing was sent yet: the failure is an HTTP error (PROTOCOL.md section 5)."""
+    app, dispatcher = make_app(framing=framing)
+    r = await post_stream(app, envelope("rpc.v2/S/unserializable_first"))
+    assert r.status_code == 500
+    if framing == "envelope":  # envelope framing: one SSE error event with the table status
+        (event,) = [json.loads(e["data"]) for e in parse_sse(r.content)]
+        assert event["error"]["code"] == 5000
+    else:
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.json()["error"]["code"] == 5000
     assert len(dispatcher.streaming.inflight) == 0
 
 

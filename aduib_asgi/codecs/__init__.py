@@ -57,7 +57,9 @@ class JsonCodec:
             raise RpcError(1003, f"Invalid JSON: {exc}") from None
 
     def encode(self, value: Any) -> bytes:
-        return pydantic_core.to_json(value)
+        # bytes (from a msgpack request) as URL-safe base64; a non-finite float a handler
+        # produced as null: the output is always valid JSON
+        return pydantic_core.to_json(value, bytes_mode="base64", inf_nan_mode="null")
 
 
 JSON = JsonCodec()

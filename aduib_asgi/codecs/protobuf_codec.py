@@ -12,6 +12,7 @@ Needs the ``aduib-asgi[protobuf]`` extra.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from google.protobuf import (
@@ -190,6 +191,8 @@ _MAPS = {f"{PACKAGE}.{m}.{f[0]}" for m, fs in MESSAGES.items() for f in fs if f[
 
 
 def _number(v: float) -> float | int:
+    if not math.isfinite(v):  # JSON cannot carry them: 1003, as for a JSON body
+        raise ValueError("NaN and Infinity are not protocol numbers")
     if v.is_integer() and abs(v) < 2**53:
         return int(v)
     return v

@@ -254,6 +254,8 @@ class StreamRun:
                 except Exception as exc:  # the item cannot be encoded: error + end
                     machine.retract(frame)
                     self.failure = exc
+                    if not getattr(sink, "committed", True):
+                        self.started = False  # nothing reached the client: an HTTP error
                     return
                 if beat:
                     self._last = time.monotonic()

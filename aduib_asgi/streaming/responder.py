@@ -55,7 +55,7 @@ def raw_item(ctx: RequestContext, value: Any, status: str) -> Any:
 class SseSink:
     """Frames as SSE events on an HTTP response; one ``http.response.body`` per frame."""
 
-    __slots__ = ("ctx", "encode", "framing", "headers", "scope", "send")
+    __slots__ = ("committed", "ctx", "encode", "framing", "headers", "scope", "send")
 
     http_errors = True
     flow_controlled = False
@@ -79,16 +79,27 @@ class SseSink:
                    else MessageSseEncoder(ctx, retry_ms))
         self.encode = encoder.encode
         self.headers = [*SSE_HEADERS, *headers]
+        #: The 200 response start was sent (it goes with the first encoded frame, so
+        #: a first item that cannot be encoded is still a plain HTTP error).
+        self.committed = False
 
     async def start(self) -> None:
+        return None  # deferred to the first frame that encodes
+
+    async def _commit(self) -> None:
+        self.committed = True
         await self.send({"type": "http.response.start", "status": 200, "headers": self.headers})
 
     async def send_frame(self, frame: Frame) -> None:
         body = self.encode(frame)
+        if not self.committed:
+            await self._commit()
         if body:
             await self.send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def finish(self) -> None:
+        if not self.committed:
+            await self._commit()
         await self.send(_END_BODY)
 
     async def fail_before_start(self, exc: BaseException) -> None:
