@@ -227,8 +227,12 @@ def test_end_always_last(kind: str, n: int, k: int, partial_every: int) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("coding", [None, b"gzip"])
-async def test_a_deadline_during_a_blocked_send_loses_no_frame(coding: bytes | None) -> None:
-    """A send waiting on a slow reader completes before the deadline ends the stream."""
+async def test_a_deadline_during_a_blocked_send_leaves_no_gap(coding: bytes | None) -> None:
+    """A deadline that cuts a send waiting on a slow reader ends the response there.
+
+    Nothing follows the cut frame: no sequence gap, and a compressed body stays
+    decodable (it ends early, as after a lost connection).
+    """
     import json
     import zlib
 
@@ -273,10 +277,9 @@ async def test_a_deadline_during_a_blocked_send_loses_no_frame(coding: bytes | N
         await app(scope, receive, send)
     raw = b"".join(m.get("body", b"") for m in delivered if m["type"] == "http.response.body")
     if coding:
-        raw = zlib.decompressobj(31).decompress(raw)  # decodable: no frame cut in half
+        raw = zlib.decompressobj(31).decompress(raw)  # decodable: nothing after the cut
     frames = [json.loads(e["data"]) for e in parse_sse(raw) if "data" in e]
     sequences = [f["sequence"] for f in frames]
-    assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))  # no gap
-    assert [f["type"] for f in frames][-2:] == ["error", "end"]
-    data = [f for f in frames if f["type"] == "data"]
-    assert frames[-1]["payload"]["control"]["total_count"] == len(data)
+    assert sequences == list(range(1, len(sequences) + 1))  # no gap
+    assert all(f["type"] == "data" for f in frames)  # nothing sent after the cut frame
+    assert len(frames) == 2  # the two frames the reader took before it stalled
