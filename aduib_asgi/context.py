@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTEXT_KEY",
+    "REGISTRY_KEY",
     "SERVER_ID",
+    "SERVER_ID_KEY",
     "SERVER_VERSION",
     "RequestContext",
     "current_context",
@@ -36,6 +38,11 @@ __all__ = [
 ]
 
 CONTEXT_KEY = "aduib.context"
+#: Scope key where ``build_stack`` publishes the dispatcher's ``server_id``, so that
+#: responses from every layer (errors before the dispatcher included) carry it.
+SERVER_ID_KEY = "aduib.server_id"
+#: Scope key where ``build_stack`` publishes the dispatcher's method registry.
+REGISTRY_KEY = "aduib.registry"
 SERVER_VERSION = "0.1.0"
 SERVER_ID = f"{socket.gethostname()}-{os.getpid()}"
 
@@ -273,6 +280,9 @@ async def run_with_context(
         await handler(scope, receive, send, ctx)
         return
     ctx = RequestContext(raw_headers=scope.get("headers"))
+    sid = scope.get(SERVER_ID_KEY)  # a dispatcher's configured id (published by build_stack)
+    if sid is not None:
+        ctx.server_id = sid
     scope[CONTEXT_KEY] = ctx
     token = current_context.set(ctx)
     try:

@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aduib_asgi.context import REGISTRY_KEY, SERVER_ID_KEY
 from aduib_asgi.responses import STREAM_FRAMING_DEFAULT_KEY
 
 __all__ = [
@@ -131,25 +132,33 @@ def build_stack(app: ASGIApp, layers: Iterable[Layer | tuple[type, dict[str, Any
     """Wrap ``app`` with ``layers`` (outermost first), after checking their order."""
     items = [x if isinstance(x, Layer) else Layer(x[0], dict(x[1])) for x in layers]
     check_order([x.name for x in items])
+    dispatcher = app
     streaming = getattr(app, "streaming", None)  # an RpcDispatcher
     for item in reversed(items):
         app = item.cls(app, **item.kwargs)
     if streaming is not None and hasattr(streaming, "default_framing"):
-        app = _StreamFramingDefault(app, streaming)
+        app = _DispatcherFacts(app, dispatcher)
     return app
 
 
-class _StreamFramingDefault:
-    """Publishes the dispatcher's default SSE framing in the scope, so that an
-    error rendered by any layer on a streaming endpoint uses it (PROTOCOL.md 5.1)."""
+class _DispatcherFacts:
+    """Publishes what every layer may need to know about the dispatcher in the scope:
+    its default SSE framing (an error on a streaming endpoint uses it, PROTOCOL.md
+    5.1), its ``server_id`` (on every response's metadata) and its registry (metric
+    labels only for registered methods)."""
 
-    __slots__ = ("app", "streaming")
+    __slots__ = ("app", "registry", "server_id", "streaming")
 
-    def __init__(self, app: ASGIApp, streaming: Any) -> None:
+    def __init__(self, app: ASGIApp, dispatcher: Any) -> None:
         self.app = app
-        self.streaming = streaming
+        self.streaming = dispatcher.streaming
+        self.server_id = getattr(dispatcher, "server_id", None)
+        self.registry = getattr(dispatcher, "registry", None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" or scope["type"] == "websocket":
             scope[STREAM_FRAMING_DEFAULT_KEY] = self.streaming.default_framing
+            scope[REGISTRY_KEY] = self.registry
+            if self.server_id is not None:
+                scope[SERVER_ID_KEY] = self.server_id
         await self.app(scope, receive, send)

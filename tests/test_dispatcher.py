@@ -173,3 +173,38 @@ def test_registry_rejects_bad_names_and_duplicates() -> None:
         reg.register("rpc.v2/A/b", lambda d: d)
     with pytest.raises(ValueError):
         reg.register("A.b", lambda d: d)
+
+
+async def test_content_type_is_case_insensitive_and_head_works_on_get_routes() -> None:
+    from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
+
+    reg = MethodRegistry()
+
+    async def echo(data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+    reg.register("rpc.v2/T/echo", echo)
+    app = RpcDispatcher(reg)
+    async with client_for(app) as c:
+        r = await c.post(RPC, content=b'{"aduib_rpc":"2.0","method":"rpc.v2/T/echo","data":{}}',
+                         headers={"Content-Type": "Application/JSON; Charset=UTF-8"})
+        head = await c.head("/aduib_rpc/v2/capabilities")
+        get = await c.get("/aduib_rpc/v2/capabilities")
+    assert r.status_code == 200, r.text
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+async def test_a_configured_server_id_is_on_errors_from_outer_layers() -> None:
+    from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
+    from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+    from aduib_asgi.middleware.tenant import TenantScopeMiddleware
+    from aduib_asgi.stack import Layer, build_stack
+
+    app = build_stack(RpcDispatcher(MethodRegistry(), server_id="node-a"), [
+        Layer.of(ErrorMappingMiddleware), Layer.of(TenantScopeMiddleware)])
+    async with client_for(app) as c:
+        r = await c.post(RPC, json=envelope("rpc.v2/T/echo", {}),
+                         headers={"X-Tenant-ID": "bad tenant"})
+    assert r.json()["error"]["code"] == 2003
+    assert r.json()["metadata"]["server_id"] == "node-a"

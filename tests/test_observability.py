@@ -251,3 +251,28 @@ async def test_credentials_never_in_any_response_or_log(
         text = caplog.handler.format(rec) + repr(rec.__dict__)
         for s in SECRETS:
             assert s not in text, (s, text)
+
+
+async def test_client_chosen_method_names_never_become_metric_labels() -> None:
+    """Requests refused before their method resolves are labelled only if it is registered."""
+    reader = InMemoryMetricReader()
+    app = _full_stack(reader)
+    async with client_for(app) as c:
+        for i in range(50):
+            await c.post(RPC, json=call(f"rpc.v2/Junk/m{i}"), headers={"X-Tenant-ID": "bad t"})
+        await c.post(RPC, json=call("rpc.v2/Admin/secret"), headers={"X-Tenant-ID": "bad t"})
+    labels = {p.attributes["rpc.method"] for p in _points(reader, "rpc.server.requests")}
+    assert labels == {"unknown", "rpc.v2/Admin/secret"}
+
+
+async def test_ids_and_methods_ending_in_a_newline_are_not_valid() -> None:
+    from aduib_asgi.models import RpcRequest, TraceContext
+
+    with pytest.raises(ValueError):
+        TraceContext(trace_id="a" * 32 + "\n", span_id="b" * 16)
+    with pytest.raises(ValueError):
+        TraceContext(trace_id="a" * 32, span_id="b" * 16 + "\n")
+    with pytest.raises(ValueError):
+        RpcRequest.model_validate({"aduib_rpc": "2.0", "method": "rpc.v2/T/echo\n"})
+    with pytest.raises(ValueError):
+        RpcRequest.model_validate({"aduib_rpc": "2.0\n", "method": "rpc.v2/T/echo"})

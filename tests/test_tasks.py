@@ -461,3 +461,30 @@ async def test_a_tenant_cannot_queue_unbounded_tasks() -> None:
         again = await c.post(TS + "Submit", json={"target_method": "rpc.v2/T/ok"})
         assert again.status_code == 200
         h.gate.set()
+
+
+async def test_task_handlers_see_the_tenant_contextvars() -> None:
+    """get_tenant() and tenant_setting() work in a task as in the unary call."""
+    from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
+    from aduib_asgi.middleware.content import ContentNegotiationMiddleware
+    from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+    from aduib_asgi.middleware.tenant import TenantScopeMiddleware, get_tenant, tenant_setting
+    from aduib_asgi.stack import Layer, build_stack
+    from aduib_asgi.tasks import install_task_service
+
+    reg = MethodRegistry()
+
+    async def who(data: dict[str, Any]) -> dict[str, Any]:
+        return {"tenant": get_tenant(), "tier": tenant_setting("tier")}
+
+    reg.register("rpc.v2/T/who", who)
+    dispatcher = RpcDispatcher(reg)
+    install_task_service(dispatcher)
+    app = build_stack(dispatcher, [
+        Layer.of(ErrorMappingMiddleware), Layer.of(ContentNegotiationMiddleware),
+        Layer.of(TenantScopeMiddleware, overrides={"acme": {"tier": "gold"}})])
+    hdr = {"X-Tenant-ID": "acme"}
+    async with lifespan(app), client_for(app) as c:
+        sub = await submit(c, "rpc.v2/T/who", {}, headers=hdr)
+        task = await wait_terminal(c, sub["task_id"], headers=hdr)
+    assert task["result"] == {"tenant": "acme", "tier": "gold"}

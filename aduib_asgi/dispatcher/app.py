@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio.to_thread
 from pydantic import BaseModel
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from aduib_asgi.body import DEFAULT_MAX_BODY, ClientDisconnected, parse_envelope, read_body
 from aduib_asgi.codecs import JSON
@@ -86,7 +86,10 @@ class RpcDispatcher:
     # -- routing -------------------------------------------------------------------
 
     def add_route(self, path: str, endpoint: Endpoint, *, methods: tuple[str, ...]) -> None:
-        """Serve ``base_path + path`` with ``endpoint`` for the given HTTP methods."""
+        """Serve ``base_path + path`` with ``endpoint`` for the given HTTP methods
+        (HEAD wherever GET is: the same headers, no body)."""
+        if "GET" in methods and "HEAD" not in methods:
+            methods = (*methods, "HEAD")
         self._routes[self.base_path + path] = Route(endpoint, methods)
 
     def add_websocket_route(self, path: str, endpoint: Endpoint) -> None:
@@ -113,7 +116,8 @@ class RpcDispatcher:
             if scope["method"] not in route.methods:
                 raise RpcError(2000, f"Method {scope['method']} not allowed",
                                headers={"Allow": route.allow_header.decode()}, http_status=405)
-            await route.endpoint(scope, receive, send, ctx)
+            await route.endpoint(scope, receive,
+                                 _HeadSend(send) if scope["method"] == "HEAD" else send, ctx)
         except ClientDisconnected:
             return
         except Exception as exc:
@@ -136,7 +140,8 @@ class RpcDispatcher:
         if ctx.payload is not None or ctx.body is not None:
             return ctx.payload
         ctype = ctx.header(b"content-type")
-        if ctx.request_codec is None and ctype and not ctype.startswith(b"application/json"):
+        if ctx.request_codec is None and ctype and \
+                not ctype.lower().startswith(b"application/json"):
             raise RpcError(1003, f"Unsupported Content-Type {ctype.decode('latin-1')!r}",
                            http_status=415, headers={"Accept-Post": "application/json"})
         body = await read_body(receive, limit=self.max_body_size)
@@ -175,6 +180,22 @@ class RpcDispatcher:
             raise RpcError(2000, f"{env.method} is a streaming method; call it on /v2/rpc/stream")
         result = await self.call_unary(spec, env, ctx)
         await send_envelope(send, ctx, build_envelope(ctx, result=result), 200)
+
+
+class _HeadSend:
+    """A HEAD response: the GET response's status and headers, without the body."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                return
+            message = {"type": "http.response.body", "body": b"", "more_body": False}
+        await self.send(message)
 
 
 async def _lifespan(

@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry.metrics import MeterProvider
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.context import REGISTRY_KEY, RequestContext, run_with_context
 from aduib_asgi.observability.metrics import (
     PrometheusApp,
     RpcMetrics,
@@ -75,7 +75,7 @@ class MetricsMiddleware:
             raise
         finally:
             m.active.add(-1)
-            record_request(m, ctx, responder.status)
+            record_request(m, ctx, responder.status, scope.get(REGISTRY_KEY))
 
 
 class StatusResponder:

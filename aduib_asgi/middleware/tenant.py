@@ -30,9 +30,11 @@ __all__ = [
     "DEFAULT_TENANT_PATTERN",
     "TENANT_CONFIG_KEY",
     "TenantScopeMiddleware",
+    "bind_tenant",
     "current_tenant",
     "get_tenant",
     "tenant_setting",
+    "unbind_tenant",
 ]
 
 DEFAULT_TENANT_PATTERN = r"[A-Za-z0-9._-]{1,64}"
@@ -50,6 +52,16 @@ _EMPTY: Mapping[str, Any] = {}
 def get_tenant() -> str | None:
     """The current request's tenant id, if any."""
     return current_tenant.get()
+
+
+def bind_tenant(tenant: str | None, config: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    """Bind the tenant contextvars outside a request (a task run); undo: :func:`unbind_tenant`."""
+    return current_tenant.set(tenant), _current_config.set(config or _EMPTY)
+
+
+def unbind_tenant(tenant_token: Any, config_token: Any) -> None:
+    _current_config.reset(config_token)
+    current_tenant.reset(tenant_token)
 
 
 def tenant_setting(key: str, default: Any = None) -> Any:

@@ -43,9 +43,9 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aduib_asgi.context import SERVER_VERSION, RequestContext, run_with_context
+from aduib_asgi.context import REGISTRY_KEY, SERVER_VERSION, RequestContext, run_with_context
 from aduib_asgi.middleware.metrics import StatusResponder
-from aduib_asgi.observability.metrics import RpcMetrics, record_request
+from aduib_asgi.observability.metrics import RpcMetrics, method_label, record_request
 from aduib_asgi.observability.outcome import error_code, record_exception, watch_error_code
 
 __all__ = ["TracePropagationMiddleware", "new_span_id", "new_trace_id"]
@@ -236,13 +236,14 @@ class TracePropagationMiddleware:
             for k, v in bag.items():
                 parent = otel_baggage.set_baggage(k, v, parent)
         attrs = dict(self._static_attrs)
-        if ctx.method is not None:
-            attrs["rpc.method"] = ctx.method
+        label = method_label(ctx, scope.get(REGISTRY_KEY))  # never a client-chosen name
+        if label is not None:
+            attrs["rpc.method"] = label
             if ctx.service is not None:
                 attrs["rpc.service"] = ctx.service
         if ctx.request_id is not None:
             attrs["aduib.request_id"] = ctx.request_id
-        name = ctx.method or str(scope.get("method", "WEBSOCKET"))
+        name = label or str(scope.get("method", "WEBSOCKET"))
         span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
         sc = span.get_span_context()
         ctx.trace_id = f"{sc.trace_id:032x}"
@@ -284,19 +285,21 @@ class TracePropagationMiddleware:
             if token is not None:
                 otel_context.detach(token)
             if span is not None:
-                _finish_span(span, ctx, name, responder.status)
+                _finish_span(span, ctx, name, responder.status,
+                             method_label(ctx, scope.get(REGISTRY_KEY)))
             if m is not None:
                 m.active.add(-1)
-                record_request(m, ctx, responder.status)
+                record_request(m, ctx, responder.status, scope.get(REGISTRY_KEY))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(app={self.app!r})"
 
 
-def _finish_span(span: trace.Span, ctx: RequestContext, name: str, status: int | None) -> None:
-    if ctx.method is not None and ctx.method != name:
-        span.update_name(ctx.method)  # the envelope was decoded further in
-        span.set_attribute("rpc.method", ctx.method)
+def _finish_span(span: trace.Span, ctx: RequestContext, name: str, status: int | None,
+                 label: str | None) -> None:
+    if label is not None and label != name:
+        span.update_name(label)  # the envelope was decoded further in
+        span.set_attribute("rpc.method", label)
         if ctx.service is not None:
             span.set_attribute("rpc.service", ctx.service)
     if ctx.tenant_id is not None:

@@ -17,10 +17,11 @@ from pydantic import (
     model_validator,
 )
 
-METHOD_PATTERN = re.compile(r"^rpc\.v2/([A-Za-z_][A-Za-z0-9_.\-]*)/([A-Za-z_][A-Za-z0-9_\-]*)$")
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_HEX16 = re.compile(r"^[0-9a-f]{16}$")
-_VERSION = re.compile(r"^\d{1,4}\.\d{1,4}$")
+# \Z, not $: "$" also matches before a trailing newline ("...\n" would pass)
+METHOD_PATTERN = re.compile(r"^rpc\.v2/([A-Za-z_][A-Za-z0-9_.\-]*)/([A-Za-z_][A-Za-z0-9_\-]*)\Z")
+_HEX32 = re.compile(r"^[0-9a-f]{32}\Z")
+_HEX16 = re.compile(r"^[0-9a-f]{16}\Z")
+_VERSION = re.compile(r"^\d{1,4}\.\d{1,4}\Z")
 
 
 def parse_method(method: str) -> tuple[str, str] | None:

@@ -137,12 +137,36 @@ class RpcMetrics:
             self._rejections[rkey] = self._rejections.get(rkey, 0) + 1
 
 
-def record_request(metrics: RpcMetrics, ctx: Any, status: int | None) -> None:
+_RESOLVED: set[str] = set()  # methods a registry resolved (bounded), for stacks without one
+
+
+def method_label(ctx: Any, registry: Any = None) -> str | None:
+    """The method as a metric label or span name, or None ("unknown").
+
+    ``ctx.method`` is client-chosen until a registry resolves it: a request
+    refused before that (bad tenant, auth, rate limit) is labelled by its method
+    only if the registry knows it (``build_stack`` publishes it) or, without one,
+    if that method was resolved before — so label cardinality stays bounded.
+    """
+    method = ctx.method
+    if method is None:
+        return None
+    if ctx.extras.get("aduib.method_spec") is not None:
+        if method not in _RESOLVED and len(_RESOLVED) < _MAX_SERIES:
+            _RESOLVED.add(method)
+        return str(method)
+    if registry is not None:
+        return str(method) if registry.get(method) is not None else None
+    return str(method) if method in _RESOLVED else None
+
+
+def record_request(metrics: RpcMetrics, ctx: Any, status: int | None,
+                   registry: Any = None) -> None:
     """Record one finished request from its context (code from the error probe)."""
     code = ctx.extras.get("aduib.error_code")
     if not isinstance(code, int):
         code = 0 if status is not None and status < 400 else None  # a plain app's 404: no code
-    metrics.record(method=ctx.method, code=code, status=status,
+    metrics.record(method=method_label(ctx, registry), code=code, status=status,
                    duration_ms=(time.monotonic() - ctx.started) * 1000.0, tenant=ctx.tenant_id)
 
 

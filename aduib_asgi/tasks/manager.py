@@ -29,6 +29,7 @@ from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.dispatcher.app import to_jsonable
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
+from aduib_asgi.middleware.tenant import TENANT_CONFIG_KEY, bind_tenant, unbind_tenant
 from aduib_asgi.models import (
     TaskEvent,
     TaskEventType,
@@ -217,6 +218,7 @@ class TaskManager:
             principal=ctx.principal if ctx is not None else None,
             roles=list(ctx.roles) if ctx is not None else [],
             scopes=list(ctx.scopes) if ctx is not None else [],
+            tenant_config=_tenant_config(ctx),
             trace_id=ctx.trace_id if ctx is not None else None,
         )
         key = f"{tenant}:{req.idempotency_key}" if req.idempotency_key else None
@@ -434,6 +436,8 @@ class TaskManager:
         if timeout != math.inf:
             ctx.deadline = time.monotonic() + timeout
         token = current_context.set(ctx)
+        # the handler sees its tenant as in a request: get_tenant(), tenant_setting()
+        tenant_token, config_token = bind_tenant(rec.tenant_id, entry.tenant_config)
         try:
             with anyio.move_on_after(timeout) as tscope:
                 data = spec.parse_input(rec.params)
@@ -447,6 +451,7 @@ class TaskManager:
                 raise RpcError(5003, f"Task attempt exceeded {rec.timeout_ms} ms")
             return to_jsonable(result)
         finally:
+            unbind_tenant(tenant_token, config_token)
             current_context.reset(token)
 
     async def _finish_canceled(self, entry: TaskEntry, reason: str | None) -> None:
@@ -592,6 +597,11 @@ def tenant_of(ctx: RequestContext | None) -> str:
         return ctx.tenant_id
     raw = ctx.header(b"x-tenant-id")
     return raw.decode("latin-1") if raw else "default"
+
+
+def _tenant_config(ctx: RequestContext | None) -> dict[str, Any] | None:
+    config = ctx.extras.get(TENANT_CONFIG_KEY) if ctx is not None else None
+    return dict(config) if config else None
 
 
 def _event_of(entry: TaskEntry) -> str:

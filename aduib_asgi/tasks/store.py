@@ -40,6 +40,8 @@ class TaskEntry(BaseModel):
     principal: str | None = None
     roles: list[str] = Field(default_factory=list)
     scopes: list[str] = Field(default_factory=list)
+    #: The tenant layer's per-tenant configuration at submit time (``tenant_setting``).
+    tenant_config: dict[str, Any] | None = None
     trace_id: str | None = None
     #: Bumped on every save; subscribers use it to skip stale events.
     rev: int = 0
