@@ -191,6 +191,21 @@ def _negotiate_for_error(ctx: RequestContext) -> None:
         ctx.response_codec = codec
 
 
+_RETRY_AFTER = b"retry-after"
+_WWW_AUTHENTICATE = b"www-authenticate"
+
+
+def _status_headers(error: RpcError, headers: list[tuple[bytes, bytes]]) -> None:
+    """The headers HTTP asks of the status, when whoever raised the error gave none:
+    ``Retry-After`` on 429/503 (RFC 9110 §10.2.3), ``WWW-Authenticate`` on 401 (§11.6.1)."""
+    status = error.http_status
+    if status == 429 or status == 503:
+        if not any(k == _RETRY_AFTER for k, _ in headers):
+            headers.append((_RETRY_AFTER, b"1"))
+    elif status == 401 and not any(k == _WWW_AUTHENTICATE for k, _ in headers):
+        headers.append((_WWW_AUTHENTICATE, b'Bearer realm="aduib_rpc"'))
+
+
 def encode_envelope(ctx: RequestContext | None, env: dict[str, Any]) -> tuple[bytes, bytes]:
     """Encode ``env`` in the negotiated codec: (body, content-type header value)."""
     codec = response_codec(ctx)
@@ -253,6 +268,7 @@ async def send_error(
     cause = None if _unwrap(exc) is error else exc
     log_error(error, cause, ctx)
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
+    _status_headers(error, headers)
     headers.extend(extra_headers)
     env = error_envelope(ctx, error, cause)
     if stream_error_framing(scope, ctx) == "envelope":

@@ -320,3 +320,27 @@ async def test_works_alone_around_plain_app_with_path_rules() -> None:
     assert open_.json() == {"principal": "u"}
     assert admin.status_code == 403 and admin.json()["error"]["code"] == 3011
     assert anon.status_code == 401 and "www-authenticate" in anon.headers
+
+
+async def test_a_short_secret_does_not_mangle_the_error_message() -> None:
+    """Scrubbing removes the secret where it appears as itself, not inside our own words."""
+    app = _app()
+    async with client_for(app) as c:
+        r = await c.post(RPC, json=call("rpc.v2/T/echo", **_auth_meta("bearer", "tok")))
+        e = await c.post(RPC, json=call("rpc.v2/T/echo"), headers={"Authorization": "Bearer e"})
+    assert r.status_code == 401 and r.json()["error"]["message"] == "Invalid token"
+    assert e.json()["error"]["message"] == "Invalid token"
+
+
+async def test_a_secret_a_verifier_echoes_is_still_scrubbed() -> None:
+    from aduib_asgi.errors import RpcError as Err
+
+    def verify(token: str) -> Identity | None:
+        raise Err(3001, f"token {token} is revoked")
+
+    app = _app(authenticators=[BearerAuthenticator(verify)])
+    async with client_for(app) as c:
+        r = await c.post(RPC, json=call("rpc.v2/T/echo"),
+                         headers={"Authorization": "Bearer s3cr3t-value"})
+    assert "s3cr3t-value" not in r.text
+    assert r.json()["error"]["message"] == "token [REDACTED] is revoked"

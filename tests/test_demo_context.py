@@ -106,3 +106,11 @@ async def test_prometheus_metrics_endpoint() -> None:
     assert r.status_code == 200
     assert "rpc_server_requests_total{" in r.text
     assert "rpc_server_duration_milliseconds_bucket{" in r.text
+
+
+async def test_echo_returns_null_or_absent_data_unchanged(demo_client: httpx.AsyncClient) -> None:
+    r = await demo_client.post(RPC, json={"aduib_rpc": "2.0", "method": "rpc.v2/Echo/echo",
+                                          "data": None})
+    absent = await demo_client.post(RPC, json={"aduib_rpc": "2.0", "method": "rpc.v2/Echo/echo"})
+    assert r.status_code == 200 and r.json().get("result") is None
+    assert absent.status_code == 200 and absent.json().get("result") is None

@@ -82,3 +82,15 @@ def test_rpc_error_carries_details_and_headers() -> None:
                              "details": [{"type": "quota", "reason": "x"}]}
     assert err.headers == {"Retry-After": "3"}
     assert RpcError(1003, http_status=415).http_status == 415
+
+
+@pytest.mark.parametrize(("code", "header"), [
+    (5010, "retry-after"), (5020, "retry-after"), (5021, "retry-after"), (5002, "retry-after"),
+    (3000, "www-authenticate"), (3001, "www-authenticate"), (3002, "www-authenticate"),
+])
+async def test_errors_a_handler_raises_carry_the_statuses_headers(
+        demo_client: httpx.AsyncClient, code: int, header: str) -> None:
+    """429/503 answers say when to retry, 401 answers how to authenticate (RFC 9110)."""
+    r = await demo_client.post(RPC, json=envelope("rpc.v2/Echo/fail", {"code": code}))
+    assert r.json()["error"]["code"] == code
+    assert header in r.headers, dict(r.headers)

@@ -23,8 +23,9 @@ def register_demo_services(registry: MethodRegistry) -> None:
     counters: dict[str, int] = {}
     counters_lock = threading.Lock()
 
-    async def echo(data: dict[str, Any]) -> dict[str, Any]:
-        return data
+    async def echo(data: dict[str, Any], ctx: RequestContext) -> Any:
+        env = ctx.envelope  # `data` unchanged: null or absent stays null (DEMO.md)
+        return env.data if env is not None and env.method.endswith("/Echo/echo") else data
 
     async def sleep(data: dict[str, Any]) -> dict[str, Any]:
         ms = _number(data, "ms", 0)

@@ -25,6 +25,7 @@ error detail, debug info, a log record or an audit event.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -307,14 +308,26 @@ def _has_any(have: tuple[str, ...], need: tuple[str, ...]) -> bool:
 
 
 def _scrub(error: RpcError, creds: Credentials | None) -> RpcError:
-    """The error without any trace of the presented secret (message and details)."""
+    """The error without any trace of the presented secret (message and details).
+
+    Only the secret as itself is replaced — not where its characters happen to
+    occur inside other words ("tok" in "Invalid token" stays).
+    """
     secret = creds.secret if creds is not None else None
     if not secret or (secret not in error.message and secret not in repr(error.details)):
         return error
-    details = [{k: (v.replace(secret, REDACTED) if isinstance(v, str) else v)
-                for k, v in d.items()} for d in error.details]
-    return RpcError(error.code, error.message.replace(secret, REDACTED), details=details,
-                    headers=error.headers, http_status=error.http_status)
+    alone = re.compile(r"(?<![A-Za-z0-9])" + re.escape(secret) + r"(?![A-Za-z0-9])")
+
+    def redact(text: str) -> str:
+        return alone.sub(REDACTED, text)
+
+    message = redact(error.message)
+    details = [{k: (redact(v) if isinstance(v, str) else v) for k, v in d.items()}
+               for d in error.details]
+    if message == error.message and details == error.details:
+        return error
+    return RpcError(error.code, message, details=details, headers=error.headers,
+                    http_status=error.http_status)
 
 
 def _redact_payload(ctx: RequestContext) -> None:
