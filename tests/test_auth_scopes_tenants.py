@@ -420,17 +420,21 @@ async def test_late_denials_are_audited() -> None:
     assert any(e.outcome == "deny" and e.code == 3012 for e in audit.events)
 
 
-async def test_rules_apply_when_the_dispatcher_parses_the_envelope() -> None:
-    """No content layer: the auth layer ran before the method was known."""
-    reg = registry()
-    dispatcher = RpcDispatcher(reg)
+def _admin_rules_without_content_layer() -> Any:
+    """errors → auth (rules: T/* needs admin) → dispatcher: the dispatcher parses envelopes."""
     from aduib_asgi.middleware.errors import ErrorMappingMiddleware
     from aduib_asgi.stack import build_stack
 
-    stack = build_stack(dispatcher, [
+    reg = registry()
+    return build_stack(RpcDispatcher(reg), [
         Layer.of(ErrorMappingMiddleware),
         Layer.of(AuthMiddleware, registry=reg, rules={"rpc.v2/T/*": ["admin"]},
                  authenticators=[BearerAuthenticator(jwt_verifier(KEY))])])
+
+
+async def test_rules_apply_when_the_dispatcher_parses_the_envelope() -> None:
+    """No content layer: the auth layer ran before the method was known."""
+    stack = _admin_rules_without_content_layer()
     async with client_for(stack) as c:
         anon = await c.post(RPC, json=call("rpc.v2/T/echo"))
         user = await c.post(RPC, json=call("rpc.v2/T/echo"), headers=token(roles=["user"]))
@@ -453,15 +457,7 @@ def test_role_names_are_free_text_and_identity_takes_any_iterable() -> None:
 
 
 async def test_rules_apply_on_the_v1_endpoint_too() -> None:
-    reg = registry()
-    dispatcher = RpcDispatcher(reg)
-    from aduib_asgi.middleware.errors import ErrorMappingMiddleware
-    from aduib_asgi.stack import build_stack
-
-    stack = build_stack(dispatcher, [
-        Layer.of(ErrorMappingMiddleware),
-        Layer.of(AuthMiddleware, registry=reg, rules={"rpc.v2/T/*": ["admin"]},
-                 authenticators=[BearerAuthenticator(jwt_verifier(KEY))])])
+    stack = _admin_rules_without_content_layer()
     v1 = {"aduib_rpc": "1.0", "id": 1, "method": "rpc.v1/T/echo", "data": {}}
     async with client_for(stack) as c:
         anon = await c.post("/aduib_rpc/v1/rpc", json=v1)

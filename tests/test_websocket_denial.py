@@ -8,11 +8,6 @@ the layer's headers; without it, a close with the layer's close code.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from typing import Any
 
 import pytest
@@ -129,22 +124,10 @@ def test_the_demo_over_uvicorn_refuses_a_bad_token_with_401_and_the_envelope() -
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect as ws_connect
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aduib_asgi.cli", "demo", "--host", "127.0.0.1", "--port", "0",
-         "--env", "prod"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        line = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line.startswith("listening on http://") or not line:
-                break
-        assert line.startswith("listening on http://"), line
-        url = line.split()[-1].replace("http://", "ws://") + "/aduib_rpc/v2/rpc/ws"
+    from tests.demo_process import running_demo
+
+    with running_demo() as demo:
+        url = demo.url.replace("http://", "ws://") + "/aduib_rpc/v2/rpc/ws"
         with pytest.raises(InvalidStatus) as refused:
             ws_connect(url, additional_headers={"Authorization": "Bearer nope"},
                        open_timeout=10)
@@ -155,13 +138,8 @@ def test_the_demo_over_uvicorn_refuses_a_bad_token_with_401_and_the_envelope() -
         with ws_connect(url, additional_headers={"Authorization": "Bearer demo-user-token"},
                         open_timeout=10):
             pass  # the right token is accepted
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            output, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            output, _ = proc.communicate()
+        demo.stop()
+    output = demo.output
     # uvicorn's sansio WebSocket protocol logs a refused handshake as an app error;
     # the demo filters that line for handshakes the stack refused on purpose
     assert "without completing handshake" not in output, output
