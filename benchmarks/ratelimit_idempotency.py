@@ -40,6 +40,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aduib_asgi.bench.apps import NoopLayer  # the no-op yardstick, shared
 from aduib_asgi.context import run_with_context
 from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
 from aduib_asgi.middleware.ratelimit import RateLimitMiddleware, RateLimitPolicy, make_limiter
@@ -53,13 +54,6 @@ def bare_app() -> Starlette:
 
     return Starlette(routes=[Route("/ping", ping, methods=["POST"])])
 
-
-class NoopLayer:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
 
 
 class LimitsDirect:

@@ -25,6 +25,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aduib_asgi.bench.apps import NoopLayer  # the no-op yardstick, shared
 from aduib_asgi.context import CONTEXT_KEY, RequestContext
 from aduib_asgi.dispatcher import MethodRegistry
 from aduib_asgi.middleware import VersionNegotiationMiddleware
@@ -45,15 +46,6 @@ async def bare(scope: Scope, receive: Receive, send: Send) -> None:
     await send(_START)
     await send(_BODY)
 
-
-class NoopLayer:
-    """The reference: a pure-ASGI layer that only passes the call through."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
 
 
 def resolving(method: str) -> ASGIApp:
