@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aduib_asgi.body import parse_envelope, read_body, replay_receive
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.errors import RpcError
-
-
-class EnvelopeLayer:
-    """Stands in for the content-negotiation layer: decodes the JSON envelope onto ctx."""
-
-    layer_name = "content"
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            await run_with_context(self._handle, scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send,
-                      ctx: RequestContext) -> None:
-        body = await read_body(receive)
-        ctx.body = body
-        parse_envelope(ctx, json.loads(body))
-        await self.app(scope, replay_receive(body, receive), send)
+from tests.obs_helpers import EnvelopeLayer as EnvelopeLayer  # shared content-layer stand-in
 
 
 class Services:

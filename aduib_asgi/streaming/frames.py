@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Any
 
 from aduib_asgi.errors import RpcError
+from aduib_asgi.models.stream import StreamMessageType
 
 __all__ = [
     "DATA",
@@ -31,13 +32,14 @@ __all__ = [
     "StreamStateError",
 ]
 
-DATA = "data"
-PARTIAL = "partial"
-HEARTBEAT = "heartbeat"
-ERROR = "error"
-END = "end"
-CANCEL = "cancel"
-ACK = "ack"
+# plain str constants (hot-path comparisons), the values of the wire enum
+DATA: str = StreamMessageType.DATA.value
+PARTIAL: str = StreamMessageType.PARTIAL.value
+HEARTBEAT: str = StreamMessageType.HEARTBEAT.value
+ERROR: str = StreamMessageType.ERROR.value
+END: str = StreamMessageType.END.value
+CANCEL: str = StreamMessageType.CANCEL.value
+ACK: str = StreamMessageType.ACK.value
 
 FRAME_TYPES = frozenset({DATA, PARTIAL, HEARTBEAT, ERROR, END, CANCEL, ACK})
 
