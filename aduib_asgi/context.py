@@ -73,6 +73,7 @@ class RequestContext:
         "body",
         "cancel_reason",
         "cancelled",
+        "client",
         "content_type",
         "deadline",
         "debug",
@@ -139,6 +140,8 @@ class RequestContext:
         self.roles: tuple[str, ...] = ()
         self.scopes: tuple[str, ...] = ()  # OAuth scopes granted to the caller
         self.auth_scheme: str | None = None
+        # The client's address through trusted proxies (aduib_asgi.identity), once known.
+        self.client: str | None = None
         # Absolute deadline on the ``time.monotonic()`` clock, or None.
         self.deadline: float | None = None
         self.priority: int = 1

@@ -46,6 +46,7 @@ from aduib_asgi.auth.rbac import (
 )
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.identity import client_address
 from aduib_asgi.models import parse_method
 from aduib_asgi.observability.audit import AuditEvent, AuditSink, LoggingAuditSink, now_ms
 from aduib_asgi.responses import refuse_websocket, send_error
@@ -143,7 +144,7 @@ class AuthMiddleware:
                     raise insufficient_scope(ctx.method, scopes, self._realm)
         except RpcError as exc:
             error = _scrub(exc, creds)
-            self._audit(ctx, "deny", error.code, error.message, creds)
+            self._audit(ctx, "deny", error.code, error.message, creds, scope=scope)
             await self._reject(scope, send, ctx, error, creds)
             return
         if identity is not None or self._rules or self._scope_rules or self.require_auth:
@@ -151,7 +152,7 @@ class AuthMiddleware:
             # target, an envelope the dispatcher parses)
             ctx.extras[AUTHORIZE_KEY] = partial(self._authorize, identity, creds)
         if creds is not None or required or scopes:
-            self._audit(ctx, "allow", 0, "", creds)
+            self._audit(ctx, "allow", 0, "", creds, scope=scope)
         await self.app(scope, receive, send)
 
     def _credentials(self, ctx: RequestContext, scope: Scope) -> Credentials | None:
@@ -243,7 +244,8 @@ class AuthMiddleware:
     # -- outcome --------------------------------------------------------------------
 
     def _audit(self, ctx: RequestContext, outcome: str, code: int, reason: str,
-               creds: Credentials | None, *, method: str | None = None) -> None:
+               creds: Credentials | None, *, method: str | None = None,
+               scope: Scope | None = None) -> None:
         try:
             self.audit(AuditEvent(
                 outcome=outcome, code=code, request_id=ctx.request_id,
@@ -251,6 +253,7 @@ class AuthMiddleware:
                 tenant_id=ctx.tenant_id, principal=ctx.principal,
                 scheme=creds.scheme if creds is not None else None, reason=reason,
                 timestamp_ms=now_ms(),
+                client=client_address(scope, ctx) if scope is not None else ctx.client,
             ))
         except Exception:
             logger.exception("audit sink failed")

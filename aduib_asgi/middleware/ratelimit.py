@@ -12,7 +12,6 @@ the final response whether the handler succeeds or fails.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import operator
@@ -29,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.identity import TRUSTED_PROXIES_KEY, TrustedProxies, client_address
 from aduib_asgi.responses import refuse_websocket, send_error
 from aduib_asgi.storage.ratelimit import quota_for
 from aduib_asgi.storage.timeout import call_within
@@ -52,8 +52,6 @@ _LEGACY_LIMIT = b"ratelimit-limit"
 _LEGACY_REMAINING = b"ratelimit-remaining"
 _LEGACY_RESET = b"ratelimit-reset"
 _X_TENANT = b"x-tenant-id"
-_XFF = b"x-forwarded-for"
-_FORWARDED = b"forwarded"
 _CACHE_MAX = 4096
 _REMAINING = operator.itemgetter(1)
 
@@ -191,72 +189,6 @@ class _Compiled:
         self.rl_prefix = f'"{policy.name}";r='.encode("latin-1")
 
 
-class _Trusted:
-    """Trusted proxy networks, with a small cache of per-address answers."""
-
-    __slots__ = ("_cache", "_nets")
-
-    def __init__(self, proxies: Iterable[str]) -> None:
-        self._nets = tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
-        self._cache: dict[str, bool] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._nets)
-
-    def __contains__(self, addr: str) -> bool:
-        hit = self._cache.get(addr)
-        if hit is not None:
-            return hit
-        try:
-            ip = ipaddress.ip_address(addr)
-            trusted = any(ip in net for net in self._nets)
-        except ValueError:
-            trusted = False
-        if len(self._cache) < _CACHE_MAX:
-            self._cache[addr] = trusted
-        return trusted
-
-
-def _forwarded_for(value: str) -> list[str]:
-    """The ``for=`` addresses of an RFC 7239 ``Forwarded`` header, in order."""
-    out: list[str] = []
-    for element in value.split(","):
-        for pair in element.split(";"):
-            name, _, v = pair.strip().partition("=")
-            if name.lower() != "for":
-                continue
-            v = v.strip().strip('"')
-            if v.startswith("["):  # "[2001:db8::1]:4711"
-                v = v[1:v.find("]")] if "]" in v else v[1:]
-            elif v.count(":") == 1:  # "192.0.2.1:8080"
-                v = v.partition(":")[0]
-            out.append(v)
-    return out
-
-
-def client_address(scope: Scope, ctx: RequestContext, trusted: _Trusted | None) -> str:
-    """The client's address: the peer, or, behind trusted proxies only, the forwarded one.
-
-    ``X-Forwarded-For`` (else ``Forwarded``) is read right to left, skipping
-    trusted proxies; the first untrusted hop is the client. A peer that is not a
-    trusted proxy cannot change its address with these headers.
-    """
-    client = scope.get("client")
-    peer = str(client[0]) if client else "unknown"
-    if not trusted or peer not in trusted:
-        return peer
-    raw = ctx.header(_XFF)
-    if raw is not None:
-        hops = [h.strip() for h in raw.decode("latin-1").split(",") if h.strip()]
-    else:
-        fwd = ctx.header(_FORWARDED)
-        hops = _forwarded_for(fwd.decode("latin-1")) if fwd is not None else []
-    for hop in reversed(hops):
-        if hop not in trusted:
-            return hop
-    return hops[0] if hops else peer
-
-
 def _escape(value: str) -> str:
     if "/" in value or "%" in value:
         return value.replace("%", "%25").replace("/", "%2F")
@@ -344,7 +276,9 @@ class RateLimitMiddleware:
         names = [p.name for p in self.policies]
         if len(set(names)) != len(names):
             raise ValueError("policy names must be unique")
-        self.trusted = _Trusted(trusted_proxies)
+        # kept for compatibility: the identity layer (aduib_asgi.identity) is the
+        # place to configure proxies; a list given here is published the same way
+        self.trusted = TrustedProxies(trusted_proxies)
         self.fail_open = fail_open
         self.legacy_headers = legacy_headers
         self.on_storage_error = on_storage_error
@@ -367,6 +301,8 @@ class RateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]
         if (t == "http" or t == "websocket") and self.policies:
+            if self.trusted:
+                scope.setdefault(TRUSTED_PROXIES_KEY, self.trusted)
             await run_with_context(self._handle, scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -384,10 +320,7 @@ class RateLimitMiddleware:
         if p.by_tenant_only:  # the default partition
             return (p.name, _tenant(ctx))
         if p.by_client_only:
-            client = scope.get("client")
-            if self.trusted or not client:
-                return (p.name, _escape(client_address(scope, ctx, self.trusted)))
-            return (p.name, _escape(client[0]))
+            return (p.name, _escape(client_address(scope, ctx)))
         ids = [p.name]
         for k in p.key_by:
             if k == "tenant":
@@ -399,7 +332,7 @@ class RateLimitMiddleware:
             elif k == "client_id":
                 ids.append(_escape(_client_id(ctx)))
             else:
-                ids.append(_escape(client_address(scope, ctx, self.trusted)))
+                ids.append(_escape(client_address(scope, ctx)))
         return tuple(ids)
 
     async def _consume(

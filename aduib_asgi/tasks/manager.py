@@ -29,6 +29,7 @@ from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.dispatcher.app import to_jsonable
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
+from aduib_asgi.identity import caller_scope, tenant_of
 from aduib_asgi.middleware.tenant import TENANT_CONFIG_KEY, bind_tenant, unbind_tenant
 from aduib_asgi.models import (
     TaskEvent,
@@ -221,7 +222,8 @@ class TaskManager:
             tenant_config=_tenant_config(ctx),
             trace_id=ctx.trace_id if ctx is not None else None,
         )
-        key = f"{tenant}:{req.idempotency_key}" if req.idempotency_key else None
+        # scoped like every client-held key: tenant + principal (client address if anonymous)
+        key = f"{caller_scope(ctx)}\x1f{req.idempotency_key}" if req.idempotency_key else None
         active = self._active.setdefault(tenant, set())
         limit = self.max_active_per_tenant
         if limit is not None and len(active) >= limit and not key:
@@ -587,16 +589,6 @@ class TaskManager:
         self._owned.clear()
         self._ready.clear()
         self._delayed.clear()
-
-
-def tenant_of(ctx: RequestContext | None) -> str:
-    """The caller's tenant: the tenant layer's, else ``X-Tenant-ID``, else ``default``."""
-    if ctx is None:
-        return "default"
-    if ctx.tenant_id:
-        return ctx.tenant_id
-    raw = ctx.header(b"x-tenant-id")
-    return raw.decode("latin-1") if raw else "default"
 
 
 def _tenant_config(ctx: RequestContext | None) -> dict[str, Any] | None:

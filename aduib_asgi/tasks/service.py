@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from aduib_asgi.body import ClientDisconnected
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
+from aduib_asgi.identity import client_address
 from aduib_asgi.models import (
     TaskCancelRequest,
     TaskCancelResponse,
@@ -72,6 +73,7 @@ class TaskService:
 
     async def submit(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
         req = await read_model(self.dispatcher, receive, ctx, TaskSubmitRequest)
+        client_address(scope, ctx)  # anonymous task keys are scoped by it
         entry = await self.manager.submit(req, ctx)
         rec = entry.record
         await send_model(send, ctx, TaskSubmitResponse(
