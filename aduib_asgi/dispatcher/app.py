@@ -23,6 +23,7 @@ from aduib_asgi.codecs import JSON
 from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
+from aduib_asgi.gate import GATE_KEY, admit
 from aduib_asgi.models import RpcRequest
 from aduib_asgi.qos.retry import install_retry
 from aduib_asgi.responses import build_envelope, refuse_websocket, send_envelope, send_error
@@ -178,6 +179,11 @@ class RpcDispatcher:
         spec = self.registry.resolve(env.method, ctx=ctx)  # version ranges, deprecation
         if spec.streaming:
             raise RpcError(2000, f"{env.method} is a streaming method; call it on /v2/rpc/stream")
+        if GATE_KEY in ctx.extras:  # layers in front could not see the method
+            async with admit(ctx, env.method, scope):
+                result = await self.call_unary(spec, env, ctx)
+                await send_envelope(send, ctx, build_envelope(ctx, result=result), 200)
+            return
         result = await self.call_unary(spec, env, ctx)
         await send_envelope(send, ctx, build_envelope(ctx, result=result), 200)
 

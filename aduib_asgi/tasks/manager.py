@@ -23,12 +23,14 @@ from typing import Any
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
+from starlette.types import Scope
 
 from aduib_asgi.auth.rbac import authorize_method, enforce_method_access
 from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.dispatcher.app import to_jsonable
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
+from aduib_asgi.gate import GATE_KEY, RATE, Check, admit
 from aduib_asgi.identity import caller_scope, tenant_of
 from aduib_asgi.middleware.tenant import TENANT_CONFIG_KEY, bind_tenant, unbind_tenant
 from aduib_asgi.models import (
@@ -39,6 +41,7 @@ from aduib_asgi.models import (
     TaskStatus,
     TaskSubmitRequest,
 )
+from aduib_asgi.qos.keys import METHOD_SPEC_KEY
 from aduib_asgi.tasks.store import TaskEntry, TaskStore, store_from_uri
 
 __all__ = ["TASK_KEY", "TaskHandle", "TaskManager", "report_progress"]
@@ -121,6 +124,7 @@ class TaskManager:
         cancel_wait: float = 5.0,
         max_active_per_tenant: int | None = 1000,
         listen_for_changes: bool = True,
+        admission: Check | None = None,
     ) -> None:
         self.registry = registry
         #: Unfinished tasks one tenant may have submitted here (None: no cap);
@@ -151,6 +155,10 @@ class TaskManager:
         #: pub/sub) at once; without them, or when off, the polls
         #: (``poll_interval`` for subscribers, ``lease_ttl / 3`` for cancels) do it.
         self.listen_for_changes = listen_for_changes
+        #: The admission decision (:mod:`aduib_asgi.gate`) every task run passes, so a
+        #: task holds a slot of its method's bulkheads like an HTTP call of it.
+        #: Learnt from the first submission through an admission layer; settable.
+        self.admission: Check | None = admission
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -189,8 +197,14 @@ class TaskManager:
 
     # -- API used by the endpoints ------------------------------------------------------
 
-    async def submit(self, req: TaskSubmitRequest, ctx: RequestContext | None) -> TaskEntry:
-        """Validate and store a task, then queue it; returns the (possibly existing) entry."""
+    async def submit(self, req: TaskSubmitRequest, ctx: RequestContext | None,
+                     scope: Scope | None = None) -> TaskEntry:
+        """Validate and store a task, then queue it; returns the (possibly existing) entry.
+
+        The target method passes the gate (:mod:`aduib_asgi.gate`) as a call of it
+        would — tenant, auth, rate limit — before anything is stored; admission
+        (its bulkheads) applies when the task runs.
+        """
         if not self._started:
             raise RpcError(5002, "The task workers are not running")
         target, params = req.target_method, req.params
@@ -208,6 +222,14 @@ class TaskManager:
         tenant = tenant_of(ctx)
         enforce_method_access(spec.method, spec.options, ctx)
         authorize_method(ctx, spec.method)  # the auth layer's pattern rules for the target
+        if ctx is not None:
+            gate = ctx.extras.get(GATE_KEY)
+            if gate is not None:
+                async with admit(ctx, spec.method, scope, until=RATE):
+                    pass
+                admission = gate.admission()
+                if admission is not None:  # the app's bulkheads, for the task runs
+                    self.admission = admission
         rec = TaskRecord(
             task_id=str(uuid.uuid4()), target_method=target, params=params,
             status=TaskStatus.PENDING, priority=req.priority, created_at_ms=_now_ms(),
@@ -434,13 +456,17 @@ class TaskManager:
         ctx.priority = int(rec.priority)
         ctx.trace_id = entry.trace_id
         ctx.extras[TASK_KEY] = TaskHandle(self, entry)
+        ctx.extras[METHOD_SPEC_KEY] = spec
         timeout = rec.timeout_ms / 1000.0 if rec.timeout_ms else math.inf
         if timeout != math.inf:
             ctx.deadline = time.monotonic() + timeout
         token = current_context.set(ctx)
         # the handler sees its tenant as in a request: get_tenant(), tenant_setting()
         tenant_token, config_token = bind_tenant(rec.tenant_id, entry.tenant_config)
+        release = None
         try:
+            if self.admission is not None:  # its method's bulkheads, as for any call
+                release = await self.admission.enter(ctx, None, spec.method)
             with anyio.move_on_after(timeout) as tscope:
                 data = spec.parse_input(rec.params)
                 args = (data, ctx) if spec.takes_context else (data,)
@@ -453,6 +479,8 @@ class TaskManager:
                 raise RpcError(5003, f"Task attempt exceeded {rec.timeout_ms} ms")
             return to_jsonable(result)
         finally:
+            if release is not None:
+                release()
             unbind_tenant(tenant_token, config_token)
             current_context.reset(token)
 

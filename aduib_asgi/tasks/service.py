@@ -74,7 +74,7 @@ class TaskService:
     async def submit(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
         req = await read_model(self.dispatcher, receive, ctx, TaskSubmitRequest)
         client_address(scope, ctx)  # anonymous task keys are scoped by it
-        entry = await self.manager.submit(req, ctx)
+        entry = await self.manager.submit(req, ctx, scope)
         rec = entry.record
         await send_model(send, ctx, TaskSubmitResponse(
             task_id=rec.task_id, status=rec.status, created_at_ms=rec.created_at_ms))
