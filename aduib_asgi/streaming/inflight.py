@@ -1,9 +1,11 @@
 """Running calls by request id, for ``POST .../rpc/cancel``.
 
-Entries are keyed by the caller's scope (:func:`aduib_asgi.identity.caller_scope`:
-tenant and principal, and for anonymous callers their client address) and the
-request id: a cancel request only reaches calls of the same caller (any other
-call's id is simply unknown: 404). Every entry is removed when its call ends.
+A cancel request only reaches calls of the same caller
+(:func:`aduib_asgi.identity.caller_scope`: tenant and principal, and for
+anonymous callers their client address); any other call's id is simply unknown
+(404). Entries are kept by tenant and request id; whose a call is is worked out
+only when a cancel asks, so registering a call costs a dict insert. Every entry
+is removed when its call ends.
 
 The registry is bounded: at most ``max_per_tenant`` running calls per tenant and
 ``max_total`` in all (defaults 10,000 and 100,000, roughly 300 bytes each); a
@@ -35,7 +37,7 @@ __all__ = [
     "InflightRegistry",
 ]
 
-#: (caller scope, request id)
+#: (tenant, request id)
 InflightKey = tuple[str, str]
 DEFAULT_MAX_INFLIGHT = 100_000
 DEFAULT_MAX_INFLIGHT_PER_TENANT = 10_000
@@ -52,18 +54,36 @@ class Cancellable(Protocol):
 class CancelBus(Protocol):
     """Reaches calls running on other instances (see :mod:`aduib_asgi.streaming.cancel_bus`)."""
 
-    async def cancel_remote(self, owner: str, request_id: str, reason: str | None) -> bool: ...
+    async def cancel_remote(self, tenant: str, owner: str, request_id: str,
+                            reason: str | None) -> bool: ...
+
+
+class _Entry:
+    """A running call and what tells whose it is (the owner's scope, computed only
+    when a cancel asks: registering costs no string building)."""
+
+    __slots__ = ("call", "ctx", "scope")
+
+    def __init__(self, call: Cancellable, ctx: RequestContext, scope: Scope | None) -> None:
+        self.call = call
+        self.ctx = ctx
+        self.scope = scope
+
+    def owner(self) -> str:
+        return caller_scope(self.ctx, self.scope)
 
 
 class InflightRegistry:
     """Request id -> running call, scoped by caller, bounded per tenant and in total."""
 
-    __slots__ = ("_calls", "_tenants", "bus", "max_per_tenant", "max_total")
+    __slots__ = ("_calls", "_size", "_tenants", "bus", "max_per_tenant", "max_total")
 
     def __init__(self, *, max_per_tenant: int = DEFAULT_MAX_INFLIGHT_PER_TENANT,
                  max_total: int = DEFAULT_MAX_INFLIGHT) -> None:
-        self._calls: dict[InflightKey, tuple[Cancellable, str]] = {}  # -> (call, tenant)
+        # (tenant, request id) -> the calls running under that id (usually one)
+        self._calls: dict[InflightKey, list[_Entry]] = {}
         self._tenants: dict[str, int] = {}
+        self._size = 0
         self.max_per_tenant = max_per_tenant
         self.max_total = max_total
         #: Other instances' calls (set by ``install_cancel_bus``), or None.
@@ -71,66 +91,82 @@ class InflightRegistry:
 
     def register(self, ctx: RequestContext, call: Cancellable,
                  scope: Scope | None = None) -> InflightKey:
-        """Record ``call`` under the caller's scope and request id; pass the key to
+        """Record ``call`` under the request's tenant and id; pass the key to
         :meth:`unregister`. Raises 5021 (429) at a bound."""
-        owner = caller_scope(ctx, scope)
-        key = (owner, ctx.ensure_request_id())
-        calls = self._calls
         tenant = tenant_of(ctx)
-        if key in calls:  # the same caller reused a running call's id: the newer wins
-            calls[key] = (call, tenant)
-            return key
         n = self._tenants.get(tenant, 0)
-        if n >= self.max_per_tenant or len(calls) >= self.max_total:
+        if n >= self.max_per_tenant or self._size >= self.max_total:
             raise RpcError(5021, "Too many running calls"
                            + (f" for tenant {tenant!r}" if n >= self.max_per_tenant else ""),
                            headers={"Retry-After": "1"},
                            details=[{"type": "admission", "reason": "in-flight registry full",
-                                     "metadata": {"limit": "inflight"}}])
+                                     "metadata": {"limit": "inflight", "retry_after_s": 1}}])
+        key = (tenant, ctx.ensure_request_id())
+        entry = _Entry(call, ctx, scope)
+        same = self._calls.get(key)
+        if same is None:
+            self._calls[key] = [entry]
+        else:
+            same.append(entry)
         self._tenants[tenant] = n + 1
-        calls[key] = (call, tenant)
+        self._size += 1
         return key
 
     def unregister(self, key: InflightKey, call: Cancellable) -> None:
-        """Forget ``call`` (a later call that reused the id keeps its own entry)."""
-        entry = self._calls.get(key)
-        if entry is not None and entry[0] is call:
+        """Forget ``call``."""
+        same = self._calls.get(key)
+        if same is None:
+            return
+        for i, entry in enumerate(same):
+            if entry.call is call:
+                del same[i]
+                break
+        else:
+            return
+        if not same:
             del self._calls[key]
-            tenant = entry[1]
-            n = self._tenants.get(tenant, 1) - 1
-            if n > 0:
-                self._tenants[tenant] = n
-            else:
-                self._tenants.pop(tenant, None)
+        self._size -= 1
+        tenant = key[0]
+        n = self._tenants.get(tenant, 1) - 1
+        if n > 0:
+            self._tenants[tenant] = n
+        else:
+            self._tenants.pop(tenant, None)
 
-    def cancel_local(self, owner: str, request_id: str, reason: str | None = None) -> bool:
-        """Cancel the call ``request_id`` of the caller scope ``owner`` if it runs here."""
-        entry = self._calls.get((owner, request_id))
-        if entry is None:
+    def cancel_local(self, tenant: str, owner: str, request_id: str,
+                     reason: str | None = None) -> bool:
+        """Cancel the calls ``request_id`` of caller scope ``owner`` running here."""
+        same = self._calls.get((tenant, request_id))
+        if not same:
             return False
-        entry[0].cancel(reason[:MAX_REASON] if reason is not None else None)
-        return True
+        found = False
+        for entry in list(same):
+            if entry.owner() == owner:
+                entry.call.cancel(reason[:MAX_REASON] if reason is not None else None)
+                found = True
+        return found
 
     def cancel(self, ctx: RequestContext, request_id: str, reason: str | None = None,
                scope: Scope | None = None) -> bool:
         """Cancel the caller's own running call ``request_id`` here; False if there is none."""
-        return self.cancel_local(caller_scope(ctx, scope), request_id, reason)
+        return self.cancel_local(tenant_of(ctx), caller_scope(ctx, scope), request_id, reason)
 
     async def cancel_anywhere(self, ctx: RequestContext, request_id: str,
                               reason: str | None = None, scope: Scope | None = None) -> bool:
         """Cancel the caller's own call wherever it runs: here first (no round trip),
         then through the bus on the other instances."""
+        tenant = tenant_of(ctx)
         owner = caller_scope(ctx, scope)
-        if self.cancel_local(owner, request_id, reason):
+        if self.cancel_local(tenant, owner, request_id, reason):
             return True
         bus = self.bus
         if bus is None:
             return False
-        return await bus.cancel_remote(owner, request_id,
+        return await bus.cancel_remote(tenant, owner, request_id,
                                        reason[:MAX_REASON] if reason is not None else None)
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return self._size
 
     def __contains__(self, request_id: object) -> bool:
         return any(k[1] == request_id for k in self._calls)
