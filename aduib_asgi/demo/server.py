@@ -29,6 +29,7 @@ from aduib_asgi.observability.metrics import (
 )
 from aduib_asgi.qos import BreakerSettings, ShutdownController
 from aduib_asgi.stack import Layer, build_stack
+from aduib_asgi.streaming.cancel_bus import install_cancel_bus
 from aduib_asgi.tasks import install_task_service
 
 __all__ = ["DemoConfig", "build_demo_app"]
@@ -60,6 +61,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
                                    heartbeat_interval=config.heartbeat)
     install_health_service(dispatcher)
     install_task_service(dispatcher, config.redis_url or "memory://")
+    if config.redis_url:  # rpc/cancel reaches calls on every instance sharing the Redis
+        install_cancel_bus(dispatcher, config.redis_url)
     # GET /aduib_rpc/metrics: Prometheus exposition of the RPC metrics.
     meter_provider, prom_registry = prometheus_meter_provider()
     dispatcher.add_route("/metrics", PrometheusApp(prom_registry).endpoint,

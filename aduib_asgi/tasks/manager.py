@@ -42,7 +42,8 @@ from aduib_asgi.models import (
     TaskSubmitRequest,
 )
 from aduib_asgi.qos.keys import METHOD_SPEC_KEY
-from aduib_asgi.tasks.store import TaskEntry, TaskStore, store_from_uri
+from aduib_asgi.storage.pubsub import follow
+from aduib_asgi.tasks.store import TaskChange, TaskEntry, TaskStore, store_from_uri
 
 __all__ = ["TASK_KEY", "TaskHandle", "TaskManager", "report_progress"]
 
@@ -528,29 +529,22 @@ class TaskManager:
     # -- other managers' changes ---------------------------------------------------------
 
     async def _listen(self, changes: Any) -> None:
-        """Relay the store's change notifications; reconnect with backoff when they fail."""
-        delay = 0.5
-        while True:
-            try:
-                async for change in changes():
-                    delay = 0.5
-                    if change.own:  # ours: local subscribers already have it
-                        continue
-                    tid = change.task_id
-                    scope = self._running.get(tid)
-                    if scope is not None and change.status == TaskStatus.CANCELED.value:
-                        # acted on from the notification itself: our own concurrent
-                        # save may already have overwritten the stored status
-                        self._cancel_reasons.setdefault(tid, "canceled through another "
-                                                             "instance")
-                        scope.cancel()
-                    if tid in self._subs:
-                        await self._relay(tid)
-            except Exception as exc:
-                logger.warning("task change notifications interrupted (%s: %s); "
-                               "relying on polls until they are back", type(exc).__name__, exc)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        """Relay the store's change notifications; reconnect with backoff when they fail
+        (:func:`aduib_asgi.storage.pubsub.follow`)."""
+        await follow(changes, self._changed, "task change notifications")
+
+    async def _changed(self, change: TaskChange) -> None:
+        if change.own:  # ours: local subscribers already have it
+            return
+        tid = change.task_id
+        scope = self._running.get(tid)
+        if scope is not None and change.status == TaskStatus.CANCELED.value:
+            # acted on from the notification itself: our own concurrent
+            # save may already have overwritten the stored status
+            self._cancel_reasons.setdefault(tid, "canceled through another instance")
+            scope.cancel()
+        if tid in self._subs:
+            await self._relay(tid)
 
     async def _relay(self, tid: str) -> None:
         """Another manager saved ``tid``: pass its state to the local subscribers."""
