@@ -56,6 +56,7 @@ __all__ = [
     "admit",
     "defer",
     "gate_of",
+    "lifespan_gate",
 ]
 
 #: ``ctx.extras`` key of the request's :class:`Gate`.
@@ -135,6 +136,15 @@ def gate_of(ctx: RequestContext) -> Gate:
     gate: Gate | None = ctx.extras.get(GATE_KEY)
     if gate is None:
         gate = ctx.extras[GATE_KEY] = Gate()
+    return gate
+
+
+def lifespan_gate(scope: Scope) -> Gate:
+    """The gate of the app's lifespan scope: layers add the decisions that work
+    outside any request needs (admission of task runs); the dispatcher keeps it."""
+    gate: Gate | None = scope.get(GATE_KEY)
+    if gate is None:
+        gate = scope[GATE_KEY] = Gate()
     return gate
 
 

@@ -153,3 +153,41 @@ def test_inflight_registry_is_bounded_per_tenant_and_in_total() -> None:
     reg.unregister(k1, calls[0])
     reg.register(ctx("a", "3"), calls[2])  # room again once a call ended
     assert len(reg) == 3
+
+
+async def test_task_runs_hold_the_method_bulkhead_from_the_apps_lifespan() -> None:
+    """Tasks that never passed a Submit gate (recovered, another instance's) are
+    admitted too: the admission layer offers its decision on the lifespan."""
+    from aduib_asgi.models import TaskSubmitRequest
+    from aduib_asgi.tasks import install_task_service
+    from tests.test_tasks_support import lifespan
+
+    reg = MethodRegistry()
+    running = 0
+    peak = 0
+
+    async def one_at_a_time(data: Any) -> dict[str, Any]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await anyio.sleep(0.05)
+        running -= 1
+        return {}
+
+    reg.register("rpc.v2/G/one", one_at_a_time, concurrency=1)
+    dispatcher = RpcDispatcher(reg)
+    manager = install_task_service(dispatcher, workers=4)
+    app = build_stack(dispatcher, [Layer.of(ErrorMappingMiddleware),
+                                   Layer.of(AdmissionMiddleware, registry=reg)])
+    async with lifespan(app):
+        assert manager.admission is not None
+        entries = [await manager.submit(TaskSubmitRequest(target_method="rpc.v2/G/one"), None)
+                   for _ in range(4)]
+        with anyio.fail_after(10):
+            for e in entries:
+                while True:
+                    stored = await manager.store.get(e.task_id)
+                    if stored is not None and stored.record.status.terminal:
+                        break
+                    await anyio.sleep(0.02)
+    assert peak == 1

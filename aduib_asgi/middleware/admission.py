@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
-from aduib_asgi.gate import ADMISSION, defer
+from aduib_asgi.gate import ADMISSION, defer, lifespan_gate
 from aduib_asgi.models import parse_method
 from aduib_asgi.qos.bulkhead import Bulkhead, Rejected
 from aduib_asgi.qos.interrupt import end_interrupted, send_tracked
@@ -109,6 +109,8 @@ class AdmissionMiddleware:
             # each message's method is admitted by the gate (aduib_asgi.gate)
             await run_with_context(self._websocket, scope, receive, send)
         elif t == "lifespan":
+            # the app's bulkheads for work that runs outside any request (task runs)
+            lifespan_gate(scope).add(_AdmissionCheck(self, _NO_PLAN))
             await self.app(scope, self._lifespan_receive(receive), send)
         else:
             await self.app(scope, receive, send)

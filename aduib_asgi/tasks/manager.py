@@ -158,7 +158,8 @@ class TaskManager:
         self.listen_for_changes = listen_for_changes
         #: The admission decision (:mod:`aduib_asgi.gate`) every task run passes, so a
         #: task holds a slot of its method's bulkheads like an HTTP call of it.
-        #: Learnt from the first submission through an admission layer; settable.
+        #: Taken from the app's lifespan (an admission layer in front), else learnt
+        #: from the first submission through one; settable.
         self.admission: Check | None = admission
         self._started = False
 
@@ -228,9 +229,8 @@ class TaskManager:
             if gate is not None:
                 async with admit(ctx, spec.method, scope, until=RATE):
                     pass
-                admission = gate.admission()
-                if admission is not None:  # the app's bulkheads, for the task runs
-                    self.admission = admission
+                if self.admission is None:  # the app's bulkheads, for the task runs
+                    self.admission = gate.admission()
         rec = TaskRecord(
             task_id=str(uuid.uuid4()), target_method=target, params=params,
             status=TaskStatus.PENDING, priority=req.priority, created_at_ms=_now_ms(),

@@ -8,6 +8,7 @@ non-2xx status (a 2xx error body would fail the 2.0.1 client's validation).
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -126,7 +127,14 @@ def install_task_service(
     for name, endpoint in (("Submit", service.submit), ("Query", service.query),
                            ("Cancel", service.cancel), ("Subscribe", service.subscribe)):
         dispatcher.add_route(PREFIX + name, endpoint, methods=("POST",))
-    dispatcher.lifespan_hooks.append(manager.running)
+    def running() -> AbstractAsyncContextManager[TaskManager]:
+        gate = getattr(dispatcher, "lifespan_gate", None)
+        admission = gate.admission() if gate is not None else None
+        if manager.admission is None and admission is not None:
+            manager.admission = admission  # task runs hold their method's bulkheads
+        return manager.running()
+
+    dispatcher.lifespan_hooks.append(running)
     health = getattr(dispatcher, "health", None)
     if health is not None:
         health.add("tasks", manager.store.ping)
