@@ -121,27 +121,16 @@ class AuthMiddleware:
                 if authenticator is None:
                     raise RpcError(3000, f"Authentication scheme {creds.scheme!r} is not accepted")
                 identity = await authenticator.authenticate(creds, scope)
-            options = self._method_options(ctx)
-            required = self._required(options, "roles", self._rules, ctx, scope)
-            scopes = self._required(options, "scopes", self._scope_rules, ctx, scope)
-            if identity is None:
-                if required or scopes or (self.require_auth and not self._anonymous.get(
-                        ctx.method, ctx.service, scope.get("path"))):
-                    raise RpcError(3000, "Authentication required")
-            else:
+            if identity is not None:
                 ctx.principal = identity.principal
                 ctx.roles = identity.roles
                 ctx.scopes = identity.scopes
                 ctx.auth_scheme = creds.scheme if creds is not None else None
-                if identity.tenants is not None and (
-                        scope["type"] == "http" or _named_tenants(ctx)):
-                    # a WebSocket naming no tenant in its handshake (browsers cannot
-                    # set headers) is checked on its first message instead
-                    _check_tenants(identity, ctx)
-                if required and not _has_any(identity.roles, required):
-                    raise RpcError(3011, "Permission denied: a required role is missing")
-                if scopes and not all(s in identity.scopes for s in scopes):
-                    raise insufficient_scope(ctx.method, scopes, self._realm)
+            # a WebSocket naming no tenant in its handshake (browsers cannot set
+            # headers) is checked on its first message instead
+            required, scopes = self._decide(
+                identity, ctx, ctx.method, ctx.service, scope.get("path"),
+                tenants=scope["type"] == "http" or bool(_named_tenants(ctx)))
         except RpcError as exc:
             error = _scrub(exc, creds)
             self._audit(ctx, "deny", error.code, error.message, creds, scope=scope)
@@ -198,8 +187,8 @@ class AuthMiddleware:
 
     @staticmethod
     def _required(options: Mapping[str, Any] | None, key: str,
-                  rules: PatternTable[tuple[str, ...]], ctx: RequestContext,
-                  scope: Scope | None, method: str | None = None) -> tuple[str, ...] | None:
+                  rules: PatternTable[tuple[str, ...]], method: str | None,
+                  service: str | None, path: str | None) -> tuple[str, ...] | None:
         """Roles or scopes needed: the method's registration option, else the pattern rules."""
         if options:
             value = options.get(key)
@@ -207,37 +196,42 @@ class AuthMiddleware:
                 return tuple(value)
         if not rules:
             return None
-        if method is None:
-            return rules.get(ctx.method, ctx.service, scope.get("path") if scope else None)
-        parts = parse_method(method)
-        return rules.get(method, parts[0] if parts is not None else None, None)
+        return rules.get(method, service, path)
+
+    def _decide(self, identity: Identity | None, ctx: RequestContext, method: str | None,
+                service: str | None, path: str | None, *, tenants: bool = True,
+                ) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+        """The one authorization decision, for the request (``method`` as the layer saw
+        it, and its path) or for a method named later: registration options before
+        pattern rules, ``require_auth`` with its anonymous allowlist, tenant binding,
+        roles, scopes. Raises the refusal; returns the (roles, scopes) required."""
+        options = self._method_options(ctx, method)
+        roles = self._required(options, "roles", self._rules, method, service, path)
+        scopes = self._required(options, "scopes", self._scope_rules, method, service, path)
+        if identity is None:
+            if roles or scopes or (self.require_auth and not self._anonymous.get(
+                    method, service, path)):
+                raise RpcError(3000, "Authentication required")
+            return roles, scopes
+        if tenants and identity.tenants is not None:
+            _check_tenants(identity, ctx)
+        if roles and not _has_any(identity.roles, roles):
+            raise RpcError(3011, "Permission denied: a required role is missing")
+        if scopes and not all(s in identity.scopes for s in scopes):
+            raise insufficient_scope(method, scopes, self._realm)
+        return roles, scopes
 
     def _authorize(self, identity: Identity | None, creds: Credentials | None,
                    ctx: RequestContext, method: str) -> None:
-        """The late check (``AUTHORIZE_KEY``) for a method named after the layer ran.
-
-        The same decision as in front: registration options before pattern
-        rules, ``require_auth`` with its anonymous allowlist, tenant binding
-        (now with the envelope's tenant); denials are audited.
-        """
+        """The late check (``AUTHORIZE_KEY``, the gate's auth stage) for a method named
+        after the layer ran: :meth:`_decide` for it, the envelope's tenant included;
+        denials are audited."""
         try:
-            options = self._method_options(ctx, method)
-            roles = self._required(options, "roles", self._rules, ctx, None, method)
-            scopes = self._required(options, "scopes", self._scope_rules, ctx, None, method)
-            if identity is None:
-                parts = parse_method(method)
-                if roles or scopes or (self.require_auth and not self._anonymous.get(
-                        method, parts[0] if parts is not None else None, None)):
-                    raise RpcError(3000, "Authentication required",
-                                   headers={"WWW-Authenticate": self._challenge_all})
-                return
-            if identity.tenants is not None:
-                _check_tenants(identity, ctx)
-            if roles and not _has_any(identity.roles, roles):
-                raise RpcError(3011, "Permission denied: a required role is missing")
-            if scopes and not all(s in identity.scopes for s in scopes):
-                raise insufficient_scope(method, scopes, self._realm)
+            parts = parse_method(method)
+            self._decide(identity, ctx, method, parts[0] if parts is not None else None, None)
         except RpcError as exc:
+            if exc.code == 3000 and "WWW-Authenticate" not in exc.headers:
+                exc.headers["WWW-Authenticate"] = self._challenge_all
             self._audit(ctx, "deny", exc.code, exc.message, creds, method=method)
             raise
 
