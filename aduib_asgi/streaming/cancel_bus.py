@@ -36,12 +36,17 @@ if TYPE_CHECKING:
     from aduib_asgi.dispatcher.app import RpcDispatcher
     from aduib_asgi.streaming.inflight import InflightRegistry
 
-__all__ = ["DEFAULT_MAX_PENDING", "RedisCancelBus", "install_cancel_bus"]
+__all__ = ["DEFAULT_MAX_PENDING", "DEFAULT_MAX_PENDING_PER_TENANT", "MAX_REMOTE_ID",
+           "RedisCancelBus", "install_cancel_bus"]
 
 logger = logging.getLogger("aduib_asgi.streaming.cancel_bus")
 
-#: Cancels of this instance waiting for the other instances' answers, at most.
+#: Cancels of this instance waiting for the other instances' answers, at most
+#: (in all, and per tenant).
 DEFAULT_MAX_PENDING = 1024
+DEFAULT_MAX_PENDING_PER_TENANT = 256
+#: Longer request ids are only looked up locally (never published).
+MAX_REMOTE_ID = 1024
 
 
 class _Pending:
@@ -63,12 +68,15 @@ class RedisCancelBus:
 
     def __init__(self, client: Any, registry: InflightRegistry, *,
                  prefix: str = "aduib:", timeout: float = 1.0, reply_timeout: float = 1.0,
-                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
+                 max_pending: int = DEFAULT_MAX_PENDING,
+                 max_pending_per_tenant: int = DEFAULT_MAX_PENDING_PER_TENANT) -> None:
         self.client = client
         self.registry = registry
         self.timeout = timeout
         self.reply_timeout = reply_timeout
         self.max_pending = max_pending
+        self.max_pending_per_tenant = max_pending_per_tenant
+        self._tenants: dict[str, int] = {}
         self.instance = uuid.uuid4().hex
         self.channel = prefix + "cancel"
         self.reply_channel = f"{prefix}cancel:reply:{self.instance}"
@@ -89,11 +97,15 @@ class RedisCancelBus:
     async def cancel_remote(self, tenant: str, owner: str, request_id: str,
                             reason: str | None) -> bool:
         """Cancel the call on whichever other instance runs it; False if none does."""
-        if len(self._pending) >= self.max_pending:
+        if len(request_id) > MAX_REMOTE_ID:
+            return False
+        n = self._tenants.get(tenant, 0)
+        if len(self._pending) >= self.max_pending or n >= self.max_pending_per_tenant:
             raise RpcError(5021, "Too many cancels waiting for other instances",
                            headers={"Retry-After": "1"})
         nonce = uuid.uuid4().hex
         pending = self._pending[nonce] = _Pending()
+        self._tenants[tenant] = n + 1
         message = json.dumps({"t": tenant, "o": owner, "id": request_id, "r": reason,
                               "from": self.instance, "n": nonce})
         try:
@@ -116,6 +128,11 @@ class RedisCancelBus:
             return pending.found
         finally:
             del self._pending[nonce]
+            left = self._tenants[tenant] - 1
+            if left:
+                self._tenants[tenant] = left
+            else:
+                del self._tenants[tenant]
 
     # -- answering ---------------------------------------------------------------------
 
