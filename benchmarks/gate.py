@@ -8,8 +8,9 @@ Runs on any checkout with the same public API, so a before/after comparison is
     PYTHONPATH=/path/to/old/checkout python benchmarks/gate.py
     python benchmarks/gate.py
 
-``--redis URL`` adds the demo app with the cross-instance cancel bus on that
-Redis (the bus is idle unless a cancel misses locally: the figure should match).
+``--redis URL`` compares the demo app with the cross-instance cancel bus on that
+Redis against the same app without it, in alternating rounds (the bus is idle
+unless a cancel misses locally: the difference should be ~0).
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ async def noop(scope: Scope, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"{}"})
 
 
-async def rounds(app: Callable[..., Any], n: int, reps: int) -> float:
-    """Minimum µs per request over ``reps`` rounds of ``n`` requests."""
+async def _round(app: Callable[..., Any], n: int) -> float:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": BODY, "more_body": False}
 
@@ -50,13 +50,33 @@ async def rounds(app: Callable[..., Any], n: int, reps: int) -> float:
             raise RuntimeError(f"status {message['status']}")
 
     base = scope()
+    t0 = time.thread_time()  # CPU time: time spent descheduled does not count
+    for _ in range(n):
+        await app(dict(base), receive, send)
+    return (time.thread_time() - t0) / n * 1e6
+
+
+async def paired(case: Callable[..., Any], ref: Callable[..., Any], n: int,
+                 reps: int) -> tuple[float, float]:
+    """(min µs/request of ``case``, median of the per-round differences to ``ref``).
+
+    Rounds alternate case/ref (A-B-B-A), so drift and neighbours hit both alike.
+    """
+    await _round(case, 200)
+    await _round(ref, 200)
+    diffs: list[float] = []
     best = float("inf")
-    for _ in range(reps):
-        t0 = time.thread_time()  # CPU time: time spent descheduled does not count
-        for _ in range(n):
-            await app(dict(base), receive, send)
-        best = min(best, (time.thread_time() - t0) / n * 1e6)
-    return best
+    for i in range(reps):
+        if i % 2:
+            b = await _round(ref, n)
+            a = await _round(case, n)
+        else:
+            a = await _round(case, n)
+            b = await _round(ref, n)
+        best = min(best, a)
+        diffs.append(a - b)
+    diffs.sort()
+    return best, diffs[len(diffs) // 2]
 
 
 def layers() -> dict[str, Callable[..., Any]]:
@@ -81,28 +101,36 @@ def demo(redis: str | None = None) -> Callable[..., Any]:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--redis", default=None)
     args = parser.parse_args()
-    apps = layers()
-    apps["demo app: unary Echo/echo"] = demo()
-    if args.redis:
-        from contextlib import AsyncExitStack
+    cases = layers()
+    noop_app = cases.pop("no-op app")
+    print(f"{'case':44s} {'min µs':>8s} {'Δ vs ref (median of paired rounds)':>36s}")
+    for name, app in cases.items():
+        best, delta = await paired(app, noop_app, args.n, args.reps)
+        print(f"{name:44s} {best:8.2f} {delta:+10.2f} µs vs no-op app")
+    plain = demo()
+    if not args.redis:
+        best, _ = await paired(plain, plain, args.n // 4, args.reps // 2)
+        print(f"{'demo app: unary Echo/echo':44s} {best:8.2f}")
+        return
+    from contextlib import AsyncExitStack
 
-        app = demo(args.redis)
-        apps["demo app --redis: unary Echo/echo"] = app
-        stack = AsyncExitStack()
-        dispatcher: Any = app
-        while not hasattr(dispatcher, "lifespan_hooks"):
-            dispatcher = dispatcher.app
+    from aduib_asgi.streaming.cancel_bus import install_cancel_bus
+
+    with_bus = demo()
+    dispatcher: Any = with_bus
+    while not hasattr(dispatcher, "lifespan_hooks"):
+        dispatcher = dispatcher.app
+    install_cancel_bus(dispatcher, args.redis)
+    async with AsyncExitStack() as stack:
         for hook in dispatcher.lifespan_hooks:
             await stack.enter_async_context(hook())
-    for name, app in apps.items():
-        await rounds(app, 200, 2)  # warm-up
-        print(f"{name:40s} {await rounds(app, args.n, args.reps):7.2f} µs/request (min)")
-    if args.redis:
-        await stack.aclose()
+        best, delta = await paired(with_bus, plain, args.n // 4, args.reps)
+        print(f"{'demo app + cancel bus: unary Echo/echo':44s} {best:8.2f} {delta:+10.2f} µs "
+              "vs the demo app without the bus")
 
 
 if __name__ == "__main__":

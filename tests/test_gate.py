@@ -191,3 +191,30 @@ async def test_task_runs_hold_the_method_bulkhead_from_the_apps_lifespan() -> No
                         break
                     await anyio.sleep(0.02)
     assert peak == 1
+
+
+async def test_a_task_run_is_not_failed_while_the_server_drains() -> None:
+    """Draining refuses new requests; a task run goes on (the manager hands tasks
+    back when it stops), it never fails with 5002."""
+    from aduib_asgi.models import TaskSubmitRequest
+    from aduib_asgi.qos import ShutdownController
+    from aduib_asgi.tasks import install_task_service
+    from tests.test_tasks_support import lifespan
+
+    reg = registry()
+    dispatcher = RpcDispatcher(reg)
+    manager = install_task_service(dispatcher)
+    shutdown = ShutdownController(cancel_after_grace=False)
+    app = build_stack(dispatcher, [Layer.of(ErrorMappingMiddleware),
+                                   Layer.of(AdmissionMiddleware, registry=reg,
+                                            shutdown=shutdown)])
+    async with lifespan(app):
+        shutdown.start_draining()
+        entry = await manager.submit(TaskSubmitRequest(target_method="rpc.v2/G/ping"), None)
+        with anyio.fail_after(10):
+            while True:
+                stored = await manager.store.get(entry.task_id)
+                if stored is not None and stored.record.status.terminal:
+                    break
+                await anyio.sleep(0.02)
+    assert stored.record.status.value == "succeeded", stored.record

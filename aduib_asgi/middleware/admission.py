@@ -323,14 +323,19 @@ class AdmissionMiddleware:
     # -- the decision for a method named later (aduib_asgi.gate) ---------------------------
 
     async def hold(self, ctx: RequestContext, scope: Scope | None, method: str,
-                   held: tuple[Bulkhead, ...] = ()) -> Callable[[], None]:
+                   held: tuple[Bulkhead, ...] = (), *,
+                   refuse_draining: bool = True) -> Callable[[], None]:
         """Take a slot in every bulkhead a call of ``method`` needs (but those in
         ``held``), queueing by priority; returns the release. Raises 5021 / 5002 / 5003.
 
         The same bulkheads, queue and refusals as an HTTP request of that method:
         WebSocket messages and task runs share one concurrency limit with it.
+        ``refuse_draining=False`` (task runs: the task manager hands unfinished
+        tasks back when it stops) lets the call run while the server drains.
         """
         if self.shutdown.draining:
+            if not refuse_draining:
+                return _nothing
             record_rejection("*", "draining", ctx.priority)
             raise self._draining_error()
         path = scope.get("path", "") if scope is not None else ""
@@ -348,6 +353,8 @@ class AdmissionMiddleware:
             try:
                 await self._acquire(plan, ctx)
             except Rejected as exc:
+                if exc.reason == "draining" and not refuse_draining:
+                    return _nothing
                 raise self._rejection(exc, ctx) from None
         return partial(self._release, plan, tenant)
 
@@ -380,8 +387,13 @@ class _AdmissionCheck:
 
     async def enter(self, ctx: RequestContext, scope: Scope | None,
                     method: str) -> Callable[[], None]:
-        return await self.layer.hold(ctx, scope, method,
-                                     self.held if scope is not None else ())
+        if scope is None:  # a task run, outside any request
+            return await self.layer.hold(ctx, None, method, refuse_draining=False)
+        return await self.layer.hold(ctx, scope, method, self.held)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _service_of(method: str) -> str | None:
