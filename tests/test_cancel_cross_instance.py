@@ -96,6 +96,37 @@ def test_an_unknown_id_is_404_quickly_on_every_instance(
     assert elapsed < LIMIT  # every other instance answered "not here"
 
 
+def test_a_websocket_call_on_one_instance_is_cancelled_through_the_other(
+        pair: tuple[DemoProcess, DemoProcess, RedisServer]) -> None:
+    import json
+
+    from websockets.sync.client import connect as ws_connect
+
+    from tests.test_gate_demo import ws_url
+
+    a, b, _ = pair
+    rid = f"x-ws-{time.monotonic_ns()}"
+    with ws_connect(ws_url(a), open_timeout=TIMEOUT) as ws:
+        ws.send(json.dumps(env("rpc.v2/Echo/stream", {"count": 100, "interval_ms": 100},
+                               rid=rid)))
+        first = json.loads(ws.recv(timeout=TIMEOUT))
+        assert first["type"] == "data"
+        started = time.monotonic()
+        r = cancel(b, rid, reason="ws-from-b")
+        frames = []
+        while True:
+            frame = json.loads(ws.recv(timeout=TIMEOUT))
+            frames.append(frame)
+            if frame["type"] == "end":
+                break
+        ended = time.monotonic() - started
+    assert r.status_code == 200 and r.json()["result"]["canceled"] is True
+    cancels = [f for f in frames if f["type"] == "cancel"]
+    assert cancels and cancels[0]["payload"]["control"]["reason"] == "ws-from-b"
+    assert ended < LIMIT, ended
+
+
+# last in the module: it takes Redis away for a moment
 def test_redis_down_is_503_not_500_and_local_cancels_still_work(
         pair: tuple[DemoProcess, DemoProcess, RedisServer]) -> None:
     a, b, redis = pair
