@@ -105,6 +105,16 @@ async def test_admission_behind_a_global_limit_is_not_taken_twice() -> None:
     assert r.status_code == 200
 
 
+async def test_a_tenant_slot_is_not_taken_twice_either() -> None:
+    app = ErrorMappingMiddleware(AdmissionMiddleware(
+        RpcDispatcher(registry()), tenant_limit=1, limits={"rpc.v2/G/ping": 1},
+        queue_timeout_s=2))
+    async with client_for(app) as c:
+        with anyio.fail_after(10):
+            r = await c.post(RPC, json=envelope("rpc.v2/G/ping", {}))
+    assert r.status_code == 200, r.text
+
+
 async def test_websocket_call_refused_by_admission_gets_5021_then_end() -> None:
     gate = anyio.Event()
     reg = registry(gate)

@@ -141,7 +141,7 @@ class AdmissionMiddleware:
         if plan is None:
             plan = self._plan(key, ctx, scope)
         if ctx.method is None and self._by_method:  # a method named later: the gate's turn
-            defer(ctx, _AdmissionCheck(self, plan))
+            defer(ctx, _AdmissionCheck(self, plan, holds_tenant=bool(self.tenant_limit)))
         tenant = None
         if self.tenant_limit:
             tenant = self._tenant_bulkhead(ctx)
@@ -323,10 +323,11 @@ class AdmissionMiddleware:
     # -- the decision for a method named later (aduib_asgi.gate) ---------------------------
 
     async def hold(self, ctx: RequestContext, scope: Scope | None, method: str,
-                   held: tuple[Bulkhead, ...] = (), *,
+                   held: tuple[Bulkhead, ...] = (), *, holds_tenant: bool = False,
                    refuse_draining: bool = True) -> Callable[[], None]:
         """Take a slot in every bulkhead a call of ``method`` needs (but those in
-        ``held``), queueing by priority; returns the release. Raises 5021 / 5002 / 5003.
+        ``held``, and the tenant's when the request ``holds_tenant`` already),
+        queueing by priority; returns the release. Raises 5021 / 5002 / 5003.
 
         The same bulkheads, queue and refusals as an HTTP request of that method:
         WebSocket messages and task runs share one concurrency limit with it.
@@ -346,7 +347,7 @@ class AdmissionMiddleware:
         if held:
             plan = tuple(b for b in plan if b not in held)
         tenant = None
-        if self.tenant_limit and not held:
+        if self.tenant_limit and not holds_tenant:
             tenant = self._tenant_bulkhead(ctx)
             plan = (*plan[:-1], tenant, plan[-1]) if self._global is not None else (*plan, tenant)
         if plan:
@@ -378,18 +379,21 @@ class _AdmissionCheck:
     itself already holds (never taken twice). Without a scope (a task run, another
     context) nothing is held."""
 
-    __slots__ = ("held", "layer")
+    __slots__ = ("held", "holds_tenant", "layer")
     stage = ADMISSION
 
-    def __init__(self, layer: AdmissionMiddleware, held: tuple[Bulkhead, ...]) -> None:
+    def __init__(self, layer: AdmissionMiddleware, held: tuple[Bulkhead, ...], *,
+                 holds_tenant: bool = False) -> None:
         self.layer = layer
         self.held = held
+        self.holds_tenant = holds_tenant
 
     async def enter(self, ctx: RequestContext, scope: Scope | None,
                     method: str) -> Callable[[], None]:
         if scope is None:  # a task run, outside any request
             return await self.layer.hold(ctx, None, method, refuse_draining=False)
-        return await self.layer.hold(ctx, scope, method, self.held)
+        return await self.layer.hold(ctx, scope, method, self.held,
+                                     holds_tenant=self.holds_tenant)
 
 
 def _nothing() -> None:
