@@ -141,8 +141,11 @@ def client_address(scope: Scope, ctx: RequestContext,
     addr = ctx.client
     if addr is None:
         if trusted is None:
-            trusted = scope.get(TRUSTED_PROXIES_KEY) or _NO_PROXIES
-        addr = trusted.resolve(_peer(scope), ctx)
+            trusted = scope.get(TRUSTED_PROXIES_KEY)
+        client = scope.get("client")
+        addr = str(client[0]) if client else _UNKNOWN
+        if trusted:
+            addr = trusted.resolve(addr, ctx)
         ctx.client = addr
     return addr
 

@@ -299,6 +299,7 @@ class RateLimitMiddleware:
         # kept for compatibility: the identity layer (aduib_asgi.identity) is the
         # place to configure proxies; a list given here is published the same way
         self.trusted = TrustedProxies(trusted_proxies)
+        self._publish_trusted = bool(self.trusted)
         self.fail_open = fail_open
         self.legacy_headers = legacy_headers
         self.on_storage_error = on_storage_error
@@ -326,7 +327,7 @@ class RateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]
         if (t == "http" or t == "websocket") and self.policies:
-            if self.trusted:
+            if self._publish_trusted:
                 scope.setdefault(TRUSTED_PROXIES_KEY, self.trusted)
             await run_with_context(self._handle, scope, receive, send)
         else:
