@@ -166,3 +166,20 @@ async def test_context_helper_sees_the_same_address_in_every_layer() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         await c.get("/", headers={"forwarded": 'for="[2001:db8::1]:4711"'})
     assert seen == ["2001:db8::1", "default\x1fa:2001:db8::1"]
+
+
+async def test_demo_behind_a_trusted_proxy_scopes_anonymous_keys_by_forwarded_client() -> None:
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+
+    app = build_demo_app(DemoConfig(env="prod", trusted_proxies=("10.0.0.0/8",)))
+    transport = httpx.ASGITransport(app=app, client=("10.0.0.5", 5000))
+    body = {"aduib_rpc": "2.0", "method": "rpc.v2/Counter/incr", "data": {"name": "idn"}}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        h = {"idempotency-key": "same"}
+        a = await c.post("/aduib_rpc/v2/rpc", json=body,
+                         headers={**h, "x-forwarded-for": "198.51.100.1"})
+        b = await c.post("/aduib_rpc/v2/rpc", json=body,
+                         headers={**h, "x-forwarded-for": "198.51.100.2"})
+    assert a.status_code == b.status_code == 200
+    assert "idempotent-replayed" not in b.headers  # b is another client: its own call
+    assert a.json()["result"] != b.json()["result"]

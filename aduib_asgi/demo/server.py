@@ -10,6 +10,7 @@ from aduib_asgi.demo.security import demo_auth_options
 from aduib_asgi.demo.services import register_demo_services
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.health import install_health_service
+from aduib_asgi.identity import ClientIdentityMiddleware
 from aduib_asgi.middleware.admission import AdmissionMiddleware
 from aduib_asgi.middleware.auth import AuthMiddleware
 from aduib_asgi.middleware.circuit import CircuitBreakerMiddleware
@@ -43,6 +44,9 @@ class DemoConfig:
     redis_url: str | None = None
     stream_framing: str = "message"
     heartbeat: float = 15.0
+    #: Peers (IPs/CIDRs) whose X-Forwarded-For / Forwarded name the client (the
+    #: identity layer); empty: the client is the peer.
+    trusted_proxies: tuple[str, ...] = ()
     #: Draining state shared with the CLI's SIGTERM handler (graceful shutdown).
     shutdown: ShutdownController = field(default_factory=ShutdownController)
 
@@ -69,6 +73,9 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
                          methods=("GET", "HEAD"))
     layers = [
         Layer.of(ErrorMappingMiddleware, debug=config.debug),
+        # who the client is (aduib_asgi.identity): only behind trusted proxies
+        *([Layer.of(ClientIdentityMiddleware, trusted_proxies=config.trusted_proxies)]
+          if config.trusted_proxies else []),
         Layer.of(CompressionMiddleware),
         Layer.of(ContentNegotiationMiddleware),
         Layer.of(VersionNegotiationMiddleware),
