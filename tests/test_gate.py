@@ -95,6 +95,22 @@ async def test_quota_applies_when_the_dispatcher_parses_the_envelope() -> None:
     assert last.json()["error"]["details"][0]["metadata"]["retry_after_s"] >= 1
 
 
+async def test_quota_applies_on_the_v1_endpoint_and_sse_without_a_content_layer() -> None:
+    policy = RateLimitPolicy("ping", "2/minute", methods=("rpc.v2/G/ping",))
+    app = ErrorMappingMiddleware(RateLimitMiddleware(RpcDispatcher(registry()),
+                                                     policies=[policy]))
+    v1 = {"aduib_rpc": "1.0", "id": "v1", "method": "rpc.v2/G/ping", "data": {}}
+    async with client_for(app) as c:
+        first = await c.post("/aduib_rpc/v1/rpc", json=v1)
+        sse = await c.post("/aduib_rpc/v2/rpc/stream", json=envelope("rpc.v2/G/ping", {}))
+        refused_v1 = await c.post("/aduib_rpc/v1/rpc", json=v1)
+        refused_sse = await c.post("/aduib_rpc/v2/rpc/stream",
+                                   json=envelope("rpc.v2/G/ping", {}))
+    assert first.status_code == 200 and sse.status_code == 200
+    assert refused_v1.status_code == 429 and refused_v1.json()["error"]["code"] == 5020
+    assert refused_sse.status_code == 429 and refused_sse.json()["error"]["code"] == 5020
+
+
 async def test_admission_behind_a_global_limit_is_not_taken_twice() -> None:
     """Global limit 1: the request holds it, the gate adds only the method's bulkhead."""
     app = ErrorMappingMiddleware(AdmissionMiddleware(
