@@ -105,11 +105,9 @@ class TenantScopeMiddleware:
         self.overrides: dict[str, Mapping[str, Any]] = dict(overrides or {})
         self._gate_check = _TenantCheck(self)
 
-    def bind(self, ctx: RequestContext, tenant: str | None) -> Callable[[], None] | None:
+    def bind(self, ctx: RequestContext, tenant: str | None) -> Callable[[], None]:
         """Make ``tenant`` the request's tenant (context, contextvars, overrides) until
-        the returned release is called; None when it already is."""
-        if tenant == ctx.tenant_id and current_tenant.get() == tenant:
-            return None
+        the returned release is called (in the same task)."""
         ctx.tenant_id = tenant
         config = self.overrides.get(tenant, _EMPTY) if tenant is not None else _EMPTY
         if config:
@@ -172,22 +170,17 @@ class TenantScopeMiddleware:
             else:
                 await send_error(scope, send, exc, ctx=ctx)
             return
-        ctx.tenant_id = tenant
         if scope["type"] == "websocket":  # each message may name its tenant: the gate applies it
             defer(ctx, self._gate_check)
         if tenant is None and current_tenant.get() is None and _current_config.get() is None:
+            ctx.tenant_id = None
             await self.app(scope, receive, send)  # nothing to bind
             return
-        config = self.overrides.get(tenant, _EMPTY) if tenant is not None else _EMPTY
-        if config:
-            ctx.extras[TENANT_CONFIG_KEY] = config
-        token = current_tenant.set(tenant)
-        ctoken = _current_config.set(config)
+        release = self.bind(ctx, tenant)
         try:
             await self.app(scope, receive, send)
         finally:
-            _current_config.reset(ctoken)
-            current_tenant.reset(token)
+            release()
 
 
 class _TenantCheck:
@@ -203,4 +196,7 @@ class _TenantCheck:
 
     async def enter(self, ctx: RequestContext, scope: Scope | None,
                     method: str) -> Callable[[], None] | None:
-        return self.layer.bind(ctx, self.layer.resolve(ctx))
+        tenant = self.layer.resolve(ctx)
+        if tenant == ctx.tenant_id:
+            return None
+        return self.layer.bind(ctx, tenant)
