@@ -77,6 +77,7 @@ class RequestContext:
         "content_type",
         "deadline",
         "debug",
+        "deferred",
         "envelope",
         "extras",
         "handler",
@@ -154,6 +155,8 @@ class RequestContext:
         self.stream_framing: str | None = None
         self.cancelled: bool = False
         self.cancel_reason: str | None = None
+        # Decisions layers left for where the method is named (aduib_asgi.gate).
+        self.deferred: list[Any] | None = None
         self.started: float = time.monotonic()
         self.timestamp_ms: int = int(time.time() * 1000)
         self.extras: dict[str, Any] = {}

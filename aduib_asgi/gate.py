@@ -19,19 +19,21 @@ admit  the method's bulkheads, priority queue, draining                   5021 /
 
 How it fits together: a layer that passes a request whose method it could not
 see (``ctx.method`` is None, or a WebSocket handshake) adds its decision to the
-request's gate (:func:`defer`). The entry path, once it knows the method, runs
-``async with admit(ctx, method, scope): ...`` around the call: every deferred
-decision in stage order; the first refusal raises its :class:`RpcError` (the
-same code, message, details and ``Retry-After`` as over HTTP), and whatever
-was taken (bulkhead slots, tenant bindings) is given back when the block ends.
-A request whose layers saw the method (a unary call with the content layer in
-front: the usual case) has no gate, and ``admit`` costs a dictionary lookup.
+request's gate (:func:`defer`, kept in ``ctx.deferred``). The entry path, once
+it knows the method, runs ``async with admit(ctx, method, scope): ...`` around
+the call: every deferred decision in stage order; the first refusal raises its
+:class:`RpcError` (the same code, message, details and ``Retry-After`` as over
+HTTP), and whatever was taken (bulkhead slots, tenant bindings) is given back
+when the block ends. A request whose layers saw the method (a unary call with
+the content layer in front: the usual case) has no gate (``ctx.deferred`` is
+None): entry paths test that attribute and go on.
 
 Tasks: the tenant, auth and rate-limit decisions are taken at
 ``TaskService/Submit`` (a refused task is never stored); admission is taken
-when the task *runs* (:meth:`Gate.admission`, kept by the task manager): a
-running task holds a slot of its method's bulkheads like any HTTP call, so
-``concurrency=1`` holds across HTTP, WebSocket and tasks alike.
+when the task *runs* (the admission layer's decision, offered on the app's
+lifespan scope and kept by the task manager): a running task holds a slot of
+its method's bulkheads like any HTTP call, so ``concurrency=1`` holds across
+HTTP, WebSocket and tasks alike.
 """
 
 from __future__ import annotations
@@ -53,13 +55,13 @@ __all__ = [
     "Check",
     "Gate",
     "Release",
+    "admission_of",
     "admit",
     "defer",
-    "gate_of",
     "lifespan_gate",
 ]
 
-#: ``ctx.extras`` key of the request's :class:`Gate`.
+#: Scope key of the lifespan's :class:`Gate` (decisions for work outside requests).
 GATE_KEY = "aduib.gate"
 TENANT, AUTH, RATE, ADMISSION = 0, 1, 2, 3
 
@@ -79,8 +81,22 @@ class Check(Protocol):
         ...
 
 
+def _ordered(checks: list[Check]) -> list[Check]:
+    """Stage order, each check once (layers add theirs outermost first)."""
+    seen: list[Check] = []
+    for c in checks:
+        if c not in seen:
+            seen.append(c)
+    seen.sort(key=_stage)
+    return seen
+
+
+def _stage(check: Check) -> int:
+    return check.stage
+
+
 class Gate:
-    """The deferred decisions of one request, in stage order."""
+    """Decisions kept for later, in stage order: the lifespan's (task runs)."""
 
     __slots__ = ("checks",)
 
@@ -88,13 +104,7 @@ class Gate:
         self.checks: list[Check] = []
 
     def add(self, check: Check) -> None:
-        checks = self.checks
-        if check in checks:
-            return
-        i = len(checks)
-        while i and checks[i - 1].stage > check.stage:
-            i -= 1
-        checks.insert(i, check)
+        self.checks = _ordered([*self.checks, check])
 
     def admission(self) -> Check | None:
         """The admission decision (a task manager keeps it to admit task runs)."""
@@ -103,40 +113,33 @@ class Gate:
                 return c
         return None
 
-    async def enter(self, ctx: RequestContext, scope: Scope | None, method: str, *,
-                    until: int = ADMISSION) -> list[Release]:
-        """Run every check up to stage ``until``; on a refusal release what was taken."""
-        releases: list[Release] = []
-        authorized = False
-        try:
-            for check in self.checks:
-                if check.stage > until:
-                    break
-                if not authorized and check.stage > TENANT:
-                    authorize_method(ctx, method)
-                    authorized = True
-                release = await check.enter(ctx, scope, method)
-                if release is not None:
-                    releases.append(release)
-            if not authorized:
+
+async def _enter(checks: list[Check], ctx: RequestContext, scope: Scope | None, method: str,
+                 until: int) -> list[Release]:
+    """Run ``checks`` up to stage ``until``; on a refusal release what was taken."""
+    releases: list[Release] = []
+    authorized = False
+    try:
+        for check in _ordered(checks):
+            if check.stage > until:
+                break
+            if not authorized and check.stage > TENANT:
                 authorize_method(ctx, method)
-        except BaseException:
-            _release_all(releases)
-            raise
-        return releases
+                authorized = True
+            release = await check.enter(ctx, scope, method)
+            if release is not None:
+                releases.append(release)
+        if not authorized:
+            authorize_method(ctx, method)
+    except BaseException:
+        _release_all(releases)
+        raise
+    return releases
 
 
 def _release_all(releases: list[Release]) -> None:
     for release in reversed(releases):
         release()
-
-
-def gate_of(ctx: RequestContext) -> Gate:
-    """The request's gate (created on first use)."""
-    gate: Gate | None = ctx.extras.get(GATE_KEY)
-    if gate is None:
-        gate = ctx.extras[GATE_KEY] = Gate()
-    return gate
 
 
 def lifespan_gate(scope: Scope) -> Gate:
@@ -149,8 +152,21 @@ def lifespan_gate(scope: Scope) -> Gate:
 
 
 def defer(ctx: RequestContext, check: Check) -> None:
-    """Ask for ``check`` to run where the request's method becomes known."""
-    gate_of(ctx).add(check)
+    """Ask for ``check`` to run where the request's method becomes known
+    (kept in ``ctx.deferred``: one list per request that needs one)."""
+    deferred = ctx.deferred
+    if deferred is None:
+        ctx.deferred = [check]
+    else:
+        deferred.append(check)
+
+
+def admission_of(ctx: RequestContext) -> Check | None:
+    """The admission decision the request's layers deferred, if any."""
+    for c in ctx.deferred or ():
+        if c.stage == ADMISSION:
+            return c
+    return None
 
 
 @contextlib.asynccontextmanager
@@ -161,12 +177,12 @@ async def admit(ctx: RequestContext, method: str, scope: Scope | None = None, *,
     Raises the refusing layer's RpcError. ``until=RATE`` stops before admission
     (a task submission: admission applies when the task runs).
     """
-    gate: Gate | None = ctx.extras.get(GATE_KEY)
-    if gate is None:
+    checks = ctx.deferred
+    if not checks:
         authorize_method(ctx, method)
         yield
         return
-    releases = await gate.enter(ctx, scope, method, until=until)
+    releases = await _enter(checks, ctx, scope, method, until)
     try:
         yield
     finally:

@@ -81,6 +81,8 @@ async def paired(case: Callable[..., Any], ref: Callable[..., Any], n: int,
 
 def layers() -> dict[str, Callable[..., Any]]:
     from aduib_asgi.middleware.admission import AdmissionMiddleware
+    from aduib_asgi.middleware.auth import AuthMiddleware
+    from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
     from aduib_asgi.middleware.ratelimit import RateLimitMiddleware, RateLimitPolicy
     from aduib_asgi.middleware.tenant import TenantScopeMiddleware
 
@@ -90,6 +92,8 @@ def layers() -> dict[str, Callable[..., Any]]:
         "tenant (no tenant)": TenantScopeMiddleware(noop),
         "ratelimit (no policy matches)": RateLimitMiddleware(noop, policies=[policy]),
         "admission (no limits)": AdmissionMiddleware(noop),
+        "auth (anonymous, no rules)": AuthMiddleware(noop),
+        "idempotency (no key)": IdempotencyMiddleware(noop),
     }
 
 

@@ -183,7 +183,7 @@ class RpcDispatcher:
         spec = self.registry.resolve(env.method, ctx=ctx)  # version ranges, deprecation
         if spec.streaming:
             raise RpcError(2000, f"{env.method} is a streaming method; call it on /v2/rpc/stream")
-        if GATE_KEY in ctx.extras:  # layers in front could not see the method
+        if ctx.deferred:  # layers in front could not see the method
             async with admit(ctx, env.method, scope):
                 result = await self.call_unary(spec, env, ctx)
                 await send_envelope(send, ctx, build_envelope(ctx, result=result), 200)

@@ -94,6 +94,9 @@ class AdmissionMiddleware:
         #: Bulkheads that depend on the method: a request whose method the layer
         #: cannot see (a task submission, a dispatcher-parsed envelope) defers them.
         self._by_method = registry is not None or any(not k.startswith("/") for k in self._static)
+        # the gate checks: per plan a request may hold, and one holding nothing
+        self._checks: dict[tuple[str | None, str], _AdmissionCheck] = {}
+        self._ws_check = _AdmissionCheck(self, _NO_PLAN)
 
     # -- ASGI --------------------------------------------------------------------------
 
@@ -110,7 +113,7 @@ class AdmissionMiddleware:
             await run_with_context(self._websocket, scope, receive, send)
         elif t == "lifespan":
             # the app's bulkheads for work that runs outside any request (task runs)
-            lifespan_gate(scope).add(_AdmissionCheck(self, _NO_PLAN))
+            lifespan_gate(scope).add(self._ws_check)
             await self.app(scope, self._lifespan_receive(receive), send)
         else:
             await self.app(scope, receive, send)
@@ -126,7 +129,7 @@ class AdmissionMiddleware:
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send,
                          ctx: RequestContext) -> None:
-        defer(ctx, _AdmissionCheck(self, _NO_PLAN))
+        defer(ctx, self._ws_check)
         await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
@@ -141,7 +144,12 @@ class AdmissionMiddleware:
         if plan is None:
             plan = self._plan(key, ctx, scope)
         if ctx.method is None and self._by_method:  # a method named later: the gate's turn
-            defer(ctx, _AdmissionCheck(self, plan, holds_tenant=bool(self.tenant_limit)))
+            check = self._checks.get(key)
+            if check is None:
+                check = _AdmissionCheck(self, plan, holds_tenant=bool(self.tenant_limit))
+                if len(self._checks) < _MAX_PLANS:
+                    self._checks[key] = check
+            defer(ctx, check)
         tenant = None
         if self.tenant_limit:
             tenant = self._tenant_bulkhead(ctx)

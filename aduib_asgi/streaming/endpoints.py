@@ -37,7 +37,7 @@ from starlette.types import Message, Receive, Scope, Send
 from aduib_asgi.body import ClientDisconnected
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError
-from aduib_asgi.gate import GATE_KEY, admit
+from aduib_asgi.gate import admit
 from aduib_asgi.responses import build_envelope, send_envelope
 from aduib_asgi.streaming.inflight import InflightRegistry
 from aduib_asgi.streaming.responder import stream_response
@@ -233,7 +233,7 @@ class StreamingEndpoints:
             spec = d.registry.resolve(env.method)
             ctx.extras["aduib.method_spec"] = spec
             apply_envelope_timeout(ctx, env)
-            if GATE_KEY in ctx.extras:  # layers in front could not see the method
+            if ctx.deferred:  # layers in front could not see the method
                 async with admit(ctx, env.method, scope):
                     source = await open_source(spec, env.data, ctx)
                     await self._respond(scope, receive, send, ctx, source)

@@ -30,7 +30,7 @@ from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.dispatcher.app import to_jsonable
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
-from aduib_asgi.gate import GATE_KEY, RATE, Check, admit
+from aduib_asgi.gate import RATE, Check, admission_of, admit
 from aduib_asgi.identity import caller_scope, tenant_of
 from aduib_asgi.middleware.tenant import TENANT_CONFIG_KEY, bind_tenant, unbind_tenant
 from aduib_asgi.models import (
@@ -224,13 +224,11 @@ class TaskManager:
         tenant = tenant_of(ctx)
         enforce_method_access(spec.method, spec.options, ctx)
         authorize_method(ctx, spec.method)  # the auth layer's pattern rules for the target
-        if ctx is not None:
-            gate = ctx.extras.get(GATE_KEY)
-            if gate is not None:
-                async with admit(ctx, spec.method, scope, until=RATE):
-                    pass
-                if self.admission is None:  # the app's bulkheads, for the task runs
-                    self.admission = gate.admission()
+        if ctx is not None and ctx.deferred:
+            async with admit(ctx, spec.method, scope, until=RATE):
+                pass
+            if self.admission is None:  # the app's bulkheads, for the task runs
+                self.admission = admission_of(ctx)
         rec = TaskRecord(
             task_id=str(uuid.uuid4()), target_method=target, params=params,
             status=TaskStatus.PENDING, priority=req.priority, created_at_ms=_now_ms(),
