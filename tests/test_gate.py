@@ -244,3 +244,31 @@ async def test_a_task_run_is_not_failed_while_the_server_drains() -> None:
                     break
                 await anyio.sleep(0.02)
     assert stored.record.status.value == "succeeded", stored.record
+
+
+def test_two_callers_may_run_calls_with_the_same_id_and_cancel_only_their_own() -> None:
+    reg = InflightRegistry()
+    cancelled: list[str] = []
+
+    class Call:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def cancel(self, reason: str | None = None) -> None:
+            cancelled.append(self.name)
+
+    def anon(addr: str) -> RequestContext:
+        c = RequestContext(request_id="same")
+        c.client = addr
+        return c
+
+    a, b = Call("a"), Call("b")
+    ka = reg.register(anon("127.0.0.1"), a)
+    kb = reg.register(anon("127.0.0.2"), b)
+    assert reg.cancel(anon("127.0.0.2"), "same", "x") is True
+    assert cancelled == ["b"]
+    reg.unregister(kb, b)
+    assert reg.cancel(anon("127.0.0.2"), "same") is False  # b is gone, a is not b's
+    assert reg.cancel(anon("127.0.0.1"), "same") is True and cancelled == ["b", "a"]
+    reg.unregister(ka, a)
+    assert len(reg) == 0

@@ -112,8 +112,8 @@ class TenantScopeMiddleware:
         config = self.overrides.get(tenant, _EMPTY) if tenant is not None else _EMPTY
         if config:
             ctx.extras[TENANT_CONFIG_KEY] = config
-        else:
-            ctx.extras.pop(TENANT_CONFIG_KEY, None)
+        elif TENANT_CONFIG_KEY in ctx.extras:
+            del ctx.extras[TENANT_CONFIG_KEY]
         token = current_tenant.set(tenant)
         ctoken = _current_config.set(config)
 

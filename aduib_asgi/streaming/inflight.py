@@ -60,14 +60,17 @@ class CancelBus(Protocol):
 
 class _Entry:
     """A running call and what tells whose it is (the owner's scope, computed only
-    when a cancel asks: registering costs no string building)."""
+    when a cancel asks: registering costs no string building). Calls that share
+    a (tenant, id) key are chained through ``next``."""
 
-    __slots__ = ("call", "ctx", "scope")
+    __slots__ = ("call", "ctx", "next", "scope")
 
-    def __init__(self, call: Cancellable, ctx: RequestContext, scope: Scope | None) -> None:
+    def __init__(self, call: Cancellable, ctx: RequestContext, scope: Scope | None,
+                 next_: _Entry | None) -> None:
         self.call = call
         self.ctx = ctx
         self.scope = scope
+        self.next = next_
 
     def owner(self) -> str:
         return caller_scope(self.ctx, self.scope)
@@ -80,8 +83,8 @@ class InflightRegistry:
 
     def __init__(self, *, max_per_tenant: int = DEFAULT_MAX_INFLIGHT_PER_TENANT,
                  max_total: int = DEFAULT_MAX_INFLIGHT) -> None:
-        # (tenant, request id) -> the calls running under that id (usually one)
-        self._calls: dict[InflightKey, list[_Entry]] = {}
+        # (tenant, request id) -> the calls running under that id (a chain, usually one)
+        self._calls: dict[InflightKey, _Entry] = {}
         self._tenants: dict[str, int] = {}
         self._size = 0
         self.max_per_tenant = max_per_tenant
@@ -93,38 +96,38 @@ class InflightRegistry:
                  scope: Scope | None = None) -> InflightKey:
         """Record ``call`` under the request's tenant and id; pass the key to
         :meth:`unregister`. Raises 5021 (429) at a bound."""
-        tenant = tenant_of(ctx)
-        n = self._tenants.get(tenant, 0)
+        tenant = ctx.tenant_id or tenant_of(ctx)
+        tenants = self._tenants
+        n = tenants.get(tenant, 0)
         if n >= self.max_per_tenant or self._size >= self.max_total:
             raise RpcError(5021, "Too many running calls"
                            + (f" for tenant {tenant!r}" if n >= self.max_per_tenant else ""),
                            headers={"Retry-After": "1"},
                            details=[{"type": "admission", "reason": "in-flight registry full",
                                      "metadata": {"limit": "inflight", "retry_after_s": 1}}])
-        key = (tenant, ctx.ensure_request_id())
-        entry = _Entry(call, ctx, scope)
-        same = self._calls.get(key)
-        if same is None:
-            self._calls[key] = [entry]
-        else:
-            same.append(entry)
-        self._tenants[tenant] = n + 1
+        rid = ctx.request_id
+        key = (tenant, rid if rid is not None else ctx.ensure_request_id())
+        calls = self._calls
+        calls[key] = _Entry(call, ctx, scope, calls.get(key))
+        tenants[tenant] = n + 1
         self._size += 1
         return key
 
     def unregister(self, key: InflightKey, call: Cancellable) -> None:
         """Forget ``call``."""
-        same = self._calls.get(key)
-        if same is None:
+        calls = self._calls
+        entry = calls.get(key)
+        prev: _Entry | None = None
+        while entry is not None and entry.call is not call:
+            prev, entry = entry, entry.next
+        if entry is None:
             return
-        for i, entry in enumerate(same):
-            if entry.call is call:
-                del same[i]
-                break
+        if prev is not None:
+            prev.next = entry.next
+        elif entry.next is not None:
+            calls[key] = entry.next
         else:
-            return
-        if not same:
-            del self._calls[key]
+            del calls[key]
         self._size -= 1
         tenant = key[0]
         n = self._tenants.get(tenant, 1) - 1
@@ -136,15 +139,15 @@ class InflightRegistry:
     def cancel_local(self, tenant: str, owner: str, request_id: str,
                      reason: str | None = None) -> bool:
         """Cancel the calls ``request_id`` of caller scope ``owner`` running here."""
-        same = self._calls.get((tenant, request_id))
-        if not same:
-            return False
-        found = False
-        for entry in list(same):
+        entry = self._calls.get((tenant, request_id))
+        found: list[_Entry] = []
+        while entry is not None:
             if entry.owner() == owner:
-                entry.call.cancel(reason[:MAX_REASON] if reason is not None else None)
-                found = True
-        return found
+                found.append(entry)
+            entry = entry.next
+        for e in found:
+            e.call.cancel(reason[:MAX_REASON] if reason is not None else None)
+        return bool(found)
 
     def cancel(self, ctx: RequestContext, request_id: str, reason: str | None = None,
                scope: Scope | None = None) -> bool:
