@@ -108,9 +108,10 @@ async def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--redis", default=None)
+    parser.add_argument("--demo-only", action="store_true", help="only the demo app's figure")
     args = parser.parse_args()
-    cases = layers()
-    noop_app = cases.pop("no-op app")
+    cases = {} if args.demo_only else layers()
+    noop_app = cases.pop("no-op app", noop)
     print(f"{'case':44s} {'min µs':>8s} {'Δ vs ref (median of paired rounds)':>36s}")
     for name, app in cases.items():
         best, delta = await paired(app, noop_app, args.n, args.reps)
