@@ -214,3 +214,24 @@ def test_cancel_by_another_principal_is_refused(demo: DemoProcess) -> None:
     stream.finish()
     assert by_admin.status_code == 404 and by_anonymous.status_code == 404
     assert by_alice.status_code == 200
+
+
+def test_a_running_task_and_an_http_call_share_the_concurrency_limit(demo: DemoProcess) -> None:
+    """One bulkhead for Slow/work: an HTTP call waits while a task holds the slot."""
+    with httpx.Client(base_url=demo.url, timeout=TIMEOUT,
+                      headers={"x-tenant-id": "slow-mixed"}) as c:
+        tid = c.post(TS + "Submit", json={"target_method": "rpc.v2/Slow/work",
+                                          "params": {"ms": 1500}}).json()["task_id"]
+        deadline = time.monotonic() + TIMEOUT
+        while c.post(TS + "Query", json={"task_id": tid}).json()["task"]["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)  # the task is (very likely) in its handler, holding the slot
+        r = c.post(RPC, json=env("rpc.v2/Slow/work", {"ms": 0}))
+        returned_ms = time.time() * 1000
+        task = task_status(c, tid)
+    assert r.status_code == 200 and task["status"] == "succeeded"
+    # the task's handler ran [completed - 1500 ms, completed]; the HTTP call's handler
+    # may not run inside it: it returned either after it or before it began
+    end = task["completed_at_ms"]
+    assert returned_ms >= end - 50 or returned_ms <= end - 1500 + 50, (returned_ms, end)
