@@ -79,6 +79,24 @@ async def test_websocket_tenant_of_a_bound_token_is_applied_to_the_call() -> Non
     assert other[0]["payload"]["error"]["code"] == 3010
 
 
+async def test_websocket_tenant_applies_over_the_tenant_layers_default() -> None:
+    """With a default tenant (as in the demo) a bound token without a tenant header
+    names its tenant in the message; the default is not held against it."""
+    reg = registry()
+    app = build_stack(RpcDispatcher(reg), [
+        Layer.of(ErrorMappingMiddleware), Layer.of(TenantScopeMiddleware, default="default"),
+        Layer.of(AuthMiddleware, registry=reg, authenticators=[
+            BearerAuthenticator(jwt_verifier(KEY, tenants_claim="tid"))])])
+    with anyio.fail_after(10):
+        ok = await ws_frames(app, envelope("rpc.v2/G/where", {}, id="d1",
+                                           metadata={"tenant_id": "acme"}), token(tid="acme"))
+        unnamed = await ws_frames(app, envelope("rpc.v2/G/where", {}, id="d2"),
+                                  token(tid="acme"))
+    assert ok[0]["type"] == "data", ok
+    assert ok[0]["payload"]["data"] == {"tenant": "acme", "bound": "acme"}
+    assert unnamed[0]["type"] == "error" and unnamed[0]["payload"]["error"]["code"] == 3010
+
+
 async def test_quota_applies_when_the_dispatcher_parses_the_envelope() -> None:
     """No content layer: the rate-limit layer cannot see the method; the gate applies it."""
     policy = RateLimitPolicy("ping", "2/minute", methods=("rpc.v2/G/ping",))

@@ -126,11 +126,11 @@ class AuthMiddleware:
                 ctx.roles = identity.roles
                 ctx.scopes = identity.scopes
                 ctx.auth_scheme = creds.scheme if creds is not None else None
-            # a WebSocket naming no tenant in its handshake (browsers cannot set
-            # headers) is checked on its first message instead
+            # a WebSocket whose handshake names no tenant (browsers cannot set
+            # headers) is checked on its message, once the tenant it names applies
             required, scopes = self._decide(
                 identity, ctx, ctx.method, ctx.service, scope.get("path"),
-                tenants=scope["type"] == "http" or bool(_named_tenants(ctx)))
+                tenants=scope["type"] == "http" or ctx.header(_X_TENANT) is not None)
         except RpcError as exc:
             error = _scrub(exc, creds)
             self._audit(ctx, "deny", error.code, error.message, creds, scope=scope)

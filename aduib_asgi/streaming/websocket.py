@@ -338,13 +338,17 @@ async def serve_websocket(
     requests: ClientItems | None = None
     async with contextlib.AsyncExitStack() as held:
         try:
-            env = parse_envelope(ctx, _decode(message))
+            # authorized by the gate below, once the message's tenant applies
+            env = parse_envelope(ctx, _decode(message), authorize=False)
             apply_timeout(ctx, env)
+            known = registry.get(env.method)
+            if known is not None:  # its registration options (concurrency) for the gate
+                ctx.extras["aduib.method_spec"] = known
+            # the same tenant, auth, rate-limit and admission decisions as over HTTP
+            # (auth before the method's existence, as there), held until the call ends
+            await held.enter_async_context(admit(ctx, env.method, scope))
             spec = registry.resolve(env.method)
             ctx.extras["aduib.method_spec"] = spec
-            # the same tenant, auth, rate-limit and admission decisions as over HTTP,
-            # held until the call ends (aduib_asgi.gate)
-            await held.enter_async_context(admit(ctx, env.method, scope))
             md = env.metadata
             if ctx.tenant_id is not None and md is not None and md.tenant_id is not None \
                     and md.tenant_id != ctx.tenant_id:
