@@ -79,6 +79,24 @@ async def test_websocket_tenant_of_a_bound_token_is_applied_to_the_call() -> Non
     assert other[0]["payload"]["error"]["code"] == 3010
 
 
+async def test_a_websocket_denial_on_the_message_is_audited_with_the_client() -> None:
+    from aduib_asgi.observability.audit import CollectingAuditSink
+
+    reg = registry()
+    audit = CollectingAuditSink()
+    app = build_stack(RpcDispatcher(reg), [
+        Layer.of(ErrorMappingMiddleware), Layer.of(TenantScopeMiddleware),
+        Layer.of(AuthMiddleware, registry=reg, audit=audit, authenticators=[
+            BearerAuthenticator(jwt_verifier(KEY, tenants_claim="tid"))])])
+    with anyio.fail_after(10):
+        frames = await ws_frames(app, envelope("rpc.v2/G/where", {}, id="a1",
+                                               metadata={"tenant_id": "globex"}),
+                                 token(tid="acme"))
+    assert frames[0]["payload"]["error"]["code"] == 3010
+    denied = [e for e in audit.events if e.outcome == "deny"]
+    assert denied and denied[-1].client == "127.0.0.1" and denied[-1].code == 3010
+
+
 async def test_websocket_tenant_applies_over_the_tenant_layers_default() -> None:
     """With a default tenant (as in the demo) a bound token without a tenant header
     names its tenant in the message; the default is not held against it."""

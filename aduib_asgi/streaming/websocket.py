@@ -29,6 +29,7 @@ from aduib_asgi.body import parse_envelope
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError
 from aduib_asgi.gate import admit
+from aduib_asgi.identity import client_address
 from aduib_asgi.responses import log_error, to_rpc_error
 from aduib_asgi.streaming.engine import StreamRun
 from aduib_asgi.streaming.frames import (
@@ -334,6 +335,7 @@ async def serve_websocket(
     if message["type"] != "websocket.receive":
         return
     binary = chosen == SUBPROTOCOL_MSGPACK or (chosen is None and message.get("text") is None)
+    client_address(scope, ctx)  # once per connection: audit events and logs name the client
     sink = WsSink(ctx, send, binary=binary, window=window, ack_timeout=ack_timeout)
     requests: ClientItems | None = None
     async with contextlib.AsyncExitStack() as held:
