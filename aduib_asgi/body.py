@@ -90,13 +90,15 @@ def _readable_id(payload: Any) -> str | None:
     return None
 
 
-def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False) -> RpcRequest:
+def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False,
+                   authorize: bool = True) -> RpcRequest:
     """Validate a decoded body as the request envelope and record it on ``ctx``.
 
     Not an object, or failing validation → 1002 with one detail per bad field
     (the request id is still echoed when it was readable). Malformed version
     members are 1001; a v1 payload (``aduib_rpc: "1.0"``, or ``v1=True`` for
-    the v1 endpoint) is upgraded first and answered in v1 shape.
+    the v1 endpoint) is upgraded first and answered in v1 shape. The auth
+    layer's late check runs for the method unless ``authorize=False``.
     """
     if not isinstance(payload, dict):
         raise RpcError(1002, "The request envelope must be an object",
@@ -133,6 +135,8 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False) -> Rp
         if isinstance(extra, dict) and extra:
             ctx.add_envelope_headers(extra)
     # Parsed after an auth layer ran (the dispatcher without a content layer in
-    # front, the v1 endpoint, a WebSocket's first message): its rules now apply.
-    authorize_method(ctx, env.method)
+    # front, the v1 endpoint): its rules now apply. ``authorize=False``: the caller
+    # passes the gate (aduib_asgi.gate), which applies them after the tenant.
+    if authorize:
+        authorize_method(ctx, env.method)
     return env

@@ -73,9 +73,11 @@ class RequestContext:
         "body",
         "cancel_reason",
         "cancelled",
+        "client",
         "content_type",
         "deadline",
         "debug",
+        "deferred",
         "envelope",
         "extras",
         "handler",
@@ -139,6 +141,8 @@ class RequestContext:
         self.roles: tuple[str, ...] = ()
         self.scopes: tuple[str, ...] = ()  # OAuth scopes granted to the caller
         self.auth_scheme: str | None = None
+        # The client's address through trusted proxies (aduib_asgi.identity), once known.
+        self.client: str | None = None
         # Absolute deadline on the ``time.monotonic()`` clock, or None.
         self.deadline: float | None = None
         self.priority: int = 1
@@ -151,6 +155,8 @@ class RequestContext:
         self.stream_framing: str | None = None
         self.cancelled: bool = False
         self.cancel_reason: str | None = None
+        # Decisions layers left for where the method is named (aduib_asgi.gate).
+        self.deferred: list[Any] | None = None
         self.started: float = time.monotonic()
         self.timestamp_ms: int = int(time.time() * 1000)
         self.extras: dict[str, Any] = {}

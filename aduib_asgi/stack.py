@@ -33,6 +33,7 @@ __all__ = [
 #: The default order, outermost first (DESIGN-NOTES: "Order, and checking it").
 DEFAULT_ORDER: tuple[str, ...] = (
     "errors",
+    "identity",
     "compression",
     "content",
     "version",
@@ -49,6 +50,7 @@ DEFAULT_ORDER: tuple[str, ...] = (
 #: Where each layer's class lives ("module:Class"), for :func:`layer_class`.
 LAYER_CLASSES: dict[str, str] = {
     "errors": "aduib_asgi.middleware.errors:ErrorMappingMiddleware",
+    "identity": "aduib_asgi.identity:ClientIdentityMiddleware",
     "compression": "aduib_asgi.middleware.compression:CompressionMiddleware",
     "content": "aduib_asgi.middleware.content:ContentNegotiationMiddleware",
     "version": "aduib_asgi.middleware.version:VersionNegotiationMiddleware",
@@ -65,6 +67,9 @@ LAYER_CLASSES: dict[str, str] = {
 #: Hard constraints: (outer, inner) pairs. When both layers are in a stack, the
 #: first must wrap the second, or the stack is rejected.
 MUST_BE_OUTSIDE: dict[tuple[str, str], str] = {
+    ("identity", "auth"): "audit events name the client the identity layer resolves",
+    ("identity", "ratelimit"): "rate limits are partitioned by the client address",
+    ("identity", "idempotency"): "anonymous callers' keys are scoped by client address",
     ("compression", "content"):
         "the content layer decodes bodies that the compression layer has decompressed",
     ("content", "version"): "the version layer reads the decoded envelope",

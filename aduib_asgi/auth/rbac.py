@@ -32,6 +32,7 @@ T = TypeVar("T")
 #: where the method becomes known after the auth layer (a WebSocket's first
 #: message, a task's target) so pattern rules and tenant binding hold there too.
 AUTHORIZE_KEY = "aduib.authorize"
+_AUTHORIZED_KEY = "aduib.authorized"  # the method the late check last admitted
 
 # RFC 6750 scope-token characters (and the same for role names in challenges)
 _TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "\\"}
@@ -54,11 +55,13 @@ def names(value: object, *, what: str = "scope") -> tuple[str, ...]:
 
 
 def authorize_method(ctx: object | None, method: str) -> None:
-    """Run the auth layer's late check for ``method`` when the request went through one."""
+    """Run the auth layer's late check for ``method`` when the request went through one
+    (once per method: the envelope parser and the gate may both ask)."""
     extras = getattr(ctx, "extras", None)
     check = extras.get(AUTHORIZE_KEY) if extras else None
-    if check is not None:
+    if check is not None and extras is not None and extras.get(_AUTHORIZED_KEY) != method:
         check(ctx, method)
+        extras[_AUTHORIZED_KEY] = method
 
 
 class PatternTable(Generic[T]):

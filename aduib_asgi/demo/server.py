@@ -10,6 +10,7 @@ from aduib_asgi.demo.security import demo_auth_options
 from aduib_asgi.demo.services import register_demo_services
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.health import install_health_service
+from aduib_asgi.identity import ClientIdentityMiddleware
 from aduib_asgi.middleware.admission import AdmissionMiddleware
 from aduib_asgi.middleware.auth import AuthMiddleware
 from aduib_asgi.middleware.circuit import CircuitBreakerMiddleware
@@ -29,6 +30,7 @@ from aduib_asgi.observability.metrics import (
 )
 from aduib_asgi.qos import BreakerSettings, ShutdownController
 from aduib_asgi.stack import Layer, build_stack
+from aduib_asgi.streaming.cancel_bus import install_cancel_bus
 from aduib_asgi.tasks import install_task_service
 
 __all__ = ["DemoConfig", "build_demo_app"]
@@ -42,6 +44,9 @@ class DemoConfig:
     redis_url: str | None = None
     stream_framing: str = "message"
     heartbeat: float = 15.0
+    #: Peers (IPs/CIDRs) whose X-Forwarded-For / Forwarded name the client (the
+    #: identity layer); empty: the client is the peer.
+    trusted_proxies: tuple[str, ...] = ()
     #: Draining state shared with the CLI's SIGTERM handler (graceful shutdown).
     shutdown: ShutdownController = field(default_factory=ShutdownController)
 
@@ -60,12 +65,17 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
                                    heartbeat_interval=config.heartbeat)
     install_health_service(dispatcher)
     install_task_service(dispatcher, config.redis_url or "memory://")
+    if config.redis_url:  # rpc/cancel reaches calls on every instance sharing the Redis
+        install_cancel_bus(dispatcher, config.redis_url)
     # GET /aduib_rpc/metrics: Prometheus exposition of the RPC metrics.
     meter_provider, prom_registry = prometheus_meter_provider()
     dispatcher.add_route("/metrics", PrometheusApp(prom_registry).endpoint,
                          methods=("GET", "HEAD"))
     layers = [
         Layer.of(ErrorMappingMiddleware, debug=config.debug),
+        # who the client is (aduib_asgi.identity): only behind trusted proxies
+        *([Layer.of(ClientIdentityMiddleware, trusted_proxies=config.trusted_proxies)]
+          if config.trusted_proxies else []),
         Layer.of(CompressionMiddleware),
         Layer.of(ContentNegotiationMiddleware),
         Layer.of(VersionNegotiationMiddleware),

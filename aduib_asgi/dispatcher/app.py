@@ -23,6 +23,7 @@ from aduib_asgi.codecs import JSON
 from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
+from aduib_asgi.gate import GATE_KEY, Gate, admit
 from aduib_asgi.models import RpcRequest
 from aduib_asgi.qos.retry import install_retry
 from aduib_asgi.responses import build_envelope, refuse_websocket, send_envelope, send_error
@@ -78,6 +79,8 @@ class RpcDispatcher:
         self._ws_routes: dict[str, Endpoint] = {}
         #: Entered at ASGI lifespan startup, exited at shutdown (task workers...).
         self.lifespan_hooks: list[Callable[[], AbstractAsyncContextManager[Any]]] = []
+        #: The lifespan scope's gate (:func:`aduib_asgi.gate.lifespan_gate`), once started.
+        self.lifespan_gate: Gate | None = None
         self.add_route("/v2/rpc", self._unary, methods=("POST",))
         install_version_routes(self)  # capabilities + v1 endpoint (aduib_asgi.versioning)
         install_retry(self)  # server-side retry of idempotent methods (aduib_asgi.qos)
@@ -102,6 +105,8 @@ class RpcDispatcher:
         elif t == "websocket":
             await run_with_context(self._websocket, scope, receive, send)
         elif t == "lifespan":
+            # decisions the layers in front offer for work outside requests (aduib_asgi.gate)
+            self.lifespan_gate = scope.get(GATE_KEY)
             await _lifespan(receive, send, self.lifespan_hooks)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
@@ -178,6 +183,11 @@ class RpcDispatcher:
         spec = self.registry.resolve(env.method, ctx=ctx)  # version ranges, deprecation
         if spec.streaming:
             raise RpcError(2000, f"{env.method} is a streaming method; call it on /v2/rpc/stream")
+        if ctx.deferred:  # layers in front could not see the method
+            async with admit(ctx, env.method, scope):
+                result = await self.call_unary(spec, env, ctx)
+                await send_envelope(send, ctx, build_envelope(ctx, result=result), 200)
+            return
         result = await self.call_unary(spec, env, ctx)
         await send_envelope(send, ctx, build_envelope(ctx, result=result), 200)
 

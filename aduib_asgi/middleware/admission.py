@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import anyio
@@ -22,9 +23,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.gate import ADMISSION, defer, lifespan_gate
+from aduib_asgi.models import parse_method
 from aduib_asgi.qos.bulkhead import Bulkhead, Rejected
 from aduib_asgi.qos.interrupt import end_interrupted, send_tracked
-from aduib_asgi.qos.keys import method_spec
+from aduib_asgi.qos.keys import METHOD_SPEC_KEY, method_spec
 from aduib_asgi.qos.metrics import record_rejection
 from aduib_asgi.qos.shutdown import ShutdownController
 from aduib_asgi.responses import refuse_websocket, send_error
@@ -88,6 +91,12 @@ class AdmissionMiddleware:
         self._registered: dict[str, Bulkhead] = {}
         self._tenants: dict[str, Bulkhead] = {}
         self._plans: dict[tuple[str | None, str], tuple[Bulkhead, ...]] = {}
+        #: Bulkheads that depend on the method: a request whose method the layer
+        #: cannot see (a task submission, a dispatcher-parsed envelope) defers them.
+        self._by_method = registry is not None or any(not k.startswith("/") for k in self._static)
+        # the gate checks: per plan a request may hold, and one holding nothing
+        self._checks: dict[tuple[str | None, str], _AdmissionCheck] = {}
+        self._ws_check = _AdmissionCheck(self, _NO_PLAN)
 
     # -- ASGI --------------------------------------------------------------------------
 
@@ -100,8 +109,11 @@ class AdmissionMiddleware:
                 record_rejection("*", "draining", 1)  # normal priority: a WebSocket has no envelope
                 await refuse_websocket(scope, send, self._draining_error(), close_code=1012)
                 return
-            await self.app(scope, receive, send)
+            # each message's method is admitted by the gate (aduib_asgi.gate)
+            await run_with_context(self._websocket, scope, receive, send)
         elif t == "lifespan":
+            # the app's bulkheads for work that runs outside any request (task runs)
+            lifespan_gate(scope).add(self._ws_check)
             await self.app(scope, self._lifespan_receive(receive), send)
         else:
             await self.app(scope, receive, send)
@@ -115,6 +127,11 @@ class AdmissionMiddleware:
 
         return wrapped
 
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send,
+                         ctx: RequestContext) -> None:
+        defer(ctx, self._ws_check)
+        await self.app(scope, receive, send)
+
     async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
         shutdown = self.shutdown
         if shutdown.draining:
@@ -126,6 +143,13 @@ class AdmissionMiddleware:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plan(key, ctx, scope)
+        if ctx.method is None and self._by_method:  # a method named later: the gate's turn
+            check = self._checks.get(key)
+            if check is None:
+                check = _AdmissionCheck(self, plan, holds_tenant=bool(self.tenant_limit))
+                if len(self._checks) < _MAX_PLANS:
+                    self._checks[key] = check
+            defer(ctx, check)
         tenant = None
         if self.tenant_limit:
             tenant = self._tenant_bulkhead(ctx)
@@ -219,20 +243,21 @@ class AdmissionMiddleware:
         return ctx.priority
 
     def _plan(self, key: tuple[str | None, str], ctx: RequestContext,
-              scope: Scope) -> tuple[Bulkhead, ...]:
+              scope: Scope | None) -> tuple[Bulkhead, ...]:
         """The bulkheads of a method/path, most specific first, then the global one
         (cached per key)."""
+        method, path = key
         found: list[Bulkhead] = []
         static = self._static
-        if ctx.method is not None:
-            b = static.get(ctx.method)
+        if method is not None:
+            b = static.get(method)
             if b is None:
-                b = self._registered_bulkhead(ctx)
+                b = self._registered_bulkhead(ctx, method)
             if b is not None:
                 found.append(b)
-            if ctx.service is not None and ctx.service in static:
-                found.append(static[ctx.service])
-        path = scope.get("path", "")
+            service = ctx.service if method == ctx.method else _service_of(method)
+            if service is not None and service in static:
+                found.append(static[service])
         if path in static:
             found.append(static[path])
         if self._global is not None:  # last: the tenant's bulkhead goes before it
@@ -242,8 +267,12 @@ class AdmissionMiddleware:
             self._plans[key] = plan
         return plan
 
-    def _registered_bulkhead(self, ctx: RequestContext) -> Bulkhead | None:
-        spec = method_spec(ctx, self.registry)
+    def _registered_bulkhead(self, ctx: RequestContext, method: str) -> Bulkhead | None:
+        spec = method_spec(ctx, self.registry) if method == ctx.method else None
+        if spec is None or spec.method != method:
+            spec = ctx.extras.get(METHOD_SPEC_KEY)
+            if (spec is None or spec.method != method) and self.registry is not None:
+                spec = self.registry.get(method)
         if spec is None:
             return None
         limit = spec.options.get("concurrency")
@@ -282,14 +311,61 @@ class AdmissionMiddleware:
         if exc.reason == "draining":
             await self._reject_draining(scope, send, ctx)
             return
+        await send_error(scope, send, self._rejection(exc, ctx), ctx=ctx)
+
+    def _rejection(self, exc: Rejected, ctx: RequestContext) -> RpcError:
+        """5021 for a shed or timed-out request (5002 while draining); counted."""
+        if exc.reason == "draining":
+            record_rejection("*", "draining", ctx.priority)
+            return self._draining_error()
         record_rejection(exc.bulkhead.name, exc.reason, ctx.priority)
         message = ("Queue full: request shed" if exc.reason == "shed"
                    else "Timed out waiting for a concurrency slot")
-        await send_error(scope, send, RpcError(
+        return RpcError(
             5021, message, headers={"Retry-After": self._retry_after},
             details=[{"type": "admission", "reason": exc.reason,
-                      "metadata": {"limit": exc.bulkhead.name, "priority": ctx.priority}}],
-        ), ctx=ctx)
+                      "metadata": {"limit": exc.bulkhead.name, "priority": ctx.priority,
+                                   "retry_after_s": int(self._retry_after)}}],
+        )
+
+    # -- the decision for a method named later (aduib_asgi.gate) ---------------------------
+
+    async def hold(self, ctx: RequestContext, scope: Scope | None, method: str,
+                   held: tuple[Bulkhead, ...] = (), *, holds_tenant: bool = False,
+                   refuse_draining: bool = True) -> Callable[[], None]:
+        """Take a slot in every bulkhead a call of ``method`` needs (but those in
+        ``held``, and the tenant's when the request ``holds_tenant`` already),
+        queueing by priority; returns the release. Raises 5021 / 5002 / 5003.
+
+        The same bulkheads, queue and refusals as an HTTP request of that method:
+        WebSocket messages and task runs share one concurrency limit with it.
+        ``refuse_draining=False`` (task runs: the task manager hands unfinished
+        tasks back when it stops) lets the call run while the server drains.
+        """
+        if self.shutdown.draining:
+            if not refuse_draining:
+                return _nothing
+            record_rejection("*", "draining", ctx.priority)
+            raise self._draining_error()
+        path = scope.get("path", "") if scope is not None else ""
+        key = (method, path)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(key, ctx, scope)
+        if held:
+            plan = tuple(b for b in plan if b not in held)
+        tenant = None
+        if self.tenant_limit and not holds_tenant:
+            tenant = self._tenant_bulkhead(ctx)
+            plan = (*plan[:-1], tenant, plan[-1]) if self._global is not None else (*plan, tenant)
+        if plan:
+            try:
+                await self._acquire(plan, ctx)
+            except Rejected as exc:
+                if exc.reason == "draining" and not refuse_draining:
+                    return _nothing
+                raise self._rejection(exc, ctx) from None
+        return partial(self._release, plan, tenant)
 
     async def _reject_draining(self, scope: Scope, send: Send, ctx: RequestContext) -> None:
         record_rejection("*", "draining", ctx.priority)
@@ -304,6 +380,37 @@ class AdmissionMiddleware:
         """The grace period ended while this request was still running."""
         await end_interrupted(scope, send, ctx, RpcError(5002, "Server is shutting down"),
                               responder, "server shutting down")
+
+
+class _AdmissionCheck:
+    """The layer's decision as a gate check: ``held`` are the bulkheads the request
+    itself already holds (never taken twice). Without a scope (a task run, another
+    context) nothing is held."""
+
+    __slots__ = ("held", "holds_tenant", "layer")
+    stage = ADMISSION
+
+    def __init__(self, layer: AdmissionMiddleware, held: tuple[Bulkhead, ...], *,
+                 holds_tenant: bool = False) -> None:
+        self.layer = layer
+        self.held = held
+        self.holds_tenant = holds_tenant
+
+    async def enter(self, ctx: RequestContext, scope: Scope | None,
+                    method: str) -> Callable[[], None]:
+        if scope is None:  # a task run, outside any request
+            return await self.layer.hold(ctx, None, method, refuse_draining=False)
+        return await self.layer.hold(ctx, scope, method, self.held,
+                                     holds_tenant=self.holds_tenant)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _service_of(method: str) -> str | None:
+    parts = parse_method(method)
+    return parts[0] if parts is not None else None
 
 
 class _AdmissionResponder:

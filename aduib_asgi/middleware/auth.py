@@ -46,6 +46,7 @@ from aduib_asgi.auth.rbac import (
 )
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.identity import client_address
 from aduib_asgi.models import parse_method
 from aduib_asgi.observability.audit import AuditEvent, AuditSink, LoggingAuditSink, now_ms
 from aduib_asgi.responses import refuse_websocket, send_error
@@ -120,30 +121,19 @@ class AuthMiddleware:
                 if authenticator is None:
                     raise RpcError(3000, f"Authentication scheme {creds.scheme!r} is not accepted")
                 identity = await authenticator.authenticate(creds, scope)
-            options = self._method_options(ctx)
-            required = self._required(options, "roles", self._rules, ctx, scope)
-            scopes = self._required(options, "scopes", self._scope_rules, ctx, scope)
-            if identity is None:
-                if required or scopes or (self.require_auth and not self._anonymous.get(
-                        ctx.method, ctx.service, scope.get("path"))):
-                    raise RpcError(3000, "Authentication required")
-            else:
+            if identity is not None:
                 ctx.principal = identity.principal
                 ctx.roles = identity.roles
                 ctx.scopes = identity.scopes
                 ctx.auth_scheme = creds.scheme if creds is not None else None
-                if identity.tenants is not None and (
-                        scope["type"] == "http" or _named_tenants(ctx)):
-                    # a WebSocket naming no tenant in its handshake (browsers cannot
-                    # set headers) is checked on its first message instead
-                    _check_tenants(identity, ctx)
-                if required and not _has_any(identity.roles, required):
-                    raise RpcError(3011, "Permission denied: a required role is missing")
-                if scopes and not all(s in identity.scopes for s in scopes):
-                    raise insufficient_scope(ctx.method, scopes, self._realm)
+            # a WebSocket whose handshake names no tenant (browsers cannot set
+            # headers) is checked on its message, once the tenant it names applies
+            required, scopes = self._decide(
+                identity, ctx, ctx.method, ctx.service, scope.get("path"),
+                tenants=scope["type"] == "http" or ctx.header(_X_TENANT) is not None)
         except RpcError as exc:
             error = _scrub(exc, creds)
-            self._audit(ctx, "deny", error.code, error.message, creds)
+            self._audit(ctx, "deny", error.code, error.message, creds, scope=scope)
             await self._reject(scope, send, ctx, error, creds)
             return
         if identity is not None or self._rules or self._scope_rules or self.require_auth:
@@ -151,7 +141,7 @@ class AuthMiddleware:
             # target, an envelope the dispatcher parses)
             ctx.extras[AUTHORIZE_KEY] = partial(self._authorize, identity, creds)
         if creds is not None or required or scopes:
-            self._audit(ctx, "allow", 0, "", creds)
+            self._audit(ctx, "allow", 0, "", creds, scope=scope)
         await self.app(scope, receive, send)
 
     def _credentials(self, ctx: RequestContext, scope: Scope) -> Credentials | None:
@@ -197,8 +187,8 @@ class AuthMiddleware:
 
     @staticmethod
     def _required(options: Mapping[str, Any] | None, key: str,
-                  rules: PatternTable[tuple[str, ...]], ctx: RequestContext,
-                  scope: Scope | None, method: str | None = None) -> tuple[str, ...] | None:
+                  rules: PatternTable[tuple[str, ...]], method: str | None,
+                  service: str | None, path: str | None) -> tuple[str, ...] | None:
         """Roles or scopes needed: the method's registration option, else the pattern rules."""
         if options:
             value = options.get(key)
@@ -206,44 +196,50 @@ class AuthMiddleware:
                 return tuple(value)
         if not rules:
             return None
-        if method is None:
-            return rules.get(ctx.method, ctx.service, scope.get("path") if scope else None)
-        parts = parse_method(method)
-        return rules.get(method, parts[0] if parts is not None else None, None)
+        return rules.get(method, service, path)
+
+    def _decide(self, identity: Identity | None, ctx: RequestContext, method: str | None,
+                service: str | None, path: str | None, *, tenants: bool = True,
+                ) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+        """The one authorization decision, for the request (``method`` as the layer saw
+        it, and its path) or for a method named later: registration options before
+        pattern rules, ``require_auth`` with its anonymous allowlist, tenant binding,
+        roles, scopes. Raises the refusal; returns the (roles, scopes) required."""
+        options = self._method_options(ctx, method)
+        roles = self._required(options, "roles", self._rules, method, service, path)
+        scopes = self._required(options, "scopes", self._scope_rules, method, service, path)
+        if identity is None:
+            if roles or scopes or (self.require_auth and not self._anonymous.get(
+                    method, service, path)):
+                raise RpcError(3000, "Authentication required")
+            return roles, scopes
+        if tenants and identity.tenants is not None:
+            _check_tenants(identity, ctx)
+        if roles and not _has_any(identity.roles, roles):
+            raise RpcError(3011, "Permission denied: a required role is missing")
+        if scopes and not all(s in identity.scopes for s in scopes):
+            raise insufficient_scope(method, scopes, self._realm)
+        return roles, scopes
 
     def _authorize(self, identity: Identity | None, creds: Credentials | None,
                    ctx: RequestContext, method: str) -> None:
-        """The late check (``AUTHORIZE_KEY``) for a method named after the layer ran.
-
-        The same decision as in front: registration options before pattern
-        rules, ``require_auth`` with its anonymous allowlist, tenant binding
-        (now with the envelope's tenant); denials are audited.
-        """
+        """The late check (``AUTHORIZE_KEY``, the gate's auth stage) for a method named
+        after the layer ran: :meth:`_decide` for it, the envelope's tenant included;
+        denials are audited."""
         try:
-            options = self._method_options(ctx, method)
-            roles = self._required(options, "roles", self._rules, ctx, None, method)
-            scopes = self._required(options, "scopes", self._scope_rules, ctx, None, method)
-            if identity is None:
-                parts = parse_method(method)
-                if roles or scopes or (self.require_auth and not self._anonymous.get(
-                        method, parts[0] if parts is not None else None, None)):
-                    raise RpcError(3000, "Authentication required",
-                                   headers={"WWW-Authenticate": self._challenge_all})
-                return
-            if identity.tenants is not None:
-                _check_tenants(identity, ctx)
-            if roles and not _has_any(identity.roles, roles):
-                raise RpcError(3011, "Permission denied: a required role is missing")
-            if scopes and not all(s in identity.scopes for s in scopes):
-                raise insufficient_scope(method, scopes, self._realm)
+            parts = parse_method(method)
+            self._decide(identity, ctx, method, parts[0] if parts is not None else None, None)
         except RpcError as exc:
+            if exc.code == 3000 and "WWW-Authenticate" not in exc.headers:
+                exc.headers["WWW-Authenticate"] = self._challenge_all
             self._audit(ctx, "deny", exc.code, exc.message, creds, method=method)
             raise
 
     # -- outcome --------------------------------------------------------------------
 
     def _audit(self, ctx: RequestContext, outcome: str, code: int, reason: str,
-               creds: Credentials | None, *, method: str | None = None) -> None:
+               creds: Credentials | None, *, method: str | None = None,
+               scope: Scope | None = None) -> None:
         try:
             self.audit(AuditEvent(
                 outcome=outcome, code=code, request_id=ctx.request_id,
@@ -251,6 +247,7 @@ class AuthMiddleware:
                 tenant_id=ctx.tenant_id, principal=ctx.principal,
                 scheme=creds.scheme if creds is not None else None, reason=reason,
                 timestamp_ms=now_ms(),
+                client=client_address(scope, ctx) if scope is not None else ctx.client,
             ))
         except Exception:
             logger.exception("audit sink failed")

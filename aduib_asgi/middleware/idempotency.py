@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aduib_asgi.body import ClientDisconnected, read_body, replay_receive
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.identity import caller_scope
 from aduib_asgi.responses import send_error
 from aduib_asgi.storage import IdempotencyStore, StoredResponse, StoreEntry
 from aduib_asgi.storage import idempotency_store_from_url as _store_from_url
@@ -34,7 +35,6 @@ logger = logging.getLogger("aduib_asgi.idempotency")
 
 _HEADER = b"idempotency-key"
 _REPLAYED = (b"idempotent-replayed", b"true")
-_X_TENANT = b"x-tenant-id"
 _CONTENT_TYPE = b"content-type"
 _EVENT_STREAM = b"text/event-stream"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -257,17 +257,8 @@ class IdempotencyMiddleware:
                              fingerprint)
 
     def _scope_key(self, scope: Scope, ctx: RequestContext, method: str, key: str) -> str:
-        tenant = ctx.tenant_id
-        if tenant is None:
-            raw = ctx.header(_X_TENANT)
-            tenant = raw.decode("latin-1") if raw else "default"
-        principal = ctx.principal
-        if principal is None:
-            client = scope.get("client")
-            principal = f"addr:{client[0] if client else 'unknown'}"
-        else:
-            principal = "p:" + principal
-        parts = "\x1f".join((tenant, principal, method, key))
+        # tenant + principal, or the client address for anonymous callers (one identity)
+        parts = "\x1f".join((caller_scope(ctx, scope), method, key))
         return hashlib.sha256(parts.encode("utf-8", "surrogatepass")).hexdigest()
 
     async def _store_call(self, fn: Any, *args: Any) -> Any:

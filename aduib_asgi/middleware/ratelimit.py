@@ -12,7 +12,6 @@ the final response whether the handler succeeds or fails.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import operator
@@ -29,6 +28,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.gate import RATE, defer
+from aduib_asgi.identity import TRUSTED_PROXIES_KEY, TrustedProxies, client_address
 from aduib_asgi.responses import refuse_websocket, send_error
 from aduib_asgi.storage.ratelimit import quota_for
 from aduib_asgi.storage.timeout import call_within
@@ -52,8 +53,6 @@ _LEGACY_LIMIT = b"ratelimit-limit"
 _LEGACY_REMAINING = b"ratelimit-remaining"
 _LEGACY_RESET = b"ratelimit-reset"
 _X_TENANT = b"x-tenant-id"
-_XFF = b"x-forwarded-for"
-_FORWARDED = b"forwarded"
 _CACHE_MAX = 4096
 _REMAINING = operator.itemgetter(1)
 
@@ -191,72 +190,6 @@ class _Compiled:
         self.rl_prefix = f'"{policy.name}";r='.encode("latin-1")
 
 
-class _Trusted:
-    """Trusted proxy networks, with a small cache of per-address answers."""
-
-    __slots__ = ("_cache", "_nets")
-
-    def __init__(self, proxies: Iterable[str]) -> None:
-        self._nets = tuple(ipaddress.ip_network(p, strict=False) for p in proxies)
-        self._cache: dict[str, bool] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._nets)
-
-    def __contains__(self, addr: str) -> bool:
-        hit = self._cache.get(addr)
-        if hit is not None:
-            return hit
-        try:
-            ip = ipaddress.ip_address(addr)
-            trusted = any(ip in net for net in self._nets)
-        except ValueError:
-            trusted = False
-        if len(self._cache) < _CACHE_MAX:
-            self._cache[addr] = trusted
-        return trusted
-
-
-def _forwarded_for(value: str) -> list[str]:
-    """The ``for=`` addresses of an RFC 7239 ``Forwarded`` header, in order."""
-    out: list[str] = []
-    for element in value.split(","):
-        for pair in element.split(";"):
-            name, _, v = pair.strip().partition("=")
-            if name.lower() != "for":
-                continue
-            v = v.strip().strip('"')
-            if v.startswith("["):  # "[2001:db8::1]:4711"
-                v = v[1:v.find("]")] if "]" in v else v[1:]
-            elif v.count(":") == 1:  # "192.0.2.1:8080"
-                v = v.partition(":")[0]
-            out.append(v)
-    return out
-
-
-def client_address(scope: Scope, ctx: RequestContext, trusted: _Trusted | None) -> str:
-    """The client's address: the peer, or, behind trusted proxies only, the forwarded one.
-
-    ``X-Forwarded-For`` (else ``Forwarded``) is read right to left, skipping
-    trusted proxies; the first untrusted hop is the client. A peer that is not a
-    trusted proxy cannot change its address with these headers.
-    """
-    client = scope.get("client")
-    peer = str(client[0]) if client else "unknown"
-    if not trusted or peer not in trusted:
-        return peer
-    raw = ctx.header(_XFF)
-    if raw is not None:
-        hops = [h.strip() for h in raw.decode("latin-1").split(",") if h.strip()]
-    else:
-        fwd = ctx.header(_FORWARDED)
-        hops = _forwarded_for(fwd.decode("latin-1")) if fwd is not None else []
-    for hop in reversed(hops):
-        if hop not in trusted:
-            return hop
-    return hops[0] if hops else peer
-
-
 def _escape(value: str) -> str:
     if "/" in value or "%" in value:
         return value.replace("%", "%25").replace("/", "%2F")
@@ -279,6 +212,25 @@ def _client_id(ctx: RequestContext) -> str:
     env = ctx.envelope
     md = env.metadata if env is not None else None
     return (md.client_id if md is not None else None) or "anonymous"
+
+
+def _client(scope: Scope | None, ctx: RequestContext) -> str:
+    if scope is None:
+        return ctx.client or "unknown"
+    return client_address(scope, ctx)
+
+
+class _RateCheck:
+    """The layer's decision as a gate check (:mod:`aduib_asgi.gate`)."""
+
+    __slots__ = ("layer",)
+    stage = RATE
+
+    def __init__(self, layer: RateLimitMiddleware) -> None:
+        self.layer = layer
+
+    async def enter(self, ctx: RequestContext, scope: Scope | None, method: str) -> None:
+        await self.layer.check(ctx, scope, method)
 
 
 def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-window",
@@ -344,13 +296,21 @@ class RateLimitMiddleware:
         names = [p.name for p in self.policies]
         if len(set(names)) != len(names):
             raise ValueError("policy names must be unique")
-        self.trusted = _Trusted(trusted_proxies)
+        # kept for compatibility: the identity layer (aduib_asgi.identity) is the
+        # place to configure proxies; a list given here is published the same way
+        self.trusted = TrustedProxies(trusted_proxies)
+        self._publish_trusted = bool(self.trusted)
         self.fail_open = fail_open
         self.legacy_headers = legacy_headers
         self.on_storage_error = on_storage_error
         self.storage_errors = 0
         self._degraded = False
         self._match: dict[tuple[str | None, str], tuple[_Compiled, ...]] = {}
+        self._deferred_match: dict[tuple[str, str], tuple[_Compiled, ...]] = {}
+        #: Some policy names methods: a request whose method the layer cannot see
+        #: (a WebSocket handshake, a task submission) defers them to the gate.
+        self._by_method = any(p.policy.methods or p.policy.services for p in self.policies)
+        self._gate_check = _RateCheck(self)
 
     @property
     def limiter(self) -> RateLimiter:
@@ -367,6 +327,8 @@ class RateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]
         if (t == "http" or t == "websocket") and self.policies:
+            if self._publish_trusted:
+                scope.setdefault(TRUSTED_PROXIES_KEY, self.trusted)
             await run_with_context(self._handle, scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -380,14 +342,12 @@ class RateLimitMiddleware:
                 self._match[key] = found
         return found
 
-    def _identifiers(self, p: _Compiled, scope: Scope, ctx: RequestContext) -> tuple[str, ...]:
+    def _identifiers(self, p: _Compiled, scope: Scope | None, ctx: RequestContext,
+                     method: str | None = None) -> tuple[str, ...]:
         if p.by_tenant_only:  # the default partition
             return (p.name, _tenant(ctx))
         if p.by_client_only:
-            client = scope.get("client")
-            if self.trusted or not client:
-                return (p.name, _escape(client_address(scope, ctx, self.trusted)))
-            return (p.name, _escape(client[0]))
+            return (p.name, _escape(_client(scope, ctx)))
         ids = [p.name]
         for k in p.key_by:
             if k == "tenant":
@@ -395,29 +355,72 @@ class RateLimitMiddleware:
             elif k == "principal":
                 ids.append(_escape(ctx.principal or "anonymous"))
             elif k == "method":
-                ids.append(_escape(ctx.method or scope["path"]))
+                ids.append(_escape(method or ctx.method or (scope["path"] if scope else "")))
             elif k == "client_id":
                 ids.append(_escape(_client_id(ctx)))
             else:
-                ids.append(_escape(client_address(scope, ctx, self.trusted)))
+                ids.append(_escape(_client(scope, ctx)))
         return tuple(ids)
 
     async def _consume(
-        self, policies: tuple[_Compiled, ...], scope: Scope, ctx: RequestContext
+        self, policies: tuple[_Compiled, ...], scope: Scope | None, ctx: RequestContext,
+        method: str | None = None,
     ) -> tuple[_Compiled | None, list[tuple[_Compiled, int, float]]]:
         """Hit every policy (stop at the first that refuses): (refusing policy, stats)."""
         quota = self.quota
         stats: list[tuple[_Compiled, int, float]] = []
         for p in policies:
-            ok, remaining, reset = await quota.hit(p.item, self._identifiers(p, scope, ctx),
-                                                   p.cost)
+            ok, remaining, reset = await quota.hit(
+                p.item, self._identifiers(p, scope, ctx, method), p.cost)
             stats.append((p, remaining, reset))
             if not ok:
                 return p, stats
         return None, stats
 
+    # -- the decision for a method named later (aduib_asgi.gate) ---------------------------
+
+    def _deferred_policies(self, method: str, path: str) -> tuple[_Compiled, ...]:
+        """The policies ``method`` adds to those the request itself was charged for."""
+        key = (method, path)
+        found = self._deferred_match.get(key)
+        if found is None:
+            charged = self._policies_for(None, path)
+            found = tuple(p for p in self._policies_for(method, path) if p not in charged)
+            if len(self._deferred_match) < _CACHE_MAX:
+                self._deferred_match[key] = found
+        return found
+
+    async def check(self, ctx: RequestContext, scope: Scope | None, method: str) -> None:
+        """Charge the call of ``method`` to its quotas; raise 5020 (or 5002) when refused.
+
+        The same decision as for an HTTP request of that method (metadata,
+        headers, ``Retry-After``), for entry paths that name it later.
+        """
+        policies = self._deferred_policies(method, scope["path"] if scope is not None else "")
+        if not policies:
+            return
+        try:
+            if self.timeout is None:
+                refused, stats = await self._consume(policies, scope, ctx, method)
+            else:
+                refused, stats = await call_within(self.timeout, self._consume,
+                                                   policies, scope, ctx, method)
+        except Exception as exc:
+            if not self._storage_error(exc):
+                raise self._unavailable() from None
+            return
+        if self._degraded:
+            self._recovered()
+        p, remaining, reset, after = self._report(ctx, stats, refused, time.time())
+        ctx.rate_limit = {"limit": p.amount, "remaining": remaining,
+                          "reset_at_ms": int(reset * 1000)}
+        if refused is not None:
+            raise self._refusal(refused, after)
+
     async def _handle(self, scope: Scope, receive: Receive, send: Send,
                       ctx: RequestContext) -> None:
+        if ctx.method is None and self._by_method:  # a method named later: the gate's turn
+            defer(ctx, self._gate_check)
         policies = self._match.get((ctx.method, scope["path"]))
         if policies is None:
             policies = self._policies_for(ctx.method, scope["path"])
@@ -462,17 +465,36 @@ class RateLimitMiddleware:
         if refused is None:
             await self.app(scope, receive, send)
             return
-        error = RpcError(
-            5020, f"Rate limit {refused.name!r} exceeded; retry in {after} s",
-            details=[{"type": "rate_limit", "reason": "quota exhausted",
-                      "metadata": {"policy": refused.name, "limit": refused.amount,
-                                   "window_s": refused.window}}],
-            headers={"Retry-After": str(after)},
-        )
+        error = self._refusal(refused, after)
         if scope["type"] == "websocket":
             await refuse_websocket(scope, send, error, ctx=ctx)
             return
         await send_error(scope, send, error, ctx=ctx)
+
+    @staticmethod
+    def _refusal(refused: _Compiled, after: int) -> RpcError:
+        return RpcError(
+            5020, f"Rate limit {refused.name!r} exceeded; retry in {after} s",
+            details=[{"type": "rate_limit", "reason": "quota exhausted",
+                      "metadata": {"policy": refused.name, "limit": refused.amount,
+                                   "window_s": refused.window, "retry_after_s": after}}],
+            headers={"Retry-After": str(after)},
+        )
+
+    @staticmethod
+    def _unavailable() -> RpcError:
+        return RpcError(5002, "Rate limiting is unavailable", headers={"Retry-After": "1"})
+
+    def _storage_error(self, exc: Exception) -> bool:
+        """Count and report a storage failure; True when the request is admitted anyway."""
+        self.storage_errors += 1
+        if self.on_storage_error is not None:
+            self.on_storage_error(exc)
+        if not self._degraded:
+            self._degraded = True
+            logger.warning("rate-limit storage failed (%s: %s); %s", type(exc).__name__, exc,
+                           "admitting requests" if self.fail_open else "refusing requests")
+        return self.fail_open
 
     def _recovered(self) -> None:
         self._degraded = False
@@ -506,17 +528,10 @@ class RateLimitMiddleware:
 
     async def _storage_failed(self, exc: Exception, scope: Scope, receive: Receive,
                               send: Send, ctx: RequestContext) -> None:
-        self.storage_errors += 1
-        if self.on_storage_error is not None:
-            self.on_storage_error(exc)
-        if not self._degraded:
-            self._degraded = True
-            logger.warning("rate-limit storage failed (%s: %s); %s", type(exc).__name__, exc,
-                           "admitting requests" if self.fail_open else "refusing requests")
-        if self.fail_open:
+        if self._storage_error(exc):
             await self.app(scope, receive, send)
             return
-        error = RpcError(5002, "Rate limiting is unavailable", headers={"Retry-After": "1"})
+        error = self._unavailable()
         if scope["type"] == "websocket":
             await refuse_websocket(scope, send, error, ctx=ctx, close_code=1013)
             return

@@ -16,7 +16,7 @@ are exposed as :func:`tenant_setting` and ``ctx.extras["aduib.tenant_config"]``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError, detail
+from aduib_asgi.gate import TENANT, defer
 from aduib_asgi.responses import refuse_websocket, send_error
 
 __all__ = [
@@ -102,6 +103,25 @@ class TenantScopeMiddleware:
             raise ValueError(f"default tenant {default!r} does not match {pattern!r}")
         self.default = default
         self.overrides: dict[str, Mapping[str, Any]] = dict(overrides or {})
+        self._gate_check = _TenantCheck(self)
+
+    def bind(self, ctx: RequestContext, tenant: str | None) -> Callable[[], None]:
+        """Make ``tenant`` the request's tenant (context, contextvars, overrides) until
+        the returned release is called (in the same task)."""
+        ctx.tenant_id = tenant
+        config = self.overrides.get(tenant, _EMPTY) if tenant is not None else _EMPTY
+        if config:
+            ctx.extras[TENANT_CONFIG_KEY] = config
+        elif TENANT_CONFIG_KEY in ctx.extras:
+            del ctx.extras[TENANT_CONFIG_KEY]
+        token = current_tenant.set(tenant)
+        ctoken = _current_config.set(config)
+
+        def release() -> None:
+            _current_config.reset(ctoken)
+            current_tenant.reset(token)
+
+        return release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -150,17 +170,33 @@ class TenantScopeMiddleware:
             else:
                 await send_error(scope, send, exc, ctx=ctx)
             return
-        ctx.tenant_id = tenant
+        if scope["type"] == "websocket":  # each message may name its tenant: the gate applies it
+            defer(ctx, self._gate_check)
         if tenant is None and current_tenant.get() is None and _current_config.get() is None:
+            ctx.tenant_id = None
             await self.app(scope, receive, send)  # nothing to bind
             return
-        config = self.overrides.get(tenant, _EMPTY) if tenant is not None else _EMPTY
-        if config:
-            ctx.extras[TENANT_CONFIG_KEY] = config
-        token = current_tenant.set(tenant)
-        ctoken = _current_config.set(config)
+        release = self.bind(ctx, tenant)
         try:
             await self.app(scope, receive, send)
         finally:
-            _current_config.reset(ctoken)
-            current_tenant.reset(token)
+            release()
+
+
+class _TenantCheck:
+    """The layer's decision as a gate check: a WebSocket message's ``metadata.tenant_id``
+    is resolved like a request's (agreeing with the handshake's header, matching the
+    pattern) and applied to the call."""
+
+    __slots__ = ("layer",)
+    stage = TENANT
+
+    def __init__(self, layer: TenantScopeMiddleware) -> None:
+        self.layer = layer
+
+    async def enter(self, ctx: RequestContext, scope: Scope | None,
+                    method: str) -> Callable[[], None] | None:
+        tenant = self.layer.resolve(ctx)
+        if tenant == ctx.tenant_id:
+            return None
+        return self.layer.bind(ctx, tenant)

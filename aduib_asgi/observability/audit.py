@@ -30,6 +30,8 @@ class AuditEvent:
     scheme: str | None
     reason: str = ""
     timestamp_ms: int = 0
+    #: The client's address through trusted proxies (aduib_asgi.identity), when known.
+    client: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,8 +53,8 @@ class LoggingAuditSink:
         level = logging.INFO if event.outcome == "allow" else logging.WARNING
         if self.logger.isEnabledFor(level):
             self.logger.log(
-                level, "auth %s %s principal=%s scheme=%s code=%s", event.outcome,
-                event.method, event.principal, event.scheme, event.code,
+                level, "auth %s %s principal=%s scheme=%s code=%s client=%s", event.outcome,
+                event.method, event.principal, event.scheme, event.code, event.client,
                 extra={"audit": event.as_dict()},
             )
 

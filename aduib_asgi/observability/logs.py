@@ -3,6 +3,7 @@
 :class:`RequestContextFilter` (a ``logging.Filter``; put it on your handlers)
 stamps every record logged while a request is handled with ``request_id``,
 ``trace_id``, ``span_id``, ``tenant_id`` and ``method`` (None outside a request),
+and ``client`` (the address :mod:`aduib_asgi.identity` resolved, once it did),
 read from the request-context contextvar, so it works in handlers, worker
 threads and streaming generators alike. :class:`JsonFormatter` renders records
 as one JSON object per line; :func:`add_request_context` is the same stamping as
@@ -49,13 +50,14 @@ class RequestContextFilter(logging.Filter):
         ctx = current_context.get()
         if ctx is None:
             record.request_id = record.trace_id = record.span_id = None
-            record.tenant_id = record.method = None
+            record.tenant_id = record.method = record.client = None
         else:
             record.request_id = ctx.request_id
             record.trace_id = ctx.trace_id
             record.span_id = ctx.span_id
             record.tenant_id = ctx.tenant_id
             record.method = ctx.method
+            record.client = ctx.client  # once resolved (aduib_asgi.identity)
         return True
 
 

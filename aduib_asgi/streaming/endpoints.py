@@ -37,6 +37,7 @@ from starlette.types import Message, Receive, Scope, Send
 from aduib_asgi.body import ClientDisconnected
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError
+from aduib_asgi.gate import admit
 from aduib_asgi.responses import build_envelope, send_envelope
 from aduib_asgi.streaming.inflight import InflightRegistry
 from aduib_asgi.streaming.responder import stream_response
@@ -232,12 +233,21 @@ class StreamingEndpoints:
             spec = d.registry.resolve(env.method)
             ctx.extras["aduib.method_spec"] = spec
             apply_envelope_timeout(ctx, env)
+            if ctx.deferred:  # layers in front could not see the method
+                async with admit(ctx, env.method, scope):
+                    source = await open_source(spec, env.data, ctx)
+                    await self._respond(scope, receive, send, ctx, source)
+                return
             source = await open_source(spec, env.data, ctx)
         except ClientDisconnected:
             return
         except Exception as exc:
             await send_stream_error(scope, send, exc, ctx=ctx)
             return
+        await self._respond(scope, receive, send, ctx, source)
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
+                       source: AsyncIterator[Any]) -> None:
         await stream_response(scope, receive, send, ctx, source,
                               default_framing=self.default_framing,
                               heartbeat_interval=self.heartbeat_interval,
@@ -263,7 +273,7 @@ class StreamingEndpoints:
             raise RpcError(2003, "reason must be a string",
                            details=[{"type": "type_error", "field": "reason",
                                      "reason": "not a string"}])
-        if not self.inflight.cancel(ctx, target, reason):
+        if not await self.inflight.cancel_anywhere(ctx, target, reason, scope):
             raise RpcError(4000, f"No running call with id {target!r}")
         await send_envelope(send, ctx, build_envelope(
             ctx, result={"id": target, "canceled": True}), 200)
@@ -289,7 +299,7 @@ class StreamingEndpoints:
         await self.dispatcher.read_envelope(receive, ctx)
         task = _asyncio_task()
         call = _UnaryCall(ctx, send, task)
-        key = self.inflight.register(ctx, call)
+        key = self.inflight.register(ctx, call, scope)
         try:
             if task is not None:
                 try:

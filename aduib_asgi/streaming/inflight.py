@@ -1,19 +1,48 @@
 """Running calls by request id, for ``POST .../rpc/cancel``.
 
-Entries are keyed by (tenant, principal, request id): a cancel request only
-reaches calls of its own tenant and principal (another tenant's id is simply
-unknown: 404). Every entry is removed when its call ends.
+A cancel request only reaches calls of the same caller
+(:func:`aduib_asgi.identity.caller_scope`: tenant and principal, and for
+anonymous callers their client address); any other call's id is simply unknown
+(404). Entries are kept by tenant and request id; whose a call is is worked out
+only when a cancel asks, so registering a call costs a dict insert. Every entry
+is removed when its call ends.
+
+The registry is bounded: at most ``max_per_tenant`` running calls per tenant and
+``max_total`` in all (defaults 10,000 and 100,000, roughly 300 bytes each); a
+call past a bound is refused with 429 / 5021 and ``Retry-After`` before it runs,
+and never displaces another caller's entry.
+
+With a :class:`CancelBus` attached (:mod:`aduib_asgi.streaming.cancel_bus`), a
+cancel for an id not running here is offered to the other instances sharing
+the bus; a call that is never cancelled costs nothing beyond the local entry.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from starlette.types import Scope
+
 from aduib_asgi.context import RequestContext
+from aduib_asgi.errors import RpcError
+from aduib_asgi.identity import caller_scope, tenant_of
 
-__all__ = ["Cancellable", "InflightKey", "InflightRegistry"]
+__all__ = [
+    "DEFAULT_MAX_INFLIGHT",
+    "DEFAULT_MAX_INFLIGHT_PER_TENANT",
+    "MAX_REASON",
+    "CancelBus",
+    "Cancellable",
+    "InflightKey",
+    "InflightRegistry",
+]
 
-InflightKey = tuple[str | None, str | None, str]
+#: (tenant, request id)
+InflightKey = tuple[str, str]
+DEFAULT_MAX_INFLIGHT = 100_000
+DEFAULT_MAX_INFLIGHT_PER_TENANT = 10_000
+#: A cancel reason longer than this is cut (it is echoed in the cancelled call's answer).
+MAX_REASON = 256
 
 
 class Cancellable(Protocol):
@@ -22,35 +51,125 @@ class Cancellable(Protocol):
     def cancel(self, reason: str | None = None) -> None: ...
 
 
+class CancelBus(Protocol):
+    """Reaches calls running on other instances (see :mod:`aduib_asgi.streaming.cancel_bus`)."""
+
+    async def cancel_remote(self, tenant: str, owner: str, request_id: str,
+                            reason: str | None) -> bool: ...
+
+
+class _Entry:
+    """A running call and what tells whose it is (the owner's scope, computed only
+    when a cancel asks: registering costs no string building). Calls that share
+    a (tenant, id) key are chained through ``next``."""
+
+    __slots__ = ("call", "ctx", "next", "scope")
+
+    def __init__(self, call: Cancellable, ctx: RequestContext, scope: Scope | None,
+                 next_: _Entry | None) -> None:
+        self.call = call
+        self.ctx = ctx
+        self.scope = scope
+        self.next = next_
+
+    def owner(self) -> str:
+        return caller_scope(self.ctx, self.scope)
+
+
 class InflightRegistry:
-    """Request id -> running call, scoped by tenant and principal."""
+    """Request id -> running call, scoped by caller, bounded per tenant and in total."""
 
-    __slots__ = ("_calls",)
+    __slots__ = ("_calls", "_size", "_tenants", "bus", "max_per_tenant", "max_total")
 
-    def __init__(self) -> None:
-        self._calls: dict[InflightKey, Cancellable] = {}
+    def __init__(self, *, max_per_tenant: int = DEFAULT_MAX_INFLIGHT_PER_TENANT,
+                 max_total: int = DEFAULT_MAX_INFLIGHT) -> None:
+        # (tenant, request id) -> the calls running under that id (a chain, usually one)
+        self._calls: dict[InflightKey, _Entry] = {}
+        self._tenants: dict[str, int] = {}
+        self._size = 0
+        self.max_per_tenant = max_per_tenant
+        self.max_total = max_total
+        #: Other instances' calls (set by ``install_cancel_bus``), or None.
+        self.bus: CancelBus | None = None
 
-    def register(self, ctx: RequestContext, call: Cancellable) -> InflightKey:
-        """Record ``call`` under the request's id; pass the key to :meth:`unregister`."""
-        key = (ctx.tenant_id, ctx.principal, ctx.ensure_request_id())
-        self._calls[key] = call
+    def register(self, ctx: RequestContext, call: Cancellable,
+                 scope: Scope | None = None) -> InflightKey:
+        """Record ``call`` under the request's tenant and id; pass the key to
+        :meth:`unregister`. Raises 5021 (429) at a bound."""
+        tenant = ctx.tenant_id or tenant_of(ctx)
+        tenants = self._tenants
+        n = tenants.get(tenant, 0)
+        if n >= self.max_per_tenant or self._size >= self.max_total:
+            raise RpcError(5021, "Too many running calls"
+                           + (f" for tenant {tenant!r}" if n >= self.max_per_tenant else ""),
+                           headers={"Retry-After": "1"},
+                           details=[{"type": "admission", "reason": "in-flight registry full",
+                                     "metadata": {"limit": "inflight", "retry_after_s": 1}}])
+        rid = ctx.request_id
+        key = (tenant, rid if rid is not None else ctx.ensure_request_id())
+        calls = self._calls
+        calls[key] = _Entry(call, ctx, scope, calls.get(key))
+        tenants[tenant] = n + 1
+        self._size += 1
         return key
 
     def unregister(self, key: InflightKey, call: Cancellable) -> None:
-        """Forget ``call`` (a later call that reused the id keeps its own entry)."""
-        if self._calls.get(key) is call:
-            del self._calls[key]
+        """Forget ``call``."""
+        calls = self._calls
+        entry = calls.get(key)
+        prev: _Entry | None = None
+        while entry is not None and entry.call is not call:
+            prev, entry = entry, entry.next
+        if entry is None:
+            return
+        if prev is not None:
+            prev.next = entry.next
+        elif entry.next is not None:
+            calls[key] = entry.next
+        else:
+            del calls[key]
+        self._size -= 1
+        tenant = key[0]
+        n = self._tenants.get(tenant, 1) - 1
+        if n > 0:
+            self._tenants[tenant] = n
+        else:
+            self._tenants.pop(tenant, None)
 
-    def cancel(self, ctx: RequestContext, request_id: str, reason: str | None = None) -> bool:
-        """Cancel the caller's own running call ``request_id``; False if there is none."""
-        call = self._calls.get((ctx.tenant_id, ctx.principal, request_id))
-        if call is None:
+    def cancel_local(self, tenant: str, owner: str, request_id: str,
+                     reason: str | None = None) -> bool:
+        """Cancel the calls ``request_id`` of caller scope ``owner`` running here."""
+        entry = self._calls.get((tenant, request_id))
+        found: list[_Entry] = []
+        while entry is not None:
+            if entry.owner() == owner:
+                found.append(entry)
+            entry = entry.next
+        for e in found:
+            e.call.cancel(reason[:MAX_REASON] if reason is not None else None)
+        return bool(found)
+
+    def cancel(self, ctx: RequestContext, request_id: str, reason: str | None = None,
+               scope: Scope | None = None) -> bool:
+        """Cancel the caller's own running call ``request_id`` here; False if there is none."""
+        return self.cancel_local(tenant_of(ctx), caller_scope(ctx, scope), request_id, reason)
+
+    async def cancel_anywhere(self, ctx: RequestContext, request_id: str,
+                              reason: str | None = None, scope: Scope | None = None) -> bool:
+        """Cancel the caller's own call wherever it runs: here first (no round trip),
+        then through the bus on the other instances."""
+        tenant = tenant_of(ctx)
+        owner = caller_scope(ctx, scope)
+        if self.cancel_local(tenant, owner, request_id, reason):
+            return True
+        bus = self.bus
+        if bus is None:
             return False
-        call.cancel(reason)
-        return True
+        return await bus.cancel_remote(tenant, owner, request_id,
+                                       reason[:MAX_REASON] if reason is not None else None)
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return self._size
 
     def __contains__(self, request_id: object) -> bool:
-        return any(k[2] == request_id for k in self._calls)
+        return any(k[1] == request_id for k in self._calls)

@@ -167,7 +167,11 @@ async def stream_response(
     scope[STREAM_ABORT_KEY] = run.abort
     if inflight is None:
         return await run.run(it, _disconnect_watcher(receive))
-    key = inflight.register(ctx, run)
+    try:
+        key = inflight.register(ctx, run, scope)
+    except RpcError as exc:  # the registry is full (5021)
+        await send_stream_error(scope, send, exc, ctx=ctx)
+        return StreamState.ERRORED
     try:
         return await run.run(it, _disconnect_watcher(receive))
     finally:

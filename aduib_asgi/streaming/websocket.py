@@ -13,6 +13,7 @@ outstanding. An invalid client frame ends the stream with ``error`` 1002 then
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,8 @@ from starlette.types import Message, Receive, Scope, Send
 from aduib_asgi.body import parse_envelope
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError
+from aduib_asgi.gate import admit
+from aduib_asgi.identity import client_address
 from aduib_asgi.responses import log_error, to_rpc_error
 from aduib_asgi.streaming.engine import StreamRun
 from aduib_asgi.streaming.frames import (
@@ -332,29 +335,42 @@ async def serve_websocket(
     if message["type"] != "websocket.receive":
         return
     binary = chosen == SUBPROTOCOL_MSGPACK or (chosen is None and message.get("text") is None)
+    client_address(scope, ctx)  # once per connection: audit events and logs name the client
     sink = WsSink(ctx, send, binary=binary, window=window, ack_timeout=ack_timeout)
     requests: ClientItems | None = None
-    try:
-        env = parse_envelope(ctx, _decode(message))
-        apply_timeout(ctx, env)
-        md = env.metadata
-        if ctx.tenant_id is not None and md is not None and md.tenant_id is not None \
-                and md.tenant_id != ctx.tenant_id:
-            raise RpcError(2003, "metadata.tenant_id differs from the connection's tenant")
-        spec = registry.resolve(env.method)
-        ctx.extras["aduib.method_spec"] = spec
-        if spec.options.get("stream_mode") in ("client", "bidi"):
-            requests = ClientItems(spec, max_client_buffer)
-            if env.data is not None:
-                requests.push(env.data)
-        source = await open_source(spec, env.data, ctx, requests)
-    except Exception as exc:
-        await sink.reject(exc)
-        return
-    run = StreamRun(ctx, sink, heartbeat_interval=heartbeat_interval)
-    key = inflight.register(ctx, run) if inflight is not None else None
-    try:
-        await run.run(source, _reader(receive, sink, requests))
-    finally:
-        if inflight is not None and key is not None:
-            inflight.unregister(key, run)
+    async with contextlib.AsyncExitStack() as held:
+        try:
+            # authorized by the gate below, once the message's tenant applies
+            env = parse_envelope(ctx, _decode(message), authorize=False)
+            apply_timeout(ctx, env)
+            known = registry.get(env.method)
+            if known is not None:  # its registration options (concurrency) for the gate
+                ctx.extras["aduib.method_spec"] = known
+            # the same tenant, auth, rate-limit and admission decisions as over HTTP
+            # (auth before the method's existence, as there), held until the call ends
+            await held.enter_async_context(admit(ctx, env.method, scope))
+            spec = registry.resolve(env.method)
+            ctx.extras["aduib.method_spec"] = spec
+            md = env.metadata
+            if ctx.tenant_id is not None and md is not None and md.tenant_id is not None \
+                    and md.tenant_id != ctx.tenant_id:
+                raise RpcError(2003, "metadata.tenant_id differs from the connection's tenant")
+            if spec.options.get("stream_mode") in ("client", "bidi"):
+                requests = ClientItems(spec, max_client_buffer)
+                if env.data is not None:
+                    requests.push(env.data)
+            source = await open_source(spec, env.data, ctx, requests)
+        except Exception as exc:
+            await sink.reject(exc)
+            return
+        run = StreamRun(ctx, sink, heartbeat_interval=heartbeat_interval)
+        try:
+            key = inflight.register(ctx, run, scope) if inflight is not None else None
+        except RpcError as exc:  # the registry is full (5021)
+            await sink.reject(exc)
+            return
+        try:
+            await run.run(source, _reader(receive, sink, requests))
+        finally:
+            if inflight is not None and key is not None:
+                inflight.unregister(key, run)

@@ -23,12 +23,15 @@ from typing import Any
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
+from starlette.types import Scope
 
 from aduib_asgi.auth.rbac import authorize_method, enforce_method_access
 from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.dispatcher.app import to_jsonable
 from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
+from aduib_asgi.gate import RATE, Check, admission_of, admit
+from aduib_asgi.identity import caller_scope, tenant_of
 from aduib_asgi.middleware.tenant import TENANT_CONFIG_KEY, bind_tenant, unbind_tenant
 from aduib_asgi.models import (
     TaskEvent,
@@ -38,7 +41,9 @@ from aduib_asgi.models import (
     TaskStatus,
     TaskSubmitRequest,
 )
-from aduib_asgi.tasks.store import TaskEntry, TaskStore, store_from_uri
+from aduib_asgi.qos.keys import METHOD_SPEC_KEY
+from aduib_asgi.storage.pubsub import follow
+from aduib_asgi.tasks.store import TaskChange, TaskEntry, TaskStore, store_from_uri
 
 __all__ = ["TASK_KEY", "TaskHandle", "TaskManager", "report_progress"]
 
@@ -120,6 +125,7 @@ class TaskManager:
         cancel_wait: float = 5.0,
         max_active_per_tenant: int | None = 1000,
         listen_for_changes: bool = True,
+        admission: Check | None = None,
     ) -> None:
         self.registry = registry
         #: Unfinished tasks one tenant may have submitted here (None: no cap);
@@ -150,6 +156,11 @@ class TaskManager:
         #: pub/sub) at once; without them, or when off, the polls
         #: (``poll_interval`` for subscribers, ``lease_ttl / 3`` for cancels) do it.
         self.listen_for_changes = listen_for_changes
+        #: The admission decision (:mod:`aduib_asgi.gate`) every task run passes, so a
+        #: task holds a slot of its method's bulkheads like an HTTP call of it.
+        #: Taken from the app's lifespan (an admission layer in front), else learnt
+        #: from the first submission through one; settable.
+        self.admission: Check | None = admission
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -188,8 +199,14 @@ class TaskManager:
 
     # -- API used by the endpoints ------------------------------------------------------
 
-    async def submit(self, req: TaskSubmitRequest, ctx: RequestContext | None) -> TaskEntry:
-        """Validate and store a task, then queue it; returns the (possibly existing) entry."""
+    async def submit(self, req: TaskSubmitRequest, ctx: RequestContext | None,
+                     scope: Scope | None = None) -> TaskEntry:
+        """Validate and store a task, then queue it; returns the (possibly existing) entry.
+
+        The target method passes the gate (:mod:`aduib_asgi.gate`) as a call of it
+        would — tenant, auth, rate limit — before anything is stored; admission
+        (its bulkheads) applies when the task runs.
+        """
         if not self._started:
             raise RpcError(5002, "The task workers are not running")
         target, params = req.target_method, req.params
@@ -207,6 +224,11 @@ class TaskManager:
         tenant = tenant_of(ctx)
         enforce_method_access(spec.method, spec.options, ctx)
         authorize_method(ctx, spec.method)  # the auth layer's pattern rules for the target
+        if ctx is not None and ctx.deferred:
+            async with admit(ctx, spec.method, scope, until=RATE):
+                pass
+            if self.admission is None:  # the app's bulkheads, for the task runs
+                self.admission = admission_of(ctx)
         rec = TaskRecord(
             task_id=str(uuid.uuid4()), target_method=target, params=params,
             status=TaskStatus.PENDING, priority=req.priority, created_at_ms=_now_ms(),
@@ -221,7 +243,8 @@ class TaskManager:
             tenant_config=_tenant_config(ctx),
             trace_id=ctx.trace_id if ctx is not None else None,
         )
-        key = f"{tenant}:{req.idempotency_key}" if req.idempotency_key else None
+        # scoped like every client-held key: tenant + principal (client address if anonymous)
+        key = f"{caller_scope(ctx)}\x1f{req.idempotency_key}" if req.idempotency_key else None
         active = self._active.setdefault(tenant, set())
         limit = self.max_active_per_tenant
         if limit is not None and len(active) >= limit and not key:
@@ -432,13 +455,17 @@ class TaskManager:
         ctx.priority = int(rec.priority)
         ctx.trace_id = entry.trace_id
         ctx.extras[TASK_KEY] = TaskHandle(self, entry)
+        ctx.extras[METHOD_SPEC_KEY] = spec
         timeout = rec.timeout_ms / 1000.0 if rec.timeout_ms else math.inf
         if timeout != math.inf:
             ctx.deadline = time.monotonic() + timeout
         token = current_context.set(ctx)
         # the handler sees its tenant as in a request: get_tenant(), tenant_setting()
         tenant_token, config_token = bind_tenant(rec.tenant_id, entry.tenant_config)
+        release = None
         try:
+            if self.admission is not None:  # its method's bulkheads, as for any call
+                release = await self.admission.enter(ctx, None, spec.method)
             with anyio.move_on_after(timeout) as tscope:
                 data = spec.parse_input(rec.params)
                 args = (data, ctx) if spec.takes_context else (data,)
@@ -451,6 +478,8 @@ class TaskManager:
                 raise RpcError(5003, f"Task attempt exceeded {rec.timeout_ms} ms")
             return to_jsonable(result)
         finally:
+            if release is not None:
+                release()
             unbind_tenant(tenant_token, config_token)
             current_context.reset(token)
 
@@ -498,29 +527,22 @@ class TaskManager:
     # -- other managers' changes ---------------------------------------------------------
 
     async def _listen(self, changes: Any) -> None:
-        """Relay the store's change notifications; reconnect with backoff when they fail."""
-        delay = 0.5
-        while True:
-            try:
-                async for change in changes():
-                    delay = 0.5
-                    if change.own:  # ours: local subscribers already have it
-                        continue
-                    tid = change.task_id
-                    scope = self._running.get(tid)
-                    if scope is not None and change.status == TaskStatus.CANCELED.value:
-                        # acted on from the notification itself: our own concurrent
-                        # save may already have overwritten the stored status
-                        self._cancel_reasons.setdefault(tid, "canceled through another "
-                                                             "instance")
-                        scope.cancel()
-                    if tid in self._subs:
-                        await self._relay(tid)
-            except Exception as exc:
-                logger.warning("task change notifications interrupted (%s: %s); "
-                               "relying on polls until they are back", type(exc).__name__, exc)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        """Relay the store's change notifications; reconnect with backoff when they fail
+        (:func:`aduib_asgi.storage.pubsub.follow`)."""
+        await follow(changes, self._changed, "task change notifications")
+
+    async def _changed(self, change: TaskChange) -> None:
+        if change.own:  # ours: local subscribers already have it
+            return
+        tid = change.task_id
+        scope = self._running.get(tid)
+        if scope is not None and change.status == TaskStatus.CANCELED.value:
+            # acted on from the notification itself: our own concurrent
+            # save may already have overwritten the stored status
+            self._cancel_reasons.setdefault(tid, "canceled through another instance")
+            scope.cancel()
+        if tid in self._subs:
+            await self._relay(tid)
 
     async def _relay(self, tid: str) -> None:
         """Another manager saved ``tid``: pass its state to the local subscribers."""
@@ -587,16 +609,6 @@ class TaskManager:
         self._owned.clear()
         self._ready.clear()
         self._delayed.clear()
-
-
-def tenant_of(ctx: RequestContext | None) -> str:
-    """The caller's tenant: the tenant layer's, else ``X-Tenant-ID``, else ``default``."""
-    if ctx is None:
-        return "default"
-    if ctx.tenant_id:
-        return ctx.tenant_id
-    raw = ctx.header(b"x-tenant-id")
-    return raw.decode("latin-1") if raw else "default"
 
 
 def _tenant_config(ctx: RequestContext | None) -> dict[str, Any] | None:

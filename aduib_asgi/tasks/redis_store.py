@@ -15,9 +15,9 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from redis.asyncio import Redis
 
+from aduib_asgi.storage.pubsub import messages
 from aduib_asgi.tasks.store import DEFAULT_RESULT_TTL, TaskChange, TaskEntry
 
 __all__ = ["RedisTaskStore"]
@@ -105,23 +105,15 @@ class RedisTaskStore:
     async def changes(self) -> AsyncIterator[TaskChange]:
         """Every save by any manager on this Redis, as it happens.
 
-        One pub/sub connection for the iterator's lifetime; a connection error
-        ends the iteration with the exception (the manager reconnects).
+        One pub/sub connection for the iterator's lifetime
+        (:func:`aduib_asgi.storage.pubsub.messages`); a connection error ends the
+        iteration with the exception (the manager reconnects).
         """
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(self._channel)
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is None or message.get("type") != "message":
-                    continue
-                parts = str(message["data"]).split(" ")
-                if len(parts) == 4 and parts[1].isdigit():
-                    tid, rev, origin, status = parts
-                    yield TaskChange(tid, int(rev), status, origin == self.origin)
-        finally:
-            with anyio.move_on_after(1.0, shield=True):  # also when cancelled (shutdown)
-                await pubsub.aclose()
+        async for _, data in messages(self.client, self._channel):
+            parts = data.split(" ")
+            if len(parts) == 4 and parts[1].isdigit():
+                tid, rev, origin, status = parts
+                yield TaskChange(tid, int(rev), status, origin == self.origin)
 
     async def claim(self, task_id: str, owner: str, ttl: float) -> bool:
         key = self._lease(task_id)

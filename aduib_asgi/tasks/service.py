@@ -8,6 +8,7 @@ non-2xx status (a 2xx error body would fail the 2.0.1 client's validation).
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -16,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from aduib_asgi.body import ClientDisconnected
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
+from aduib_asgi.identity import client_address
 from aduib_asgi.models import (
     TaskCancelRequest,
     TaskCancelResponse,
@@ -72,7 +74,8 @@ class TaskService:
 
     async def submit(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
         req = await read_model(self.dispatcher, receive, ctx, TaskSubmitRequest)
-        entry = await self.manager.submit(req, ctx)
+        client_address(scope, ctx)  # anonymous task keys are scoped by it
+        entry = await self.manager.submit(req, ctx, scope)
         rec = entry.record
         await send_model(send, ctx, TaskSubmitResponse(
             task_id=rec.task_id, status=rec.status, created_at_ms=rec.created_at_ms))
@@ -124,7 +127,14 @@ def install_task_service(
     for name, endpoint in (("Submit", service.submit), ("Query", service.query),
                            ("Cancel", service.cancel), ("Subscribe", service.subscribe)):
         dispatcher.add_route(PREFIX + name, endpoint, methods=("POST",))
-    dispatcher.lifespan_hooks.append(manager.running)
+    def running() -> AbstractAsyncContextManager[TaskManager]:
+        gate = getattr(dispatcher, "lifespan_gate", None)
+        admission = gate.admission() if gate is not None else None
+        if manager.admission is None and admission is not None:
+            manager.admission = admission  # task runs hold their method's bulkheads
+        return manager.running()
+
+    dispatcher.lifespan_hooks.append(running)
     health = getattr(dispatcher, "health", None)
     if health is not None:
         health.add("tasks", manager.store.ping)
