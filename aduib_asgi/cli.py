@@ -21,6 +21,12 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", choices=("dev", "prod"), default="dev")
     p.add_argument("--redis", default=None, metavar="URL",
                    help="use Redis for rate-limit, idempotency and task stores")
+    p.add_argument("--tenant-budget", type=int, default=None, metavar="BYTES",
+                   help="stored state one tenant may hold (default 64 MiB; docs/limits.md)")
+    p.add_argument("--total-budget", type=int, default=None, metavar="BYTES",
+                   help="stored state all tenants may hold (default 512 MiB)")
+    p.add_argument("--replay-limit", type=int, default=None, metavar="BYTES",
+                   help="largest response stored for idempotent replay (default 1 MiB)")
     p.add_argument("--stream-framing", choices=("message", "envelope"), default="message")
     p.add_argument("--heartbeat", type=float, default=15.0, metavar="SECONDS")
     p.add_argument("--log-level", default="warning")
@@ -74,10 +80,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     from aduib_asgi.qos import ShutdownController
 
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
+    budgets = {name: value for name, value in (("tenant_budget", args.tenant_budget),
+                                               ("total_budget", args.total_budget),
+                                               ("replay_limit", args.replay_limit))
+               if value is not None}
     app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
                                     stream_framing=args.stream_framing,
                                     heartbeat=args.heartbeat,
-                                    shutdown=shutdown))
+                                    shutdown=shutdown, **budgets))
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms per keep-alive reply)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)

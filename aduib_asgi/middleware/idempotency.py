@@ -26,6 +26,7 @@ from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import send_error
 from aduib_asgi.storage import IdempotencyStore, StoredResponse, StoreEntry
 from aduib_asgi.storage import idempotency_store_from_url as _store_from_url
+from aduib_asgi.storage.budget import BudgetExceeded
 from aduib_asgi.storage.timeout import call_within
 
 __all__ = ["IdempotencyMiddleware", "canonical_payload", "parse_idempotency_key"]
@@ -140,7 +141,10 @@ class IdempotencyMiddleware:
       (409); 0 answers 409 at once.
     - ``required``: methods (RPC method names, or paths when used alone) that
       must carry a key (2002 without one).
-    - ``max_body_size``: larger responses are not stored (the key is released).
+    - ``max_body_size`` (the replay limit): a larger response is sent but not
+      stored; a repeat of its key gets 409 / 4011 "not retained", never a second
+      execution. The store's byte budget (per tenant and in total) refuses new
+      keys past it with 429 / 5021 and ``Retry-After``.
     - Streamed responses (``text/event-stream``) are never stored; the key stays
       reserved while the stream runs.
     """
@@ -253,14 +257,16 @@ class IdempotencyMiddleware:
                 return
             receive = replay_receive(canonical, receive)
         fingerprint = hashlib.sha256(method.encode() + b"\n" + canonical).hexdigest()
-        await self._run_once(scope, receive, send, ctx, self._scope_key(scope, ctx, method, key),
-                             fingerprint)
-
-    def _scope_key(self, scope: Scope, ctx: RequestContext, method: str, key: str) -> str:
         tenant = ctx.tenant_id
         if tenant is None:
             raw = ctx.header(_X_TENANT)
             tenant = raw.decode("latin-1") if raw else "default"
+        await self._run_once(scope, receive, send, ctx,
+                             self._scope_key(scope, ctx, tenant, method, key), fingerprint,
+                             tenant)
+
+    def _scope_key(self, scope: Scope, ctx: RequestContext, tenant: str, method: str,
+                   key: str) -> str:
         principal = ctx.principal
         if principal is None:
             client = scope.get("client")
@@ -276,12 +282,15 @@ class IdempotencyMiddleware:
         return await call_within(self.timeout, fn, *args)
 
     async def _run_once(self, scope: Scope, receive: Receive, send: Send,
-                        ctx: RequestContext, skey: str, fingerprint: str) -> None:
+                        ctx: RequestContext, skey: str, fingerprint: str, tenant: str) -> None:
         store = self.store
         waited = False
         while True:
             try:
-                res = await self._store_call(store.reserve, skey, fingerprint, self.lease)
+                res = await self._store_call(self._reserve, skey, fingerprint, tenant)
+            except BudgetExceeded as exc:  # the tenant's (or everyone's) bytes are used up
+                await send_error(scope, send, exc, ctx=ctx)
+                return
             except Exception as exc:
                 await self._store_failed(exc, scope, receive, send, ctx)
                 return
@@ -301,7 +310,7 @@ class IdempotencyMiddleware:
                 ), ctx=ctx)
                 return
             if entry.response is not None:
-                await self._replay(send, entry.response)
+                await self._replay(scope, send, ctx, entry.response)
                 return
             if self.wait > 0 and not waited:
                 waited = True
@@ -314,7 +323,7 @@ class IdempotencyMiddleware:
                 if after is None:
                     continue  # the original failed and released the key: run this one
                 if after.response is not None and after.fingerprint == fingerprint:
-                    await self._replay(send, after.response)
+                    await self._replay(scope, send, ctx, after.response)
                     return
             await send_error(scope, send, RpcError(
                 4011, "A request with this idempotency key is still in progress",
@@ -324,7 +333,21 @@ class IdempotencyMiddleware:
             ), ctx=ctx)
             return
 
-    async def _replay(self, send: Send, response: StoredResponse) -> None:
+    async def _reserve(self, skey: str, fingerprint: str, tenant: str) -> Any:
+        return await self.store.reserve(skey, fingerprint, self.lease, tenant=tenant)
+
+    async def _replay(self, scope: Scope, send: Send, ctx: RequestContext,
+                      response: StoredResponse) -> None:
+        if not response.retained:
+            await send_error(scope, send, RpcError(
+                4011, "The request with this idempotency key already ran, but its result was "
+                      "not retained (larger than the replay limit or the storage budget); "
+                      "it is not run again",
+                details=[{"type": "conflict", "field": "idempotency_key",
+                          "reason": "result not retained",
+                          "metadata": {"status": response.status}}],
+            ), ctx=ctx)
+            return
         headers = [*response.headers, _REPLAYED]
         await send({"type": "http.response.start", "status": response.status,
                     "headers": headers})
@@ -378,6 +401,10 @@ class IdempotencyMiddleware:
                 raise exc.exceptions[0] from None
             raise
         response = recorder.storable(ctx.response_headers[mark:] if ctx is not None else ())
+        if response is None and recorder.too_big and recorder.replayable_status \
+                and not (ctx is not None and ctx.cancelled):
+            # ran to completion, too large to keep: a repeat must not run it again
+            response = StoredResponse.not_retained(recorder.status)
         if response is None or (ctx is not None and ctx.cancelled):
             # Not replayable (5xx, 429, 408, streams, too big) or cancelled:
             # a retry with the same key runs again.
@@ -439,6 +466,15 @@ class _Recorder:
             if not message.get("more_body", False):
                 self.complete = True
         await self.send(message)
+
+    @property
+    def replayable_status(self) -> bool:
+        """Complete, not 5xx/429/408 and not a stream (whatever its size)."""
+        if not self.complete or self.headers is None or self.status >= 500 \
+                or self.status in (429, 408):
+            return False
+        return not any(k == _CONTENT_TYPE and v.startswith(_EVENT_STREAM)
+                       for k, v in self.headers)
 
     def storable(self, added: Sequence[tuple[bytes, bytes]] = ()) -> StoredResponse | None:
         """The response, when it may be replayed: complete, small, not 5xx/429/408, not a stream.

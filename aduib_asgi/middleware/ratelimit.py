@@ -30,7 +30,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import refuse_websocket, send_error
-from aduib_asgi.storage.ratelimit import quota_for
+from aduib_asgi.storage.budget import BudgetExceeded
+from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage, quota_for
 from aduib_asgi.storage.timeout import call_within
 
 __all__ = [
@@ -290,6 +291,10 @@ def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-wi
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {sorted(STRATEGIES)}")
+    budget = storage_options.pop("budget", None)
+    if isinstance(storage, str) and storage.partition("://")[0] in ("memory", "async+memory"):
+        # limits' memory storage, its buckets charged to a byte budget
+        storage = BudgetedMemoryStorage(budget=budget)
     if isinstance(storage, str):
         uri = storage if storage.startswith("async+") else "async+" + storage
         scheme = uri.partition("://")[0]
@@ -429,6 +434,9 @@ class RateLimitMiddleware:
             ids = (p.name, _tenant(ctx)) if p.by_tenant_only else self._identifiers(p, scope, ctx)
             try:
                 ok, remaining, reset = await self.quota.hit(p.item, ids, p.cost)
+            except BudgetExceeded as exc:  # no room for another bucket of this tenant
+                await self._refuse(scope, send, exc, ctx)
+                return
             except Exception as exc:
                 await self._storage_failed(exc, scope, receive, send, ctx)
                 return
@@ -447,6 +455,9 @@ class RateLimitMiddleware:
                 else:
                     refused, stats = await call_within(self.timeout, self._consume,
                                                        policies, scope, ctx)
+            except BudgetExceeded as exc:  # no room for another bucket of this tenant
+                await self._refuse(scope, send, exc, ctx)
+                return
             except Exception as exc:
                 await self._storage_failed(exc, scope, receive, send, ctx)
                 return
@@ -469,6 +480,10 @@ class RateLimitMiddleware:
                                    "window_s": refused.window}}],
             headers={"Retry-After": str(after)},
         )
+        await self._refuse(scope, send, error, ctx)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, error: RpcError, ctx: RequestContext) -> None:
         if scope["type"] == "websocket":
             await refuse_websocket(scope, send, error, ctx=ctx)
             return

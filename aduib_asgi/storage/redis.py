@@ -1,7 +1,10 @@
 """Redis idempotency store (``redis.asyncio``): SET NX with a lease, then the response with a TTL.
 
 Values are msgpack lists: ``[0, fingerprint, token]`` while in flight,
-``[1, fingerprint, status, [[name, value], ...], body]`` once completed.
+``[1, fingerprint, status, [[name, value], ...], body]`` once completed,
+``[2, fingerprint, status]`` once completed without its response retained.
+Every record is charged to the tenant's :class:`~aduib_asgi.storage.budget.RedisByteBudget`
+(shared by the instances on this Redis) until its TTL.
 Renew, complete and release are Lua scripts that act only while the key still
 holds the caller's own reservation, so a request whose lease ran out can never
 overwrite or drop the entry of a newer owner.
@@ -18,6 +21,13 @@ import anyio
 import msgpack
 
 from aduib_asgi.storage import Reservation, StoredResponse, StoreEntry
+from aduib_asgi.storage.budget import (
+    DEFAULT_PER_TENANT,
+    DEFAULT_TOTAL,
+    RECORD_OVERHEAD,
+    BudgetExceeded,
+    RedisByteBudget,
+)
 
 __all__ = ["RedisIdempotencyStore"]
 
@@ -55,6 +65,8 @@ def _decode(blob: bytes | None) -> StoreEntry | None:
     value = msgpack.unpackb(blob)
     if value[0] == 0:
         return StoreEntry(value[1], value[2])
+    if value[0] == 2:
+        return StoreEntry(value[1], None, StoredResponse.not_retained(int(value[2])))
     headers = tuple((bytes(k), bytes(v)) for k, v in value[3])
     return StoreEntry(value[1], None, StoredResponse(int(value[2]), headers, bytes(value[4])))
 
@@ -63,7 +75,10 @@ class RedisIdempotencyStore:
     """Shared by every instance that points at the same Redis (keys under ``prefix``).
 
     ``socket_timeout`` bounds each network call; the idempotency layer also
-    bounds every store call with its own timeout.
+    bounds every store call with its own timeout. ``budget``: a
+    :class:`RedisByteBudget` (or ``per_tenant``/``total`` bytes for one on this
+    client); a reservation is charged for the record's TTL until completed or
+    released, a completed record for its bytes until it expires.
     """
 
     in_process = False
@@ -71,7 +86,9 @@ class RedisIdempotencyStore:
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *,
                  prefix: str = "aduib:idem:", socket_timeout: float = 1.0,
-                 poll_interval: float = 0.025, client: Any = None) -> None:
+                 poll_interval: float = 0.025, client: Any = None,
+                 budget: RedisByteBudget | None = None, per_tenant: int | None = None,
+                 total: int | None = None, ttl: float = 24 * 3600.0) -> None:
         if client is None:
             from redis.asyncio import Redis
 
@@ -83,10 +100,17 @@ class RedisIdempotencyStore:
         self._renew = client.register_script(_RENEW)
         self._complete = client.register_script(_COMPLETE)
         self._release = client.register_script(_RELEASE)
-        # the blob each of our own reservations holds, by token
-        self._blobs: dict[str, bytes] = {}
+        if budget is None:
+            budget = RedisByteBudget(client, per_tenant=per_tenant or DEFAULT_PER_TENANT,
+                                     total=total or DEFAULT_TOTAL)
+        self.budget = budget
+        #: How long a reservation is charged for when its owner never ends it (crash).
+        self.ttl = ttl
+        # per own reservation (by token): the blob it holds, its tenant
+        self._blobs: dict[str, tuple[bytes, str]] = {}
 
-    async def reserve(self, key: str, fingerprint: str, lease: float) -> Reservation:
+    async def reserve(self, key: str, fingerprint: str, lease: float, *,
+                      tenant: str = "default") -> Reservation:
         rkey = self.prefix + key
         for _ in range(3):  # the key may expire between SET NX and GET: try again
             token = uuid.uuid4().hex
@@ -101,7 +125,16 @@ class RedisIdempotencyStore:
                     await self._release(keys=[rkey], args=[blob])
                 raise
             if reserved:
-                self._blobs[token] = blob
+                try:
+                    await self.budget.charge(
+                        tenant, f"{rkey}:{token}", RECORD_OVERHEAD + len(rkey) + len(blob),
+                        time.time() + max(self.ttl, lease), "an idempotency record")
+                except BaseException:
+                    with anyio.move_on_after(1.0, shield=True), \
+                            contextlib.suppress(Exception):
+                        await self._release(keys=[rkey], args=[blob])
+                    raise
+                self._blobs[token] = (blob, tenant)
                 return Reservation("reserved", token=token)
             entry = _decode(await self._redis.get(rkey))
             if entry is not None:
@@ -111,27 +144,42 @@ class RedisIdempotencyStore:
         raise RuntimeError("idempotency key kept changing while reserving it")
 
     async def renew(self, key: str, token: str, lease: float) -> bool:
-        blob = self._blobs.get(token)
-        if blob is None:
+        own = self._blobs.get(token)
+        if own is None:
             return False
-        return bool(await self._renew(keys=[self.prefix + key], args=[blob, _ms(lease)]))
+        return bool(await self._renew(keys=[self.prefix + key], args=[own[0], _ms(lease)]))
 
     async def complete(self, key: str, token: str, response: StoredResponse,
                        ttl: float) -> bool:
-        blob = self._blobs.get(token)
-        if blob is None:
+        own = self._blobs.get(token)
+        if own is None:
             return False
+        blob, tenant = own
+        rkey = self.prefix + key
+        record = f"{rkey}:{token}"
         fingerprint = msgpack.unpackb(blob)[1]
-        value = msgpack.packb([1, fingerprint, response.status,
-                               [list(h) for h in response.headers], response.body])
-        done = await self._complete(keys=[self.prefix + key], args=[blob, value, _ms(ttl)])
+        value = _completed_blob(fingerprint, response)
+        expires = time.time() + ttl
+        try:
+            await self.budget.charge(tenant, record, RECORD_OVERHEAD + len(rkey) + len(value),
+                                     expires, "the response")
+        except BudgetExceeded:  # ran once: a repeat is told so, never run again
+            value = _completed_blob(fingerprint, StoredResponse.not_retained(response.status))
+            await self.budget.charge(tenant, record, RECORD_OVERHEAD + len(rkey) + len(value),
+                                     expires, force=True)
+        done = await self._complete(keys=[rkey], args=[blob, value, _ms(ttl)])
         del self._blobs[token]  # kept on failure so that release() can still drop the lease
+        if not done:
+            with contextlib.suppress(Exception):
+                await self.budget.refund(tenant, record)
         return bool(done)
 
     async def release(self, key: str, token: str) -> None:
-        blob = self._blobs.pop(token, None)  # forgotten even if Redis is unreachable
-        if blob is not None:
+        own = self._blobs.pop(token, None)  # forgotten even if Redis is unreachable
+        if own is not None:
+            blob, tenant = own
             await self._release(keys=[self.prefix + key], args=[blob])
+            await self.budget.refund(tenant, f"{self.prefix}{key}:{token}")
 
     async def get(self, key: str) -> StoreEntry | None:
         return _decode(await self._redis.get(self.prefix + key))
@@ -149,6 +197,15 @@ class RedisIdempotencyStore:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+def _completed_blob(fingerprint: str, response: StoredResponse) -> bytes:
+    if not response.retained:
+        small: bytes = msgpack.packb([2, fingerprint, response.status])
+        return small
+    blob: bytes = msgpack.packb([1, fingerprint, response.status,
+                                 [list(h) for h in response.headers], response.body])
+    return blob
 
 
 def _ms(seconds: float) -> int:
