@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from aduib_asgi.demo import DemoConfig, build_demo_app
-from aduib_asgi.storage import idempotency_store_from_url
+from aduib_asgi.storage import StoredResponse, idempotency_store_from_url
 from aduib_asgi.storage.budget import BudgetExceeded, ByteBudget
 from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage
 from tests.conftest import RPC, client_for, envelope
@@ -74,7 +74,7 @@ def _refused(r: httpx.Response) -> None:
 async def test_a_tenant_at_its_byte_budget_is_refused_others_are_not(backend: str) -> None:
     services = Services()
     store = idempotency_store_from_url(backend, per_tenant=4000, total=1_000_000)
-    async with client_for(rpc_app(services, store=store)) as client:
+    async with client_for(rpc_app(services, store=store, max_body_size=500)) as client:
         codes = [(await call(client, f"a{i}", "a")).status_code for i in range(20)]
         refused = await call(client, "a-late", "a")
         other = await call(client, "b1", "b")
@@ -92,7 +92,7 @@ async def test_a_tenant_at_its_byte_budget_is_refused_others_are_not(backend: st
 async def test_the_total_byte_budget_refuses_every_tenant(backend: str) -> None:
     services = Services()
     store = idempotency_store_from_url(backend, per_tenant=1_000_000, total=4000)
-    async with client_for(rpc_app(services, store=store)) as client:
+    async with client_for(rpc_app(services, store=store, max_body_size=500)) as client:
         codes = [(await call(client, f"k{i}", f"t{i}")).status_code for i in range(20)]
         late = await call(client, "late", "fresh-tenant")
     assert codes[0] == 200 and codes[-1] == 429
@@ -101,26 +101,34 @@ async def test_the_total_byte_budget_refuses_every_tenant(backend: str) -> None:
     await store.aclose()
 
 
-async def test_a_response_past_the_budget_is_not_retained_and_never_runs_again(
+async def test_a_tenant_keeps_one_replay_limit_of_room_for_each_new_key(
         backend: str) -> None:
-    """The reservation fits, the response does not: 409 "not retained" on a repeat."""
+    """New keys are refused once less than the replay limit is left for the response."""
     services = Services()
-    ran: list[int] = []
-
-    async def pad(data: dict[str, Any]) -> dict[str, Any]:
-        ran.append(1)
-        return {"pad": "x" * 2000}
-
-    services.registry.register("rpc.v2/Echo/pad", pad)
-    store = idempotency_store_from_url(backend, per_tenant=1200, total=1_000_000)
-    async with client_for(rpc_app(services, store=store)) as client:
-        first, again = [await client.post(RPC, json=envelope("rpc.v2/Echo/pad", {}),
-                                          headers={"idempotency-key": "big",
-                                                   "x-tenant-id": "a"}) for _ in range(2)]
-    assert first.status_code == 200 and first.json()["result"]["pad"] == "x" * 2000
-    assert again.status_code == 409 and "not retained" in again.json()["error"]["message"]
-    assert len(ran) == 1
+    store = idempotency_store_from_url(backend, per_tenant=10_000, total=1_000_000)
+    async with client_for(rpc_app(services, store=store, max_body_size=9_000)) as client:
+        first = await call(client, "k1", "a")
+        second = await call(client, "k2", "a")  # < 9,000 bytes left after k1
+    assert first.status_code == 200
+    _refused(second)
     await store.aclose()
+
+
+async def test_a_response_past_the_budget_is_kept_as_not_retained(backend: str) -> None:
+    """Concurrent keys used the room: the late response is marked, never run again."""
+    store = idempotency_store_from_url(backend, per_tenant=1200, total=1_000_000)
+    try:
+        res = await store.reserve("k", "fp", 10, tenant="a")
+        assert res.token is not None
+        response = StoredResponse(200, ((b"content-type", b"application/json"),),
+                                  b"x" * 2000)
+        assert await store.complete("k", res.token, response, 60)
+        again = await store.reserve("k", "fp", 10, tenant="a")
+        assert again.outcome == "completed" and again.entry is not None
+        assert again.entry.response is not None and not again.entry.response.retained
+        assert again.entry.response.status == 200
+    finally:
+        await store.aclose()
 
 
 async def test_memory_budget_accounting_returns_to_zero() -> None:
@@ -218,3 +226,42 @@ async def test_a_task_result_past_the_budget_fails_with_5021_not_retained(
     assert small["status"] == "succeeded"
     assert done["status"] == "failed" and done.get("result") is None
     assert done["error"]["code"] == 5021 and "not retained" in done["error"]["message"]
+
+
+# -- Redis outage (issue 17): task operations answer 503 / 5002, never 500 -------------
+
+
+@pytest.mark.redis
+async def test_task_operations_answer_503_during_a_redis_outage_and_recover(
+        own_redis: Any) -> None:
+    from tests.fixtures_redis import RedisServer
+
+    server: RedisServer = own_redis
+    app, _, h = build_app(server.url)
+    h.gate.set()
+    async with lifespan(app), client_for(app) as c:
+        sub = await submit(c, "rpc.v2/T/order", {"tag": "before"})
+        await wait_terminal(c, sub["task_id"])
+        server.kill()
+        calls = {
+            "Submit": {"target_method": "rpc.v2/T/ok", "params": {}},
+            "Query": {"task_id": sub["task_id"]},
+            "Cancel": {"task_id": sub["task_id"]},
+            "Subscribe": {"task_id": sub["task_id"]},
+        }
+        for name, body in calls.items():
+            with anyio.fail_after(10):
+                r = await c.post(TS + name, json=body)
+            assert r.status_code == 503, (name, r.status_code, r.text)
+            assert r.json()["error"]["code"] == 5002 and r.headers["retry-after"] == "1"
+        server.start()
+        with anyio.fail_after(5):  # service is back within 5 s
+            while True:
+                # the test server keeps nothing across the restart: the old id is 404
+                q = await c.post(TS + "Query", json={"task_id": sub["task_id"]})
+                if q.status_code == 404:
+                    break
+                assert q.status_code == 503, q.text
+                await anyio.sleep(0.1)
+        after = await submit(c, "rpc.v2/T/order", {"tag": "after"})
+        assert (await wait_terminal(c, after["task_id"]))["status"] == "succeeded"

@@ -144,7 +144,8 @@ class IdempotencyMiddleware:
     - ``max_body_size`` (the replay limit): a larger response is sent but not
       stored; a repeat of its key gets 409 / 4011 "not retained", never a second
       execution. The store's byte budget (per tenant and in total) refuses new
-      keys past it with 429 / 5021 and ``Retry-After``.
+      keys with 429 / 5021 and ``Retry-After`` once less than one replay limit
+      of room is left.
     - Streamed responses (``text/event-stream``) are never stored; the key stays
       reserved while the stream runs.
     """
@@ -334,7 +335,9 @@ class IdempotencyMiddleware:
             return
 
     async def _reserve(self, skey: str, fingerprint: str, tenant: str) -> Any:
-        return await self.store.reserve(skey, fingerprint, self.lease, tenant=tenant)
+        # room for a response up to the replay limit must stay free in the budget
+        return await self.store.reserve(skey, fingerprint, self.lease, tenant=tenant,
+                                        headroom=self.max_body_size)
 
     async def _replay(self, scope: Scope, send: Send, ctx: RequestContext,
                       response: StoredResponse) -> None:

@@ -85,10 +85,11 @@ class IdempotencyStore(Protocol):
     needs_renewal: bool
 
     async def reserve(self, key: str, fingerprint: str, lease: float, *,
-                      tenant: str = "default") -> Reservation:
+                      tenant: str = "default", headroom: int = 0) -> Reservation:
         """Atomically take ``key`` for ``lease`` seconds, or report what holds it.
 
-        The record is charged to ``tenant``'s byte budget: past it
+        The record is charged to ``tenant``'s byte budget, which must keep
+        ``headroom`` bytes free for the response (the replay limit): past it
         :class:`~aduib_asgi.storage.budget.BudgetExceeded` (429 / 5021) is raised.
         """
         ...

@@ -93,15 +93,20 @@ class ByteBudget:
                 and self.used_total + nbytes <= self.total)
 
     def charge(self, tenant: str, nbytes: int, what: str = "this", *,
-               force: bool = False) -> None:
-        """Count ``nbytes`` more for ``tenant``; refused past a bound (unless ``force``)."""
+               force: bool = False, headroom: int = 0) -> None:
+        """Count ``nbytes`` more for ``tenant``; refused past a bound (unless ``force``).
+
+        ``headroom``: bytes that must stay free after the charge (room for the
+        response of the work being admitted).
+        """
         with self._lock:
             used = self._used.get(tenant, 0)
             if not force and nbytes > 0:
-                if used + nbytes > self.per_tenant:
+                need = nbytes + headroom
+                if used + need > self.per_tenant:
                     raise budget_exceeded(tenant, what, total=False,
                                           retry_after=self.retry_after)
-                if self.used_total + nbytes > self.total:
+                if self.used_total + need > self.total:
                     raise budget_exceeded(tenant, what, total=True,
                                           retry_after=self.retry_after)
             self._set(tenant, used + nbytes)
@@ -123,7 +128,7 @@ class ByteBudget:
 # KEYS[1]: sorted set of charged records (member "tenant\x1fid", score: expiry ms)
 # KEYS[2]: hash: "m:" .. member -> bytes; "t:" .. tenant -> sum; "*" -> sum of all
 # ARGV: now_ms, tenant, id, bytes (0: refund), expiry_ms ("+inf" allowed), per_tenant,
-#       total, force ("1"/"0")
+#       total, force ("1"/"0"), headroom (bytes that must stay free after the charge)
 # Returns 1 (done), -1 (tenant full), -2 (total full).
 _CHARGE = """
 local z, h = KEYS[1], KEYS[2]
@@ -141,10 +146,11 @@ local tkey = 't:' .. ARGV[2]
 local new = tonumber(ARGV[4])
 local delta = new - tonumber(redis.call('HGET', h, 'm:' .. m) or '0')
 if delta > 0 and ARGV[8] ~= '1' then
-  if tonumber(redis.call('HGET', h, tkey) or '0') + delta > tonumber(ARGV[6]) then
+  local need = delta + tonumber(ARGV[9])
+  if tonumber(redis.call('HGET', h, tkey) or '0') + need > tonumber(ARGV[6]) then
     return -1
   end
-  if tonumber(redis.call('HGET', h, '*') or '0') + delta > tonumber(ARGV[7]) then
+  if tonumber(redis.call('HGET', h, '*') or '0') + need > tonumber(ARGV[7]) then
     return -2
   end
 end
@@ -187,14 +193,14 @@ class RedisByteBudget:
         self._charge = client.register_script(_CHARGE)
 
     async def charge(self, tenant: str, record_id: str, nbytes: int, expires_at: float,
-                     what: str = "this", *, force: bool = False) -> None:
+                     what: str = "this", *, force: bool = False, headroom: int = 0) -> None:
         """Charge ``record_id`` ``nbytes`` (replacing its earlier charge) until
         ``expires_at`` (epoch seconds); past a bound :class:`BudgetExceeded`."""
         expiry = "+inf" if math.isinf(expires_at) else str(int(expires_at * 1000))
         result = await self._charge(
             keys=[self.zkey, self.hkey],
             args=[int(time.time() * 1000), _clean(tenant), record_id, max(1, nbytes), expiry,
-                  self.per_tenant, self.total, "1" if force else "0"])
+                  self.per_tenant, self.total, "1" if force else "0", headroom])
         if int(result) < 0:
             raise budget_exceeded(tenant, what, total=int(result) == -2,
                                   retry_after=self.retry_after)
@@ -203,7 +209,7 @@ class RedisByteBudget:
         """Give back the charge of ``record_id``."""
         await self._charge(keys=[self.zkey, self.hkey],
                            args=[int(time.time() * 1000), _clean(tenant), record_id, 0, "0",
-                                 self.per_tenant, self.total, "1"])
+                                 self.per_tenant, self.total, "1", 0])
 
     async def used(self, tenant: str) -> int:
         """Bytes ``tenant`` holds in Redis now (expired charges refunded at the next charge)."""

@@ -102,7 +102,7 @@ class MemoryIdempotencyStore:
             event.set()
 
     async def reserve(self, key: str, fingerprint: str, lease: float, *,
-                      tenant: str = "default") -> Reservation:
+                      tenant: str = "default", headroom: int = 0) -> Reservation:
         now = self._clock()
         with self._lock:
             self._sweep(now)
@@ -116,7 +116,7 @@ class MemoryIdempotencyStore:
                 raise budget_exceeded(tenant, "an idempotency record", total=True,
                                       retry_after=self.budget.retry_after)
             size = RECORD_OVERHEAD + len(key) + len(fingerprint)
-            self.budget.charge(tenant, size, "an idempotency record")
+            self.budget.charge(tenant, size, "an idempotency record", headroom=headroom)
             token = str(next(self._tokens))
             item = self._items[key] = _Item(StoreEntry(fingerprint, token), float("inf"),
                                             tenant, size)

@@ -110,7 +110,7 @@ class RedisIdempotencyStore:
         self._blobs: dict[str, tuple[bytes, str]] = {}
 
     async def reserve(self, key: str, fingerprint: str, lease: float, *,
-                      tenant: str = "default") -> Reservation:
+                      tenant: str = "default", headroom: int = 0) -> Reservation:
         rkey = self.prefix + key
         for _ in range(3):  # the key may expire between SET NX and GET: try again
             token = uuid.uuid4().hex
@@ -128,7 +128,8 @@ class RedisIdempotencyStore:
                 try:
                     await self.budget.charge(
                         tenant, f"{rkey}:{token}", RECORD_OVERHEAD + len(rkey) + len(blob),
-                        time.time() + max(self.ttl, lease), "an idempotency record")
+                        time.time() + max(self.ttl, lease), "an idempotency record",
+                        headroom=headroom)
                 except BaseException:
                     with anyio.move_on_after(1.0, shield=True), \
                             contextlib.suppress(Exception):
