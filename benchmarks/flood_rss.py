@@ -7,6 +7,11 @@ arguments after ``--``), runs the flood, prints the process's RSS before and aft
 
     .venv/bin/python benchmarks/flood_rss.py tasks --count 20 --size 67108864
     .venv/bin/python benchmarks/flood_rss.py idem --count 2000 --size 1000000
+    .venv/bin/python benchmarks/flood_rss.py idem --count 2000 --size 1000000 -- \
+        --redis redis://127.0.0.1:6379/0      # also prints Redis's used_memory
+
+``--src DIR`` runs the demo from another source tree (e.g. an export of main)
+with this interpreter, to compare before and after.
 """
 
 from __future__ import annotations
@@ -31,10 +36,27 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def start_demo(extra: list[str]) -> tuple[subprocess.Popen[str], str]:
+_FROM_SRC = (
+    "import sys; sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+    "sys.path.insert(0, sys.argv.pop(1)); from aduib_asgi.cli import main; sys.exit(main())"
+)
+
+
+def redis_mb(url: str) -> float:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("memory")["used_memory"]) / 1024.0 / 1024.0
+    finally:
+        client.close()
+
+
+def start_demo(extra: list[str], src: str | None = None) -> tuple[subprocess.Popen[str], str]:
+    launcher = [sys.executable, "-c", _FROM_SRC, src] if src else [
+        sys.executable, "-m", "aduib_asgi.cli"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aduib_asgi.cli", "demo", "--host", "127.0.0.1", "--port", "0",
-         "--env", "prod", *extra],
+        [*launcher, "demo", "--host", "127.0.0.1", "--port", "0", "--env", "prod", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -100,11 +122,17 @@ def main() -> None:
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--size", type=int, default=64 * 1024 * 1024)
     p.add_argument("--tenants", type=int, default=1)
-    p.add_argument("demo_args", nargs="*", help="extra arguments for `aduib-asgi demo`")
-    a = p.parse_args()
-    proc, url = start_demo(a.demo_args)
+    p.add_argument("--src", default=None, help="run the demo from this source tree")
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    a.demo_args = extra  # after "--": arguments for `aduib-asgi demo`
+    redis_url = a.demo_args[a.demo_args.index("--redis") + 1] if "--redis" in a.demo_args \
+        else None
+    proc, url = start_demo(a.demo_args, a.src)
     try:
         time.sleep(0.5)
+        redis_before = redis_mb(redis_url) if redis_url else 0.0
         before = rss_mb(proc.pid)
         t0 = time.monotonic()
         fn = flood_tasks if a.kind == "tasks" else flood_idem
@@ -117,6 +145,10 @@ def main() -> None:
               "(1000/1001/1002: tasks succeeded/failed/canceled)")
         print(f"  RSS before {before:.0f} MB, after {after:.0f} MB "
               f"(+{after - before:.0f} MB)")
+        if redis_url:
+            redis_after = redis_mb(redis_url)
+            print(f"  Redis used_memory before {redis_before:.0f} MB, after {redis_after:.0f} MB "
+                  f"(+{redis_after - redis_before:.0f} MB)")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -258,16 +258,14 @@ class IdempotencyMiddleware:
                 return
             receive = replay_receive(canonical, receive)
         fingerprint = hashlib.sha256(method.encode() + b"\n" + canonical).hexdigest()
+        await self._run_once(scope, receive, send, ctx, self._scope_key(scope, ctx, method, key),
+                             fingerprint, _budget_tenant(ctx))
+
+    def _scope_key(self, scope: Scope, ctx: RequestContext, method: str, key: str) -> str:
         tenant = ctx.tenant_id
         if tenant is None:
             raw = ctx.header(_X_TENANT)
             tenant = raw.decode("latin-1") if raw else "default"
-        await self._run_once(scope, receive, send, ctx,
-                             self._scope_key(scope, ctx, tenant, method, key), fingerprint,
-                             tenant)
-
-    def _scope_key(self, scope: Scope, ctx: RequestContext, tenant: str, method: str,
-                   key: str) -> str:
         principal = ctx.principal
         if principal is None:
             client = scope.get("client")
@@ -436,6 +434,14 @@ class IdempotencyMiddleware:
             except Exception as exc:
                 logger.warning("could not release an idempotency key (%s); it expires with "
                                "its lease", exc)
+
+
+def _budget_tenant(ctx: RequestContext) -> str:
+    """The tenant whose byte budget a record is charged to."""
+    if ctx.tenant_id is not None:
+        return ctx.tenant_id
+    raw = ctx.header(b"x-tenant-id")
+    return raw.decode("latin-1") if raw else "default"
 
 
 class _Recorder:
