@@ -282,6 +282,14 @@ def _client_id(ctx: RequestContext) -> str:
     return (md.client_id if md is not None else None) or "anonymous"
 
 
+async def _refuse(scope: Scope, send: Send, error: RpcError, ctx: RequestContext) -> None:
+    """Answer ``error`` (a WebSocket gets its error frame, then the close)."""
+    if scope["type"] == "websocket":
+        await refuse_websocket(scope, send, error, ctx=ctx)
+        return
+    await send_error(scope, send, error, ctx=ctx)
+
+
 def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-window",
                  **storage_options: Any) -> RateLimiter:
     """A ``limits.aio`` limiter: ``strategy`` over storage given as a URI or instance.
@@ -435,7 +443,7 @@ class RateLimitMiddleware:
             try:
                 ok, remaining, reset = await self.quota.hit(p.item, ids, p.cost)
             except BudgetExceeded as exc:  # no room for another bucket of this tenant
-                await self._refuse(scope, send, exc, ctx)
+                await _refuse(scope, send, exc, ctx)
                 return
             except Exception as exc:
                 await self._storage_failed(exc, scope, receive, send, ctx)
@@ -456,7 +464,7 @@ class RateLimitMiddleware:
                     refused, stats = await call_within(self.timeout, self._consume,
                                                        policies, scope, ctx)
             except BudgetExceeded as exc:  # no room for another bucket of this tenant
-                await self._refuse(scope, send, exc, ctx)
+                await _refuse(scope, send, exc, ctx)
                 return
             except Exception as exc:
                 await self._storage_failed(exc, scope, receive, send, ctx)
@@ -480,10 +488,6 @@ class RateLimitMiddleware:
                                    "window_s": refused.window}}],
             headers={"Retry-After": str(after)},
         )
-        await self._refuse(scope, send, error, ctx)
-
-    @staticmethod
-    async def _refuse(scope: Scope, send: Send, error: RpcError, ctx: RequestContext) -> None:
         if scope["type"] == "websocket":
             await refuse_websocket(scope, send, error, ctx=ctx)
             return
