@@ -106,23 +106,32 @@ def test_store_urls() -> None:
 
 @pytest.mark.redis
 async def test_a_reserve_whose_reply_comes_too_late_leaves_no_orphan(redis_url: str) -> None:
-    """SET NX ran on the server but the caller timed out: the reservation is dropped."""
+    """SET NX (and its charge) ran on the server but the caller timed out: both dropped."""
     store = idempotency_store_from_url(redis_url)
-    real_set = store._redis.set  # type: ignore[attr-defined]
+    redis = store._redis  # type: ignore[attr-defined]
+    real_pipeline = redis.pipeline
 
-    async def late_reply(*args: Any, **kwargs: Any) -> Any:
-        result = await real_set(*args, **kwargs)  # executed on the server...
-        await anyio.sleep(5)  # ...but the reply arrives after the caller gave up
-        return result
+    def slow_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
 
-    store._redis.set = late_reply  # type: ignore[attr-defined]
+        async def late_reply(*a: Any, **kw: Any) -> Any:
+            result = await real_execute(*a, **kw)  # executed on the server...
+            await anyio.sleep(5)  # ...but the reply arrives after the caller gave up
+            return result
+
+        pipe.execute = late_reply
+        return pipe
+
+    redis.pipeline = slow_pipeline
     try:
         with pytest.raises(TimeoutError):
             with anyio.fail_after(0.3):
                 await store.reserve("k", "fp", 30.0)
     finally:
-        store._redis.set = real_set  # type: ignore[attr-defined]
+        redis.pipeline = real_pipeline
     assert await store.get("k") is None  # no orphan in flight
+    assert await store.budget.used("default") == 0  # nor its charge  # type: ignore[attr-defined]
     again = await store.reserve("k", "fp", 30.0)
     assert again.outcome == "reserved"
     await store.aclose()

@@ -97,12 +97,12 @@ class ByteBudget:
         """Count ``nbytes`` more for ``tenant``; refused past a bound (unless ``force``).
 
         ``headroom``: bytes that must stay free after the charge (room for the
-        response of the work being admitted).
+        response of the work being admitted; at most half the tenant's budget).
         """
         with self._lock:
             used = self._used.get(tenant, 0)
             if not force and nbytes > 0:
-                need = nbytes + headroom
+                need = nbytes + min(headroom, self.per_tenant // 2)
                 if used + need > self.per_tenant:
                     raise budget_exceeded(tenant, what, total=False,
                                           retry_after=self.retry_after)
@@ -175,8 +175,9 @@ class RedisByteBudget:
     sums, so the sums follow the TTLs: every charge first refunds up to 256
     expired records. Charging a record again replaces its earlier charge. Both
     keys share one hash tag (``{budget}``), so the script also runs on a Redis
-    Cluster. Charges are separate calls from the writes they pay for: a write
-    that fails after its charge is over-counted until the charge's expiry.
+    Cluster. A charge is queued on the same (non-transactional) pipeline as the
+    write it pays for, so it costs no extra round trip; a write that fails
+    after its charge is over-counted until the charge's expiry, never under.
     """
 
     def __init__(self, client: Any, *, prefix: str = "aduib:", per_tenant: int =
@@ -192,24 +193,39 @@ class RedisByteBudget:
         self.hkey = prefix + "{budget}:sums"
         self._charge = client.register_script(_CHARGE)
 
-    async def charge(self, tenant: str, record_id: str, nbytes: int, expires_at: float,
-                     what: str = "this", *, force: bool = False, headroom: int = 0) -> None:
-        """Charge ``record_id`` ``nbytes`` (replacing its earlier charge) until
-        ``expires_at`` (epoch seconds); past a bound :class:`BudgetExceeded`."""
+    def _args(self, tenant: str, record_id: str, nbytes: int, expires_at: float,
+              force: bool, headroom: int) -> list[Any]:
         expiry = "+inf" if math.isinf(expires_at) else str(int(expires_at * 1000))
-        result = await self._charge(
-            keys=[self.zkey, self.hkey],
-            args=[int(time.time() * 1000), _clean(tenant), record_id, max(1, nbytes), expiry,
-                  self.per_tenant, self.total, "1" if force else "0", headroom])
+        return [int(time.time() * 1000), _clean(tenant), record_id, nbytes, expiry,
+                self.per_tenant, self.total, "1" if force else "0",
+                min(headroom, self.per_tenant // 2)]
+
+    async def charge(self, tenant: str, record_id: str, nbytes: int, expires_at: float,
+                     what: str = "this", *, force: bool = False, headroom: int = 0,
+                     pipe: Any = None) -> None:
+        """Charge ``record_id`` ``nbytes`` (replacing its earlier charge) until
+        ``expires_at`` (epoch seconds); past a bound :class:`BudgetExceeded`.
+
+        ``pipe``: only queue the charge on that pipeline (with the write it pays
+        for, one round trip); pass its reply to :meth:`check`.
+        """
+        result = await self._charge(keys=[self.zkey, self.hkey],
+                                    args=self._args(tenant, record_id, max(1, nbytes),
+                                                    expires_at, force, headroom),
+                                    client=pipe)
+        if pipe is None:
+            self.check(result, tenant, what)
+
+    def check(self, result: Any, tenant: str, what: str = "this") -> None:
+        """Raise :class:`BudgetExceeded` when a charge's reply says it was refused."""
         if int(result) < 0:
             raise budget_exceeded(tenant, what, total=int(result) == -2,
                                   retry_after=self.retry_after)
 
-    async def refund(self, tenant: str, record_id: str) -> None:
-        """Give back the charge of ``record_id``."""
+    async def refund(self, tenant: str, record_id: str, *, pipe: Any = None) -> None:
+        """Give back the charge of ``record_id`` (``pipe``: queue it there)."""
         await self._charge(keys=[self.zkey, self.hkey],
-                           args=[int(time.time() * 1000), _clean(tenant), record_id, 0, "0",
-                                 self.per_tenant, self.total, "1", 0])
+                           args=self._args(tenant, record_id, 0, 0.0, True, 0), client=pipe)
 
     async def used(self, tenant: str) -> int:
         """Bytes ``tenant`` holds in Redis now (expired charges refunded at the next charge)."""

@@ -46,6 +46,14 @@ end
 return 0
 """
 
+# The response we just stored becomes the not-retained marker (same TTL).
+_REPLACE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -100,6 +108,7 @@ class RedisIdempotencyStore:
         self._renew = client.register_script(_RENEW)
         self._complete = client.register_script(_COMPLETE)
         self._release = client.register_script(_RELEASE)
+        self._replace = client.register_script(_REPLACE)
         if budget is None:
             budget = RedisByteBudget(client, per_tenant=per_tenant or DEFAULT_PER_TENANT,
                                      total=total or DEFAULT_TOTAL)
@@ -115,29 +124,40 @@ class RedisIdempotencyStore:
         for _ in range(3):  # the key may expire between SET NX and GET: try again
             token = uuid.uuid4().hex
             blob = _in_flight_blob(fingerprint, token)
+            record = f"{rkey}:{token}"
             try:
-                reserved = await self._redis.set(rkey, blob, nx=True, px=_ms(lease))
+                # SET NX and its charge in one round trip (a pipeline, not a transaction)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.set(rkey, blob, nx=True, px=_ms(lease))
+                    await self.budget.charge(
+                        tenant, record, RECORD_OVERHEAD + len(rkey) + len(blob),
+                        time.time() + max(self.ttl, lease), headroom=headroom, pipe=pipe)
+                    reserved, charged = await pipe.execute()
             except BaseException:
                 # timed out, cancelled or disconnected after the server may have run
-                # the SET: drop it if it is ours, so no key stays reserved by nobody
-                # (unreachable Redis: the lease expires on its own)
+                # them: drop the SET if it is ours and the charge, so no key stays
+                # reserved by nobody (unreachable Redis: the lease expires on its own)
                 with anyio.move_on_after(1.0, shield=True), contextlib.suppress(Exception):
                     await self._release(keys=[rkey], args=[blob])
+                    await self.budget.refund(tenant, record)
                 raise
             if reserved:
                 try:
-                    await self.budget.charge(
-                        tenant, f"{rkey}:{token}", RECORD_OVERHEAD + len(rkey) + len(blob),
-                        time.time() + max(self.ttl, lease), "an idempotency record",
-                        headroom=headroom)
-                except BaseException:
+                    self.budget.check(charged, tenant, "an idempotency record")
+                except BudgetExceeded:
                     with anyio.move_on_after(1.0, shield=True), \
                             contextlib.suppress(Exception):
                         await self._release(keys=[rkey], args=[blob])
                     raise
                 self._blobs[token] = (blob, tenant)
                 return Reservation("reserved", token=token)
-            entry = _decode(await self._redis.get(rkey))
+            # another request holds the key: give the charge back and read what is there
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(rkey)
+                if int(charged) > 0:
+                    await self.budget.refund(tenant, record, pipe=pipe)
+                current = (await pipe.execute())[0]
+            entry = _decode(current)
             if entry is not None:
                 if entry.response is not None:
                     return Reservation("completed", entry=entry)
@@ -161,19 +181,27 @@ class RedisIdempotencyStore:
         fingerprint = msgpack.unpackb(blob)[1]
         value = _completed_blob(fingerprint, response)
         expires = time.time() + ttl
-        try:
-            await self.budget.charge(tenant, record, RECORD_OVERHEAD + len(rkey) + len(value),
-                                     expires, "the response")
-        except BudgetExceeded:  # ran once: a repeat is told so, never run again
-            value = _completed_blob(fingerprint, StoredResponse.not_retained(response.status))
-            await self.budget.charge(tenant, record, RECORD_OVERHEAD + len(rkey) + len(value),
-                                     expires, force=True)
-        done = await self._complete(keys=[rkey], args=[blob, value, _ms(ttl)])
+        size = RECORD_OVERHEAD + len(rkey) + len(value)
+        # the charge and the write in one round trip; the charge is checked after
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self.budget.charge(tenant, record, size, expires, pipe=pipe)
+            await self._complete(keys=[rkey], args=[blob, value, _ms(ttl)], client=pipe)
+            charged, done = await pipe.execute()
         del self._blobs[token]  # kept on failure so that release() can still drop the lease
         if not done:
             with contextlib.suppress(Exception):
                 await self.budget.refund(tenant, record)
-        return bool(done)
+            return False
+        try:
+            self.budget.check(charged, tenant, "the response")
+        except BudgetExceeded:  # ran once: a repeat is told so, never run again
+            marker = _completed_blob(fingerprint, StoredResponse.not_retained(response.status))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._replace(keys=[rkey], args=[value, marker], client=pipe)
+                await self.budget.charge(tenant, record, RECORD_OVERHEAD + len(rkey)
+                                         + len(marker), expires, force=True, pipe=pipe)
+                await pipe.execute()
+        return True
 
     async def release(self, key: str, token: str) -> None:
         own = self._blobs.pop(token, None)  # forgotten even if Redis is unreachable
