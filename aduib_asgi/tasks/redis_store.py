@@ -148,15 +148,19 @@ class RedisTaskStore:
         tid = entry.task_id
         entry.rev += 1
         raw = entry.model_dump_json()
-        try:
-            await self.budget.charge(entry.tenant, tid, RECORD_OVERHEAD + len(raw),
-                                     time.time() + self.result_ttl,
-                                     "the task result" if entry.record.result is not None
-                                     else "the task", force=not strict)
-        except BaseException:
-            entry.rev -= 1
-            raise
+        size, expires = RECORD_OVERHEAD + len(raw), time.time() + self.result_ttl
+        if strict:  # may be refused: checked before anything is written
+            try:
+                await self.budget.charge(entry.tenant, tid, size, expires,
+                                         "the task result" if entry.record.result is not None
+                                         else "the task")
+            except BaseException:
+                entry.rev -= 1
+                raise
         async with self.client.pipeline(transaction=True) as pipe:
+            if not strict:  # always charged: in the same round trip as the write
+                await self.budget.charge(entry.tenant, tid, size, expires, force=True,
+                                         pipe=pipe)
             if entry.record.status.terminal:
                 pipe.set(self._key(tid), raw, px=int(self.result_ttl * 1000))
                 pipe.srem(self._active, tid)
