@@ -33,6 +33,7 @@ __all__ = [
     "ByteBudget",
     "RedisByteBudget",
     "budget_exceeded",
+    "queue",
 ]
 
 #: Default bytes one tenant may make a store hold.
@@ -209,12 +210,11 @@ class RedisByteBudget:
         ``pipe``: only queue the charge on that pipeline (with the write it pays
         for, one round trip); pass its reply to :meth:`check`.
         """
-        result = await self._charge(keys=[self.zkey, self.hkey],
-                                    args=self._args(tenant, record_id, max(1, nbytes),
-                                                    expires_at, force, headroom),
-                                    client=pipe)
-        if pipe is None:
-            self.check(result, tenant, what)
+        args = self._args(tenant, record_id, max(1, nbytes), expires_at, force, headroom)
+        if pipe is not None:
+            queue(pipe, _CHARGE, [self.zkey, self.hkey], args)
+            return
+        self.check(await self._charge(keys=[self.zkey, self.hkey], args=args), tenant, what)
 
     def check(self, result: Any, tenant: str, what: str = "this") -> None:
         """Raise :class:`BudgetExceeded` when a charge's reply says it was refused."""
@@ -224,13 +224,23 @@ class RedisByteBudget:
 
     async def refund(self, tenant: str, record_id: str, *, pipe: Any = None) -> None:
         """Give back the charge of ``record_id`` (``pipe``: queue it there)."""
-        await self._charge(keys=[self.zkey, self.hkey],
-                           args=self._args(tenant, record_id, 0, 0.0, True, 0), client=pipe)
+        args = self._args(tenant, record_id, 0, 0.0, True, 0)
+        if pipe is not None:
+            queue(pipe, _CHARGE, [self.zkey, self.hkey], args)
+            return
+        await self._charge(keys=[self.zkey, self.hkey], args=args)
 
     async def used(self, tenant: str) -> int:
         """Bytes ``tenant`` holds in Redis now (expired charges refunded at the next charge)."""
         value = await self.client.hget(self.hkey, "t:" + _clean(tenant))
         return int(value or 0)
+
+
+def queue(pipe: Any, script: str, keys: list[str], args: list[Any]) -> None:
+    """Queue ``script`` on a redis-py pipeline as EVAL: registering it as a Script
+    object would make every ``execute`` first ask the server ``SCRIPT EXISTS``
+    (one more round trip); EVAL sends the text and needs no loading."""
+    pipe.eval(script, len(keys), *keys, *args)
 
 
 def _clean(tenant: str) -> str:

@@ -27,6 +27,7 @@ from aduib_asgi.storage.budget import (
     RECORD_OVERHEAD,
     BudgetExceeded,
     RedisByteBudget,
+    queue,
 )
 
 __all__ = ["RedisIdempotencyStore"]
@@ -106,9 +107,7 @@ class RedisIdempotencyStore:
         self.prefix = prefix
         self.poll_interval = poll_interval
         self._renew = client.register_script(_RENEW)
-        self._complete = client.register_script(_COMPLETE)
         self._release = client.register_script(_RELEASE)
-        self._replace = client.register_script(_REPLACE)
         if budget is None:
             budget = RedisByteBudget(client, per_tenant=per_tenant or DEFAULT_PER_TENANT,
                                      total=total or DEFAULT_TOTAL)
@@ -185,7 +184,7 @@ class RedisIdempotencyStore:
         # the charge and the write in one round trip; the charge is checked after
         async with self._redis.pipeline(transaction=False) as pipe:
             await self.budget.charge(tenant, record, size, expires, pipe=pipe)
-            await self._complete(keys=[rkey], args=[blob, value, _ms(ttl)], client=pipe)
+            queue(pipe, _COMPLETE, [rkey], [blob, value, _ms(ttl)])
             charged, done = await pipe.execute()
         del self._blobs[token]  # kept on failure so that release() can still drop the lease
         if not done:
@@ -197,7 +196,7 @@ class RedisIdempotencyStore:
         except BudgetExceeded:  # ran once: a repeat is told so, never run again
             marker = _completed_blob(fingerprint, StoredResponse.not_retained(response.status))
             async with self._redis.pipeline(transaction=False) as pipe:
-                await self._replace(keys=[rkey], args=[value, marker], client=pipe)
+                queue(pipe, _REPLACE, [rkey], [value, marker])
                 await self.budget.charge(tenant, record, RECORD_OVERHEAD + len(rkey)
                                          + len(marker), expires, force=True, pipe=pipe)
                 await pipe.execute()
