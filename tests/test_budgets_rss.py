@@ -87,3 +87,42 @@ def test_task_result_flood_is_bounded_in_rss() -> None:
     assert len(statuses) == len(ids) == 20
     assert all(t["status"] == "failed" and t["error"]["code"] == 5021 for t in statuses)
     assert grown < MAX_GROWTH_MB, f"RSS grew {grown:.0f} MB"
+
+
+def redis_used_mb(url: str) -> float:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("memory")["used_memory"]) / 1024.0 / 1024.0
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_a_flood_cannot_fill_redis(redis_url: str) -> None:
+    """With --redis the budget bounds what the instance makes Redis hold: 400 keys x
+    200 kB (~80 MB if all were kept) from three tenants, and 10 task results of 4 MiB."""
+    with running_demo("--redis", redis_url, *BUDGETS) as demo, \
+            httpx.Client(base_url=demo.url, timeout=60) as c:
+        before = redis_used_mb(redis_url)
+        codes = [big(c, 200_000, uuid.uuid4().hex, f"t{i % 3}").status_code
+                 for i in range(400)]
+        tasks = [c.post(TS + "Submit", json={"target_method": "rpc.v2/Echo/big",
+                                             "params": {"size": 4 * MB}},
+                        headers={"x-tenant-id": "tasks"}) for _ in range(10)]
+        ids = [t.json()["task_id"] for t in tasks if t.status_code == 200]
+        for tid in ids:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                task = c.post(TS + "Query", json={"task_id": tid},
+                              headers={"x-tenant-id": "tasks"}).json()["task"]
+                if task["status"] in ("succeeded", "failed", "canceled"):
+                    assert task["status"] == "failed" and task["error"]["code"] == 5021
+                    break
+                time.sleep(0.05)
+        grown = redis_used_mb(redis_url) - before
+    assert codes.count(200) >= 10 and codes.count(429) > 300, codes
+    assert all(t.status_code in (200, 429) for t in tasks)
+    assert grown < 12, f"Redis grew {grown:.0f} MB (total budget 4 MiB)"
