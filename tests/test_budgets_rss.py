@@ -8,8 +8,10 @@ limit answers 409 "not retained" on a repeat.
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -126,3 +128,41 @@ def test_a_flood_cannot_fill_redis(redis_url: str) -> None:
     assert codes.count(200) >= 10 and codes.count(429) > 300, codes
     assert all(t.status_code in (200, 429) for t in tasks)
     assert grown < 12, f"Redis grew {grown:.0f} MB (total budget 4 MiB)"
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_task_operations_under_load_answer_503_in_a_redis_outage(own_redis: Any) -> None:
+    """Issue 17: a real demo on a real Redis that is killed: every task operation is
+    503 / 5002 with Retry-After (never 500), and service is back within 5 s."""
+    server = own_redis
+    with running_demo("--redis", server.url) as demo:
+        with httpx.Client(base_url=demo.url, timeout=30) as c:
+            sub = c.post(TS + "Submit", json={"target_method": "rpc.v2/Echo/echo",
+                                              "params": {"x": 1}})
+            assert sub.status_code == 200, sub.text
+            task_id = sub.json()["task_id"]
+        server.kill()
+        bodies = [("Query", {"task_id": task_id}), ("Cancel", {"task_id": task_id}),
+                  ("Submit", {"target_method": "rpc.v2/Echo/echo", "params": {}}),
+                  ("Subscribe", {"task_id": task_id})] * 15
+
+        def call(item: tuple[str, dict[str, Any]]) -> httpx.Response:
+            return httpx.post(demo.url + TS + item[0], json=item[1], timeout=30)
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(call, bodies))
+        for (name, _), r in zip(bodies, answers, strict=True):
+            assert r.status_code == 503, (name, r.status_code, r.text)
+            assert r.json()["error"]["code"] == 5002 and r.headers["retry-after"] == "1"
+        server.start()
+        deadline = time.monotonic() + 5
+        with httpx.Client(base_url=demo.url, timeout=30) as c:
+            while True:
+                r = c.post(TS + "Submit", json={"target_method": "rpc.v2/Echo/echo",
+                                                "params": {"x": 2}})
+                if r.status_code == 200 or time.monotonic() > deadline:
+                    break
+                assert r.status_code == 503, r.text
+                time.sleep(0.1)
+        assert r.status_code == 200, "not back within 5 s"
