@@ -21,6 +21,12 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", choices=("dev", "prod"), default="dev")
     p.add_argument("--redis", default=None, metavar="URL",
                    help="use Redis for rate-limit, idempotency and task stores")
+    p.add_argument("--tenant-budget", type=int, default=None, metavar="BYTES",
+                   help="stored state one tenant may hold (default 64 MiB; docs/limits.md)")
+    p.add_argument("--total-budget", type=int, default=None, metavar="BYTES",
+                   help="stored state all tenants may hold (default 512 MiB)")
+    p.add_argument("--replay-limit", type=int, default=None, metavar="BYTES",
+                   help="largest response stored for idempotent replay (default 1 MiB)")
     p.add_argument("--stream-framing", choices=("message", "envelope"), default="message")
     p.add_argument("--heartbeat", type=float, default=15.0, metavar="SECONDS")
     p.add_argument("--log-level", default="warning")
@@ -30,6 +36,8 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
                    help="HTTP/1.1 parser (auto: httptools when installed)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes sharing the socket (N > 1 needs --redis)")
     p.set_defaults(func=_run_demo)
 
 
@@ -66,6 +74,53 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Environment variable carrying the demo settings to ``--workers`` processes.
+DEMO_SETTINGS_ENV = "ADUIB_DEMO_SETTINGS"
+
+
+def _demo_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~aduib_asgi.demo.DemoConfig` fields the command line sets (JSON-able)."""
+    settings: dict[str, Any] = {"env": args.env, "redis_url": args.redis,
+                                "stream_framing": args.stream_framing,
+                                "heartbeat": args.heartbeat}
+    for name in ("tenant_budget", "total_budget", "replay_limit"):
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    return settings
+
+
+def demo_worker_app() -> Any:
+    """The app of one ``--workers`` process (a uvicorn factory): settings from the parent."""
+    import json
+    import os
+
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+    from aduib_asgi.observability.logs import RefusedHandshakeFilter
+    from aduib_asgi.qos import ShutdownController
+
+    settings = json.loads(os.environ[DEMO_SETTINGS_ENV])
+    shutdown = ShutdownController(grace_s=float(settings.pop("shutdown_grace")))
+    _drain_on_exit(shutdown)
+    logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
+    return build_demo_app(DemoConfig(shutdown=shutdown, **settings))
+
+
+def _drain_on_exit(shutdown: Any) -> None:
+    """In a worker process: uvicorn's SIGTERM handling first starts our graceful drain."""
+    import uvicorn
+
+    plain = uvicorn.Server.handle_exit
+
+    def handle_exit(self: Any, sig: int, frame: Any) -> None:
+        if not shutdown.draining:
+            shutdown.start_draining()
+            asyncio.get_running_loop().call_later(shutdown.grace_s, shutdown.abort_in_flight)
+        plain(self, sig, frame)
+
+    uvicorn.Server.handle_exit = handle_exit  # type: ignore[method-assign]
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -73,11 +128,19 @@ def _run_demo(args: argparse.Namespace) -> int:
     from aduib_asgi.observability.logs import RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
 
+    if args.workers < 1:
+        print("aduib-asgi demo: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and not args.redis:
+        print("aduib-asgi demo: --workers N > 1 needs --redis URL: with the in-memory "
+              "stores every worker would keep its own rate-limit quotas, idempotency "
+              "records and tasks (a quota would become N quotas, a key could run N times)",
+              file=sys.stderr)
+        return 2
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
-    app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
-                                    stream_framing=args.stream_framing,
-                                    heartbeat=args.heartbeat,
-                                    shutdown=shutdown))
+    app: Any = None
+    if args.workers == 1:
+        app = build_demo_app(DemoConfig(shutdown=shutdown, **_demo_settings(args)))
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms per keep-alive reply)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -91,12 +154,28 @@ def _run_demo(args: argparse.Namespace) -> int:
     # fastest stack uvicorn has; no access log (a log record per request); no
     # ProxyHeadersMiddleware (the rate-limit layer decides which proxies to believe)
     # and no `server` header (a wrapper and a header less per request).
+    options: dict[str, Any] = {}
+    if args.workers > 1:  # each worker builds its app from the settings in its environment
+        import json
+        import os
+
+        os.environ[DEMO_SETTINGS_ENV] = json.dumps(
+            {**_demo_settings(args), "shutdown_grace": args.shutdown_grace})
+        app = "aduib_asgi.cli:demo_worker_app"
+        options = {"factory": True, "workers": args.workers}
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
                             proxy_headers=False, server_header=False,
                             loop=args.loop, http=args.http,
-                            timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
+                            timeout_graceful_shutdown=int(args.shutdown_grace) + 2, **options)
     # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
+    if args.workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        # the socket listens already: connections wait in its backlog for the workers
+        print(f"listening on http://{host}:{port}", flush=True)
+        Multiprocess(config, sockets=[sock]).run()
+        return 0
     server = _Server(config)
     server.aduib_shutdown = shutdown
 

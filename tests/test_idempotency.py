@@ -248,12 +248,21 @@ async def test_lease_is_renewed_while_the_handler_runs(backend: str) -> None:
     assert services.calls["gated"] == 1
 
 
-async def test_large_responses_are_not_stored(backend: str) -> None:
+async def test_a_response_over_the_replay_limit_is_not_retained_nor_run_again(
+        backend: str) -> None:
+    """Over ``max_body_size`` the response is sent, not stored; its key answers 409 after."""
     services = Services()
     async with client_for(rpc_app(services, store=backend, max_body_size=16)) as client:
-        await call(client)
+        first = await call(client)
         again = await call(client)
-    assert REPLAYED not in again.headers and services.calls["incr"] == 2
+        other = await call(client, data={"by": 2})  # another payload: still 422
+    assert first.status_code == 200 and first.json()["result"]["value"] == 1
+    assert again.status_code == 409 and REPLAYED not in again.headers
+    error = again.json()["error"]
+    assert error["code"] == 4011 and "not retained" in error["message"]
+    assert error["details"][0]["metadata"] == {"status": 200}
+    assert other.status_code == 422
+    assert services.calls["incr"] == 1  # never a second execution
 
 
 # -- alone around a plain Starlette app ----------------------------------------------------

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from aduib_asgi.storage import IdempotencyStore, StoredResponse, idempotency_store_from_url
+from aduib_asgi.storage.budget import BudgetExceeded, ByteBudget
 from aduib_asgi.storage.memory import MemoryIdempotencyStore
 
 pytestmark = pytest.mark.anyio
@@ -68,21 +69,32 @@ async def test_memory_ttl_and_lease_expiry() -> None:
     assert (await store.get("c")) is None
 
 
-async def test_memory_lru_evicts_completed_entries_first() -> None:
+async def test_memory_store_never_evicts_a_live_record_to_make_room() -> None:
+    """At ``max_entries`` new keys are refused (429 / 5021); stored records stay."""
     store = MemoryIdempotencyStore(max_entries=2)
     for key in ("a", "b"):
         res = await store.reserve(key, "fp", 60)
         assert res.token is not None
         await store.complete(key, res.token, RESP, ttl=60)
-    await store.get("a")  # "a" is now the most recently used
-    await store.reserve("c", "fp", 60)
-    assert await store.get("b") is None
-    assert await store.get("a") is not None and len(store) == 2
-    # live reservations are never evicted, even past the bound
-    store2 = MemoryIdempotencyStore(max_entries=1)
-    await store2.reserve("x", "fp", 60)
-    await store2.reserve("y", "fp", 60)
-    assert await store2.get("x") is not None and await store2.get("y") is not None
+    with pytest.raises(BudgetExceeded) as refused:
+        await store.reserve("c", "fp", 60)
+    assert refused.value.http_status == 429 and refused.value.code == 5021
+    assert refused.value.headers["Retry-After"]
+    assert await store.get("a") is not None and await store.get("b") is not None
+
+
+async def test_memory_store_sweeps_expired_records_and_refunds_their_bytes() -> None:
+    clock = Clock()
+    budget = ByteBudget(per_tenant=10_000, total=100_000)
+    store = MemoryIdempotencyStore(clock=clock, budget=budget)
+    res = await store.reserve("k", "fp", 60, tenant="t")
+    assert res.token is not None and budget.used("t") > 0
+    await store.complete("k", res.token, RESP, ttl=30)
+    held = budget.used("t")
+    assert held > RESP.size
+    clock.now += 31
+    await store.reserve("other", "fp", 60, tenant="u")  # any reserve sweeps
+    assert budget.used("t") == 0 and len(store) == 1
 
 
 def test_store_urls() -> None:
@@ -94,23 +106,32 @@ def test_store_urls() -> None:
 
 @pytest.mark.redis
 async def test_a_reserve_whose_reply_comes_too_late_leaves_no_orphan(redis_url: str) -> None:
-    """SET NX ran on the server but the caller timed out: the reservation is dropped."""
+    """SET NX (and its charge) ran on the server but the caller timed out: both dropped."""
     store = idempotency_store_from_url(redis_url)
-    real_set = store._redis.set  # type: ignore[attr-defined]
+    redis = store._redis  # type: ignore[attr-defined]
+    real_pipeline = redis.pipeline
 
-    async def late_reply(*args: Any, **kwargs: Any) -> Any:
-        result = await real_set(*args, **kwargs)  # executed on the server...
-        await anyio.sleep(5)  # ...but the reply arrives after the caller gave up
-        return result
+    def slow_pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
 
-    store._redis.set = late_reply  # type: ignore[attr-defined]
+        async def late_reply(*a: Any, **kw: Any) -> Any:
+            result = await real_execute(*a, **kw)  # executed on the server...
+            await anyio.sleep(5)  # ...but the reply arrives after the caller gave up
+            return result
+
+        pipe.execute = late_reply
+        return pipe
+
+    redis.pipeline = slow_pipeline
     try:
         with pytest.raises(TimeoutError):
             with anyio.fail_after(0.3):
                 await store.reserve("k", "fp", 30.0)
     finally:
-        store._redis.set = real_set  # type: ignore[attr-defined]
+        redis.pipeline = real_pipeline
     assert await store.get("k") is None  # no orphan in flight
+    assert await store.budget.used("default") == 0  # nor its charge  # type: ignore[attr-defined]
     again = await store.reserve("k", "fp", 30.0)
     assert again.outcome == "reserved"
     await store.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.types import ASGIApp
 
@@ -30,6 +31,8 @@ from aduib_asgi.observability.metrics import (
 )
 from aduib_asgi.qos import BreakerSettings, ShutdownController
 from aduib_asgi.stack import Layer, build_stack
+from aduib_asgi.storage import idempotency_store_from_url
+from aduib_asgi.storage.budget import DEFAULT_PER_TENANT, DEFAULT_TOTAL, ByteBudget
 from aduib_asgi.streaming.cancel_bus import install_cancel_bus
 from aduib_asgi.tasks import install_task_service
 
@@ -44,6 +47,12 @@ class DemoConfig:
     redis_url: str | None = None
     stream_framing: str = "message"
     heartbeat: float = 15.0
+    #: Bytes of stored state (idempotency records, task records, rate-limit buckets)
+    #: one tenant may hold, and all tenants together (docs/limits.md).
+    tenant_budget: int = DEFAULT_PER_TENANT
+    total_budget: int = DEFAULT_TOTAL
+    #: Largest response the idempotency layer stores for replay.
+    replay_limit: int = 1024 * 1024
     #: Peers (IPs/CIDRs) whose X-Forwarded-For / Forwarded name the client (the
     #: identity layer); empty: the client is the peer.
     trusted_proxies: tuple[str, ...] = ()
@@ -64,7 +73,13 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     dispatcher.streaming.configure(default_framing=config.stream_framing,
                                    heartbeat_interval=config.heartbeat)
     install_health_service(dispatcher)
-    install_task_service(dispatcher, config.redis_url or "memory://")
+    # One byte budget for every store of client-driven state: in this process for
+    # the memory stores, in Redis (shared by the instances) with --redis.
+    limits = {"per_tenant": config.tenant_budget, "total": config.total_budget}
+    budget = ByteBudget(**limits)
+    shared: dict[str, Any] = limits if config.redis_url else {"budget": budget}
+    store = config.redis_url or "memory://"
+    install_task_service(dispatcher, store, store_options=shared)
     if config.redis_url:  # rpc/cancel reaches calls on every instance sharing the Redis
         install_cancel_bus(dispatcher, config.redis_url)
     # GET /aduib_rpc/metrics: Prometheus exposition of the RPC metrics.
@@ -86,10 +101,11 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
         Layer.of(AuthMiddleware, **demo_auth_options(registry)),
         # Limited/ping: 3 per 10 s per tenant (its rate_limit option); shared via --redis.
         Layer.of(RateLimitMiddleware, policies=policies_from_registry(registry),
-                 storage=config.redis_url or "memory://"),
+                 storage=store, storage_options=None if config.redis_url else shared),
         Layer.of(DeadlineMiddleware, max_timeout_ms=300_000, registry=registry),
         Layer.of(AdmissionMiddleware, registry=registry, shutdown=config.shutdown),
-        Layer.of(IdempotencyMiddleware, store=config.redis_url or "memory://"),
+        Layer.of(IdempotencyMiddleware, store=idempotency_store_from_url(store, **shared),
+                 max_body_size=config.replay_limit),
         # Echo/fail answers whatever code it is asked for: exempt from breaking.
         Layer.of(CircuitBreakerMiddleware, registry=registry,
                  settings=BreakerSettings(min_requests=50, window_s=10.0, open_s=5.0),

@@ -27,6 +27,7 @@ from aduib_asgi.identity import caller_scope
 from aduib_asgi.responses import send_error
 from aduib_asgi.storage import IdempotencyStore, StoredResponse, StoreEntry
 from aduib_asgi.storage import idempotency_store_from_url as _store_from_url
+from aduib_asgi.storage.budget import BudgetExceeded
 from aduib_asgi.storage.timeout import call_within
 
 __all__ = ["IdempotencyMiddleware", "canonical_payload", "parse_idempotency_key"]
@@ -140,7 +141,11 @@ class IdempotencyMiddleware:
       (409); 0 answers 409 at once.
     - ``required``: methods (RPC method names, or paths when used alone) that
       must carry a key (2002 without one).
-    - ``max_body_size``: larger responses are not stored (the key is released).
+    - ``max_body_size`` (the replay limit): a larger response is sent but not
+      stored; a repeat of its key gets 409 / 4011 "not retained", never a second
+      execution. The store's byte budget (per tenant and in total) refuses new
+      keys with 429 / 5021 and ``Retry-After`` once less than one replay limit
+      of room is left.
     - Streamed responses (``text/event-stream``) are never stored; the key stays
       reserved while the stream runs.
     """
@@ -254,7 +259,7 @@ class IdempotencyMiddleware:
             receive = replay_receive(canonical, receive)
         fingerprint = hashlib.sha256(method.encode() + b"\n" + canonical).hexdigest()
         await self._run_once(scope, receive, send, ctx, self._scope_key(scope, ctx, method, key),
-                             fingerprint)
+                             fingerprint, _budget_tenant(ctx))
 
     def _scope_key(self, scope: Scope, ctx: RequestContext, method: str, key: str) -> str:
         # tenant + principal, or the client address for anonymous callers (one identity)
@@ -267,12 +272,15 @@ class IdempotencyMiddleware:
         return await call_within(self.timeout, fn, *args)
 
     async def _run_once(self, scope: Scope, receive: Receive, send: Send,
-                        ctx: RequestContext, skey: str, fingerprint: str) -> None:
+                        ctx: RequestContext, skey: str, fingerprint: str, tenant: str) -> None:
         store = self.store
         waited = False
         while True:
             try:
-                res = await self._store_call(store.reserve, skey, fingerprint, self.lease)
+                res = await self._store_call(self._reserve, skey, fingerprint, tenant)
+            except BudgetExceeded as exc:  # the tenant's (or everyone's) bytes are used up
+                await send_error(scope, send, exc, ctx=ctx)
+                return
             except Exception as exc:
                 await self._store_failed(exc, scope, receive, send, ctx)
                 return
@@ -292,7 +300,7 @@ class IdempotencyMiddleware:
                 ), ctx=ctx)
                 return
             if entry.response is not None:
-                await self._replay(send, entry.response)
+                await self._replay(scope, send, ctx, entry.response)
                 return
             if self.wait > 0 and not waited:
                 waited = True
@@ -305,7 +313,7 @@ class IdempotencyMiddleware:
                 if after is None:
                     continue  # the original failed and released the key: run this one
                 if after.response is not None and after.fingerprint == fingerprint:
-                    await self._replay(send, after.response)
+                    await self._replay(scope, send, ctx, after.response)
                     return
             await send_error(scope, send, RpcError(
                 4011, "A request with this idempotency key is still in progress",
@@ -315,7 +323,23 @@ class IdempotencyMiddleware:
             ), ctx=ctx)
             return
 
-    async def _replay(self, send: Send, response: StoredResponse) -> None:
+    async def _reserve(self, skey: str, fingerprint: str, tenant: str) -> Any:
+        # room for a response up to the replay limit must stay free in the budget
+        return await self.store.reserve(skey, fingerprint, self.lease, tenant=tenant,
+                                        headroom=self.max_body_size)
+
+    async def _replay(self, scope: Scope, send: Send, ctx: RequestContext,
+                      response: StoredResponse) -> None:
+        if not response.retained:
+            await send_error(scope, send, RpcError(
+                4011, "The request with this idempotency key already ran, but its result was "
+                      "not retained (larger than the replay limit or the storage budget); "
+                      "it is not run again",
+                details=[{"type": "conflict", "field": "idempotency_key",
+                          "reason": "result not retained",
+                          "metadata": {"status": response.status}}],
+            ), ctx=ctx)
+            return
         headers = [*response.headers, _REPLAYED]
         await send({"type": "http.response.start", "status": response.status,
                     "headers": headers})
@@ -369,6 +393,10 @@ class IdempotencyMiddleware:
                 raise exc.exceptions[0] from None
             raise
         response = recorder.storable(ctx.response_headers[mark:] if ctx is not None else ())
+        if response is None and recorder.too_big and recorder.replayable_status \
+                and not (ctx is not None and ctx.cancelled):
+            # ran to completion, too large to keep: a repeat must not run it again
+            response = StoredResponse.not_retained(recorder.status)
         if response is None or (ctx is not None and ctx.cancelled):
             # Not replayable (5xx, 429, 408, streams, too big) or cancelled:
             # a retry with the same key runs again.
@@ -397,6 +425,14 @@ class IdempotencyMiddleware:
             except Exception as exc:
                 logger.warning("could not release an idempotency key (%s); it expires with "
                                "its lease", exc)
+
+
+def _budget_tenant(ctx: RequestContext) -> str:
+    """The tenant whose byte budget a record is charged to."""
+    if ctx.tenant_id is not None:
+        return ctx.tenant_id
+    raw = ctx.header(b"x-tenant-id")
+    return raw.decode("latin-1") if raw else "default"
 
 
 class _Recorder:
@@ -430,6 +466,15 @@ class _Recorder:
             if not message.get("more_body", False):
                 self.complete = True
         await self.send(message)
+
+    @property
+    def replayable_status(self) -> bool:
+        """Complete, not 5xx/429/408 and not a stream (whatever its size)."""
+        if not self.complete or self.headers is None or self.status >= 500 \
+                or self.status in (429, 408):
+            return False
+        return not any(k == _CONTENT_TYPE and v.startswith(_EVENT_STREAM)
+                       for k, v in self.headers)
 
     def storable(self, added: Sequence[tuple[bytes, bytes]] = ()) -> StoredResponse | None:
         """The response, when it may be replayed: complete, small, not 5xx/429/408, not a stream.

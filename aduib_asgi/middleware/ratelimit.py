@@ -31,7 +31,8 @@ from aduib_asgi.errors import RpcError
 from aduib_asgi.gate import RATE, defer
 from aduib_asgi.identity import TRUSTED_PROXIES_KEY, TrustedProxies, client_address
 from aduib_asgi.responses import refuse_websocket, send_error
-from aduib_asgi.storage.ratelimit import quota_for
+from aduib_asgi.storage.budget import BudgetExceeded
+from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage, quota_for
 from aduib_asgi.storage.timeout import call_within
 
 __all__ = [
@@ -214,6 +215,14 @@ def _client_id(ctx: RequestContext) -> str:
     return (md.client_id if md is not None else None) or "anonymous"
 
 
+async def _refuse(scope: Scope, send: Send, error: RpcError, ctx: RequestContext) -> None:
+    """Answer ``error`` (a WebSocket gets its error frame, then the close)."""
+    if scope["type"] == "websocket":
+        await refuse_websocket(scope, send, error, ctx=ctx)
+        return
+    await send_error(scope, send, error, ctx=ctx)
+
+
 def _client(scope: Scope | None, ctx: RequestContext) -> str:
     if scope is None:
         return ctx.client or "unknown"
@@ -242,6 +251,10 @@ def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-wi
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {sorted(STRATEGIES)}")
+    budget = storage_options.pop("budget", None)
+    if isinstance(storage, str) and storage.partition("://")[0] in ("memory", "async+memory"):
+        # limits' memory storage, its buckets charged to a byte budget
+        storage = BudgetedMemoryStorage(budget=budget)
     if isinstance(storage, str):
         uri = storage if storage.startswith("async+") else "async+" + storage
         scheme = uri.partition("://")[0]
@@ -405,6 +418,8 @@ class RateLimitMiddleware:
             else:
                 refused, stats = await call_within(self.timeout, self._consume,
                                                    policies, scope, ctx, method)
+        except BudgetExceeded:  # no room for another bucket of this tenant: 429 / 5021
+            raise
         except Exception as exc:
             if not self._storage_error(exc):
                 raise self._unavailable() from None
@@ -432,6 +447,9 @@ class RateLimitMiddleware:
             ids = (p.name, _tenant(ctx)) if p.by_tenant_only else self._identifiers(p, scope, ctx)
             try:
                 ok, remaining, reset = await self.quota.hit(p.item, ids, p.cost)
+            except BudgetExceeded as exc:  # no room for another bucket of this tenant
+                await _refuse(scope, send, exc, ctx)
+                return
             except Exception as exc:
                 await self._storage_failed(exc, scope, receive, send, ctx)
                 return
@@ -450,6 +468,9 @@ class RateLimitMiddleware:
                 else:
                     refused, stats = await call_within(self.timeout, self._consume,
                                                        policies, scope, ctx)
+            except BudgetExceeded as exc:  # no room for another bucket of this tenant
+                await _refuse(scope, send, exc, ctx)
+                return
             except Exception as exc:
                 await self._storage_failed(exc, scope, receive, send, ctx)
                 return

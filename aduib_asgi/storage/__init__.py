@@ -24,11 +24,27 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
-    """A response as it was sent: status, raw header pairs and the complete body."""
+    """A response as it was sent: status, raw header pairs and the complete body.
+
+    ``retained=False``: the request ran and answered ``status``, but its response
+    was not kept (larger than the replay limit, or past the byte budget): a
+    repeat gets 409 "not retained", never a second execution.
+    """
 
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
+    retained: bool = True
+
+    @classmethod
+    def not_retained(cls, status: int) -> StoredResponse:
+        """The marker kept in place of a response that was not stored."""
+        return cls(status, (), b"", False)
+
+    @property
+    def size(self) -> int:
+        """Bytes this response takes in a store (body, headers; bookkeeping not included)."""
+        return len(self.body) + sum(len(k) + len(v) + 16 for k, v in self.headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +84,14 @@ class IdempotencyStore(Protocol):
     in_process: bool
     needs_renewal: bool
 
-    async def reserve(self, key: str, fingerprint: str, lease: float) -> Reservation:
-        """Atomically take ``key`` for ``lease`` seconds, or report what holds it."""
+    async def reserve(self, key: str, fingerprint: str, lease: float, *,
+                      tenant: str = "default", headroom: int = 0) -> Reservation:
+        """Atomically take ``key`` for ``lease`` seconds, or report what holds it.
+
+        The record is charged to ``tenant``'s byte budget, which must keep
+        ``headroom`` bytes free for the response (the replay limit): past it
+        :class:`~aduib_asgi.storage.budget.BudgetExceeded` (429 / 5021) is raised.
+        """
         ...
 
     async def renew(self, key: str, token: str, lease: float) -> bool:
@@ -78,7 +100,11 @@ class IdempotencyStore(Protocol):
 
     async def complete(self, key: str, token: str, response: StoredResponse,
                        ttl: float) -> bool:
-        """Replace the owner's reservation by the response, kept ``ttl`` seconds."""
+        """Replace the owner's reservation by the response, kept ``ttl`` seconds.
+
+        A response the tenant's byte budget cannot hold is kept as
+        :meth:`StoredResponse.not_retained` instead (still True: the key is done).
+        """
         ...
 
     async def release(self, key: str, token: str) -> None:
@@ -99,7 +125,13 @@ class IdempotencyStore(Protocol):
 
 
 def idempotency_store_from_url(url: str = "memory://", **options: Any) -> IdempotencyStore:
-    """``memory://`` (optionally ``?max_entries=N``) or ``redis://...``/``rediss://...``."""
+    """``memory://`` (optionally ``?max_entries=N``) or ``redis://...``/``rediss://...``.
+
+    ``budget=``: the byte budget the store charges (a
+    :class:`~aduib_asgi.storage.budget.ByteBudget` for memory, a
+    :class:`~aduib_asgi.storage.budget.RedisByteBudget` or its limits as
+    ``per_tenant``/``total`` for Redis); a store of its own by default.
+    """
     if url.startswith("memory://"):
         from urllib.parse import parse_qs, urlsplit
 
@@ -108,6 +140,12 @@ def idempotency_store_from_url(url: str = "memory://", **options: Any) -> Idempo
         query = parse_qs(urlsplit(url).query)
         if "max_entries" in query:
             options.setdefault("max_entries", int(query["max_entries"][0]))
+        per_tenant, total = options.pop("per_tenant", None), options.pop("total", None)
+        if "budget" not in options and (per_tenant or total):
+            from aduib_asgi.storage.budget import DEFAULT_PER_TENANT, DEFAULT_TOTAL, ByteBudget
+
+            options["budget"] = ByteBudget(per_tenant=per_tenant or DEFAULT_PER_TENANT,
+                                           total=total or DEFAULT_TOTAL)
         return MemoryIdempotencyStore(**options)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from aduib_asgi.storage.redis import RedisIdempotencyStore

@@ -9,6 +9,11 @@ window's count) and keeps that count, so remaining needs no second call; the
 reset is the storage's ``get_expiry`` (on the in-process memory storage,
 remembered per window). Windows, counting and expiry stay ``limits``' own.
 Other strategies ask ``limits`` with ``get_window_stats``.
+
+:class:`BudgetedMemoryStorage` is ``limits``' own memory storage whose buckets
+are charged to the byte budget of the tenant whose request created them, so a
+client rotating keys (tenant ids, addresses, client ids) cannot grow it without
+bound: past the budget a new bucket is refused (429 / 5021).
 """
 
 from __future__ import annotations
@@ -20,7 +25,78 @@ from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import FixedWindowRateLimiter, RateLimiter
 
-__all__ = ["FixedWindowQuota", "WindowQuota", "quota_for"]
+from aduib_asgi.context import current_context
+from aduib_asgi.storage.budget import BudgetExceeded, ByteBudget
+
+__all__ = ["BudgetedMemoryStorage", "FixedWindowQuota", "WindowQuota", "quota_for"]
+
+#: Bytes charged per bucket on top of twice its key (counter, expiry, lock entries).
+BUCKET_OVERHEAD = 256
+
+
+class BudgetedMemoryStorage(MemoryStorage):
+    """``limits``' in-process storage, its buckets charged to a :class:`ByteBudget`.
+
+    Windows, counting and expiry stay ``limits``' own: a bucket is charged when a
+    request creates it, to the tenant of that request, and refunded once
+    ``limits`` has let it expire (checked when a charge is refused, at most once
+    a second, so the admitted path costs one dict lookup).
+    """
+
+    STORAGE_SCHEME = ["async+budgeted-memory"]
+
+    def __init__(self, uri: str | None = None, *, budget: ByteBudget | None = None,
+                 **options: Any) -> None:
+        super().__init__(uri, **options)
+        self.budget = budget if budget is not None else ByteBudget()
+        self._charged: dict[str, tuple[str, int]] = {}  # key -> (tenant, bytes)
+        self._reconciled = 0.0
+
+    async def _admit(self, key: str) -> None:
+        if key in self._charged:
+            return
+        ctx = current_context.get()
+        tenant = (ctx.tenant_id if ctx is not None else None) or "default"
+        size = BUCKET_OVERHEAD + 2 * len(key)
+        try:
+            self.budget.charge(tenant, size, "a rate-limit bucket")
+        except BudgetExceeded:
+            if not await self._reconcile():
+                raise
+            self.budget.charge(tenant, size, "a rate-limit bucket")
+        self._charged[key] = (tenant, size)
+
+    async def _reconcile(self) -> bool:
+        """Refund buckets ``limits`` has expired; False when it ran less than 1 s ago."""
+        now = time.monotonic()
+        if now - self._reconciled < 1.0:
+            return False
+        self._reconciled = now
+        wall = time.time()
+        for key, (tenant, size) in list(self._charged.items()):
+            events = self.events.get(key)
+            if events and events[0].expiry > wall:
+                continue  # a moving window with live entries
+            if self.expirations.get(key, 0) > wall:
+                continue
+            await self.clear(key)
+            del self._charged[key]
+            self.budget.refund(tenant, size)
+        return True
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        await self._admit(key)
+        return await super().incr(key, expiry, amount)
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        await self._admit(key)
+        return await super().acquire_entry(key, limit, expiry, amount)
+
+    async def reset(self) -> int | None:
+        for tenant, size in self._charged.values():
+            self.budget.refund(tenant, size)
+        self._charged.clear()
+        return await super().reset()
 
 
 class WindowQuota:

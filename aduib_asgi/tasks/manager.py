@@ -32,6 +32,7 @@ from aduib_asgi.dispatcher.registry import MethodRegistry, MethodSpec
 from aduib_asgi.errors import RpcError
 from aduib_asgi.gate import RATE, Check, admission_of, admit
 from aduib_asgi.identity import caller_scope, tenant_of
+from aduib_asgi.middleware.idempotency import canonical_payload
 from aduib_asgi.middleware.tenant import TENANT_CONFIG_KEY, bind_tenant, unbind_tenant
 from aduib_asgi.models import (
     TaskEvent,
@@ -42,6 +43,7 @@ from aduib_asgi.models import (
     TaskSubmitRequest,
 )
 from aduib_asgi.qos.keys import METHOD_SPEC_KEY
+from aduib_asgi.storage.budget import BudgetExceeded
 from aduib_asgi.storage.pubsub import follow
 from aduib_asgi.tasks.store import TaskChange, TaskEntry, TaskStore, store_from_uri
 
@@ -126,6 +128,7 @@ class TaskManager:
         max_active_per_tenant: int | None = 1000,
         listen_for_changes: bool = True,
         admission: Check | None = None,
+        store_options: dict[str, Any] | None = None,
     ) -> None:
         self.registry = registry
         #: Unfinished tasks one tenant may have submitted here (None: no cap);
@@ -133,8 +136,9 @@ class TaskManager:
         self.max_active_per_tenant = max_active_per_tenant
         self._active: dict[str, set[str]] = {}
         self._owns_store = store is None or isinstance(store, str)
+        #: ``store_options``: for a store made from a URI (``budget``, ``per_tenant``...).
         self.store: TaskStore = store if store is not None and not isinstance(store, str) \
-            else store_from_uri(store)
+            else store_from_uri(store, **(store_options or {}))
         self.workers = workers
         self.retry_initial_delay_ms = retry_initial_delay_ms
         self.retry_multiplier = retry_multiplier
@@ -252,6 +256,13 @@ class TaskManager:
                                  "wait for some to finish", headers={"Retry-After": "1"})
         stored = await self.store.create(entry, key)
         if stored.task_id != entry.task_id:
+            if _fingerprint(stored.record.target_method, stored.record.params) \
+                    != _fingerprint(target, params):
+                raise RpcError(
+                    4011, "This task idempotency key was used with another method or params",
+                    http_status=422,
+                    details=[{"type": "conflict", "field": "idempotency_key",
+                              "reason": "method or params fingerprint mismatch"}])
             return stored
         if limit is not None and len(active) >= limit:
             await self._finish_canceled(entry, "tenant task quota exceeded")
@@ -508,7 +519,15 @@ class TaskManager:
                 if latest.record.status is TaskStatus.CANCELED:  # keep the canceller's reason
                     entry.record.error = latest.record.error
                     entry.record.completed_at_ms = latest.record.completed_at_ms
-            await self._save_and_emit(entry, event)
+            try:
+                await self._save_and_emit(entry, event)
+            except BudgetExceeded as exc:  # the result does not fit the tenant's budget
+                rec = entry.record
+                rec.result = None
+                rec.status = TaskStatus.FAILED
+                rec.error = RpcError(5021, "The task's result was not retained: "
+                                     f"{exc.message}").to_dict()
+                await self._save_and_emit(entry, TaskEventType.FAILED)
         await self.store.release(entry.task_id, self.owner)
 
     async def _save_and_emit(
@@ -609,6 +628,11 @@ class TaskManager:
         self._owned.clear()
         self._ready.clear()
         self._delayed.clear()
+
+
+def _fingerprint(method: str | None, params: Any) -> bytes:
+    """What a reuse of a task idempotency key must repeat: the method and its params."""
+    return (method or "").encode() + b"\n" + canonical_payload(params)
 
 
 def _tenant_config(ctx: RequestContext | None) -> dict[str, Any] | None:

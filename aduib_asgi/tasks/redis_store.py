@@ -7,20 +7,52 @@ of a queued/running task (expires unless renewed), ``idem:{key}`` idempotency
 index. Every call is bounded by the client's socket timeouts. Every save is also
 published on the ``changes`` channel (``{id} {rev} {origin} {status}``), so
 managers on other instances learn of it at once (:meth:`RedisTaskStore.changes`).
+
+Every record is charged to its tenant's :class:`~aduib_asgi.storage.budget.RedisByteBudget`
+(shared by the instances on this Redis) for the result TTL from its last save.
+Redis errors and timeouts surface as 503 / 5002 with ``Retry-After``
+(:class:`TaskStoreUnavailable`), never as a 500.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
+import anyio
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from aduib_asgi.errors import RpcError
+from aduib_asgi.storage.budget import RECORD_OVERHEAD, RedisByteBudget
 from aduib_asgi.storage.pubsub import messages
 from aduib_asgi.tasks.store import DEFAULT_RESULT_TTL, TaskChange, TaskEntry
 
-__all__ = ["RedisTaskStore"]
+__all__ = ["RedisTaskStore", "TaskStoreUnavailable"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class TaskStoreUnavailable(RpcError):
+    """503 / 5002 + ``Retry-After``: Redis did not answer (down, unreachable, timed out)."""
+
+    default_code = 5002
+
+
+def _guarded(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise TaskStoreUnavailable(
+                5002, f"The task store is unavailable ({type(exc).__name__})",
+                headers={"Retry-After": "1"}) from exc
+    return call
 
 # Extend / delete a lease only while we still own it.
 _RENEW = """
@@ -47,10 +79,19 @@ class RedisTaskStore:
         *,
         prefix: str = "aduib:tasks:",
         result_ttl: float = DEFAULT_RESULT_TTL,
+        budget: RedisByteBudget | None = None,
+        per_tenant: int | None = None,
+        total: int | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.result_ttl = result_ttl
+        if budget is None:
+            from aduib_asgi.storage.budget import DEFAULT_PER_TENANT, DEFAULT_TOTAL
+
+            budget = RedisByteBudget(client, per_tenant=per_tenant or DEFAULT_PER_TENANT,
+                                     total=total or DEFAULT_TOTAL)
+        self.budget = budget
         self._active = prefix + "active"
         self._channel = prefix + "changes"
         #: Tags this store's publishes, so its own manager can skip them.
@@ -70,33 +111,62 @@ class RedisTaskStore:
     def _lease(self, task_id: str) -> str:
         return f"{self.prefix}lease:{task_id}"
 
+    @_guarded
     async def create(self, entry: TaskEntry, idempotency_key: str | None = None) -> TaskEntry:
+        idem = None
         if idempotency_key is not None:
             idem = f"{self.prefix}idem:{idempotency_key}"
             ttl_ms = int(self.result_ttl * 1000)
             if not await self.client.set(idem, entry.task_id, nx=True, px=ttl_ms):
                 existing_id = await self.client.get(idem)
                 if existing_id is not None:
-                    existing = await self.get(str(existing_id))
+                    existing = await self._get(str(existing_id))
                     if existing is not None:
                         return existing
                 await self.client.set(idem, entry.task_id, px=ttl_ms)
-        await self.save(entry)
+        try:
+            await self._save(entry, strict=True)
+        except BaseException:
+            if idem is not None:  # refused (or failed): the key stays free for a retry
+                with anyio.move_on_after(1.0, shield=True):
+                    await self._release(keys=[idem], args=[entry.task_id])
+            raise
         return entry
 
+    @_guarded
     async def get(self, task_id: str) -> TaskEntry | None:
+        return await self._get(task_id)
+
+    async def _get(self, task_id: str) -> TaskEntry | None:
         raw = await self.client.get(self._key(task_id))
         return None if raw is None else TaskEntry.model_validate_json(raw)
 
+    @_guarded
     async def save(self, entry: TaskEntry) -> None:
-        entry.rev += 1
+        await self._save(entry, strict=entry.record.result is not None)
+
+    async def _save(self, entry: TaskEntry, *, strict: bool) -> None:
         tid = entry.task_id
+        entry.rev += 1
+        raw = entry.model_dump_json()
+        size, expires = RECORD_OVERHEAD + len(raw), time.time() + self.result_ttl
+        if strict:  # may be refused: checked before anything is written
+            try:
+                await self.budget.charge(entry.tenant, tid, size, expires,
+                                         "the task result" if entry.record.result is not None
+                                         else "the task")
+            except BaseException:
+                entry.rev -= 1
+                raise
         async with self.client.pipeline(transaction=True) as pipe:
+            if not strict:  # always charged: in the same round trip as the write
+                await self.budget.charge(entry.tenant, tid, size, expires, force=True,
+                                         pipe=pipe)
             if entry.record.status.terminal:
-                pipe.set(self._key(tid), entry.model_dump_json(), px=int(self.result_ttl * 1000))
+                pipe.set(self._key(tid), raw, px=int(self.result_ttl * 1000))
                 pipe.srem(self._active, tid)
             else:
-                pipe.set(self._key(tid), entry.model_dump_json())
+                pipe.set(self._key(tid), raw)
                 pipe.sadd(self._active, tid)
             pipe.publish(self._channel,
                          f"{tid} {entry.rev} {self.origin} {entry.record.status.value}")
@@ -115,6 +185,7 @@ class RedisTaskStore:
                 tid, rev, origin, status = parts
                 yield TaskChange(tid, int(rev), status, origin == self.origin)
 
+    @_guarded
     async def claim(self, task_id: str, owner: str, ttl: float) -> bool:
         key = self._lease(task_id)
         if await self.client.set(key, owner, nx=True, px=int(ttl * 1000)):
@@ -125,14 +196,17 @@ class RedisTaskStore:
             return True
         return False
 
+    @_guarded
     async def renew(self, owner: str, task_ids: list[str], ttl: float) -> None:
         if task_ids:
             await self._renew(keys=[self._lease(t) for t in task_ids],
                               args=[owner, int(ttl * 1000)])
 
+    @_guarded
     async def release(self, task_id: str, owner: str) -> None:
         await self._release(keys=[self._lease(task_id)], args=[owner])
 
+    @_guarded
     async def orphans(self) -> list[str]:
         ids = [str(m) for m in await self.client.smembers(self._active)]
         if not ids:
@@ -140,6 +214,7 @@ class RedisTaskStore:
         leases = await self.client.mget([self._lease(t) for t in ids])
         return [t for t, lease in zip(ids, leases, strict=True) if lease is None]
 
+    @_guarded
     async def ping(self) -> None:
         await self.client.ping()
 

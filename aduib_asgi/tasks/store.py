@@ -10,12 +10,14 @@ any manager's recovery scan.
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from aduib_asgi.models import TaskRecord
+from aduib_asgi.storage.budget import RECORD_OVERHEAD, ByteBudget
 
 __all__ = ["MemoryTaskStore", "TaskChange", "TaskEntry", "TaskStore", "store_from_uri"]
 
@@ -50,18 +52,31 @@ class TaskEntry(BaseModel):
     def task_id(self) -> str:
         return self.record.task_id
 
+    @property
+    def tenant(self) -> str:
+        return self.record.tenant_id or "default"
+
 
 @runtime_checkable
 class TaskStore(Protocol):
     """What the task manager needs from a backend (every call async and bounded)."""
 
     async def create(self, entry: TaskEntry, idempotency_key: str | None = None) -> TaskEntry:
-        """Store a new task; with a key already used, return the task stored under it."""
+        """Store a new task; with a key already used, return the task stored under it.
+
+        Charged to the tenant's byte budget: past it
+        :class:`~aduib_asgi.storage.budget.BudgetExceeded` (429 / 5021).
+        """
 
     async def get(self, task_id: str) -> TaskEntry | None: ...
 
     async def save(self, entry: TaskEntry) -> None:
-        """Overwrite a task (bumping ``rev``); terminal tasks expire after the result TTL."""
+        """Overwrite a task (bumping ``rev``); terminal tasks expire after the result TTL.
+
+        A record carrying a result past the tenant's byte budget raises
+        :class:`~aduib_asgi.storage.budget.BudgetExceeded` and is not saved; other
+        changes (status, progress, errors) are always saved and charged.
+        """
 
     async def claim(self, task_id: str, owner: str, ttl: float) -> bool:
         """Take the lease of ``task_id`` unless another live owner holds it."""
@@ -86,13 +101,22 @@ class TaskStore(Protocol):
 
 
 class MemoryTaskStore:
-    """In-process store (the default): one manager, or several in one process."""
+    """In-process store (the default): one manager, or several in one process.
 
-    def __init__(self, *, result_ttl: float = DEFAULT_RESULT_TTL) -> None:
+    Records are JSON strings charged to ``budget`` (per tenant and in total)
+    until their TTL; expired ones are swept in expiry order on every save.
+    """
+
+    def __init__(self, *, result_ttl: float = DEFAULT_RESULT_TTL,
+                 budget: ByteBudget | None = None) -> None:
         self.result_ttl = result_ttl
+        self.budget = budget if budget is not None else ByteBudget()
         self._tasks: dict[str, str] = {}  # id -> JSON, so callers never share objects
+        self._sizes: dict[str, tuple[str, int]] = {}  # id -> (tenant, bytes charged)
         self._expires: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []  # (expires, id), a heap
         self._idem: dict[str, str] = {}
+        self._idem_of: dict[str, str] = {}  # id -> its idempotency key
         self._active: set[str] = set()
         self._leases: dict[str, tuple[str, float]] = {}
 
@@ -104,8 +128,10 @@ class MemoryTaskStore:
                 existing = await self.get(existing_id)
                 if existing is not None:
                     return existing
+        self._save(entry, strict=True)
+        if idempotency_key is not None:
             self._idem[idempotency_key] = entry.task_id
-        await self.save(entry)
+            self._idem_of[entry.task_id] = idempotency_key
         return entry
 
     async def get(self, task_id: str) -> TaskEntry | None:
@@ -119,13 +145,29 @@ class MemoryTaskStore:
         return TaskEntry.model_validate_json(raw)
 
     async def save(self, entry: TaskEntry) -> None:
-        entry.rev += 1
+        self._prune()
+        self._save(entry, strict=entry.record.result is not None)
+
+    def _save(self, entry: TaskEntry, *, strict: bool) -> None:
         tid = entry.task_id
-        self._tasks[tid] = entry.model_dump_json()
+        entry.rev += 1
+        raw = entry.model_dump_json()
+        tenant, old = self._sizes.get(tid, (entry.tenant, 0))
+        size = RECORD_OVERHEAD + len(raw)
+        try:
+            self.budget.charge(tenant, size - old, "the task" if not old else "the task result",
+                               force=not strict)
+        except BaseException:
+            entry.rev -= 1
+            raise
+        self._sizes[tid] = (tenant, size)
+        self._tasks[tid] = raw
         if entry.record.status.terminal:
             self._active.discard(tid)
             self._leases.pop(tid, None)
-            self._expires[tid] = time.monotonic() + self.result_ttl
+            expires = time.monotonic() + self.result_ttl
+            self._expires[tid] = expires
+            heapq.heappush(self._expiry, (expires, tid))
         else:
             self._active.add(tid)
 
@@ -169,20 +211,35 @@ class MemoryTaskStore:
         self._expires.pop(task_id, None)
         self._active.discard(task_id)
         self._leases.pop(task_id, None)
+        charged = self._sizes.pop(task_id, None)
+        if charged is not None:
+            self.budget.refund(*charged)
+        key = self._idem_of.pop(task_id, None)
+        if key is not None and self._idem.get(key) == task_id:
+            del self._idem[key]
 
     def _prune(self) -> None:
-        if len(self._expires) < 1024:
-            return
+        """Drop the records whose TTL passed, in expiry order."""
+        heap = self._expiry
         now = time.monotonic()
-        for tid in [t for t, exp in self._expires.items() if exp <= now]:
-            self._drop(tid)
-        self._idem = {k: v for k, v in self._idem.items() if v in self._tasks}
+        while heap and heap[0][0] <= now:
+            exp, tid = heapq.heappop(heap)
+            if self._expires.get(tid) == exp:
+                self._drop(tid)
 
 
 def store_from_uri(uri: str | None, **options: Any) -> TaskStore:
     """``memory://`` (or None) → :class:`MemoryTaskStore`; ``redis://``/``rediss://`` →
-    :class:`~aduib_asgi.tasks.redis_store.RedisTaskStore` (needs the ``redis`` extra)."""
+    :class:`~aduib_asgi.tasks.redis_store.RedisTaskStore` (needs the ``redis`` extra).
+
+    ``budget=`` / ``per_tenant=`` / ``total=``: the byte budget (see the stores)."""
     if uri is None or uri.startswith("memory://") or uri == "memory":
+        per_tenant, total = options.pop("per_tenant", None), options.pop("total", None)
+        if "budget" not in options and (per_tenant or total):
+            from aduib_asgi.storage.budget import DEFAULT_PER_TENANT, DEFAULT_TOTAL
+
+            options["budget"] = ByteBudget(per_tenant=per_tenant or DEFAULT_PER_TENANT,
+                                           total=total or DEFAULT_TOTAL)
         return MemoryTaskStore(**options)
     if uri.startswith(("redis://", "rediss://", "unix://")):
         from aduib_asgi.tasks.redis_store import RedisTaskStore

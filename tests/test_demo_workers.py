@@ -1,0 +1,89 @@
+"""`aduib-asgi demo --workers N` (issue 17 item 3): N uvicorn worker processes on one socket
+sharing the Redis stores; refused with the memory stores. Real processes, real Redis."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.demo_process import running_demo
+from tests.fixtures_redis import RedisServer
+
+RPC = "/aduib_rpc/v2/rpc"
+TS = "/aduib_rpc/v2/TaskService/"
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes among ``pid``'s children (uvicorn spawns them)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    out = []
+    for child in children:
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            out.append(int(child))
+    return out
+
+
+def _post(url: str, body: dict[str, object], **headers: str) -> httpx.Response:
+    # a new connection per call, so the calls spread over the workers
+    return httpx.post(url, json=body, headers=headers, timeout=20)
+
+
+def test_more_than_one_worker_needs_redis() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "aduib_asgi.cli", "demo", "--port", "0", "--workers", "2"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--workers N > 1 needs --redis" in proc.stderr
+    assert "quota" in proc.stderr  # says why
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_two_workers_share_quotas_idempotency_and_tasks(redis_url: str,
+                                                        redis_server: RedisServer) -> None:
+    with running_demo("--workers", "2", "--redis", redis_url) as demo:
+        url = demo.url
+        ping = {"aduib_rpc": "2.0", "id": "1", "method": "rpc.v2/Limited/ping", "data": {}}
+        # the first call waits in the socket's backlog until a worker accepts it
+        assert _post(url + RPC, ping, **{"x-tenant-id": "warm"}).status_code == 200
+        assert len(_workers(demo.proc.pid)) == 2
+
+        # one quota across the workers: 3 per 10 s per tenant
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            codes = sorted(pool.map(lambda _: _post(url + RPC, ping,
+                                                    **{"x-tenant-id": "q"}).status_code,
+                                    range(10)))
+        assert codes == [200] * 3 + [429] * 7
+
+        # one execution per idempotency key across the workers
+        incr = {"aduib_rpc": "2.0", "id": "1", "method": "rpc.v2/Counter/incr",
+                "data": {"by": 1}}
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(
+                lambda _: _post(url + RPC, incr, **{"idempotency-key": "once",
+                                                    "x-tenant-id": "i"}), range(16)))
+        done = [a for a in answers if a.status_code == 200]
+        assert all(a.status_code in (200, 409) for a in answers)
+        assert done and len({a.json()["result"]["value"] for a in done}) == 1
+        assert sum(a.headers.get("idempotent-replayed") != "true" for a in done) <= 1
+
+        # a task submitted through one worker is seen through any
+        sub = _post(url + TS + "Submit", {"target_method": "rpc.v2/Echo/echo",
+                                          "params": {"x": 1}})
+        assert sub.status_code == 200, sub.text
+        task_id = sub.json()["task_id"]
+        for _ in range(8):
+            q = _post(url + TS + "Query", {"task_id": task_id})
+            assert q.status_code == 200 and q.json()["task"]["task_id"] == task_id
+        workers = _workers(demo.proc.pid)
+        assert demo.stop(signal.SIGTERM) == 0
+    for pid in workers:  # the workers ended with the parent
+        assert not Path(f"/proc/{pid}").exists() or \
+            "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
