@@ -34,13 +34,16 @@ class DemoProcess:
 
 
 @contextmanager
-def running_demo(*args: str) -> Iterator[DemoProcess]:
-    """Start ``python -m aduib_asgi.cli demo --port 0 --env prod *args``; stop it after."""
+def running_demo(*args: str, env: dict[str, str] | None = None) -> Iterator[DemoProcess]:
+    """Start ``python -m aduib_asgi.cli demo --port 0 --env prod *args``; stop it after.
+
+    ``env``: extra environment variables (e.g. ``{"ADUIB_DEMO_STATS": "1"}``).
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", "aduib_asgi.cli", "demo", "--host", "127.0.0.1", "--port", "0",
          "--env", "prod", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     assert proc.stdout is not None
     seen: list[str] = []

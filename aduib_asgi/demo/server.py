@@ -8,6 +8,7 @@ from starlette.types import ASGIApp
 
 from aduib_asgi.demo.security import demo_auth_options
 from aduib_asgi.demo.services import register_demo_services
+from aduib_asgi.demo.stats import DemoStats, install_stats_route, stats_enabled
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.health import install_health_service
 from aduib_asgi.middleware.admission import AdmissionMiddleware
@@ -54,12 +55,13 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     """The demo ASGI app: every middleware, in the default order, over the dispatcher."""
     config = config or DemoConfig()
     registry = MethodRegistry()
-    register_demo_services(registry)
+    stats = DemoStats()
+    register_demo_services(registry, stats)
     dispatcher = RpcDispatcher(registry, debug=config.debug)
     dispatcher.streaming.configure(default_framing=config.stream_framing,
                                    heartbeat_interval=config.heartbeat)
     install_health_service(dispatcher)
-    install_task_service(dispatcher, config.redis_url or "memory://")
+    tasks = install_task_service(dispatcher, config.redis_url or "memory://")
     # GET /aduib_rpc/metrics: Prometheus exposition of the RPC metrics.
     meter_provider, prom_registry = prometheus_meter_provider()
     dispatcher.add_route("/metrics", PrometheusApp(prom_registry).endpoint,
@@ -85,4 +87,7 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
                  settings=BreakerSettings(min_requests=50, window_s=10.0, open_s=5.0),
                  overrides={"rpc.v2/Echo/fail": None}),
     ]
-    return build_stack(dispatcher, layers)
+    app = build_stack(dispatcher, layers)
+    if stats_enabled():  # GET /aduib_rpc/debug/stats, only with ADUIB_DEMO_STATS=1
+        install_stats_route(dispatcher, stats, tasks, lambda: app)
+    return app

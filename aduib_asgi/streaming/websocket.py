@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgpack
 import pydantic_core
+from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.types import Message, Receive, Scope, Send
 
@@ -239,17 +240,19 @@ def _reader(receive: Receive, sink: WsSink, requests: ClientItems | None) -> Any
             if message["type"] == "websocket.disconnect":
                 run.disconnect()
                 return
-            if message["type"] != "websocket.receive":
-                continue
-            try:
-                if _handle(message, sink, requests, run):
+            if message["type"] == "websocket.receive":
+                try:
+                    if _handle(message, sink, requests, run):
+                        return
+                except RpcError as exc:
+                    sink.close_code = close_code_for(exc)
+                    if requests is not None:
+                        requests.close()
+                    run.fail(exc)
                     return
-            except RpcError as exc:
-                sink.close_code = close_code_for(exc)
-                if requests is not None:
-                    requests.close()
-                run.fail(exc)
-                return
+            # A turn for the loop per client frame: a flood of acks or heartbeats
+            # already buffered by the server would otherwise be read without one.
+            await checkpoint()
 
     return read
 
