@@ -70,7 +70,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     import uvicorn
 
     from aduib_asgi.demo import DemoConfig, build_demo_app
-    from aduib_asgi.observability.logs import RefusedHandshakeFilter
+    from aduib_asgi.observability.logs import CredentialHeaderFilter, RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
 
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
@@ -97,6 +97,8 @@ def _run_demo(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
     # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
+    # websockets dumps handshake headers at DEBUG through uvicorn.error: no credentials
+    logging.getLogger("uvicorn.error").addFilter(CredentialHeaderFilter())
     server = _Server(config)
     server.aduib_shutdown = shutdown
 
