@@ -268,7 +268,8 @@ class StreamRun:
             # writes after a disconnect) would otherwise keep the loop to this stream
             # alone — the disconnect watcher, the cancel endpoint and every other
             # request would starve. (A checkpoint per frame costs ~8 µs, as much as
-            # the frame itself; see benchmarks/starvation.py.)
+            # the frame itself; see benchmarks/starvation.py.) The next turn counts
+            # from before this one: while others keep the loop busy, every frame yields.
             if now >= next_turn:
                 await checkpoint()
                 next_turn = now + TURN_INTERVAL
