@@ -172,9 +172,10 @@ def test_sigterm_with_open_streams_and_calls_drains_within_the_grace_period() ->
         callers = [threading.Thread(target=slow_call) for _ in range(3)]
         for t in callers:
             t.start()
-        while stats(demo)["inflight_calls"] < 5:
-            time.sleep(0.05)
-        time.sleep(0.2)
+        deadline = time.monotonic() + 20
+        while stats(demo)["inflight_calls"] < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)  # 5 streams + 3 unary calls registered for /rpc/cancel
+        assert stats(demo)["inflight_calls"] == 8
         t0 = time.monotonic()
         demo.proc.send_signal(15)
         tails = []
