@@ -135,3 +135,22 @@ def test_no_sentinel_in_any_response_or_log_line(env: str, level: str) -> None:
     assert MARK not in output, [line for line in output.splitlines() if MARK in line][:5]
     if level == "trace":  # the verbose log really ran, and dumped the handshake headers
         assert "authorization: <redacted>" in output
+
+
+def test_credential_header_filter_redacts_only_credential_headers() -> None:
+    import logging
+
+    from aduib_asgi.observability.logs import CredentialHeaderFilter
+
+    f = CredentialHeaderFilter()
+
+    def rec(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.DEBUG, __file__, 1, msg, args, None)
+
+    for name in ("Authorization", "x-api-key", "Cookie", "proxy-authorization"):
+        r = rec("< %s: %s", name, BAD)
+        assert f.filter(r) and r.getMessage() == f"< {name}: <redacted>"
+    kept = rec("< %s: %s", "user-agent", "curl/8")
+    assert f.filter(kept) and kept.getMessage() == "< user-agent: curl/8"
+    other = rec("%s: %s", "note", "x")
+    assert f.filter(other) and other.getMessage() == "note: x"
