@@ -240,16 +240,18 @@ def _reader(receive: Receive, sink: WsSink, requests: ClientItems | None) -> Any
             if message["type"] == "websocket.disconnect":
                 run.disconnect()
                 return
-            if message["type"] == "websocket.receive":
-                try:
-                    if _handle(message, sink, requests, run):
-                        return
-                except RpcError as exc:
-                    sink.close_code = close_code_for(exc)
-                    if requests is not None:
-                        requests.close()
-                    run.fail(exc)
+            if message["type"] != "websocket.receive":
+                await checkpoint()
+                continue
+            try:
+                if _handle(message, sink, requests, run):
                     return
+            except RpcError as exc:
+                sink.close_code = close_code_for(exc)
+                if requests is not None:
+                    requests.close()
+                run.fail(exc)
+                return
             # A turn for the loop per client frame: a flood of acks or heartbeats
             # already buffered by the server would otherwise be read without one.
             await checkpoint()
