@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_ARGS ?=
 
-.PHONY: demo test lint typecheck unit interop bench clean tools
+.PHONY: demo test lint typecheck unit interop bench soak clean tools
 
 $(BIN)/.installed-all: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,10 @@ test: $(BIN)/.installed-test $(INTEROP)/.installed tools lint
 
 bench: $(BIN)/.installed-test
 	$(BIN)/aduib-asgi bench
+
+## Soak: a demo process under 100,000 mixed requests, then 1,000 held streams (docs/reliability.md).
+soak: $(BIN)/.installed-test
+	$(BIN)/python benchmarks/soak.py --plot soak.png --json soak.json
 
 clean:
 	rm -rf $(VENV) $(INTEROP) .mypy_cache .ruff_cache

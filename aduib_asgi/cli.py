@@ -125,7 +125,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     import uvicorn
 
     from aduib_asgi.demo import DemoConfig, build_demo_app
-    from aduib_asgi.observability.logs import RefusedHandshakeFilter
+    from aduib_asgi.observability.logs import CredentialHeaderFilter, RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
 
     if args.workers < 1:
@@ -169,6 +169,8 @@ def _run_demo(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=int(args.shutdown_grace) + 2, **options)
     # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
+    # websockets dumps handshake headers at DEBUG through uvicorn.error: no credentials
+    logging.getLogger("uvicorn.error").addFilter(CredentialHeaderFilter())
     if args.workers > 1:
         from uvicorn.supervisors import Multiprocess
 

@@ -9,6 +9,7 @@ from starlette.types import ASGIApp
 
 from aduib_asgi.demo.security import demo_auth_options
 from aduib_asgi.demo.services import register_demo_services
+from aduib_asgi.demo.stats import DemoStats, install_stats_route, stats_enabled
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.health import install_health_service
 from aduib_asgi.identity import ClientIdentityMiddleware
@@ -68,7 +69,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     """The demo ASGI app: every middleware, in the default order, over the dispatcher."""
     config = config or DemoConfig()
     registry = MethodRegistry()
-    register_demo_services(registry)
+    stats = DemoStats()
+    register_demo_services(registry, stats)
     dispatcher = RpcDispatcher(registry, debug=config.debug)
     dispatcher.streaming.configure(default_framing=config.stream_framing,
                                    heartbeat_interval=config.heartbeat)
@@ -79,7 +81,7 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     budget = ByteBudget(**limits)
     shared: dict[str, Any] = limits if config.redis_url else {"budget": budget}
     store = config.redis_url or "memory://"
-    install_task_service(dispatcher, store, store_options=shared)
+    tasks = install_task_service(dispatcher, store, store_options=shared)
     if config.redis_url:  # rpc/cancel reaches calls on every instance sharing the Redis
         install_cancel_bus(dispatcher, config.redis_url)
     # GET /aduib_rpc/metrics: Prometheus exposition of the RPC metrics.
@@ -111,4 +113,7 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
                  settings=BreakerSettings(min_requests=50, window_s=10.0, open_s=5.0),
                  overrides={"rpc.v2/Echo/fail": None}),
     ]
-    return build_stack(dispatcher, layers)
+    app = build_stack(dispatcher, layers)
+    if stats_enabled():  # GET /aduib_rpc/debug/stats, only with ADUIB_DEMO_STATS=1
+        install_stats_route(dispatcher, stats, tasks, lambda: app)
+    return app

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 
 from aduib_asgi.context import RequestContext
+from aduib_asgi.demo.stats import DemoStats
 from aduib_asgi.dispatcher import MethodRegistry
 from aduib_asgi.errors import RpcError
 
@@ -18,8 +19,9 @@ __all__ = ["register_demo_services"]
 _TEXT = b"The quick brown fox jumps over the lazy dog. "
 
 
-def register_demo_services(registry: MethodRegistry) -> None:
-    """Register every demo service on ``registry``."""
+def register_demo_services(registry: MethodRegistry, stats: DemoStats | None = None) -> None:
+    """Register every demo service on ``registry`` (``stats``: counters they update)."""
+    stats = stats if stats is not None else DemoStats()
     counters: dict[str, int] = {}
     counters_lock = threading.Lock()
 
@@ -122,12 +124,17 @@ def register_demo_services(registry: MethodRegistry) -> None:
             raise RpcError(2003, "data.fail_code must be an integer",
                            details=[{"type": "type_error", "field": "data.fail_code",
                                      "reason": "not an integer"}])
-        for i in range(count):
-            if i and interval:
-                await anyio.sleep(interval)
-            if i == fail_at:
-                raise RpcError(fail_code, f"Echo/stream failed at index {i}")
-            yield {"index": i}
+        stats.echo_streams_open += 1
+        try:
+            for i in range(count):
+                if i and interval:
+                    await anyio.sleep(interval)
+                if i == fail_at:
+                    raise RpcError(fail_code, f"Echo/stream failed at index {i}")
+                yield {"index": i}
+        finally:
+            stats.echo_streams_open -= 1
+            stats.echo_streams_closed += 1
 
     # Server streaming (POST .../v2/rpc/stream, or the WebSocket .../v2/rpc/ws).
     registry.register("rpc.v2/Echo/stream", stream)

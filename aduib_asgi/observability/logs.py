@@ -25,7 +25,9 @@ from aduib_asgi.responses import handshake_refused
 
 __all__ = [
     "CONTEXT_FIELDS",
+    "SECRET_HEADERS",
     "TEXT_FORMAT",
+    "CredentialHeaderFilter",
     "JsonFormatter",
     "RefusedHandshakeFilter",
     "RequestContextFilter",
@@ -76,6 +78,28 @@ class RefusedHandshakeFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not (handshake_refused.get() and record.getMessage().startswith(
             "ASGI callable returned without completing handshake"))
+
+
+#: Headers whose values a log line never shows.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie",
+                            "set-cookie"})
+
+
+class CredentialHeaderFilter(logging.Filter):
+    """Redacts credential values from header dumps (``"< %s: %s"``, name and value).
+
+    The ``websockets`` library logs every handshake header at DEBUG through the
+    logger uvicorn hands it (``uvicorn.error``): ``authorization``, ``x-api-key``
+    and cookies would reach the log verbatim at ``--log-level debug``/``trace``.
+    Put it on the ``uvicorn.error`` logger (``aduib-asgi demo`` does).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and isinstance(record.msg, str) \
+                and record.msg.endswith("%s: %s") and str(args[0]).lower() in SECRET_HEADERS:
+            record.args = (args[0], "<redacted>")
+        return True
 
 
 def add_request_context(

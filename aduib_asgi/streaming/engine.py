@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol
 
 import anyio
+from anyio.lowlevel import checkpoint
 
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError
@@ -43,6 +44,12 @@ logger = logging.getLogger("aduib_asgi.streaming")
 DEADLINE_SCOPE_KEY = "aduib.deadline_scope"
 #: ``ctx.extras`` key of the running :class:`StreamRun`.
 STREAM_KEY = "aduib.stream"
+
+#: Longest a stream keeps the event loop between two frames' checkpoints (seconds).
+TURN_INTERVAL = 0.001
+
+#: Longest :meth:`StreamRun.abort` waits for a slow reader to take the last frames.
+ABORT_SEND_TIMEOUT = 1.0
 
 CANCEL = "cancel"
 DISCONNECT = "disconnect"
@@ -223,7 +230,7 @@ class StreamRun:
         sink = self.sink
         lock = self._lock
         flow = sink.flow_controlled
-        beat = self.heartbeat_interval > 0
+        next_turn = time.monotonic() + TURN_INTERVAL
         while True:
             try:
                 item = await anext_()
@@ -255,8 +262,17 @@ class StreamRun:
                     if not getattr(sink, "committed", True):
                         self.started = False  # nothing reached the client: an HTTP error
                     return
-                if beat:
-                    self._last = time.monotonic()
+                self._last = now = time.monotonic()
+            # A turn for the loop at least every TURN_INTERVAL: a handler that never
+            # awaits and a send that never blocks (fast reader, or a server that drops
+            # writes after a disconnect) would otherwise keep the loop to this stream
+            # alone — the disconnect watcher, the cancel endpoint and every other
+            # request would starve. (A checkpoint per frame costs ~8 µs, as much as
+            # the frame itself; see benchmarks/starvation.py.) The next turn counts
+            # from before this one: while others keep the loop busy, every frame yields.
+            if now >= next_turn:
+                await checkpoint()
+                next_turn = now + TURN_INTERVAL
 
     async def _heartbeats(self) -> None:
         interval = self.heartbeat_interval
@@ -323,7 +339,10 @@ class StreamRun:
         if not self.started:
             return False
         machine = self.machine
-        with anyio.CancelScope(shield=True):
+        # Shielded from the cancellation that caused the abort, but bounded: a client
+        # that stopped reading must not hold the last frames (and a shutdown) forever.
+        with anyio.CancelScope(shield=True,
+                               deadline=anyio.current_time() + ABORT_SEND_TIMEOUT) as scope:
             async with self._lock:
                 if machine.ended:
                     return True
@@ -339,4 +358,7 @@ class StreamRun:
                     await self.sink.finish()
                 except OSError:
                     pass
+        if scope.cancelled_caught:  # the peer did not take them in time
+            self._broken = True
+            machine.mark_cancelled()
         return True

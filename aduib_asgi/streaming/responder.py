@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from anyio.lowlevel import checkpoint
 from starlette.types import Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext
@@ -120,6 +121,8 @@ def _disconnect_watcher(receive: Receive) -> Any:
             if message["type"] == "http.disconnect":
                 run.disconnect()
                 return
+            # anything else (a wrapper replaying an empty body...): never spin on it
+            await checkpoint()
 
     return watch
 

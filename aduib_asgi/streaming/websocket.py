@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgpack
 import pydantic_core
+from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.types import Message, Receive, Scope, Send
 
@@ -243,6 +244,7 @@ def _reader(receive: Receive, sink: WsSink, requests: ClientItems | None) -> Any
                 run.disconnect()
                 return
             if message["type"] != "websocket.receive":
+                await checkpoint()
                 continue
             try:
                 if _handle(message, sink, requests, run):
@@ -253,6 +255,9 @@ def _reader(receive: Receive, sink: WsSink, requests: ClientItems | None) -> Any
                     requests.close()
                 run.fail(exc)
                 return
+            # A turn for the loop per client frame: a flood of acks or heartbeats
+            # already buffered by the server would otherwise be read without one.
+            await checkpoint()
 
     return read
 
