@@ -25,7 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.body import DEFAULT_MAX_BODY
 from aduib_asgi.codecs.negotiation import parse_qlist
-from aduib_asgi.compression import Coding, Encoder, TooLarge, available_codings
+from aduib_asgi.compression import (
+    DEFAULT_POOL_SIZE,
+    Coding,
+    Decoder,
+    Encoder,
+    TooLarge,
+    available_codings,
+)
 from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import send_error
@@ -74,6 +81,8 @@ class CompressionMiddleware:
         thread_threshold: bodies (or streamed chunks) at least this large are
             compressed in a worker thread (smaller ones inline, on the event loop).
         excluded_types: response media types (or ``type/`` prefixes) never compressed.
+        pool_size: idle native codec contexts (zstd, lz4) kept per coding and
+            direction for reuse by the next response or request body.
     """
 
     layer_name = "compression"
@@ -88,9 +97,10 @@ class CompressionMiddleware:
         levels: dict[str, int] | None = None,
         thread_threshold: int = DEFAULT_THREAD_THRESHOLD,
         excluded_types: Iterable[str] = DEFAULT_EXCLUDED_TYPES,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         self.app = app
-        self.codings: dict[str, Coding] = available_codings(levels)
+        self.codings: dict[str, Coding] = available_codings(levels, pool_size=pool_size)
         self.preference = tuple(p for p in preference if p in self.codings)
         self.minimum_size = minimum_size
         self.max_body_size = max_body_size
@@ -178,7 +188,12 @@ class CompressionMiddleware:
                 rx = _CountingReceive(receive, self.max_body_size)
         if coding is None and rx is None:
             if lazy:  # the common case: no coding unless the envelope asks for one
-                await self.app(scope, receive, _MetadataChoice(send, self, ctx))
+                choice = _MetadataChoice(send, self, ctx)
+                try:
+                    await self.app(scope, receive, choice)
+                finally:
+                    if isinstance(choice.target, _Responder):
+                        choice.target.close()
             else:
                 await self.app(scope, receive, send)
             return
@@ -189,6 +204,10 @@ class CompressionMiddleware:
         except Exception:
             if rx is None or rx.error is None or responder.started:
                 raise
+        finally:
+            responder.close()  # pooled codec contexts go back, even for an abandoned stream
+            if rx is not None:
+                rx.close()
         if rx is not None and rx.error is not None and not responder.started:
             await send_error(scope, send, rx.error, ctx=ctx)
 
@@ -240,13 +259,20 @@ def _too_large(limit: int) -> RpcError:
 
 
 class _DecodingReceive:
-    """Decompresses request messages as they arrive, within the size cap."""
+    """Decompresses request messages as they arrive, within the size cap.
+
+    A refused body frees what was decoded before the error propagates: the
+    pending pieces and the decoder are dropped, and each raise is a fresh
+    exception that this object does not reference (``error`` is never raised
+    itself), so no traceback cycle keeps the caller's buffered chunks alive
+    until a GC pass.
+    """
 
     __slots__ = ("decoder", "done", "error", "limit", "name", "pending", "read", "receive")
 
     def __init__(self, receive: Receive, coding: Coding, limit: int) -> None:
         self.receive = receive
-        self.decoder = coding.decoder()
+        self.decoder: Decoder | None = coding.decoder()
         self.name = coding.name
         self.limit = limit
         self.read = 0  # compressed bytes: capped too (input that decodes to nothing)
@@ -256,7 +282,7 @@ class _DecodingReceive:
 
     async def __call__(self) -> Message:
         if self.error is not None:
-            raise self.error
+            raise _fresh(self.error)
         if self.pending:
             return self._next()
         if self.done:
@@ -266,30 +292,53 @@ class _DecodingReceive:
             if message["type"] != "http.request":
                 return message
             body = message.get("body", b"")
-            try:
-                if body:
-                    self.read += len(body)
-                    if self.read > self.limit:
-                        raise TooLarge
-                    self.pending.extend(self.decoder.decompress(body, self.limit))
-                if not message.get("more_body", False):
-                    self.decoder.finish()
-                    self.done = True
-            except TooLarge:
-                self.error = _too_large(self.limit)
-                raise self.error from None
-            except Exception:
-                self.error = RpcError(1004, f"Corrupt {self.name} request body")
-                raise self.error from None
+            self.error = self._decode(body, message.get("more_body", False))
+            if self.error is not None:
+                self.close()
+                raise _fresh(self.error)
             if self.pending:
                 return self._next()
             if self.done:
                 return {"type": "http.request", "body": b"", "more_body": False}
 
+    def _decode(self, body: bytes, more: bool) -> RpcError | None:
+        """Feed one message; the error to answer, if the body is refused."""
+        decoder = self.decoder
+        assert decoder is not None
+        try:
+            if body:
+                self.read += len(body)
+                if self.read > self.limit:
+                    return _too_large(self.limit)
+                self.pending.extend(decoder.decompress(body, self.limit))
+            if not more:
+                decoder.finish()
+                self.done = True
+                self.close()
+        except TooLarge:
+            return _too_large(self.limit)
+        except Exception:
+            return RpcError(1004, f"Corrupt {self.name} request body")
+        return None
+
+    def close(self) -> None:
+        """Give the decoder back and drop undelivered pieces (idempotent)."""
+        decoder, self.decoder = self.decoder, None
+        if decoder is not None:
+            decoder.close()
+        if self.error is not None:
+            self.pending.clear()
+
     def _next(self) -> Message:
         piece = self.pending.popleft()
         more = bool(self.pending) or not self.done
         return {"type": "http.request", "body": piece, "more_body": more}
+
+
+def _fresh(error: RpcError) -> RpcError:
+    """A new exception like ``error``: the raised one carries the traceback, not ours."""
+    return RpcError(error.code, error.message, http_status=error.http_status,
+                    headers=error.headers)
 
 
 class _CountingReceive:
@@ -305,14 +354,17 @@ class _CountingReceive:
 
     async def __call__(self) -> Message:
         if self.error is not None:
-            raise self.error
+            raise _fresh(self.error)
         message = await self.receive()
         if message["type"] == "http.request":
             self.total += len(message.get("body", b""))
             if self.total > self.limit:
                 self.error = _too_large(self.limit)
-                raise self.error
+                raise _fresh(self.error)
         return message
+
+    def close(self) -> None:
+        return None
 
 
 # Response modes.
@@ -451,10 +503,17 @@ class _Responder:
             data = await anyio.to_thread.run_sync(self._feed, body, more)
         else:
             data = self._feed(body, more)
-        if data or not more:
-            await self.send({"type": "http.response.body", "body": data, "more_body": more})
         if not more:
             self.mode = _PASS
+            self.encoder = None  # finished: its context is back in the pool
+        if data or not more:
+            await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    def close(self) -> None:
+        """Give the encoder's native context back (the response ended or was abandoned)."""
+        enc, self.encoder = self.encoder, None
+        if enc is not None:
+            enc.close()
 
     def _feed(self, body: bytes, more: bool) -> bytes:
         enc = self.encoder
