@@ -258,10 +258,37 @@ class _HeaderEmitter:
         t = message["type"]
         if (t == "http.response.start" or t == "websocket.http.response.start") \
                 and self.ctx.response_headers:
-            headers = list(message.get("headers", ()))
-            headers.extend(self.ctx.response_headers)
-            message = {**message, "headers": headers}
+            message = {**message, "headers": _merged(message.get("headers", ()),
+                                                     self.ctx.response_headers)}
         await self.send(message)
+
+
+def _merged(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` plus ``extra``; every ``Vary`` (any case) merged into one field.
+
+    Tokens keep their first spelling and order, case-insensitively deduplicated;
+    ``*`` alone stands for all.
+    """
+    out = list(headers)
+    if not any(name == b"vary" for name, _ in extra):
+        out.extend(extra)
+        return out
+    tokens: dict[bytes, bytes] = {}
+    rest: list[tuple[bytes, bytes]] = []
+    at = -1
+    for name, value in (*out, *extra):
+        if name.lower() == b"vary":
+            if at < 0:
+                at = len(rest)
+            for token in value.split(b","):
+                token = token.strip()
+                if token:
+                    tokens.setdefault(token.lower(), token)
+        else:
+            rest.append((name, value))
+    vary = b"*" if b"*" in tokens else b", ".join(tokens.values())
+    rest.insert(at, (b"vary", vary))
+    return rest
 
 
 ContextHandler = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]
@@ -279,7 +306,11 @@ async def run_with_context(
     if ctx is not None:
         await handler(scope, receive, send, ctx)
         return
-    ctx = RequestContext(raw_headers=scope.get("headers"))
+    headers = scope.get("headers")
+    if headers is not None and type(headers) is not list:
+        # ASGI allows any iterable: read it once, and let the app see the same list
+        headers = scope["headers"] = list(headers)
+    ctx = RequestContext(raw_headers=headers)
     sid = scope.get(SERVER_ID_KEY)  # a dispatcher's configured id (published by build_stack)
     if sid is not None:
         ctx.server_id = sid

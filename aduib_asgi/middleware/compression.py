@@ -55,9 +55,13 @@ DEFAULT_EXCLUDED_TYPES: tuple[str, ...] = (
     "application/x-bzip2", "application/x-xz", "application/x-lz4", "application/x-snappy-framed",
     "application/x-compress", "application/pdf",
 )
-_NOT_EXCLUDED = (b"image/svg+xml",)
+_NOT_EXCLUDED = frozenset({b"image/svg+xml"})
 
 _VARY = (b"vary", b"Accept-Encoding")
+#: Statuses whose response is never content-coded: no body (204, 205, 304) or a
+#: part of the representation (206, whose Content-Range counts unencoded bytes).
+_NO_CODING_STATUSES = frozenset({204, 205, 206, 304})
+_FILE_SENDS = frozenset({"http.response.pathsend", "http.response.zerocopysend"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CACHE_LIMIT = 512
 
@@ -105,7 +109,7 @@ class CompressionMiddleware:
         self.minimum_size = minimum_size
         self.max_body_size = max_body_size
         self.thread_threshold = thread_threshold
-        self.excluded = tuple(t.lower().encode("latin-1") for t in excluded_types)
+        self.excluded, self.excluded_prefixes = _excluded(excluded_types)
         supported = ", ".join([*self.codings, "identity"])
         self._accept_encoding = supported
         self._choices: dict[bytes, Coding | None] = {}
@@ -188,7 +192,8 @@ class CompressionMiddleware:
                 rx = _CountingReceive(receive, self.max_body_size)
         if coding is None and rx is None:
             if lazy:  # the common case: no coding unless the envelope asks for one
-                choice = _MetadataChoice(send, self, ctx)
+                ext = scope.get("extensions") or ()
+                choice = _MetadataChoice(send, self, ctx, not _FILE_SENDS.isdisjoint(ext))
                 try:
                     await self.app(scope, receive, choice)
                 finally:
@@ -197,8 +202,17 @@ class CompressionMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
+        extensions = scope.get("extensions")
+        defer = False
+        if extensions:
+            if coding is not None and "http.response.zerocopysend" in extensions:
+                # a file descriptor cannot be content-coded: the app falls back to bodies
+                extensions = {k: v for k, v in extensions.items()
+                              if k != "http.response.zerocopysend"}
+                scope = {**scope, "extensions": extensions}
+            defer = not _FILE_SENDS.isdisjoint(extensions)
         responder = _Responder(send, self, coding, rx, scope["method"] == "HEAD",
-                               ctx if lazy else None)
+                               ctx if lazy else None, defer)
         try:
             await self.app(scope, rx if rx is not None else receive, responder)
         except Exception:
@@ -233,12 +247,14 @@ class _MetadataChoice:
     full :class:`_Responder` take over.
     """
 
-    __slots__ = ("ctx", "mw", "send", "target")
+    __slots__ = ("ctx", "defer", "mw", "send", "target")
 
-    def __init__(self, send: Send, mw: CompressionMiddleware, ctx: RequestContext) -> None:
+    def __init__(self, send: Send, mw: CompressionMiddleware, ctx: RequestContext,
+                 defer: bool) -> None:
         self.send = send
         self.mw = mw
         self.ctx = ctx
+        self.defer = defer
         self.target: Send | None = None
 
     async def __call__(self, message: Message) -> None:
@@ -249,9 +265,28 @@ class _MetadataChoice:
                 return
             coding = self.mw.from_metadata(self.ctx)
             target = self.send if coding is None else _Responder(
-                self.send, self.mw, coding, None, False)
+                self.send, self.mw, coding, None, False, None, self.defer)
             self.target = target
         await target(message)
+
+
+def _excluded(types: Iterable[str]) -> tuple[frozenset[bytes], tuple[bytes, ...]]:
+    """Excluded media types (exact) and ``type/`` prefixes, normalised.
+
+    Parameters and case are dropped (``"Application/ZIP; charset=utf-8"`` is
+    ``application/zip``); ``type/`` and ``type/*`` are prefixes.
+    """
+    exact: set[bytes] = set()
+    prefixes: list[bytes] = []
+    for t in types:
+        media = t.split(";", 1)[0].strip().lower().encode("latin-1")
+        if media.endswith(b"/*"):
+            media = media[:-1]
+        if media.endswith(b"/"):
+            prefixes.append(media)
+        elif media:
+            exact.add(media)
+    return frozenset(exact), tuple(prefixes)
 
 
 def _too_large(limit: int) -> RpcError:
@@ -374,8 +409,8 @@ _HELD, _PASS, _STREAM = 0, 1, 2
 class _Responder:
     """Wraps ``send``: compresses the response, or passes it through untouched."""
 
-    __slots__ = ("coding", "ctx", "encoder", "head", "mode", "mw", "rx", "send", "start",
-                 "started")
+    __slots__ = ("coding", "ctx", "defer", "encoder", "head", "mode", "mw", "rx", "send",
+                 "start", "started")
 
     def __init__(
         self,
@@ -385,8 +420,12 @@ class _Responder:
         rx: _DecodingReceive | _CountingReceive | None,
         head: bool,
         ctx: RequestContext | None = None,
+        defer: bool = False,
     ) -> None:
         self.send = send
+        # The server can send files (pathsend/zerocopysend): an event stream's start
+        # waits for its first message, which may be a file sent as it is.
+        self.defer = defer
         self.ctx = ctx  # set: choose from metadata.compression when the response starts
         self.mw = mw
         self.coding = coding
@@ -417,6 +456,9 @@ class _Responder:
             await self.send(message)
         elif mode == _STREAM and message["type"] == "http.response.body":
             await self._stream_body(message)
+        elif mode == _STREAM and message["type"] in _FILE_SENDS:
+            # (only when the scope did not offer the extension: the server would fail too)
+            raise RuntimeError(f"{message['type']} after a content-coded response start")
         elif message["type"] == "http.response.start":
             if self.ctx is not None:
                 self.coding = self.mw.from_metadata(self.ctx)
@@ -440,28 +482,35 @@ class _Responder:
     def _mode_for(self, message: Message) -> int:
         """_PASS (leave alone), _STREAM (event stream) or _HELD (wait for the body)."""
         status = message["status"]
-        if self.coding is None or self.head or status < 200 or status in (204, 304):
+        if self.coding is None or self.head or status < 200 or status in _NO_CODING_STATUSES:
             return _PASS
         ctype = b""
         for name, value in message.get("headers", ()):
             if name == b"content-encoding":
+                if value.strip().lower() not in (b"", b"identity"):
+                    return _PASS
+            elif name == b"content-range":  # a part of the representation: never re-encoded
                 return _PASS
-            if name == b"content-type":
+            elif name == b"content-type":
                 ctype = value.lower()
             elif (name == b"cache-control" and b"no-transform" in value.lower()) or (
                 name == b"content-length" and value.isdigit()
                 and int(value) < self.mw.minimum_size
             ):
                 return _PASS
-        if ctype and ctype.startswith(self.mw.excluded) and not ctype.startswith(_NOT_EXCLUDED):
+        media = ctype.split(b";", 1)[0].strip()
+        mw = self.mw
+        if media in mw.excluded or (media.startswith(mw.excluded_prefixes)
+                                    and media not in _NOT_EXCLUDED):
             return _PASS
-        if ctype.startswith(b"text/event-stream"):
+        if media == b"text/event-stream" and not self.defer:
             return _STREAM
         return _HELD
 
     def _encoded_start(self, message: Message, length: int | None) -> Message:
         assert self.coding is not None
-        headers = [h for h in message.get("headers", ()) if h[0] != b"content-length"]
+        headers = [h for h in message.get("headers", ())
+                   if h[0] != b"content-length" and h[0] != b"content-encoding"]
         headers.append(self.coding.content_encoding)
         if length is not None:
             headers.append((b"content-length", b"%d" % length))
@@ -483,7 +532,9 @@ class _Responder:
         else:
             data = await anyio.to_thread.run_sync(self.coding.compress, body)
         self.started = True
-        await self.send(self._encoded_start(start, len(data)))
+        # With trailers the length is not declared (the body is sent as it comes).
+        length = None if start.get("trailers", False) else len(data)
+        await self.send(self._encoded_start(start, length))
         await self.send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def _begin_stream(self, message: Message) -> None:
