@@ -231,3 +231,73 @@ async def test_content_encoding_identity_is_replaced_not_kept() -> None:
     sent = await run(app_of(200, [(b"content-type", b"text/plain"),
                                   (b"content-encoding", b"identity")], body(BODY)))
     assert start_headers(sent)[b"content-encoding"] == [b"gzip"]
+
+
+@pytest.mark.anyio
+async def test_a_scope_without_method_and_early_hints_pass() -> None:
+    """(method is required by ASGI, but a scope without one is not a crash)."""
+    hint: Message = {"type": "http.response.early_hint", "links": [b"</s.css>; rel=preload"]}
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(hint)
+        await app_of(200, [(b"content-type", b"text/plain")], body(BODY))(scope, receive, send)
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        raise AssertionError
+
+    await CompressionMiddleware(app)({"type": "http", "headers": [(b"accept-encoding", b"gzip")]},
+                                     receive, send)
+    assert sent[0] == hint and zlib.decompress(sent[2]["body"], 31) == BODY
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ctype", [b"application/grpc", b"application/grpc+proto"])
+async def test_grpc_is_excluded_by_default(ctype: bytes) -> None:
+    sent = await run(app_of(200, [(b"content-type", ctype)], body(BODY)))
+    assert b"content-encoding" not in start_headers(sent)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", [b"identity", b"identity, identity", b"Identity"])
+async def test_a_content_encoding_of_only_identity_is_no_coding(value: bytes) -> None:
+    sent = await run(app_of(200, [(b"content-type", b"text/plain"),
+                                  (b"content-encoding", value)], body(BODY)))
+    assert start_headers(sent)[b"content-encoding"] == [b"gzip"]
+
+
+@pytest.mark.anyio
+async def test_a_small_event_stream_is_coded_even_when_its_start_waited() -> None:
+    """An event stream is coded whatever its size, also as one message under pathsend."""
+    sent = await run(app_of(200, [(b"content-type", b"text/event-stream"),
+                                  (b"content-length", b"9")], body(b"data: x\n\n")),
+                     extensions={"http.response.pathsend": {}})
+    h = start_headers(sent)
+    assert h[b"content-encoding"] == [b"gzip"]
+    assert h[b"content-length"] == [str(len(sent[1]["body"])).encode()]
+    assert zlib.decompress(sent[1]["body"], 31) == b"data: x\n\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ctype", [b"text/plain", b"text/event-stream"])
+async def test_a_second_response_start_is_an_error(ctype: bytes) -> None:
+    start: Message = {"type": "http.response.start", "status": 200,
+                      "headers": [(b"content-type", ctype)]}
+    with pytest.raises(RuntimeError, match="twice"):
+        await run(app_of(200, [(b"content-type", ctype)], start))
+
+
+@pytest.mark.anyio
+async def test_mixed_case_header_names_are_understood() -> None:
+    sent = await run(app_of(200, [(b"Content-Type", b"text/plain"),
+                                  (b"Content-Length", b"4000"), (b"X-Keep", b"1")],
+                            body(BODY)))
+    h = start_headers(sent)
+    assert h[b"content-encoding"] == [b"gzip"] and h[b"x-keep"] == [b"1"]
+    assert h[b"content-length"] == [str(len(sent[1]["body"])).encode()]  # one, recomputed
+    sent = await run(app_of(200, [(b"Content-Type", b"image/PNG")], body(BODY)))
+    assert b"content-encoding" not in start_headers(sent)

@@ -54,6 +54,8 @@ DEFAULT_EXCLUDED_TYPES: tuple[str, ...] = (
     "application/x-7z-compressed", "application/x-rar-compressed", "application/vnd.rar",
     "application/x-bzip2", "application/x-xz", "application/x-lz4", "application/x-snappy-framed",
     "application/x-compress", "application/pdf",
+    "application/grpc", "application/grpc+proto", "application/grpc+json",
+    "application/grpc-web", "application/grpc-web+proto",
 )
 _NOT_EXCLUDED = frozenset({b"image/svg+xml"})
 
@@ -61,6 +63,7 @@ _VARY = (b"vary", b"Accept-Encoding")
 #: Statuses whose response is never content-coded: no body (204, 205, 304) or a
 #: part of the representation (206, whose Content-Range counts unencoded bytes).
 _NO_CODING_STATUSES = frozenset({204, 205, 206, 304})
+_RECODED_HEADERS = frozenset({b"content-length", b"content-encoding"})
 _FILE_SENDS = frozenset({"http.response.pathsend", "http.response.zerocopysend"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CACHE_LIMIT = 512
@@ -160,7 +163,8 @@ class CompressionMiddleware:
                 ctx.response_encoding = coding.name
         # No Accept-Encoding: an envelope's metadata.compression (decoded further in)
         # may still choose, once the response starts.
-        lazy = ae is None and scope["method"] == "POST"
+        method = scope.get("method")  # (required by ASGI; not every caller sets it)
+        lazy = ae is None and method == "POST"
         rx: _DecodingReceive | _CountingReceive | None = None
         ce = ctx.header(b"content-encoding")
         if ce is not None and (name := ce.strip().lower()) not in (b"identity", b""):
@@ -188,7 +192,7 @@ class CompressionMiddleware:
                 if length.isdigit() and int(length) > self.max_body_size:
                     await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
                     return
-            elif scope["method"] in _BODY_METHODS:
+            elif method in _BODY_METHODS:
                 rx = _CountingReceive(receive, self.max_body_size)
         if coding is None and rx is None:
             if lazy:  # the common case: no coding unless the envelope asks for one
@@ -211,7 +215,7 @@ class CompressionMiddleware:
                               if k != "http.response.zerocopysend"}
                 scope = {**scope, "extensions": extensions}
             defer = not _FILE_SENDS.isdisjoint(extensions)
-        responder = _Responder(send, self, coding, rx, scope["method"] == "HEAD",
+        responder = _Responder(send, self, coding, rx, method == "HEAD",
                                ctx if lazy else None, defer)
         try:
             await self.app(scope, rx if rx is not None else receive, responder)
@@ -410,7 +414,7 @@ class _Responder:
     """Wraps ``send``: compresses the response, or passes it through untouched."""
 
     __slots__ = ("coding", "ctx", "defer", "encoder", "head", "mode", "mw", "rx", "send",
-                 "start", "started")
+                 "sse", "start", "started")
 
     def __init__(
         self,
@@ -426,6 +430,7 @@ class _Responder:
         # The server can send files (pathsend/zerocopysend): an event stream's start
         # waits for its first message, which may be a file sent as it is.
         self.defer = defer
+        self.sse = False
         self.ctx = ctx  # set: choose from metadata.compression when the response starts
         self.mw = mw
         self.coding = coding
@@ -448,6 +453,8 @@ class _Responder:
                 else:
                     await self._whole_body(message)
                 return
+            if message["type"] == "http.response.start":
+                raise RuntimeError("http.response.start sent twice")
             self.mode = _PASS
             start, self.start = self.start, None
             assert start is not None
@@ -460,6 +467,8 @@ class _Responder:
             # (only when the scope did not offer the extension: the server would fail too)
             raise RuntimeError(f"{message['type']} after a content-coded response start")
         elif message["type"] == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
             if self.ctx is not None:
                 self.coding = self.mw.from_metadata(self.ctx)
                 self.ctx = None
@@ -480,37 +489,44 @@ class _Responder:
             await self.send(message)
 
     def _mode_for(self, message: Message) -> int:
-        """_PASS (leave alone), _STREAM (event stream) or _HELD (wait for the body)."""
+        """_PASS (leave alone), _STREAM (event stream) or _HELD (wait for the body).
+
+        Header names are compared case-insensitively (ASGI asks for lower case;
+        not every app complies).
+        """
         status = message["status"]
         if self.coding is None or self.head or status < 200 or status in _NO_CODING_STATUSES:
             return _PASS
         ctype = b""
+        small = False
         for name, value in message.get("headers", ()):
+            name = name.lower()
             if name == b"content-encoding":
-                if value.strip().lower() not in (b"", b"identity"):
-                    return _PASS
+                if value.lower().replace(b"identity", b"").strip(b" ,\t"):
+                    return _PASS  # already coded (a list of only "identity" is no coding)
             elif name == b"content-range":  # a part of the representation: never re-encoded
                 return _PASS
             elif name == b"content-type":
                 ctype = value.lower()
-            elif (name == b"cache-control" and b"no-transform" in value.lower()) or (
-                name == b"content-length" and value.isdigit()
-                and int(value) < self.mw.minimum_size
-            ):
-                return _PASS
+            elif name == b"cache-control":
+                if b"no-transform" in value.lower():
+                    return _PASS
+            elif name == b"content-length":
+                small = value.isdigit() and int(value) < self.mw.minimum_size
         media = ctype.split(b";", 1)[0].strip()
         mw = self.mw
         if media in mw.excluded or (media.startswith(mw.excluded_prefixes)
                                     and media not in _NOT_EXCLUDED):
             return _PASS
-        if media == b"text/event-stream" and not self.defer:
-            return _STREAM
-        return _HELD
+        if media == b"text/event-stream":  # an event stream: coded whatever its size
+            self.sse = True
+            return _HELD if self.defer else _STREAM
+        return _PASS if small else _HELD
 
     def _encoded_start(self, message: Message, length: int | None) -> Message:
         assert self.coding is not None
         headers = [h for h in message.get("headers", ())
-                   if h[0] != b"content-length" and h[0] != b"content-encoding"]
+                   if h[0].lower() not in _RECODED_HEADERS]
         headers.append(self.coding.content_encoding)
         if length is not None:
             headers.append((b"content-length", b"%d" % length))
@@ -522,7 +538,7 @@ class _Responder:
         assert start is not None and self.coding is not None
         self.mode = _PASS
         body: bytes = message.get("body", b"")
-        if len(body) < self.mw.minimum_size:
+        if len(body) < self.mw.minimum_size and not self.sse:
             self.started = True
             await self.send(start)
             await self.send(message)
