@@ -267,28 +267,44 @@ def _merged(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
     """``headers`` plus ``extra``; every ``Vary`` (any case) merged into one field.
 
     Tokens keep their first spelling and order, case-insensitively deduplicated;
-    ``*`` alone stands for all.
+    ``*`` alone stands for all. One ``Vary`` in all is a plain append.
     """
     out = list(headers)
-    if not any(name == b"vary" for name, _ in extra):
-        out.extend(extra)
-        return out
-    tokens: dict[bytes, bytes] = {}
-    rest: list[tuple[bytes, bytes]] = []
-    at = -1
-    for name, value in (*out, *extra):
-        if name.lower() == b"vary":
-            if at < 0:
-                at = len(rest)
-            for token in value.split(b","):
-                token = token.strip()
-                if token:
-                    tokens.setdefault(token.lower(), token)
+    varies: list[bytes] = []
+    for h in extra:
+        if h[0] == b"vary":
+            varies.append(h[1])
         else:
-            rest.append((name, value))
-    vary = b"*" if b"*" in tokens else b", ".join(tokens.values())
-    rest.insert(at, (b"vary", vary))
-    return rest
+            out.append(h)
+    if not varies:
+        return out
+    for name, _ in out:
+        if len(name) == 4 and name.lower() == b"vary":
+            break
+    else:  # the app has none: one field of ours, or two distinct single tokens, as they are
+        if len(varies) == 1:
+            out.append((b"vary", varies[0]))
+            return out
+        if len(varies) == 2:
+            a, b = varies
+            if a.lower() != b.lower() and b"," not in a and b"," not in b:
+                out.append((b"vary", a + b", " + b))
+                return out
+    own = [i for i, h in enumerate(out) if len(h[0]) == 4 and h[0].lower() == b"vary"]
+    tokens: dict[bytes, bytes] = {}
+    for value in [out[i][1] for i in own] + varies:
+        for token in value.split(b","):
+            token = token.strip()
+            if token:
+                tokens.setdefault(token.lower(), token)
+    field = (b"vary", b"*" if b"*" in tokens else b", ".join(tokens.values()))
+    if not own:
+        out.append(field)
+        return out
+    out[own[0]] = field
+    for i in reversed(own[1:]):
+        del out[i]
+    return out
 
 
 ContextHandler = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]

@@ -301,3 +301,14 @@ async def test_mixed_case_header_names_are_understood() -> None:
     assert h[b"content-length"] == [str(len(sent[1]["body"])).encode()]  # one, recomputed
     sent = await run(app_of(200, [(b"Content-Type", b"image/PNG")], body(BODY)))
     assert b"content-encoding" not in start_headers(sent)
+
+
+def test_vary_fields_from_several_layers_become_one() -> None:
+    from aduib_asgi.context import _merged
+
+    ours = [(b"vary", b"Accept"), (b"x-a", b"1"), (b"vary", b"Accept-Encoding")]
+    assert _merged([(b"content-type", b"a/b")], ours) == [
+        (b"content-type", b"a/b"), (b"x-a", b"1"), (b"vary", b"Accept, Accept-Encoding")]
+    assert _merged([], [(b"vary", b"Accept"), (b"vary", b"accept")]) == [(b"vary", b"Accept")]
+    assert _merged([(b"VARY", b"origin, *")], [(b"vary", b"Accept")]) == [(b"vary", b"*")]
+    assert _merged([(b"x", b"1")], [(b"y", b"2")]) == [(b"x", b"1"), (b"y", b"2")]
