@@ -3,11 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INTEROP := .venv-interop
+CONFORMANCE := .venv-conformance
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_ARGS ?=
 
-.PHONY: demo test lint typecheck unit interop bench soak clean tools
+.PHONY: demo test lint typecheck unit interop bench soak clean tools conformance
 
 $(BIN)/.installed-all: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,6 +43,15 @@ unit: $(BIN)/.installed-test tools
 test: $(BIN)/.installed-test $(INTEROP)/.installed tools lint
 	$(BIN)/pytest
 
+$(CONFORMANCE)/.installed: pyproject.toml conformance/requirements.txt
+	$(PY) -m venv $(CONFORMANCE)
+	$(CONFORMANCE)/bin/pip install -q -e . -r conformance/requirements.txt
+	touch $@
+
+## The peers' compression suites (Starlette, starlette-compress; downloaded now) against ours.
+conformance: $(CONFORMANCE)/.installed
+	$(CONFORMANCE)/bin/python conformance/run.py
+
 bench: $(BIN)/.installed-test
 	$(BIN)/aduib-asgi bench
 
@@ -50,4 +60,4 @@ soak: $(BIN)/.installed-test
 	$(BIN)/python benchmarks/soak.py --plot soak.png --json soak.json
 
 clean:
-	rm -rf $(VENV) $(INTEROP) .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(INTEROP) $(CONFORMANCE) .mypy_cache .ruff_cache

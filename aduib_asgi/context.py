@@ -264,10 +264,53 @@ class _HeaderEmitter:
         t = message["type"]
         if (t == "http.response.start" or t == "websocket.http.response.start") \
                 and self.ctx.response_headers:
-            headers = list(message.get("headers", ()))
-            headers.extend(self.ctx.response_headers)
-            message = {**message, "headers": headers}
+            message = {**message, "headers": _merged(message.get("headers", ()),
+                                                     self.ctx.response_headers)}
         await self.send(message)
+
+
+def _merged(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` plus ``extra``; every ``Vary`` (any case) merged into one field.
+
+    Tokens keep their first spelling and order, case-insensitively deduplicated;
+    ``*`` alone stands for all. One ``Vary`` in all is a plain append.
+    """
+    out = list(headers)
+    varies: list[bytes] = []
+    for h in extra:
+        if h[0] == b"vary":
+            varies.append(h[1])
+        else:
+            out.append(h)
+    if not varies:
+        return out
+    for name, _ in out:
+        if len(name) == 4 and name.lower() == b"vary":
+            break
+    else:  # the app has none: one field of ours, or two distinct single tokens, as they are
+        if len(varies) == 1:
+            out.append((b"vary", varies[0]))
+            return out
+        if len(varies) == 2:
+            a, b = varies
+            if a.lower() != b.lower() and b"," not in a and b"," not in b:
+                out.append((b"vary", a + b", " + b))
+                return out
+    own = [i for i, h in enumerate(out) if len(h[0]) == 4 and h[0].lower() == b"vary"]
+    tokens: dict[bytes, bytes] = {}
+    for value in [out[i][1] for i in own] + varies:
+        for token in value.split(b","):
+            token = token.strip()
+            if token:
+                tokens.setdefault(token.lower(), token)
+    field = (b"vary", b"*" if b"*" in tokens else b", ".join(tokens.values()))
+    if not own:
+        out.append(field)
+        return out
+    out[own[0]] = field
+    for i in reversed(own[1:]):
+        del out[i]
+    return out
 
 
 ContextHandler = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]
@@ -285,7 +328,11 @@ async def run_with_context(
     if ctx is not None:
         await handler(scope, receive, send, ctx)
         return
-    ctx = RequestContext(raw_headers=scope.get("headers"))
+    headers = scope.get("headers")
+    if headers is not None and type(headers) is not list:
+        # ASGI allows any iterable: read it once, and let the app see the same list
+        headers = scope["headers"] = list(headers)
+    ctx = RequestContext(raw_headers=headers)
     sid = scope.get(SERVER_ID_KEY)  # a dispatcher's configured id (published by build_stack)
     if sid is not None:
         ctx.server_id = sid

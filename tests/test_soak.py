@@ -24,10 +24,7 @@ def run_soak(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[st
 def test_soak_short_holds_its_bounds(tmp_path: Path) -> None:
     # 2,000 mixed requests (unary, streams completed / dropped / cancelled, errors, every
     # coding, fresh idempotency keys, tasks), then 1,000 SSE streams held and dropped.
-    # Streams in zstd and br are left out: they still grow RSS (docs/reliability.md,
-    # "Known gap"); `make soak` includes them.
-    proc, report = run_soak(tmp_path, "--short", "--stream-codings",
-                            "identity,gzip,lz4,snappy")
+    proc, report = run_soak(tmp_path, "--short")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert report["failures"] == []
     rss = report["rss_mib"]

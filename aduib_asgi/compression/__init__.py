@@ -2,11 +2,24 @@
 
 from aduib_asgi.compression.codings import (
     DEFAULT_LEVELS,
+    DEFAULT_POOL_SIZE,
+    ZSTD_MAX_WINDOW,
     Coding,
+    ContextPool,
     Decoder,
     Encoder,
     TooLarge,
     available_codings,
 )
 
-__all__ = ["DEFAULT_LEVELS", "Coding", "Decoder", "Encoder", "TooLarge", "available_codings"]
+__all__ = [
+    "DEFAULT_LEVELS",
+    "DEFAULT_POOL_SIZE",
+    "ZSTD_MAX_WINDOW",
+    "Coding",
+    "ContextPool",
+    "Decoder",
+    "Encoder",
+    "TooLarge",
+    "available_codings",
+]

@@ -29,6 +29,9 @@ class _BrotliEncoder:
         out: bytes = self._c.finish()
         return out
 
+    def close(self) -> None:
+        return None  # brotli has no reset: the object is simply dropped
+
 
 class _BrotliDecoder:
     __slots__ = ("_d", "_total")
@@ -46,6 +49,7 @@ class _BrotliDecoder:
             if piece:
                 self._total += len(piece)
                 if self._total > budget:
+                    out.clear()
                     raise TooLarge()
                 out.append(piece)
             if len(piece) < _STEP and d.can_accept_more_data():
@@ -54,6 +58,9 @@ class _BrotliDecoder:
     def finish(self) -> None:
         if not self._d.is_finished():
             raise ValueError("truncated brotli stream")
+
+    def close(self) -> None:
+        return None
 
 
 def brotli_coding(quality: int) -> Coding:

@@ -318,7 +318,9 @@ class AdmissionMiddleware:
         if exc.reason == "draining":
             record_rejection("*", "draining", ctx.priority)
             return self._draining_error()
-        record_rejection(exc.bulkhead.name, exc.reason, ctx.priority)
+        b = exc.bulkhead  # a per-tenant limit is labelled "tenant": never a client's name
+        record_rejection("tenant" if self._tenants.get(b.name) is b else b.name, exc.reason,
+                         ctx.priority)
         message = ("Queue full: request shed" if exc.reason == "shed"
                    else "Timed out waiting for a concurrency slot")
         return RpcError(

@@ -25,7 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.body import DEFAULT_MAX_BODY
 from aduib_asgi.codecs.negotiation import parse_qlist
-from aduib_asgi.compression import Coding, Encoder, TooLarge, available_codings
+from aduib_asgi.compression import (
+    DEFAULT_POOL_SIZE,
+    Coding,
+    Decoder,
+    Encoder,
+    TooLarge,
+    available_codings,
+)
 from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import send_error
@@ -47,10 +54,17 @@ DEFAULT_EXCLUDED_TYPES: tuple[str, ...] = (
     "application/x-7z-compressed", "application/x-rar-compressed", "application/vnd.rar",
     "application/x-bzip2", "application/x-xz", "application/x-lz4", "application/x-snappy-framed",
     "application/x-compress", "application/pdf",
+    "application/grpc", "application/grpc+proto", "application/grpc+json",
+    "application/grpc-web", "application/grpc-web+proto",
 )
-_NOT_EXCLUDED = (b"image/svg+xml",)
+_NOT_EXCLUDED = frozenset({b"image/svg+xml"})
 
 _VARY = (b"vary", b"Accept-Encoding")
+#: Statuses whose response is never content-coded: no body (204, 205, 304) or a
+#: part of the representation (206, whose Content-Range counts unencoded bytes).
+_NO_CODING_STATUSES = frozenset({204, 205, 206, 304})
+_RECODED_HEADERS = frozenset({b"content-length", b"content-encoding"})
+_FILE_SENDS = frozenset({"http.response.pathsend", "http.response.zerocopysend"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CACHE_LIMIT = 512
 
@@ -74,6 +88,8 @@ class CompressionMiddleware:
         thread_threshold: bodies (or streamed chunks) at least this large are
             compressed in a worker thread (smaller ones inline, on the event loop).
         excluded_types: response media types (or ``type/`` prefixes) never compressed.
+        pool_size: idle native codec contexts (zstd, lz4) kept per coding and
+            direction for reuse by the next response or request body.
     """
 
     layer_name = "compression"
@@ -88,14 +104,15 @@ class CompressionMiddleware:
         levels: dict[str, int] | None = None,
         thread_threshold: int = DEFAULT_THREAD_THRESHOLD,
         excluded_types: Iterable[str] = DEFAULT_EXCLUDED_TYPES,
+        pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         self.app = app
-        self.codings: dict[str, Coding] = available_codings(levels)
+        self.codings: dict[str, Coding] = available_codings(levels, pool_size=pool_size)
         self.preference = tuple(p for p in preference if p in self.codings)
         self.minimum_size = minimum_size
         self.max_body_size = max_body_size
         self.thread_threshold = thread_threshold
-        self.excluded = tuple(t.lower().encode("latin-1") for t in excluded_types)
+        self.excluded, self.excluded_prefixes = _excluded(excluded_types)
         supported = ", ".join([*self.codings, "identity"])
         self._accept_encoding = supported
         self._choices: dict[bytes, Coding | None] = {}
@@ -146,7 +163,8 @@ class CompressionMiddleware:
                 ctx.response_encoding = coding.name
         # No Accept-Encoding: an envelope's metadata.compression (decoded further in)
         # may still choose, once the response starts.
-        lazy = ae is None and scope["method"] == "POST"
+        method = scope.get("method")  # (required by ASGI; not every caller sets it)
+        lazy = ae is None and method == "POST"
         rx: _DecodingReceive | _CountingReceive | None = None
         ce = ctx.header(b"content-encoding")
         if ce is not None and (name := ce.strip().lower()) not in (b"identity", b""):
@@ -174,21 +192,40 @@ class CompressionMiddleware:
                 if length.isdigit() and int(length) > self.max_body_size:
                     await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
                     return
-            elif scope["method"] in _BODY_METHODS:
+            elif method in _BODY_METHODS:
                 rx = _CountingReceive(receive, self.max_body_size)
         if coding is None and rx is None:
             if lazy:  # the common case: no coding unless the envelope asks for one
-                await self.app(scope, receive, _MetadataChoice(send, self, ctx))
+                ext = scope.get("extensions") or ()
+                choice = _MetadataChoice(send, self, ctx, not _FILE_SENDS.isdisjoint(ext))
+                try:
+                    await self.app(scope, receive, choice)
+                finally:
+                    if isinstance(choice.target, _Responder):
+                        choice.target.close()
             else:
                 await self.app(scope, receive, send)
             return
-        responder = _Responder(send, self, coding, rx, scope["method"] == "HEAD",
-                               ctx if lazy else None)
+        extensions = scope.get("extensions")
+        defer = False
+        if extensions:
+            if coding is not None and "http.response.zerocopysend" in extensions:
+                # a file descriptor cannot be content-coded: the app falls back to bodies
+                extensions = {k: v for k, v in extensions.items()
+                              if k != "http.response.zerocopysend"}
+                scope = {**scope, "extensions": extensions}
+            defer = not _FILE_SENDS.isdisjoint(extensions)
+        responder = _Responder(send, self, coding, rx, method == "HEAD",
+                               ctx if lazy else None, defer)
         try:
             await self.app(scope, rx if rx is not None else receive, responder)
         except Exception:
             if rx is None or rx.error is None or responder.started:
                 raise
+        finally:
+            responder.close()  # pooled codec contexts go back, even for an abandoned stream
+            if rx is not None:
+                rx.close()
         if rx is not None and rx.error is not None and not responder.started:
             await send_error(scope, send, rx.error, ctx=ctx)
 
@@ -214,12 +251,14 @@ class _MetadataChoice:
     full :class:`_Responder` take over.
     """
 
-    __slots__ = ("ctx", "mw", "send", "target")
+    __slots__ = ("ctx", "defer", "mw", "send", "target")
 
-    def __init__(self, send: Send, mw: CompressionMiddleware, ctx: RequestContext) -> None:
+    def __init__(self, send: Send, mw: CompressionMiddleware, ctx: RequestContext,
+                 defer: bool) -> None:
         self.send = send
         self.mw = mw
         self.ctx = ctx
+        self.defer = defer
         self.target: Send | None = None
 
     async def __call__(self, message: Message) -> None:
@@ -230,9 +269,28 @@ class _MetadataChoice:
                 return
             coding = self.mw.from_metadata(self.ctx)
             target = self.send if coding is None else _Responder(
-                self.send, self.mw, coding, None, False)
+                self.send, self.mw, coding, None, False, None, self.defer)
             self.target = target
         await target(message)
+
+
+def _excluded(types: Iterable[str]) -> tuple[frozenset[bytes], tuple[bytes, ...]]:
+    """Excluded media types (exact) and ``type/`` prefixes, normalised.
+
+    Parameters and case are dropped (``"Application/ZIP; charset=utf-8"`` is
+    ``application/zip``); ``type/`` and ``type/*`` are prefixes.
+    """
+    exact: set[bytes] = set()
+    prefixes: list[bytes] = []
+    for t in types:
+        media = t.split(";", 1)[0].strip().lower().encode("latin-1")
+        if media.endswith(b"/*"):
+            media = media[:-1]
+        if media.endswith(b"/"):
+            prefixes.append(media)
+        elif media:
+            exact.add(media)
+    return frozenset(exact), tuple(prefixes)
 
 
 def _too_large(limit: int) -> RpcError:
@@ -240,13 +298,20 @@ def _too_large(limit: int) -> RpcError:
 
 
 class _DecodingReceive:
-    """Decompresses request messages as they arrive, within the size cap."""
+    """Decompresses request messages as they arrive, within the size cap.
+
+    A refused body frees what was decoded before the error propagates: the
+    pending pieces and the decoder are dropped, and each raise is a fresh
+    exception that this object does not reference (``error`` is never raised
+    itself), so no traceback cycle keeps the caller's buffered chunks alive
+    until a GC pass.
+    """
 
     __slots__ = ("decoder", "done", "error", "limit", "name", "pending", "read", "receive")
 
     def __init__(self, receive: Receive, coding: Coding, limit: int) -> None:
         self.receive = receive
-        self.decoder = coding.decoder()
+        self.decoder: Decoder | None = coding.decoder()
         self.name = coding.name
         self.limit = limit
         self.read = 0  # compressed bytes: capped too (input that decodes to nothing)
@@ -256,7 +321,7 @@ class _DecodingReceive:
 
     async def __call__(self) -> Message:
         if self.error is not None:
-            raise self.error
+            raise _fresh(self.error)
         if self.pending:
             return self._next()
         if self.done:
@@ -266,30 +331,53 @@ class _DecodingReceive:
             if message["type"] != "http.request":
                 return message
             body = message.get("body", b"")
-            try:
-                if body:
-                    self.read += len(body)
-                    if self.read > self.limit:
-                        raise TooLarge
-                    self.pending.extend(self.decoder.decompress(body, self.limit))
-                if not message.get("more_body", False):
-                    self.decoder.finish()
-                    self.done = True
-            except TooLarge:
-                self.error = _too_large(self.limit)
-                raise self.error from None
-            except Exception:
-                self.error = RpcError(1004, f"Corrupt {self.name} request body")
-                raise self.error from None
+            self.error = self._decode(body, message.get("more_body", False))
+            if self.error is not None:
+                self.close()
+                raise _fresh(self.error)
             if self.pending:
                 return self._next()
             if self.done:
                 return {"type": "http.request", "body": b"", "more_body": False}
 
+    def _decode(self, body: bytes, more: bool) -> RpcError | None:
+        """Feed one message; the error to answer, if the body is refused."""
+        decoder = self.decoder
+        assert decoder is not None
+        try:
+            if body:
+                self.read += len(body)
+                if self.read > self.limit:
+                    return _too_large(self.limit)
+                self.pending.extend(decoder.decompress(body, self.limit))
+            if not more:
+                decoder.finish()
+                self.done = True
+                self.close()
+        except TooLarge:
+            return _too_large(self.limit)
+        except Exception:
+            return RpcError(1004, f"Corrupt {self.name} request body")
+        return None
+
+    def close(self) -> None:
+        """Give the decoder back and drop undelivered pieces (idempotent)."""
+        decoder, self.decoder = self.decoder, None
+        if decoder is not None:
+            decoder.close()
+        if self.error is not None:
+            self.pending.clear()
+
     def _next(self) -> Message:
         piece = self.pending.popleft()
         more = bool(self.pending) or not self.done
         return {"type": "http.request", "body": piece, "more_body": more}
+
+
+def _fresh(error: RpcError) -> RpcError:
+    """A new exception like ``error``: the raised one carries the traceback, not ours."""
+    return RpcError(error.code, error.message, http_status=error.http_status,
+                    headers=error.headers)
 
 
 class _CountingReceive:
@@ -305,14 +393,17 @@ class _CountingReceive:
 
     async def __call__(self) -> Message:
         if self.error is not None:
-            raise self.error
+            raise _fresh(self.error)
         message = await self.receive()
         if message["type"] == "http.request":
             self.total += len(message.get("body", b""))
             if self.total > self.limit:
                 self.error = _too_large(self.limit)
-                raise self.error
+                raise _fresh(self.error)
         return message
+
+    def close(self) -> None:
+        return None
 
 
 # Response modes.
@@ -322,8 +413,8 @@ _HELD, _PASS, _STREAM = 0, 1, 2
 class _Responder:
     """Wraps ``send``: compresses the response, or passes it through untouched."""
 
-    __slots__ = ("coding", "ctx", "encoder", "head", "mode", "mw", "rx", "send", "start",
-                 "started")
+    __slots__ = ("coding", "ctx", "defer", "encoder", "head", "mode", "mw", "rx", "send",
+                 "sse", "start", "started")
 
     def __init__(
         self,
@@ -333,8 +424,13 @@ class _Responder:
         rx: _DecodingReceive | _CountingReceive | None,
         head: bool,
         ctx: RequestContext | None = None,
+        defer: bool = False,
     ) -> None:
         self.send = send
+        # The server can send files (pathsend/zerocopysend): an event stream's start
+        # waits for its first message, which may be a file sent as it is.
+        self.defer = defer
+        self.sse = False
         self.ctx = ctx  # set: choose from metadata.compression when the response starts
         self.mw = mw
         self.coding = coding
@@ -357,6 +453,8 @@ class _Responder:
                 else:
                     await self._whole_body(message)
                 return
+            if message["type"] == "http.response.start":
+                raise RuntimeError("http.response.start sent twice")
             self.mode = _PASS
             start, self.start = self.start, None
             assert start is not None
@@ -365,7 +463,12 @@ class _Responder:
             await self.send(message)
         elif mode == _STREAM and message["type"] == "http.response.body":
             await self._stream_body(message)
+        elif mode == _STREAM and message["type"] in _FILE_SENDS:
+            # (only when the scope did not offer the extension: the server would fail too)
+            raise RuntimeError(f"{message['type']} after a content-coded response start")
         elif message["type"] == "http.response.start":
+            if self.started:
+                raise RuntimeError("http.response.start sent twice")
             if self.ctx is not None:
                 self.coding = self.mw.from_metadata(self.ctx)
                 self.ctx = None
@@ -386,30 +489,44 @@ class _Responder:
             await self.send(message)
 
     def _mode_for(self, message: Message) -> int:
-        """_PASS (leave alone), _STREAM (event stream) or _HELD (wait for the body)."""
+        """_PASS (leave alone), _STREAM (event stream) or _HELD (wait for the body).
+
+        Header names are compared case-insensitively (ASGI asks for lower case;
+        not every app complies).
+        """
         status = message["status"]
-        if self.coding is None or self.head or status < 200 or status in (204, 304):
+        if self.coding is None or self.head or status < 200 or status in _NO_CODING_STATUSES:
             return _PASS
         ctype = b""
+        small = False
         for name, value in message.get("headers", ()):
+            name = name.lower()
             if name == b"content-encoding":
+                if value.lower().replace(b"identity", b"").strip(b" ,\t"):
+                    return _PASS  # already coded (a list of only "identity" is no coding)
+            elif name == b"content-range":  # a part of the representation: never re-encoded
                 return _PASS
-            if name == b"content-type":
+            elif name == b"content-type":
                 ctype = value.lower()
-            elif (name == b"cache-control" and b"no-transform" in value.lower()) or (
-                name == b"content-length" and value.isdigit()
-                and int(value) < self.mw.minimum_size
-            ):
-                return _PASS
-        if ctype and ctype.startswith(self.mw.excluded) and not ctype.startswith(_NOT_EXCLUDED):
+            elif name == b"cache-control":
+                if b"no-transform" in value.lower():
+                    return _PASS
+            elif name == b"content-length":
+                small = value.isdigit() and int(value) < self.mw.minimum_size
+        media = ctype.split(b";", 1)[0].strip()
+        mw = self.mw
+        if media in mw.excluded or (media.startswith(mw.excluded_prefixes)
+                                    and media not in _NOT_EXCLUDED):
             return _PASS
-        if ctype.startswith(b"text/event-stream"):
-            return _STREAM
-        return _HELD
+        if media == b"text/event-stream":  # an event stream: coded whatever its size
+            self.sse = True
+            return _HELD if self.defer else _STREAM
+        return _PASS if small else _HELD
 
     def _encoded_start(self, message: Message, length: int | None) -> Message:
         assert self.coding is not None
-        headers = [h for h in message.get("headers", ()) if h[0] != b"content-length"]
+        headers = [h for h in message.get("headers", ())
+                   if h[0].lower() not in _RECODED_HEADERS]
         headers.append(self.coding.content_encoding)
         if length is not None:
             headers.append((b"content-length", b"%d" % length))
@@ -421,7 +538,7 @@ class _Responder:
         assert start is not None and self.coding is not None
         self.mode = _PASS
         body: bytes = message.get("body", b"")
-        if len(body) < self.mw.minimum_size:
+        if len(body) < self.mw.minimum_size and not self.sse:
             self.started = True
             await self.send(start)
             await self.send(message)
@@ -431,7 +548,9 @@ class _Responder:
         else:
             data = await anyio.to_thread.run_sync(self.coding.compress, body)
         self.started = True
-        await self.send(self._encoded_start(start, len(data)))
+        # With trailers the length is not declared (the body is sent as it comes).
+        length = None if start.get("trailers", False) else len(data)
+        await self.send(self._encoded_start(start, length))
         await self.send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def _begin_stream(self, message: Message) -> None:
@@ -451,10 +570,17 @@ class _Responder:
             data = await anyio.to_thread.run_sync(self._feed, body, more)
         else:
             data = self._feed(body, more)
-        if data or not more:
-            await self.send({"type": "http.response.body", "body": data, "more_body": more})
         if not more:
             self.mode = _PASS
+            self.encoder = None  # finished: its context is back in the pool
+        if data or not more:
+            await self.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    def close(self) -> None:
+        """Give the encoder's native context back (the response ended or was abandoned)."""
+        enc, self.encoder = self.encoder, None
+        if enc is not None:
+            enc.close()
 
     def _feed(self, body: bytes, more: bool) -> bytes:
         enc = self.encoder

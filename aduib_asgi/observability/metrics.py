@@ -11,8 +11,14 @@ Instruments (meter ``aduib_asgi``):
 - ``rpc.server.rejections`` (counter): refused requests by ``reason`` (the error
   name: ``rate_limited``, ``unauthenticated``...) and ``rpc.method``.
 
-Unknown method names (4001/4002/1002) are recorded as ``rpc.method=unknown`` to
-keep cardinality bounded. :func:`prometheus_meter_provider` builds an SDK
+Label sets are bounded (OPERATIONS.md section 5), since callers choose what
+they send: a method no registry resolved (4001/4002/1002, or refused before it
+resolved) is ``rpc.method=other``; a code outside the error table (a handler may
+raise any integer) is ``rpc.aduib_rpc.code=other``; a status outside the
+standard HTTP statuses is ``other``; with ``tenant_attribute`` on, only the
+first ``max_tenants`` tenants (100) get their own label, later ones ``other``;
+and past ``max_series`` (4096) distinct label sets every new one is counted
+under all-``other`` labels. :func:`prometheus_meter_provider` builds an SDK
 provider that exports to a prometheus-client registry (extra ``prometheus``).
 """
 
@@ -20,15 +26,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import MeterProvider, Observation
 
 from aduib_asgi.context import SERVER_VERSION
-from aduib_asgi.errors import error_spec
+from aduib_asgi.errors import ERROR_TABLE, error_spec
 
 __all__ = [
+    "DEFAULT_MAX_SERIES",
+    "DEFAULT_MAX_TENANTS",
+    "OTHER",
     "PrometheusApp",
     "RpcMetrics",
     "is_rejection",
@@ -37,9 +47,16 @@ __all__ = [
 ]
 
 _UNKNOWN_METHOD_CODES = frozenset({1002, 4001, 4002})
-#: Attribute sets cached for reuse (method x code x status x tenant); past this
-#: many the dicts are built per request (the counts are kept all the same).
-_MAX_SERIES = 4096
+#: The label every value outside a bounded set collapses to.
+OTHER = "other"
+#: Distinct label sets (method x code x status x tenant) per instrument; past it,
+#: new ones are counted under all-``other`` labels.
+DEFAULT_MAX_SERIES = 4096
+#: Distinct ``aduib.tenant_id`` labels (with ``tenant_attribute``); later tenants: ``other``.
+DEFAULT_MAX_TENANTS = 100
+_MAX_SERIES = DEFAULT_MAX_SERIES  # methods remembered by method_label
+_KNOWN_CODES = frozenset({0, *ERROR_TABLE})
+_KNOWN_STATUSES = frozenset(int(s) for s in HTTPStatus)
 _REJECTION_CODES = frozenset({5002, 5010, 5020, 5021})
 
 
@@ -70,11 +87,19 @@ class RpcMetrics:
     """
 
     def __init__(
-        self, meter_provider: MeterProvider | None = None, *, tenant_attribute: bool = False
+        self,
+        meter_provider: MeterProvider | None = None,
+        *,
+        tenant_attribute: bool = False,
+        max_series: int = DEFAULT_MAX_SERIES,
+        max_tenants: int = DEFAULT_MAX_TENANTS,
     ) -> None:
         provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
         meter = provider.get_meter("aduib_asgi", SERVER_VERSION)
         self.tenant_attribute = tenant_attribute
+        self.max_series = max_series
+        self.max_tenants = max_tenants
+        self._tenants: set[str] = set()
         self._requests: dict[tuple[tuple[str, Any], ...], int] = {}
         self._rejections: dict[tuple[str, str], int] = {}
         self._attrs: dict[tuple[Any, ...], tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
@@ -112,36 +137,51 @@ class RpcMetrics:
         tenant: str | None = None,
     ) -> None:
         if method is None or code in _UNKNOWN_METHOD_CODES:
-            method = "unknown"
+            method = OTHER
         if not self.tenant_attribute:
             tenant = None
         cache_key = (method, code, status, tenant)
         cached = self._attrs.get(cache_key)
         if cached is None:
-            attrs: dict[str, Any] = {"rpc.method": method}
-            if code is not None:
-                attrs["rpc.aduib_rpc.code"] = code
-            if status is not None:
-                attrs["http.response.status_code"] = status
-            if tenant is not None:
-                attrs["aduib.tenant_id"] = tenant
-            cached = (attrs, tuple(attrs.items()))
-            if len(self._attrs) < _MAX_SERIES:
+            cached = self._labels(method, code, status, tenant)
+            if len(self._attrs) < self.max_series:
                 self._attrs[cache_key] = cached
         attrs, key = cached
         requests = self._requests
         requests[key] = requests.get(key, 0) + 1
         self.duration.record(duration_ms, attrs)
         if code and is_rejection(code):
-            rkey = (method, error_spec(code).name.lower())
+            rkey = (method, error_spec(code).name.lower())  # names: the table's and ranges'
             self._rejections[rkey] = self._rejections.get(rkey, 0) + 1
+
+    def _labels(self, method: str, code: int | None, status: int | None,
+                tenant: str | None) -> tuple[dict[str, Any], tuple[tuple[str, Any], ...]]:
+        """The bounded attribute set (dict and hashable key) for one request's labels."""
+        attrs: dict[str, Any] = {"rpc.method": method}
+        if code is not None:
+            attrs["rpc.aduib_rpc.code"] = code if code in _KNOWN_CODES else OTHER
+        if status is not None:
+            attrs["http.response.status_code"] = status if status in _KNOWN_STATUSES else OTHER
+        if tenant is not None:
+            tenants = self._tenants
+            if tenant not in tenants:
+                if len(tenants) < self.max_tenants:
+                    tenants.add(tenant)
+                else:
+                    tenant = OTHER
+            attrs["aduib.tenant_id"] = tenant
+        key = tuple(attrs.items())
+        if key not in self._requests and len(self._requests) >= self.max_series:
+            attrs = {k: OTHER for k in attrs}  # the overflow series
+            key = tuple(attrs.items())
+        return attrs, key
 
 
 _RESOLVED: set[str] = set()  # methods a registry resolved (bounded), for stacks without one
 
 
 def method_label(ctx: Any, registry: Any = None) -> str | None:
-    """The method as a metric label or span name, or None ("unknown").
+    """The method as a metric label or span name, or None (``other``).
 
     ``ctx.method`` is client-chosen until a registry resolves it: a request
     refused before that (bad tenant, auth, rate limit) is labelled by its method
