@@ -30,6 +30,10 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
                    help="HTTP/1.1 parser (auto: httptools when installed)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a connection whose request head is not complete in time")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="open-connection budget (default: the fd limit minus 256)")
     p.set_defaults(func=_run_demo)
 
 
@@ -72,18 +76,28 @@ def _run_demo(args: argparse.Namespace) -> int:
     from aduib_asgi.demo import DemoConfig, build_demo_app
     from aduib_asgi.observability.logs import RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
+    from aduib_asgi.server.protocols import http_protocol
 
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
     app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
                                     stream_framing=args.stream_framing,
                                     heartbeat=args.heartbeat,
                                     shutdown=shutdown))
+    # The connection budget (docs/limits.md): request heads are bounded in bytes
+    # (431 over 64 KiB) and in time (--header-timeout); idle keep-alive connections
+    # close after 5 s; above --max-connections (default: the fd limit less a reserve
+    # for Redis, files and the listener) the oldest connection still waiting for its
+    # head is closed. Per-method concurrency is the admission layer's job (503/5021
+    # envelopes), so uvicorn's limit_concurrency (a bare 503) stays off.
+    http_cls = http_protocol(args.http, max_head_bytes=MAX_HEAD_BYTES,
+                             head_timeout_s=args.header_timeout,
+                             max_connections=args.max_connections or _fd_budget())
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms per keep-alive reply)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
@@ -93,7 +107,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     # and no `server` header (a wrapper and a header less per request).
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
                             proxy_headers=False, server_header=False,
-                            loop=args.loop, http=args.http,
+                            loop=args.loop, http=http_cls, timeout_keep_alive=5,
+                            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
                             timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
     # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
@@ -112,6 +127,23 @@ def _run_demo(args: argparse.Namespace) -> int:
             asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(serve())
     return 0
+
+
+#: Request heads over this are answered 431 (OPERATIONS.md section 5).
+MAX_HEAD_BYTES = 64 * 1024
+#: Pending connections the kernel queues before the server accepts them.
+LISTEN_BACKLOG = 2048
+#: Descriptors kept free for Redis, files and the listener.
+_FD_RESERVE = 256
+
+
+def _fd_budget() -> int:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(64, soft - _FD_RESERVE)
 
 
 def _make_server_class() -> type:
