@@ -18,7 +18,8 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the demo server (DEMO.md)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--env", choices=("dev", "prod"), default="dev")
+    p.add_argument("--env", choices=("dev", "prod"), default="prod",
+                   help="prod (default) hides debug details; dev adds them to errors")
     p.add_argument("--redis", default=None, metavar="URL",
                    help="use Redis for rate-limit, idempotency and task stores")
     p.add_argument("--stream-framing", choices=("message", "envelope"), default="message")
@@ -112,6 +113,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
     # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
+    _log_to_stderr(args.log_level)
     server = _Server(config)
     server.aduib_shutdown = shutdown
 
@@ -135,6 +137,19 @@ MAX_HEAD_BYTES = 64 * 1024
 LISTEN_BACKLOG = 2048
 #: Descriptors kept free for Redis, files and the listener.
 _FD_RESERVE = 256
+
+
+def _log_to_stderr(level: str) -> None:
+    """The library's records on stderr, every client-supplied value escaped."""
+    from aduib_asgi.observability.logs import RequestContextFilter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestContextFilter())
+    handler.setFormatter(logging.Formatter("%(levelname)s:  [%(name)s] %(message)s"))
+    lib = logging.getLogger("aduib_asgi")
+    lib.addHandler(handler)
+    lib.setLevel(level.upper())
+    lib.propagate = False
 
 
 def _fd_budget() -> int:

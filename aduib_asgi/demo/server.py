@@ -38,7 +38,8 @@ __all__ = ["DemoConfig", "build_demo_app"]
 class DemoConfig:
     """The demo's settings (command-line flags of ``aduib-asgi demo``)."""
 
-    env: str = "dev"
+    #: "prod" (default) hides debug details; "dev" adds tracebacks to error envelopes.
+    env: str = "prod"
     redis_url: str | None = None
     stream_framing: str = "message"
     heartbeat: float = 15.0

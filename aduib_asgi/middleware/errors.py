@@ -7,6 +7,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.logsafe import safe
 from aduib_asgi.responses import can_deny_websocket, deny_websocket, send_error
 
 __all__ = ["ErrorMappingMiddleware"]
@@ -58,7 +59,7 @@ class ErrorMappingMiddleware:
                 return
             logger.error(
                 "exception after the response started (request %s); ending the response",
-                ctx.request_id, exc_info=exc,
+                safe(ctx.request_id), exc_info=exc,
             )
             if not responder.finished:
                 try:
@@ -82,7 +83,7 @@ class ErrorMappingMiddleware:
                 # before the handshake: the 500 error response (logged by send_error)
                 await deny_websocket(scope, send, exc, ctx=ctx)
                 return
-            logger.error("exception in websocket handler (request %s)", ctx.request_id,
+            logger.error("exception in websocket handler (request %s)", safe(ctx.request_id),
                          exc_info=exc)
             try:
                 await send({"type": "websocket.close", "code": 1011, "reason": "internal error"})

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.logsafe import safe
 from aduib_asgi.responses import refuse_websocket, send_error
 from aduib_asgi.storage.ratelimit import quota_for
 from aduib_asgi.storage.timeout import call_within
@@ -511,7 +512,8 @@ class RateLimitMiddleware:
             self.on_storage_error(exc)
         if not self._degraded:
             self._degraded = True
-            logger.warning("rate-limit storage failed (%s: %s); %s", type(exc).__name__, exc,
+            logger.warning("rate-limit storage failed (%s: %s); %s", type(exc).__name__,
+                           safe(str(exc)),
                            "admitting requests" if self.fail_open else "refusing requests")
         if self.fail_open:
             await self.app(scope, receive, send)

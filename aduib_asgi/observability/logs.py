@@ -20,6 +20,7 @@ from collections.abc import MutableMapping
 from typing import IO, Any
 
 from aduib_asgi.context import current_context
+from aduib_asgi.logsafe import safe, safe_args
 from aduib_asgi.responses import handshake_refused
 
 __all__ = [
@@ -43,7 +44,12 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 
 
 class RequestContextFilter(logging.Filter):
-    """Stamp records with the five request-context fields; never drops a record."""
+    """Stamp records with the five request-context fields; never drops a record.
+
+    Every text value - the context fields (client-supplied ids, method, tenant)
+    and the record's ``args`` - has its control characters escaped
+    (:func:`aduib_asgi.logsafe.safe`), so no client value can start a log line.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = current_context.get()
@@ -51,11 +57,13 @@ class RequestContextFilter(logging.Filter):
             record.request_id = record.trace_id = record.span_id = None
             record.tenant_id = record.method = None
         else:
-            record.request_id = ctx.request_id
-            record.trace_id = ctx.trace_id
-            record.span_id = ctx.span_id
-            record.tenant_id = ctx.tenant_id
-            record.method = ctx.method
+            record.request_id = safe(ctx.request_id)
+            record.trace_id = safe(ctx.trace_id)
+            record.span_id = safe(ctx.span_id)
+            record.tenant_id = safe(ctx.tenant_id)
+            record.method = safe(ctx.method)
+        if record.args:
+            record.args = safe_args(record.args)
         return True
 
 
