@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from aduib_asgi.extras import MissingExtra, require
+
 __all__ = ["main"]
 
 
@@ -53,6 +55,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http", action=argparse.BooleanOptionalAction, default=True,
                    help="also run HTTP mode: uvicorn on 127.0.0.1 under wrk (default: on)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--check", action="store_true",
+                   help="exit with status 1 when a target is missed (for CI)")
     p.set_defaults(func=_run_bench)
 
 
@@ -62,23 +66,37 @@ def _run_bench(args: argparse.Namespace) -> int:
     def split(v: str | None) -> list[str] | None:
         return [x.strip() for x in v.split(",") if x.strip()] if v else None
 
-    run_bench(BenchOptions(
+    doc = run_bench(BenchOptions(
         layers=split(args.layers), cases=split(args.cases), quick=args.quick,
         quickest=args.quickest, rounds=args.rounds, round_ms=args.round_ms,
         json_path=args.json_path, plot_path=args.plot_path, http=args.http,
         progress=args.progress,
     ))
-    return 0
+    return check_status(doc["targets"]) if args.check else 0
+
+
+def check_status(targets: list[dict[str, Any]]) -> int:
+    """``bench --check``: 1 (and the missed targets on stderr) when any is missed, else 0."""
+    from aduib_asgi.bench.targets import missed_targets
+
+    missed = missed_targets(targets)
+    for row in missed:
+        print(f"bench --check: missed {row['target']}: {row['measured']} "
+              f"(goal {row['goal']})", file=sys.stderr)
+    if missed:
+        print(f"bench --check: {len(missed)} of {len(targets)} targets missed", file=sys.stderr)
+    return 1 if missed else 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    import uvicorn
+    uvicorn = require("uvicorn", "server", "aduib-asgi demo")
 
     from aduib_asgi.demo import DemoConfig, build_demo_app
     from aduib_asgi.observability.logs import RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
     from aduib_asgi.server.protocols import http_protocol
 
+    _log_to_stderr(args.log_level)
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
     app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
                                     stream_framing=args.stream_framing,
@@ -113,7 +131,6 @@ def _run_demo(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
     # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
-    _log_to_stderr(args.log_level)
     server = _Server(config)
     server.aduib_shutdown = shutdown
 
@@ -209,7 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _demo_parser(sub)
     _bench_parser(sub)
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except MissingExtra as exc:
+        print(f"aduib-asgi {args.command}: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

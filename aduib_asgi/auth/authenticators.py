@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from starlette.types import Scope
 
 from aduib_asgi.errors import RpcError
+from aduib_asgi.extras import require
 
 __all__ = [
     "ApiKeyAuthenticator",
@@ -264,10 +265,7 @@ def jwt_verifier(
     the identity is bound to the tenant(s) in that claim (a string or a list); a
     token without the claim is bound to none, i.e. refused for every tenant.
     """
-    try:
-        import jwt  # optional dependency
-    except ImportError:
-        raise ImportError("jwt_verifier needs PyJWT: pip install 'aduib-asgi[jwt]'") from None
+    jwt = require("jwt", "jwt", "jwt_verifier")
 
     algs = list(algorithms)
     required = [principal_claim, "exp"] if require_exp else [principal_claim]

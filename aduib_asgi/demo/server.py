@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp
@@ -9,6 +10,7 @@ from starlette.types import ASGIApp
 from aduib_asgi.demo.security import demo_auth_options
 from aduib_asgi.demo.services import register_demo_services
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
+from aduib_asgi.extras import MissingExtra
 from aduib_asgi.health import install_health_service
 from aduib_asgi.middleware.admission import AdmissionMiddleware
 from aduib_asgi.middleware.auth import AuthMiddleware
@@ -32,6 +34,8 @@ from aduib_asgi.stack import Layer, build_stack
 from aduib_asgi.tasks import install_task_service
 
 __all__ = ["DemoConfig", "build_demo_app"]
+
+logger = logging.getLogger("aduib_asgi.demo")
 
 
 @dataclass
@@ -61,10 +65,16 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
                                    heartbeat_interval=config.heartbeat)
     install_health_service(dispatcher)
     install_task_service(dispatcher, config.redis_url or "memory://")
-    # GET /aduib_rpc/metrics: Prometheus exposition of the RPC metrics.
-    meter_provider, prom_registry = prometheus_meter_provider()
-    dispatcher.add_route("/metrics", PrometheusApp(prom_registry).endpoint,
-                         methods=("GET", "HEAD"))
+    # GET /aduib_rpc/metrics: Prometheus exposition of the RPC metrics (the
+    # `prometheus` extra; without it the demo runs with metrics off and says so).
+    meter_provider = None
+    try:
+        meter_provider, prom_registry = prometheus_meter_provider()
+    except MissingExtra as exc:
+        logger.warning("metrics off: %s", exc)
+    else:
+        dispatcher.add_route("/metrics", PrometheusApp(prom_registry).endpoint,
+                             methods=("GET", "HEAD"))
     layers = [
         Layer.of(ErrorMappingMiddleware, debug=config.debug),
         Layer.of(CompressionMiddleware),

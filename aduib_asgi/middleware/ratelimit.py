@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.extras import require
 from aduib_asgi.logsafe import safe
 from aduib_asgi.responses import refuse_websocket, send_error
 from aduib_asgi.storage.ratelimit import quota_for
@@ -296,6 +297,7 @@ def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-wi
         scheme = uri.partition("://")[0]
         if scheme.startswith(("async+redis", "async+rediss")):
             storage_options.setdefault("implementation", "redispy")
+            require("redis.asyncio", "redis", "A redis:// rate-limit storage")
         storage = storage_from_string(uri, **storage_options)  # type: ignore[assignment]
     if not isinstance(storage, Storage):
         raise TypeError("storage must be an async limits storage (limits.aio.storage)")

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import msgpack
 
+from aduib_asgi.extras import require
 from aduib_asgi.storage import Reservation, StoredResponse, StoreEntry
 
 __all__ = ["RedisIdempotencyStore"]
@@ -73,7 +74,7 @@ class RedisIdempotencyStore:
                  prefix: str = "aduib:idem:", socket_timeout: float = 1.0,
                  poll_interval: float = 0.025, client: Any = None) -> None:
         if client is None:
-            from redis.asyncio import Redis
+            Redis = require("redis.asyncio", "redis", "RedisIdempotencyStore").Redis
 
             client = Redis.from_url(url, socket_timeout=socket_timeout,
                                     socket_connect_timeout=socket_timeout)

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aduib_asgi.extras import require
 from aduib_asgi.models import TaskRecord
 
 __all__ = ["MemoryTaskStore", "TaskChange", "TaskEntry", "TaskStore", "store_from_uri"]
@@ -185,6 +186,7 @@ def store_from_uri(uri: str | None, **options: Any) -> TaskStore:
     if uri is None or uri.startswith("memory://") or uri == "memory":
         return MemoryTaskStore(**options)
     if uri.startswith(("redis://", "rediss://", "unix://")):
+        require("redis.asyncio", "redis", "A redis:// task store")
         from aduib_asgi.tasks.redis_store import RedisTaskStore
 
         return RedisTaskStore.from_url(uri, **options)
