@@ -268,8 +268,8 @@ async def send_error(
     cause = None if _unwrap(exc) is error else exc
     log_error(error, cause, ctx)
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
-    _status_headers(error, headers)
     headers.extend(extra_headers)
+    _status_headers(error, headers)
     env = error_envelope(ctx, error, cause)
     if stream_error_framing(scope, ctx) == "envelope":
         # Envelope framing (PROTOCOL.md section 5.1): the table's status, but one
