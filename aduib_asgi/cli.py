@@ -96,7 +96,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     from aduib_asgi.qos import ShutdownController
     from aduib_asgi.server.protocols import http_protocol
 
-    _log_to_stderr(args.log_level)
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
     app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
                                     stream_framing=args.stream_framing,
@@ -131,6 +130,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
     # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
+    _log_to_stderr(args.log_level)
     server = _Server(config)
     server.aduib_shutdown = shutdown
 
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.func(args)
     except MissingExtra as exc:
-        print(f"aduib-asgi {args.command}: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return result
 
