@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -145,3 +146,81 @@ def test_over_the_connection_budget_the_oldest_stalled_connection_is_closed() ->
             newest.settimeout(0.2)
             with pytest.raises(TimeoutError):
                 newest.recv(100)
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_guards_compose_with_the_tls_scope_protocol(parser: str) -> None:
+    """Another behaviour (the ASGI tls extension) stacks on the guarded class."""
+    import asyncio
+    import ssl
+
+    import httpx
+    import trustme
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from aduib_asgi.auth import MtlsAuthenticator
+    from aduib_asgi.auth.tls import tls_protocol
+    from aduib_asgi.middleware.auth import AuthMiddleware
+    from aduib_asgi.server.protocols import http_protocol
+
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    client_cert = ca.issue_cert("client.example", common_name="bob")
+
+    async def who(request: Request) -> JSONResponse:
+        return JSONResponse({"principal": request.scope["aduib.context"].principal})
+
+    app = AuthMiddleware(Starlette(routes=[Route("/who", who)]),
+                         authenticators=[MtlsAuthenticator()], require_auth=True)
+    protocol = tls_protocol(http_protocol(parser, max_head_bytes=8192, head_timeout_s=5))
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client_cert.configure_cert(client_ctx)
+
+    async def scenario() -> tuple[int, Any, bytes]:
+        with server_cert.private_key_and_cert_chain_pem.tempfile() as pem, \
+                ca.cert_pem.tempfile() as ca_file:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            config = uvicorn.Config(app, log_level="warning", lifespan="off", http=protocol,
+                                    ssl_certfile=pem, ssl_ca_certs=ca_file,
+                                    ssl_cert_reqs=ssl.CERT_OPTIONAL)
+            server = uvicorn.Server(config)
+            task = asyncio.create_task(server.serve(sockets=[sock]))
+            try:
+                deadline = time.monotonic() + 20
+                while not server.started and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                assert server.started
+                async with httpx.AsyncClient(verify=client_ctx) as c:
+                    r = await c.get(f"https://127.0.0.1:{port}/who")
+                big = await asyncio.to_thread(_tls_exchange, port, client_ctx,
+                                              b"GET /who HTTP/1.1\r\nHost: t\r\nX-Pad: "
+                                              + b"p" * 9000 + b"\r\n\r\n")
+            finally:
+                server.should_exit = True
+                await asyncio.wait_for(task, 20)
+                sock.close()
+        return r.status_code, r.json(), big
+
+    status, body, big = asyncio.run(scenario())
+    assert status == 200 and body == {"principal": "bob"}
+    assert big.startswith(b"HTTP/1.1 431")
+
+
+def _tls_exchange(port: int, ctx: Any, payload: bytes) -> bytes:
+    import ssl
+
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            tls.sendall(payload)
+        try:
+            return tls.recv(65536)
+        except (ConnectionResetError, ssl.SSLError):
+            return b""
