@@ -8,9 +8,10 @@ separators and format characters) as ``\\n``, ``\\x1b``, ``\\u2028``...
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
-__all__ = ["safe", "safe_args"]
+__all__ = ["safe", "safe_args", "safe_traceback"]
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -43,3 +44,25 @@ def safe_args(args: Any) -> Any:
     if isinstance(args, dict):
         return {k: safe(v) for k, v in args.items()}
     return args
+
+
+def safe_traceback(exc: BaseException) -> str:
+    """The usual traceback text, with each exception's message escaped.
+
+    A message may quote client input (``ValueError(f"bad id {id}")``); its line
+    breaks must not start log lines of their own. The frames are unchanged.
+    """
+    te = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    todo = [te]
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        text = getattr(t, "_str", None)  # the message (a private attribute, 3.11-3.13)
+        if isinstance(text, str):
+            t._str = safe(text)  # type: ignore[attr-defined]
+        todo.extend(x for x in (t.__cause__, t.__context__) if x is not None)
+        todo.extend(getattr(t, "exceptions", None) or ())
+    return "".join(te.format()).rstrip("\n")

@@ -163,3 +163,19 @@ async def test_validation_error_inside_a_handler_is_5000_without_details() -> No
     # the request's own params still fail as the client's fault: 2001 with fields
     assert params.status_code == 400 and params.json()["error"]["code"] == 2001
     assert params.json()["error"]["details"][0]["field"] == "data.n"
+
+
+def test_exception_messages_in_tracebacks_are_escaped() -> None:
+    logger, out = _stream_logger("tests.traceback.escape", RequestContextFilter())
+    try:
+        try:
+            raise KeyError("inner\r\nforged-inner")
+        except KeyError as inner:
+            raise ValueError("bad id x" + FORGED) from inner
+    except ValueError:
+        logger.exception("handler failed")
+    text = out.getvalue()
+    assert "Traceback (most recent call last):" in text and "raise ValueError" in text
+    assert "ValueError: bad id x\\nWARNING:  [aduib_asgi.audit] auth deny" in text
+    assert "forged-inner" in text and "inner\\r\\nforged-inner" in text
+    assert not any(line.startswith(("WARNING:", "forged")) for line in text.splitlines())

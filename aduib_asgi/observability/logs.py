@@ -20,7 +20,7 @@ from collections.abc import MutableMapping
 from typing import IO, Any
 
 from aduib_asgi.context import current_context
-from aduib_asgi.logsafe import safe, safe_args
+from aduib_asgi.logsafe import safe, safe_args, safe_traceback
 from aduib_asgi.responses import handshake_refused
 
 __all__ = [
@@ -64,6 +64,9 @@ class RequestContextFilter(logging.Filter):
             record.method = safe(ctx.method)
         if record.args:
             record.args = safe_args(record.args)
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            # formatters use a set exc_text as is: the traceback, messages escaped
+            record.exc_text = safe_traceback(record.exc_info[1])
         return True
 
 
