@@ -165,6 +165,8 @@ def _log_to_stderr(level: str) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s:  [%(name)s] %(message)s"))
     lib = logging.getLogger("aduib_asgi")
     lib.addHandler(handler)
+    # uvicorn's own records (an exception escaping the app) are escaped as well
+    logging.getLogger("uvicorn.error").addFilter(RequestContextFilter())
     lib.setLevel(level.upper())
     lib.propagate = False
 
