@@ -101,7 +101,7 @@ def _run_demo(args: argparse.Namespace) -> int:
                                     stream_framing=args.stream_framing,
                                     heartbeat=args.heartbeat,
                                     shutdown=shutdown))
-    # The connection budget (docs/limits.md): request heads are bounded in bytes
+    # The connection budget (docs/serving.md): request heads are bounded in bytes
     # (431 over 64 KiB) and in time (--header-timeout); idle keep-alive connections
     # close after 5 s; above --max-connections (default: the fd limit less a reserve
     # for Redis, files and the listener) the oldest connection still waiting for its
