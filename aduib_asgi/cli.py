@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from aduib_asgi.extras import MissingExtra, require
+
 __all__ = ["main"]
 
 
@@ -18,7 +20,8 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the demo server (DEMO.md)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--env", choices=("dev", "prod"), default="dev")
+    p.add_argument("--env", choices=("dev", "prod"), default="prod",
+                   help="prod (default) hides debug details; dev adds them to errors")
     p.add_argument("--redis", default=None, metavar="URL",
                    help="use Redis for rate-limit, idempotency and task stores")
     p.add_argument("--tenant-budget", type=int, default=None, metavar="BYTES",
@@ -38,6 +41,10 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="HTTP/1.1 parser (auto: httptools when installed)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes sharing the socket (N > 1 needs --redis)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a connection whose request head is not complete in time")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="open-connection budget (default: the fd limit minus 256)")
     p.set_defaults(func=_run_demo)
 
 
@@ -56,6 +63,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http", action=argparse.BooleanOptionalAction, default=True,
                    help="also run HTTP mode: uvicorn on 127.0.0.1 under wrk (default: on)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--check", action="store_true",
+                   help="exit with status 1 when a target is missed (for CI)")
     p.set_defaults(func=_run_bench)
 
 
@@ -65,13 +74,26 @@ def _run_bench(args: argparse.Namespace) -> int:
     def split(v: str | None) -> list[str] | None:
         return [x.strip() for x in v.split(",") if x.strip()] if v else None
 
-    run_bench(BenchOptions(
+    doc = run_bench(BenchOptions(
         layers=split(args.layers), cases=split(args.cases), quick=args.quick,
         quickest=args.quickest, rounds=args.rounds, round_ms=args.round_ms,
         json_path=args.json_path, plot_path=args.plot_path, http=args.http,
         progress=args.progress,
     ))
-    return 0
+    return check_status(doc["targets"]) if args.check else 0
+
+
+def check_status(targets: list[dict[str, Any]]) -> int:
+    """``bench --check``: 1 (and the missed targets on stderr) when any is missed, else 0."""
+    from aduib_asgi.bench.targets import missed_targets
+
+    missed = missed_targets(targets)
+    for row in missed:
+        print(f"bench --check: missed {row['target']}: {row['measured']} "
+              f"(goal {row['goal']})", file=sys.stderr)
+    if missed:
+        print(f"bench --check: {len(missed)} of {len(targets)} targets missed", file=sys.stderr)
+    return 1 if missed else 0
 
 
 #: Environment variable carrying the demo settings to ``--workers`` processes.
@@ -96,13 +118,16 @@ def demo_worker_app() -> Any:
     import os
 
     from aduib_asgi.demo import DemoConfig, build_demo_app
-    from aduib_asgi.observability.logs import RefusedHandshakeFilter
+    from aduib_asgi.observability.logs import CredentialHeaderFilter, RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
 
     settings = json.loads(os.environ[DEMO_SETTINGS_ENV])
     shutdown = ShutdownController(grace_s=float(settings.pop("shutdown_grace")))
+    log_level = settings.pop("log_level")
     _drain_on_exit(shutdown)
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
+    logging.getLogger("uvicorn.error").addFilter(CredentialHeaderFilter())
+    _log_to_stderr(log_level)
     return build_demo_app(DemoConfig(shutdown=shutdown, **settings))
 
 
@@ -122,7 +147,7 @@ def _drain_on_exit(shutdown: Any) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    import uvicorn
+    uvicorn = require("uvicorn", "server", "aduib-asgi demo")
 
     from aduib_asgi.demo import DemoConfig, build_demo_app
     from aduib_asgi.observability.logs import CredentialHeaderFilter, RefusedHandshakeFilter
@@ -141,12 +166,22 @@ def _run_demo(args: argparse.Namespace) -> int:
     app: Any = None
     if args.workers == 1:
         app = build_demo_app(DemoConfig(shutdown=shutdown, **_demo_settings(args)))
+    # The connection budget (docs/serving.md): request heads are bounded in bytes
+    # (431 over 64 KiB) and in time (--header-timeout); idle keep-alive connections
+    # close after 5 s; above --max-connections (default: the fd limit less a reserve
+    # for Redis, files and the listener) the oldest connection still waiting for its
+    # head is closed. Per-method concurrency is the admission layer's job (503/5021
+    # envelopes), so uvicorn's limit_concurrency (a bare 503) stays off.
+    http_settings: dict[str, Any] = {
+        "parser": args.http, "max_head_bytes": MAX_HEAD_BYTES,
+        "head_timeout_s": args.header_timeout,
+        "max_connections": args.max_connections or _fd_budget()}
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms per keep-alive reply)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
@@ -154,30 +189,39 @@ def _run_demo(args: argparse.Namespace) -> int:
     # fastest stack uvicorn has; no access log (a log record per request); no
     # ProxyHeadersMiddleware (the rate-limit layer decides which proxies to believe)
     # and no `server` header (a wrapper and a header less per request).
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"log_level": args.log_level, "access_log": False,
+                               "lifespan": "on", "proxy_headers": False,
+                               "server_header": False, "loop": args.loop,
+                               "timeout_keep_alive": 5,
+                               "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+                               "timeout_graceful_shutdown": int(args.shutdown_grace) + 2}
     if args.workers > 1:  # each worker builds its app from the settings in its environment
         import json
         import os
 
+        from aduib_asgi.server.workers import WorkerConfig
+
         os.environ[DEMO_SETTINGS_ENV] = json.dumps(
-            {**_demo_settings(args), "shutdown_grace": args.shutdown_grace})
-        app = "aduib_asgi.cli:demo_worker_app"
-        options = {"factory": True, "workers": args.workers}
-    config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
-                            proxy_headers=False, server_header=False,
-                            loop=args.loop, http=args.http,
-                            timeout_graceful_shutdown=int(args.shutdown_grace) + 2, **options)
-    # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
-    logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
-    # websockets dumps handshake headers at DEBUG through uvicorn.error: no credentials
-    logging.getLogger("uvicorn.error").addFilter(CredentialHeaderFilter())
-    if args.workers > 1:
+            {**_demo_settings(args), "shutdown_grace": args.shutdown_grace,
+             "log_level": args.log_level})
+        worker_config = WorkerConfig("aduib_asgi.cli:demo_worker_app", factory=True,
+                                     workers=args.workers, http_settings=http_settings,
+                                     **options)
         from uvicorn.supervisors import Multiprocess
 
         # the socket listens already: connections wait in its backlog for the workers
         print(f"listening on http://{host}:{port}", flush=True)
-        Multiprocess(config, sockets=[sock]).run()
+        Multiprocess(worker_config, sockets=[sock]).run()
         return 0
+    from aduib_asgi.server.protocols import http_protocol
+
+    parser = http_settings.pop("parser")
+    config = uvicorn.Config(app, http=http_protocol(parser, **http_settings), **options)
+    # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
+    logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
+    # websockets dumps handshake headers at DEBUG through uvicorn.error: no credentials
+    logging.getLogger("uvicorn.error").addFilter(CredentialHeaderFilter())
+    _log_to_stderr(args.log_level)
     server = _Server(config)
     server.aduib_shutdown = shutdown
 
@@ -193,6 +237,38 @@ def _run_demo(args: argparse.Namespace) -> int:
             asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(serve())
     return 0
+
+
+#: Request heads over this are answered 431 (OPERATIONS.md section 5).
+MAX_HEAD_BYTES = 64 * 1024
+#: Pending connections the kernel queues before the server accepts them.
+LISTEN_BACKLOG = 2048
+#: Descriptors kept free for Redis, files and the listener.
+_FD_RESERVE = 256
+
+
+def _log_to_stderr(level: str) -> None:
+    """The library's records on stderr, every client-supplied value escaped."""
+    from aduib_asgi.observability.logs import RequestContextFilter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestContextFilter())
+    handler.setFormatter(logging.Formatter("%(levelname)s:  [%(name)s] %(message)s"))
+    lib = logging.getLogger("aduib_asgi")
+    lib.addHandler(handler)
+    # uvicorn's own records (an exception escaping the app) are escaped as well
+    logging.getLogger("uvicorn.error").addFilter(RequestContextFilter())
+    lib.setLevel(level.upper())
+    lib.propagate = False
+
+
+def _fd_budget() -> int:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(64, soft - _FD_RESERVE)
 
 
 def _make_server_class() -> type:
@@ -243,7 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _demo_parser(sub)
     _bench_parser(sub)
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

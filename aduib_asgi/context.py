@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Receive, Scope, Send
 
+from aduib_asgi._version import __version__
+
 if TYPE_CHECKING:
     from aduib_asgi.codecs import Codec
     from aduib_asgi.models import RpcRequest
@@ -43,7 +45,7 @@ CONTEXT_KEY = "aduib.context"
 SERVER_ID_KEY = "aduib.server_id"
 #: Scope key where ``build_stack`` publishes the dispatcher's method registry.
 REGISTRY_KEY = "aduib.registry"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = __version__
 SERVER_ID = f"{socket.gethostname()}-{os.getpid()}"
 
 #: Headers an envelope's ``metadata.headers`` can never supply: the transport's

@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.types import Message, Scope, Send
 
 from aduib_asgi.codecs import JSON, Codec, CodecRegistry, default_registry
 from aduib_asgi.codecs.negotiation import choose_codec, media_type_of, parse_qlist
 from aduib_asgi.context import CONTEXT_KEY, RequestContext
-from aduib_asgi.errors import RpcError, details_from_validation
+from aduib_asgi.errors import RpcError
+from aduib_asgi.logsafe import safe
 
 __all__ = [
     "build_envelope",
@@ -85,16 +85,16 @@ def stream_error_framing(scope: Scope, ctx: RequestContext | None) -> str | None
 def to_rpc_error(exc: BaseException) -> RpcError:
     """Map any exception to an error of the table.
 
-    RpcError stays as it is; a pydantic ValidationError is 1002 with one
-    detail per field; NotImplementedError is 5001; anything else is 5000 with
-    a generic message (the real text goes to the log and to ``debug`` only).
+    RpcError stays as it is; NotImplementedError is 5001; anything else -
+    including a pydantic ValidationError raised inside a handler, which is the
+    server's fault, not the client's - is 5000 with a generic message (the real
+    text goes to the log and to ``debug`` only). Validation of the request's own
+    envelope and params is mapped where it happens (1002, 2001).
     """
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]  # anyio task groups wrap a single failure
     if isinstance(exc, RpcError):
         return exc
-    if isinstance(exc, ValidationError):
-        return RpcError(1002, "Invalid message", details=details_from_validation(exc))
     if isinstance(exc, NotImplementedError):
         return RpcError(5001)
     return RpcError(5000)
@@ -241,7 +241,7 @@ def log_error(error: RpcError, cause: BaseException | None, ctx: RequestContext 
     level = error.spec.log_level
     if not logger.isEnabledFor(level):
         return
-    rid = ctx.request_id if ctx is not None else None
+    rid = safe(ctx.request_id) if ctx is not None else None
     if cause is not None and not isinstance(cause, RpcError):
         logger.log(level, "unhandled %s in request %s", type(cause).__name__, rid,
                    exc_info=(type(cause), cause, cause.__traceback__))
@@ -268,8 +268,8 @@ async def send_error(
     cause = None if _unwrap(exc) is error else exc
     log_error(error, cause, ctx)
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
-    _status_headers(error, headers)
     headers.extend(extra_headers)
+    _status_headers(error, headers)
     env = error_envelope(ctx, error, cause)
     if stream_error_framing(scope, ctx) == "envelope":
         # Envelope framing (PROTOCOL.md section 5.1): the table's status, but one

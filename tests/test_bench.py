@@ -69,3 +69,35 @@ def test_http_mode_serves_the_demo_as_shipped_and_like_for_like() -> None:
     row = evaluate_targets({}, [], http)[-1]
     assert row["measured"] == "2.00\u00d7" and row["verdict"] == "met"
     assert "like for like" in row["detail"] and "1.10\u00d7" in row["detail"]
+
+
+def test_bench_quick_check_exit_status_follows_the_targets(tmp_path: Path) -> None:
+    """`aduib-asgi bench --quick --check`: status 1 iff a target is missed (whatever the
+    machine measures); plain progress lines when stderr is not a terminal; tables in
+    120 columns; no internal wording."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "aduib_asgi.cli", "bench", "--quick", "--check",
+         "--layers", "errors", "--no-http", "--json", str(out)],
+        capture_output=True, text=True, timeout=100)
+    targets = json.loads(out.read_text())["targets"]
+    missed = [row for row in targets if row["verdict"] == "missed"]
+    assert proc.returncode == (1 if missed else 0), proc.stderr
+    assert ("targets missed" in proc.stderr) == bool(missed)
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("bench: ")]
+    assert progress and "\x1b[" not in proc.stderr  # plain lines, no terminal codes
+    lines = proc.stdout.splitlines()
+    assert lines and max(len(line) for line in lines) <= 120
+    assert "issue" not in proc.stdout
+
+
+def test_check_status_is_one_only_for_a_missed_target() -> None:
+    from aduib_asgi.cli import check_status
+
+    row = {"target": "t", "goal": "g", "measured": "m", "detail": ""}
+    assert check_status([{**row, "verdict": "met"}, {**row, "verdict": "n/a"}]) == 0
+    assert check_status([{**row, "verdict": "met"}, {**row, "verdict": "missed"}]) == 1
+    assert check_status([]) == 0

@@ -8,8 +8,11 @@ returning None means "not a valid credential" (3001). Credentials are secrets:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import inspect
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,6 +20,7 @@ from typing import Any, Protocol
 from starlette.types import Scope
 
 from aduib_asgi.errors import RpcError
+from aduib_asgi.extras import require
 
 __all__ = [
     "ApiKeyAuthenticator",
@@ -100,9 +104,24 @@ async def _verify(verify: Verifier, secret: str, what: str) -> Identity:
 
 
 def static_verifier(table: Mapping[str, Identity]) -> Callable[[str], Identity | None]:
-    """A verifier over a fixed secret → identity table (demos, tests, service keys)."""
-    known = dict(table)
-    return known.get
+    """A verifier over a fixed secret → identity table (demos, tests, service keys).
+
+    Constant time in the presented secret: the table is keyed by an HMAC of each
+    secret under a key drawn at construction, and a presented secret is looked up
+    by its HMAC, so how long a lookup takes says nothing about any stored secret
+    (a plain dict lookup compares the strings and stops at the first difference).
+    """
+    key = secrets.token_bytes(32)
+
+    def digest(secret: str) -> bytes:
+        return hmac.new(key, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+    known = {digest(secret): ident for secret, ident in table.items()}
+
+    def verify(secret: str) -> Identity | None:
+        return known.get(digest(secret))
+
+    return verify
 
 
 class BearerAuthenticator:
@@ -234,22 +253,27 @@ def jwt_verifier(
     scopes_claim: str = "scope",
     tenants_claim: str | None = None,
     leeway: float = 0,
+    require_exp: bool = True,
 ) -> Callable[[str], Identity | None]:
     """A bearer verifier for JWTs (PyJWT, extra ``jwt``): expired → 3002, invalid → 3001.
+
+    A token must carry ``exp`` (else 3001) unless ``require_exp=False``: a token
+    that never expires cannot be revoked by waiting.
 
     Scopes come from ``scopes_claim`` (RFC 9068 ``scope``: space-separated), else
     ``scp`` (a list, as some issuers send). With ``tenants_claim`` (e.g. ``"tid"``)
     the identity is bound to the tenant(s) in that claim (a string or a list); a
     token without the claim is bound to none, i.e. refused for every tenant.
     """
-    import jwt  # optional dependency
+    jwt = require("jwt", "jwt", "jwt_verifier")
 
     algs = list(algorithms)
+    required = [principal_claim, "exp"] if require_exp else [principal_claim]
 
     def verify(token: str) -> Identity | None:
         try:
             claims = jwt.decode(token, key, algorithms=algs, audience=audience, issuer=issuer,
-                                leeway=leeway, options={"require": [principal_claim]})
+                                leeway=leeway, options={"require": required})
         except jwt.ExpiredSignatureError:
             raise RpcError(3002, "Token expired") from None
         except jwt.InvalidTokenError:

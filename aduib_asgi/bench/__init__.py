@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BenchOptions", "machine_facts", "run_bench"]
+__all__ = ["BenchOptions", "PlainProgress", "machine_facts", "require_bench_extras", "run_bench"]
 
 
 @dataclass
@@ -69,8 +70,78 @@ def _versions() -> dict[str, str]:
     return out
 
 
+class PlainProgress:
+    """Progress as plain lines on stderr (when it is not a terminal: CI logs, files).
+
+    The subset of rich's ``Progress`` the bench uses; one line per change of
+    description, plus one every ``every_s`` seconds.
+    """
+
+    def __init__(self, stream: Any = None, every_s: float = 10.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.every_s = every_s
+        self._tasks: dict[int, list[Any]] = {}  # id -> [description, completed, total]
+        self._last = 0.0
+        self._t0 = time.monotonic()
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+
+    def stop(self) -> None:
+        for task in self._tasks.values():
+            self._line(task)
+
+    def add_task(self, description: str, total: int) -> int:
+        tid = len(self._tasks)
+        self._tasks[tid] = [description, 0, total]
+        self._line(self._tasks[tid])
+        return tid
+
+    def update(self, tid: int, advance: int = 0, description: str | None = None) -> None:
+        task = self._tasks[tid]
+        task[1] += advance
+        changed = description is not None and description != task[0]
+        if description is not None:
+            task[0] = description
+        if changed or time.monotonic() - self._last >= self.every_s:
+            self._line(task)
+
+    def _line(self, task: list[Any]) -> None:
+        self._last = time.monotonic()
+        desc, done, total = task
+        print(f"bench: {desc} {done}/{total} ({self._last - self._t0:.0f} s)",
+              file=self.stream, flush=True)
+
+
+def _progress() -> Any:
+    """rich's live progress bar on a terminal, plain lines otherwise."""
+    if not sys.stderr.isatty():
+        return PlainProgress()
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                    transient=True, console=Console(stderr=True))
+
+
+def require_bench_extras(opts: BenchOptions) -> None:
+    """Fail before any work when a package the run needs is missing (naming its extra)."""
+    from aduib_asgi.extras import require
+
+    feature = "aduib-asgi bench"
+    require("rich", "bench", feature)
+    require("opentelemetry.sdk.trace", "bench", feature)
+    require("opentelemetry.instrumentation.asgi", "bench", feature)
+    if opts.plot_path:
+        require("matplotlib", "bench", f"{feature} --plot")
+    if opts.http:
+        require("uvicorn", "server", f"{feature} (HTTP mode; --no-http skips it)")
+
+
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
     """Run the bench; print/write what ``opts`` asks; return the JSON document."""
+    require_bench_extras(opts)
     from dataclasses import replace
 
     from aduib_asgi.bench.cases import all_cases
@@ -93,12 +164,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     progress_ctx: Any = None
     on_case = on_http = None
     if opts.progress:
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        progress_ctx = Progress(TextColumn("{task.description}"), BarColumn(),
-                                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                                transient=True, console=Console(stderr=True))
+        progress_ctx = _progress()
         progress_ctx.start()
         task = progress_ctx.add_task("in-process", total=planned_steps(cases, settings))
 

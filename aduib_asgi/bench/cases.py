@@ -386,7 +386,7 @@ def _demo_build() -> Runner:
 def _rpc_group() -> list[Case]:
     g = "rpc"
     present, missing = stack_status()
-    label = "default stack (issue's 10 layers)"
+    label = "default stack (10 layers)"
     note = f"missing: {', '.join(missing)}" if missing else ""
     return [
         *_refs(g),

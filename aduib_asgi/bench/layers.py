@@ -33,7 +33,7 @@ __all__ = [
 
 JSON_HEADERS = (("content-type", "application/json"),)
 
-#: The layers of the "default stack" target (the issue's list), outermost first.
+#: The layers of the "default stack" target, outermost first.
 TARGET_STACK: tuple[str, ...] = (
     "errors", "content", "version", "trace", "tenant", "auth",
     "ratelimit", "deadline", "admission", "idempotency",

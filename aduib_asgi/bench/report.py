@@ -10,7 +10,10 @@ from typing import Any
 from aduib_asgi.bench.cases import GROUPS
 from aduib_asgi.bench.runner import CaseResult
 
-__all__ = ["print_report", "to_json", "to_markdown", "write_json", "write_plot"]
+__all__ = ["MAX_WIDTH", "print_report", "to_json", "to_markdown", "write_json", "write_plot"]
+
+#: The report's tables fit this many columns.
+MAX_WIDTH = 120
 
 
 def _us(x: float | None, signed: bool = False) -> str:
@@ -42,9 +45,9 @@ def print_report(doc: Mapping[str, Any], results: Mapping[str, CaseResult],
     from rich.table import Table
 
     if console is None:
-        console = Console()
-        if not console.is_terminal:  # piped into a file: do not wrap at 80 columns
-            console = Console(width=200)
+        # at most 120 columns (rich wraps cells to fit); piped output too
+        probe = Console()
+        console = Console(width=min(probe.width, MAX_WIDTH) if probe.is_terminal else MAX_WIDTH)
     meta = doc["meta"]
     console.print(f"[bold]aduib-asgi bench[/bold] — {meta['cpu']} ({meta['nproc']} CPUs), "
                   f"Python {meta['python']}, {meta['loop']}, {meta['mode']} mode "

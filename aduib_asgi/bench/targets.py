@@ -1,4 +1,4 @@
-"""The issue's speed targets, checked against one run's results.
+"""The speed targets (docs/performance.md), checked against one run's results.
 
 Each target yields rows ``{"target", "goal", "measured", "verdict", "detail"}``;
 verdict is "met", "missed" (with by how much in ``detail``) or "n/a" (a case it
@@ -12,7 +12,7 @@ from typing import Any
 
 from aduib_asgi.bench.runner import CaseResult
 
-__all__ = ["evaluate_targets"]
+__all__ = ["evaluate_targets", "missed_targets"]
 
 NOOP_BUDGET_US = 1.0
 STACK_BUDGET_US = 40.0
@@ -194,7 +194,7 @@ def _http(http: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 
 def evaluate_targets(results: Mapping[str, CaseResult], layers: list[str],
                      http: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Every target row, in the issue's order."""
+    """Every target row, in the documented order."""
     return [
         *_untriggered(results, layers),
         *_stack(results),
@@ -203,3 +203,8 @@ def evaluate_targets(results: Mapping[str, CaseResult], layers: list[str],
         *_compression(results),
         *_http(http),
     ]
+
+
+def missed_targets(targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose verdict is "missed" (``n/a`` rows are not failures)."""
+    return [row for row in targets if row.get("verdict") == "missed"]

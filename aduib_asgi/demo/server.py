@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from aduib_asgi.demo.security import demo_auth_options
 from aduib_asgi.demo.services import register_demo_services
 from aduib_asgi.demo.stats import DemoStats, install_stats_route, stats_enabled
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
+from aduib_asgi.extras import MissingExtra
 from aduib_asgi.health import install_health_service
 from aduib_asgi.identity import ClientIdentityMiddleware
 from aduib_asgi.middleware.admission import AdmissionMiddleware
@@ -39,12 +41,15 @@ from aduib_asgi.tasks import install_task_service
 
 __all__ = ["DemoConfig", "build_demo_app"]
 
+logger = logging.getLogger("aduib_asgi.demo")
+
 
 @dataclass
 class DemoConfig:
     """The demo's settings (command-line flags of ``aduib-asgi demo``)."""
 
-    env: str = "dev"
+    #: "prod" (default) hides debug details; "dev" adds tracebacks to error envelopes.
+    env: str = "prod"
     redis_url: str | None = None
     stream_framing: str = "message"
     heartbeat: float = 15.0
@@ -84,10 +89,16 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     tasks = install_task_service(dispatcher, store, store_options=shared)
     if config.redis_url:  # rpc/cancel reaches calls on every instance sharing the Redis
         install_cancel_bus(dispatcher, config.redis_url)
-    # GET /aduib_rpc/metrics: Prometheus exposition of the RPC metrics.
-    meter_provider, prom_registry = prometheus_meter_provider()
-    dispatcher.add_route("/metrics", PrometheusApp(prom_registry).endpoint,
-                         methods=("GET", "HEAD"))
+    # GET /aduib_rpc/metrics: Prometheus exposition of the RPC metrics (the
+    # `prometheus` extra; without it the demo runs with metrics off and says so).
+    meter_provider = None
+    try:
+        meter_provider, prom_registry = prometheus_meter_provider()
+    except MissingExtra as exc:
+        logger.warning("metrics off: %s", exc)
+    else:
+        dispatcher.add_route("/metrics", PrometheusApp(prom_registry).endpoint,
+                             methods=("GET", "HEAD"))
     layers = [
         Layer.of(ErrorMappingMiddleware, debug=config.debug),
         # who the client is (aduib_asgi.identity): only behind trusted proxies

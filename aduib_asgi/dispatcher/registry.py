@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from aduib_asgi.auth.rbac import enforce_method_access, names
 from aduib_asgi.context import RequestContext, current_context
 from aduib_asgi.errors import RpcError, details_from_validation
+from aduib_asgi.logsafe import safe
 from aduib_asgi.models import parse_method
 from aduib_asgi.versioning import VersionKey, parse_version
 from aduib_asgi.versioning.methods import normalize_method, split_method
@@ -397,7 +398,7 @@ def _announce(spec: MethodSpec, ctx: RequestContext) -> None:
         ctx.add_response_header(name, value)
     if logger.isEnabledFor(logging.WARNING):
         logger.warning("deprecated method %s called (request %s, principal %s)%s",
-                       spec.method, ctx.request_id, ctx.principal,
+                       spec.method, safe(ctx.request_id), safe(ctx.principal),
                        f"; sunset {spec.sunset.isoformat()}" if spec.sunset else "")
 
 

@@ -7,6 +7,8 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.http_errors import MAX_MAPPED_BODY, error_from_response, is_mappable
+from aduib_asgi.logsafe import safe
 from aduib_asgi.responses import can_deny_websocket, deny_websocket, send_error
 
 __all__ = ["ErrorMappingMiddleware"]
@@ -25,13 +27,20 @@ class ErrorMappingMiddleware:
     ``debug=True`` (development mode) adds ``error.debug`` (stack trace and
     internal message) to error bodies; never enable it in production. Works
     around any ASGI app: responses that do not fail pass through untouched.
+
+    ``map_http_errors`` (default on): a plain HTTP error response of the app
+    inside - a Starlette/FastAPI ``HTTPException``, FastAPI's request-validation
+    422 - becomes the standard envelope with the same status
+    (:mod:`aduib_asgi.http_errors`, docs/fastapi.md).
     """
 
     layer_name = "errors"
 
-    def __init__(self, app: ASGIApp, *, debug: bool = False) -> None:
+    def __init__(self, app: ASGIApp, *, debug: bool = False,
+                 map_http_errors: bool = True) -> None:
         self.app = app
         self.debug = debug
+        self.map_http_errors = map_http_errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -44,7 +53,7 @@ class ErrorMappingMiddleware:
     async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
         if self.debug:
             ctx.debug = True
-        responder = _ErrorResponder(send)
+        responder = _ErrorResponder(send, self.map_http_errors)
         try:
             await self.app(scope, receive, responder)
         except Exception as exc:
@@ -58,7 +67,7 @@ class ErrorMappingMiddleware:
                 return
             logger.error(
                 "exception after the response started (request %s); ending the response",
-                ctx.request_id, exc_info=exc,
+                safe(ctx.request_id), exc_info=exc,
             )
             if not responder.finished:
                 try:
@@ -67,7 +76,12 @@ class ErrorMappingMiddleware:
                     logger.debug("could not end the response cleanly", exc_info=True)
         else:
             if responder.held:
-                await responder.flush()
+                mapped = responder.mapped_error()
+                if mapped is None:
+                    await responder.flush()
+                else:
+                    error, headers = mapped
+                    await send_error(scope, send, error, ctx=ctx, extra_headers=headers)
 
     async def _websocket(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
@@ -82,7 +96,7 @@ class ErrorMappingMiddleware:
                 # before the handshake: the 500 error response (logged by send_error)
                 await deny_websocket(scope, send, exc, ctx=ctx)
                 return
-            logger.error("exception in websocket handler (request %s)", ctx.request_id,
+            logger.error("exception in websocket handler (request %s)", safe(ctx.request_id),
                          exc_info=exc)
             try:
                 await send({"type": "websocket.close", "code": 1011, "reason": "internal error"})
@@ -105,33 +119,51 @@ class _HandshakeTracker:
 
 
 class _ErrorResponder:
-    """Tracks whether the response started; holds back a complete 500 until the app returns."""
+    """Tracks whether the response started; holds back a complete 500, and a small
+    plain HTTP error response (to map it), until the app returns."""
 
-    __slots__ = ("finished", "held", "send", "started")
+    __slots__ = ("finished", "held", "held_bytes", "map_errors", "mappable", "send", "started")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, map_errors: bool = False) -> None:
         self.send = send
+        self.map_errors = map_errors
         self.started = False
         self.finished = False
         self.held: list[Message] | None = None
+        self.held_bytes = 0
+        self.mappable = False
 
     async def __call__(self, message: Message) -> None:
         t = message["type"]
         if self.held is not None:
             self.held.append(message)
-            if t == "http.response.body" and not message.get("more_body", False):
-                return  # complete: kept until the app returns or raises
-            if t == "http.response.body":  # a streamed 500: stop holding it back
-                await self.flush()
+            if t == "http.response.body":
+                self.held_bytes += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return  # complete: kept until the app returns or raises
+                if not self.mappable or self.held_bytes > MAX_MAPPED_BODY:
+                    await self.flush()  # a streamed or large body: stop holding it back
             return
         if t == "http.response.start":
-            if message["status"] == 500:
+            status = message["status"]
+            self.mappable = self.map_errors and is_mappable(status, message.get("headers", ()))
+            if status == 500 or self.mappable:
                 self.held = [message]
+                self.held_bytes = 0
                 return
             self.started = True
         elif t == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self.send(message)
+
+    def mapped_error(self) -> tuple[Exception, list[tuple[bytes, bytes]]] | None:
+        """The envelope error for a complete held plain HTTP error response, if it is one."""
+        held = self.held
+        if not self.mappable or not held or held[-1].get("more_body", False):
+            return None
+        start = held[0]
+        body = b"".join(m.get("body", b"") for m in held[1:])
+        return error_from_response(start["status"], list(start.get("headers", ())), body)
 
     async def flush(self) -> None:
         held, self.held = self.held or [], None

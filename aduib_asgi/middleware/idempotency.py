@@ -24,6 +24,7 @@ from aduib_asgi.body import ClientDisconnected, read_body, replay_receive
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.identity import caller_scope
+from aduib_asgi.logsafe import safe
 from aduib_asgi.responses import send_error
 from aduib_asgi.storage import IdempotencyStore, StoredResponse, StoreEntry
 from aduib_asgi.storage import idempotency_store_from_url as _store_from_url
@@ -348,7 +349,7 @@ class IdempotencyMiddleware:
     async def _store_failed(self, exc: Exception, scope: Scope, receive: Receive, send: Send,
                             ctx: RequestContext) -> None:
         self.store_errors += 1
-        logger.warning("idempotency store failed (%s: %s); %s", type(exc).__name__, exc,
+        logger.warning("idempotency store failed (%s: %s); %s", type(exc).__name__, safe(str(exc)),
                        "running without idempotency" if self.fail_open else "refusing")
         if self.fail_open:
             await self.app(scope, receive, send)
@@ -364,7 +365,7 @@ class IdempotencyMiddleware:
             try:
                 ok = await self._store_call(self.store.renew, skey, token, self.lease)
             except Exception as exc:
-                logger.warning("could not renew an idempotency lease (%s)", exc)
+                logger.warning("could not renew an idempotency lease (%s)", safe(str(exc)))
                 continue
             if not ok:
                 logger.warning("lost an idempotency lease while the request ran")
@@ -412,7 +413,7 @@ class IdempotencyMiddleware:
             if not done:
                 logger.warning("idempotency lease expired before the response was stored")
         except Exception as exc:
-            logger.warning("could not store an idempotent response (%s)", exc)
+            logger.warning("could not store an idempotent response (%s)", safe(str(exc)))
             await self._release(skey, token)
 
     async def _release(self, skey: str, token: str) -> None:
@@ -424,7 +425,7 @@ class IdempotencyMiddleware:
                 await self._store_call(self.store.release, skey, token)
             except Exception as exc:
                 logger.warning("could not release an idempotency key (%s); it expires with "
-                               "its lease", exc)
+                               "its lease", safe(str(exc)))
 
 
 def _budget_tenant(ctx: RequestContext) -> str:

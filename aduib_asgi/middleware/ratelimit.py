@@ -28,8 +28,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
+from aduib_asgi.extras import require
 from aduib_asgi.gate import RATE, defer
 from aduib_asgi.identity import TRUSTED_PROXIES_KEY, TrustedProxies, client_address
+from aduib_asgi.logsafe import safe
 from aduib_asgi.responses import refuse_websocket, send_error
 from aduib_asgi.storage.budget import BudgetExceeded
 from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage, quota_for
@@ -260,6 +262,7 @@ def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-wi
         scheme = uri.partition("://")[0]
         if scheme.startswith(("async+redis", "async+rediss")):
             storage_options.setdefault("implementation", "redispy")
+            require("redis.asyncio", "redis", "A redis:// rate-limit storage")
         storage = storage_from_string(uri, **storage_options)  # type: ignore[assignment]
     if not isinstance(storage, Storage):
         raise TypeError("storage must be an async limits storage (limits.aio.storage)")
@@ -513,7 +516,8 @@ class RateLimitMiddleware:
             self.on_storage_error(exc)
         if not self._degraded:
             self._degraded = True
-            logger.warning("rate-limit storage failed (%s: %s); %s", type(exc).__name__, exc,
+            logger.warning("rate-limit storage failed (%s: %s); %s", type(exc).__name__,
+                           safe(str(exc)),
                            "admitting requests" if self.fail_open else "refusing requests")
         return self.fail_open
 

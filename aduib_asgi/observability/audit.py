@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from aduib_asgi.logsafe import safe
+
 __all__ = ["AuditEvent", "AuditSink", "CollectingAuditSink", "LoggingAuditSink"]
 
 
@@ -54,7 +56,8 @@ class LoggingAuditSink:
         if self.logger.isEnabledFor(level):
             self.logger.log(
                 level, "auth %s %s principal=%s scheme=%s code=%s client=%s", event.outcome,
-                event.method, event.principal, event.scheme, event.code, event.client,
+                safe(event.method), safe(event.principal), safe(event.scheme), event.code,
+                safe(event.client),
                 extra={"audit": event.as_dict()},
             )
 

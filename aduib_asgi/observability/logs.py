@@ -21,6 +21,7 @@ from collections.abc import MutableMapping
 from typing import IO, Any
 
 from aduib_asgi.context import current_context
+from aduib_asgi.logsafe import safe, safe_args, safe_traceback
 from aduib_asgi.responses import handshake_refused
 
 __all__ = [
@@ -46,7 +47,12 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
 
 
 class RequestContextFilter(logging.Filter):
-    """Stamp records with the five request-context fields; never drops a record."""
+    """Stamp records with the five request-context fields; never drops a record.
+
+    Every text value - the context fields (client-supplied ids, method, tenant)
+    and the record's ``args`` - has its control characters escaped
+    (:func:`aduib_asgi.logsafe.safe`), so no client value can start a log line.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = current_context.get()
@@ -54,12 +60,17 @@ class RequestContextFilter(logging.Filter):
             record.request_id = record.trace_id = record.span_id = None
             record.tenant_id = record.method = record.client = None
         else:
-            record.request_id = ctx.request_id
-            record.trace_id = ctx.trace_id
-            record.span_id = ctx.span_id
-            record.tenant_id = ctx.tenant_id
-            record.method = ctx.method
-            record.client = ctx.client  # once resolved (aduib_asgi.identity)
+            record.request_id = safe(ctx.request_id)
+            record.trace_id = safe(ctx.trace_id)
+            record.span_id = safe(ctx.span_id)
+            record.tenant_id = safe(ctx.tenant_id)
+            record.method = safe(ctx.method)
+            record.client = safe(ctx.client)  # once resolved (aduib_asgi.identity)
+        if record.args:
+            record.args = safe_args(record.args)
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            # formatters use a set exc_text as is: the traceback, messages escaped
+            record.exc_text = safe_traceback(record.exc_info[1])
         return True
 
 

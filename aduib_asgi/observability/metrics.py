@@ -34,6 +34,7 @@ from opentelemetry.metrics import MeterProvider, Observation
 
 from aduib_asgi.context import SERVER_VERSION
 from aduib_asgi.errors import ERROR_TABLE, error_spec
+from aduib_asgi.extras import require
 
 __all__ = [
     "DEFAULT_MAX_SERIES",
@@ -214,7 +215,9 @@ class PrometheusApp:
     """A tiny ASGI app serving the text exposition of a prometheus-client registry."""
 
     def __init__(self, registry: Any = None) -> None:
-        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+        prom = require("prometheus_client", "prometheus", "PrometheusApp")
+        CONTENT_TYPE_LATEST, REGISTRY, generate_latest = (
+            prom.CONTENT_TYPE_LATEST, prom.REGISTRY, prom.generate_latest)
 
         self.registry = registry if registry is not None else REGISTRY
         self._generate = generate_latest
@@ -246,9 +249,11 @@ def prometheus_meter_provider(registry: Any = None) -> tuple[MeterProvider, Any]
     Needs the ``prometheus`` extra (prometheus-client, opentelemetry-exporter-prometheus,
     opentelemetry-sdk). A fresh ``CollectorRegistry`` is used unless one is given.
     """
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-    from prometheus_client import CollectorRegistry
+    feature = "prometheus_meter_provider"
+    PrometheusMetricReader = require("opentelemetry.exporter.prometheus", "prometheus",
+                                     feature).PrometheusMetricReader
+    SdkMeterProvider = require("opentelemetry.sdk.metrics", "prometheus", feature).MeterProvider
+    CollectorRegistry = require("prometheus_client", "prometheus", feature).CollectorRegistry
 
     registry = registry if registry is not None else CollectorRegistry()
     reader = PrometheusMetricReader(registry=registry)

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import msgpack
 
+from aduib_asgi.extras import require
 from aduib_asgi.storage import Reservation, StoredResponse, StoreEntry
 from aduib_asgi.storage.budget import (
     DEFAULT_PER_TENANT,
@@ -99,7 +100,7 @@ class RedisIdempotencyStore:
                  budget: RedisByteBudget | None = None, per_tenant: int | None = None,
                  total: int | None = None, ttl: float = 24 * 3600.0) -> None:
         if client is None:
-            from redis.asyncio import Redis
+            Redis = require("redis.asyncio", "redis", "RedisIdempotencyStore").Redis
 
             client = Redis.from_url(url, socket_timeout=socket_timeout,
                                     socket_connect_timeout=socket_timeout)

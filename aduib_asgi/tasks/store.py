@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aduib_asgi.extras import require
 from aduib_asgi.models import TaskRecord
 from aduib_asgi.storage.budget import RECORD_OVERHEAD, ByteBudget
 
@@ -242,6 +243,7 @@ def store_from_uri(uri: str | None, **options: Any) -> TaskStore:
                                            total=total or DEFAULT_TOTAL)
         return MemoryTaskStore(**options)
     if uri.startswith(("redis://", "rediss://", "unix://")):
+        require("redis.asyncio", "redis", "A redis:// task store")
         from aduib_asgi.tasks.redis_store import RedisTaskStore
 
         return RedisTaskStore.from_url(uri, **options)

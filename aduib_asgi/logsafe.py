@@ -1,0 +1,68 @@
+"""Client-supplied values made safe for log lines.
+
+An envelope ``id``, a method name, a tenant or a principal comes from the
+client; written raw, a ``\\n`` in it would start a forged log line. :func:`safe`
+escapes every non-printable character (CR, LF, other controls, Unicode line
+separators and format characters) as ``\\n``, ``\\x1b``, ``\\u2028``...
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+__all__ = ["safe", "safe_args", "safe_traceback"]
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(c: str) -> str:
+    if c.isprintable():
+        return c
+    named = _NAMED.get(c)
+    if named is not None:
+        return named
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else (
+        f"\\U{code:08x}")
+
+
+def safe(value: Any) -> Any:
+    """``value`` with control characters escaped when it is text; anything else as is."""
+    if isinstance(value, str):
+        return value if value.isprintable() else "".join(map(_escape_char, value))
+    if isinstance(value, bytes | bytearray):
+        return safe(value.decode("latin-1"))
+    return value
+
+
+def safe_args(args: Any) -> Any:
+    """A log record's ``args`` (tuple or mapping) with every text value escaped."""
+    if isinstance(args, tuple):
+        return tuple(safe(a) for a in args) if any(
+            isinstance(a, str | bytes | bytearray) for a in args) else args
+    if isinstance(args, dict):
+        return {k: safe(v) for k, v in args.items()}
+    return args
+
+
+def safe_traceback(exc: BaseException) -> str:
+    """The usual traceback text, with each exception's message escaped.
+
+    A message may quote client input (``ValueError(f"bad id {id}")``); its line
+    breaks must not start log lines of their own. The frames are unchanged.
+    """
+    te = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    todo = [te]
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        text = getattr(t, "_str", None)  # the message (a private attribute, 3.11-3.13)
+        if isinstance(text, str):
+            t._str = safe(text)  # type: ignore[attr-defined]
+        todo.extend(x for x in (t.__cause__, t.__context__) if x is not None)
+        todo.extend(getattr(t, "exceptions", None) or ())
+    return "".join(te.format()).rstrip("\n")

@@ -1,0 +1,248 @@
+"""uvicorn HTTP protocol classes with connection guards, composed from mixins.
+
+uvicorn takes a protocol *class* (``uvicorn.Config(http=cls)``). Each behaviour
+here is a mixin over uvicorn's protocol that calls ``super()`` cooperatively, and
+:func:`http_protocol` composes the mixins you name over a parser's class::
+
+    from aduib_asgi.server.protocols import http_protocol
+    cls = http_protocol("httptools", max_head_bytes=64 * 1024, head_timeout_s=10)
+    uvicorn.Config(app, http=cls)
+
+:class:`HeadGuard` (always included) bounds every request head:
+
+* **size** - a head over ``max_head_bytes`` is answered ``431`` and the
+  connection closed, on both parsers (h11 and httptools) - measured while it
+  streams in, so an endless header is cut off at the bound, not buffered;
+* **time** - a connection that does not complete its head within
+  ``head_timeout_s`` of opening (or of the first byte of a later request) gets
+  ``408`` and is closed (slow-header clients hold no descriptor for long);
+* **connections** - over ``max_connections`` open connections, the oldest one
+  still waiting for its head is closed to make room (else the new one is).
+
+Another behaviour (say, the ASGI ``tls`` scope extension) is one more mixin:
+``http_protocol("h11", TlsExtension, ...)`` puts it in front of the guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+__all__ = ["HeadGuard", "http_protocol"]
+
+#: End of a request head: CRLF CRLF, or the bare-LF form h11 also accepts.
+_HEAD_END = re.compile(b"\n\r?\n")
+
+_PLAIN = b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+_REPLIES = {
+    status: b"HTTP/1.1 %d %s\r\n%scontent-length: %d\r\n\r\n%s" % (
+        status, reason, _PLAIN, len(text), text)
+    for status, reason, text in (
+        (431, b"Request Header Fields Too Large", b"request header block too large"),
+        (408, b"Request Timeout", b"request header block not received in time"),
+    )
+}
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback; uvicorn's parse-error path then answers 431."""
+
+
+class HeadGuard:
+    """Bounds each request head in bytes and in time; bounds open connections.
+
+    A mixin: the parser-specific subclasses below say when a head begins and ends.
+    """
+
+    #: Largest request head (request line and header fields) accepted, in bytes.
+    max_head_bytes: int = 64 * 1024
+    #: Seconds a connection may take to complete a request head.
+    head_timeout_s: float = 10.0
+    #: Open connections above which the oldest head-waiting one is closed (None: no bound).
+    max_connections: int | None = None
+    #: Connections waiting for a head, oldest first (one dict per composed class).
+    _waiting: dict[Any, None] = {}
+
+    # set by uvicorn's protocols
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    connections: set[Any]
+    cycle: Any
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes: int = 0
+    _head_rejected: bool = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        limit = self.max_connections
+        if limit is not None and len(self.connections) > limit:
+            victim = next(iter(self._waiting), None)
+            if victim is None:  # everyone is busy with a request: refuse the newcomer
+                self.transport.close()
+                return
+            victim._head_end()
+            victim.transport.close()
+        self._head_begin()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_end()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _head_begin(self) -> None:
+        """A head starts: the clock runs (unless it already does) and bytes are counted."""
+        self._head_bytes = 0
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+            self._waiting[self] = None
+
+    def _head_end(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+            self._waiting.pop(self, None)
+
+    @property
+    def _head_pending(self) -> bool:
+        return self._head_timer is not None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        self._waiting.pop(self, None)
+        self._refuse(408)
+
+    def _refuse(self, status: int) -> None:
+        """Answer ``status`` (unless a response is under way) and close the connection."""
+        self._head_end()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            transport.write(_REPLIES[status])
+        transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_rejected or self._parser_over_limit():
+            self._refuse(431)
+        else:
+            super().send_400_response(msg)  # type: ignore[misc]
+
+    def _parser_over_limit(self) -> bool:
+        return False
+
+
+def _httptools_guard() -> type:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HttpToolsHeadGuard(HeadGuard, HttpToolsProtocol):
+        """HeadGuard for httptools: llhttp's callbacks mark a head's start and end."""
+
+        _head_size = 0
+        _began_in_feed = False
+
+        def data_received(self, data: bytes) -> None:
+            self._began_in_feed = False
+            super().data_received(data)
+            if self._head_pending and not self.transport.is_closing():
+                # a head began in this chunk (count all of it: an upper bound) or before
+                self._head_bytes = len(data) if self._began_in_feed else (
+                    self._head_bytes + len(data))
+                if self._head_bytes > self.max_head_bytes:
+                    self._refuse(431)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_begin()
+            self._began_in_feed = True
+            self._head_size = 0
+
+        def on_url(self, url: bytes) -> None:
+            self._head_size += len(url)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._head_size += len(name) + len(value) + 4
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._head_end()
+            # + "METHOD ", " HTTP/1.1\r\n" and the blank line: the head as sent
+            size = self._head_size + len(self.parser.get_method()) + 14
+            if size > self.max_head_bytes:
+                self._head_rejected = True
+                raise _HeadTooLarge
+            super().on_headers_complete()
+
+    return HttpToolsHeadGuard
+
+
+def _h11_guard() -> type:
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class H11HeadGuard(HeadGuard, H11Protocol):
+        """HeadGuard for h11: a head is pending while h11 waits for a request."""
+
+        _tail = b""
+
+        def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(config, *args, **kwargs)
+            # h11's own bound on an incomplete head (its 400 becomes our 431)
+            self.conn = h11.Connection(h11.SERVER, self.max_head_bytes)
+
+        def _head_begin(self) -> None:
+            super()._head_begin()
+            self._tail = b""
+
+        def data_received(self, data: bytes) -> None:
+            if self.conn.their_state is h11.IDLE:
+                if not self._head_pending:
+                    self._head_begin()
+                buf = self._tail + data
+                end = _HEAD_END.search(buf)
+                size = self._head_bytes + (len(data) if end is None else
+                                           end.end() - len(self._tail))
+                if size > self.max_head_bytes:
+                    self._refuse(431)
+                    return
+                self._head_bytes += len(data)
+                self._tail = buf[-2:]
+            super().data_received(data)
+            if self._head_pending and self.conn.their_state is not h11.IDLE:
+                self._head_end()
+
+        def _parser_over_limit(self) -> bool:
+            return len(self.conn.trailing_data[0]) > self.max_head_bytes
+
+    return H11HeadGuard
+
+
+_GUARDS = {"httptools": _httptools_guard, "h11": _h11_guard}
+
+
+def http_protocol(parser: str = "auto", *mixins: type, **settings: Any) -> type:
+    """A uvicorn HTTP protocol class: ``mixins`` (first wins) over :class:`HeadGuard`
+    over ``parser``'s protocol ("h11", "httptools", or "auto": httptools when installed).
+
+    ``settings`` set class attributes (``max_head_bytes``, ``head_timeout_s``,
+    ``max_connections`` or a mixin's own).
+    """
+    if parser == "auto":
+        try:
+            import httptools  # noqa: F401
+        except ImportError:
+            parser = "h11"
+        else:
+            parser = "httptools"
+    try:
+        guard = _GUARDS[parser]()
+    except KeyError:
+        raise ValueError(f"unknown HTTP parser {parser!r} (h11, httptools)") from None
+    unknown = [k for k in settings if not any(hasattr(c, k) for c in (*mixins, guard))]
+    if unknown:
+        raise TypeError(f"unknown protocol settings: {', '.join(unknown)}")
+    names = "".join(m.__name__ for m in mixins)
+    attrs: dict[str, Any] = {**settings, "_waiting": {}, "parser_name": parser}
+    return type(f"{names}{guard.__name__}", (*mixins, guard), attrs)
