@@ -30,7 +30,48 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
                    help="HTTP/1.1 parser (auto: httptools when installed)")
+    p.add_argument("--ws", choices=("auto", "websockets", "websockets-sansio", "wsproto"),
+                   default="auto", help="WebSocket implementation (auto: uvicorn's choice)")
+    tls = p.add_argument_group("TLS (OPERATIONS.md §3)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    tls.add_argument("--tls-key", metavar="PEM", help="its private key (else in --tls-cert)")
+    tls.add_argument("--tls-client-ca", metavar="PEM",
+                     help="verify client certificates against these CAs (mTLS)")
+    tls.add_argument("--tls-require-client-cert", action="store_true",
+                     help="refuse connections and requests without a verified client certificate")
+    tls.add_argument("--tls-min-version", choices=("1.2", "1.3"), default="1.2")
+    tls.add_argument("--tls-ciphers", metavar="OPENSSL", default=None,
+                     help="OpenSSL cipher string for TLS 1.2")
+    tls.add_argument("--mtls-role", action="append", default=[], metavar="NAME=ROLE[,ROLE]",
+                     help="roles of certificate callers whose principal or SAN is NAME "
+                          "(repeatable)")
     p.set_defaults(func=_run_demo)
+
+
+def _tls_settings(args: argparse.Namespace) -> Any:
+    """The demo's TlsSettings from its flags (None without --tls-cert)."""
+    from aduib_asgi.server import TlsSettings
+
+    if not args.tls_cert:
+        if args.tls_key or args.tls_client_ca or args.tls_require_client_cert:
+            raise SystemExit("aduib-asgi demo: --tls-key/--tls-client-ca need --tls-cert")
+        return None
+    if args.tls_require_client_cert and not args.tls_client_ca:
+        raise SystemExit("aduib-asgi demo: --tls-require-client-cert needs --tls-client-ca")
+    return TlsSettings(certfile=args.tls_cert, keyfile=args.tls_key,
+                       client_ca=args.tls_client_ca,
+                       require_client_cert=args.tls_require_client_cert,
+                       min_version=args.tls_min_version, ciphers=args.tls_ciphers)
+
+
+def _mtls_roles(values: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    table: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        name, sep, roles = value.rpartition("=")
+        if not sep or not name or not roles:
+            raise SystemExit(f"aduib-asgi demo: --mtls-role wants NAME=ROLE[,ROLE], not {value!r}")
+        table[name] = table.get(name, ()) + tuple(r for r in roles.split(",") if r)
+    return table
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,12 +113,23 @@ def _run_demo(args: argparse.Namespace) -> int:
     from aduib_asgi.demo import DemoConfig, build_demo_app
     from aduib_asgi.observability.logs import RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
+    from aduib_asgi.server import TlsScopeMixin, protocol_classes
 
+    tls = _tls_settings(args)
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
     app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
                                     stream_framing=args.stream_framing,
                                     heartbeat=args.heartbeat,
-                                    shutdown=shutdown))
+                                    shutdown=shutdown,
+                                    mtls=tls is not None and tls.verifies_clients,
+                                    mtls_required=tls is not None and tls.require_client_cert,
+                                    mtls_roles=_mtls_roles(args.mtls_role)))
+    # uvicorn uses protocol subclasses only when given as classes (a name loads its own)
+    mixins = [TlsScopeMixin] if tls is not None else []
+    http_cls, ws_cls = protocol_classes(
+        args.http, args.ws, http_mixins=mixins, ws_mixins=mixins,
+        attrs={"tls_server_cert": tls.server_cert_pem()} if tls is not None else None)
+    ssl_options = tls.uvicorn_options() if tls is not None else {}
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms per keep-alive reply)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -93,8 +145,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     # and no `server` header (a wrapper and a header less per request).
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
                             proxy_headers=False, server_header=False,
-                            loop=args.loop, http=args.http,
-                            timeout_graceful_shutdown=int(args.shutdown_grace) + 2)
+                            loop=args.loop, http=http_cls, ws=ws_cls or "none",
+                            timeout_graceful_shutdown=int(args.shutdown_grace) + 2,
+                            **ssl_options)
     # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
     server = _Server(config)
@@ -105,7 +158,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         while not server.started and not task.done():
             await asyncio.sleep(0.01)
         if server.started:
-            print(f"listening on http://{host}:{port}", flush=True)
+            scheme = "https" if tls is not None else "http"
+            print(f"listening on {scheme}://{host}:{port}", flush=True)
         await task
 
     with contextlib.suppress(KeyboardInterrupt), \

@@ -49,11 +49,12 @@ def running_demo(*args: str) -> Iterator[DemoProcess]:
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         seen.append(line)
-        if line.startswith("listening on http://") or not line:
+        if line.startswith("listening on http") or not line:
             break
     demo = DemoProcess(proc, line.split()[-1] if line else "", "".join(seen))
     try:
-        assert line.startswith("listening on http://127.0.0.1:"), demo.output
+        assert line.startswith(("listening on http://127.0.0.1:",
+                                "listening on https://127.0.0.1:")), demo.output
         yield demo
     finally:
         demo.stop()

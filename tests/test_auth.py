@@ -143,12 +143,14 @@ async def test_mtls_principal_from_verified_certificate() -> None:
     cert = ca.issue_cert("alice.example", common_name="alice")
     registry = make_registry()
     auth = Layer.of(AuthMiddleware, registry=registry, authenticators=[
-        MtlsAuthenticator(roles={"alice": ["admin"]})])
+        MtlsAuthenticator(roles={"alice.example": ["admin"]})])
     app = TlsExtensionApp(rpc_app([auth], registry), _tls_ext(cert))
     async with client_for(app) as c:
         r = await c.post(RPC, json=call("rpc.v2/T/context"))
         env = await c.post(RPC, json=call("rpc.v2/Admin/secret", **_auth_meta("mtls")))
-    assert (r.json()["result"]["principal"], r.json()["result"]["roles"]) == ("alice", ["admin"])
+    # no SAN URI: the principal is the first SAN DNS name (not the CN)
+    assert (r.json()["result"]["principal"], r.json()["result"]["roles"]) == (
+        "alice.example", ["admin"])
     assert env.status_code == 200
     failed = {**_tls_ext(cert), "client_cert_error": "unable to verify"}
     app2 = TlsExtensionApp(rpc_app([auth], registry), failed)
@@ -201,7 +203,8 @@ async def test_mtls_over_real_uvicorn_with_tls_protocol_hook() -> None:
         finally:
             server.should_exit = True
             await asyncio.wait_for(task, 10)
-    assert r.status_code == 200 and r.json() == {"principal": "bob", "scheme": "mtls"}
+    assert r.status_code == 200 and r.json() == {"principal": "client.example",
+                                                 "scheme": "mtls"}
     assert anon.status_code == 401 and anon.json()["error"]["code"] == 3000
 
 
