@@ -82,3 +82,17 @@ def test_no_forwarded_certificate_hides_the_proxy_connection_certificate() -> No
                         base={"client_cert_chain": ["PROXY PEM"], "client_cert_name": "CN=p"})
     assert ext["client_cert_chain"] == [] and ext["client_cert_name"] is None
     assert ext["client_cert_error"] is None
+
+
+def test_use_forwarded_certificate_replaces_the_request_extension(pki: Pki) -> None:
+    from aduib_asgi.auth.forwarded_cert import use_forwarded_certificate
+
+    plain: dict = {"type": "http", "headers": [(b"x-forwarded-for", b"10.0.0.1")]}
+    use_forwarded_certificate(plain)
+    assert "extensions" not in plain  # nothing forwarded over plain HTTP: no tls extension
+    scope: dict = {"type": "http", "headers": [(b"client-cert", _sf(_der(pki, "client")))],
+                   "extensions": {"other": {}}}
+    use_forwarded_certificate(scope)
+    assert scope["extensions"]["other"] == {}
+    chain = scope["extensions"]["tls"]["client_cert_chain"]
+    assert certificate_facts(chain[0]).principal == CLIENT_ID

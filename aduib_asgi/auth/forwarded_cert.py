@@ -26,9 +26,11 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
+from starlette.types import Scope
+
 from aduib_asgi.auth.certificates import certificate_facts
 
-__all__ = ["FORWARDED_CERT_HEADERS", "forwarded_tls", "parse_xfcc"]
+__all__ = ["FORWARDED_CERT_HEADERS", "forwarded_tls", "parse_xfcc", "use_forwarded_certificate"]
 
 _CLIENT_CERT = b"client-cert"
 _CLIENT_CERT_CHAIN = b"client-cert-chain"
@@ -195,3 +197,17 @@ def forwarded_tls(headers: Iterable[tuple[bytes, bytes]],
     ext["client_cert_chain"] = [ssl.DER_cert_to_PEM_cert(der) for der in (leaf, *rest)]
     ext["client_cert_name"] = facts.subject
     return ext
+
+
+def use_forwarded_certificate(scope: Scope) -> None:
+    """For a request from a trusted proxy: its ``tls`` extension becomes the forwarded
+    certificate (or none). Call only after deciding the peer is a trusted proxy.
+
+    A plain-HTTP request without certificate headers is left as it is.
+    """
+    ext = scope.get("extensions") or {}
+    base = ext.get("tls")
+    headers = scope.get("headers") or ()
+    if base is None and not any(name in FORWARDED_CERT_HEADERS for name, _ in headers):
+        return
+    scope["extensions"] = {**ext, "tls": forwarded_tls(headers, base=base)}
