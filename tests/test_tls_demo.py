@@ -126,6 +126,7 @@ def test_optional_certificates_identity_rules_and_mtls_scheme_without_one(pki: P
         with httpx.Client(base_url=demo.url, verify=pki.client_context(None), timeout=20) as c:
             mtls = c.post(RPC, json=envelope("rpc.v2/Echo/echo", {}, metadata={
                 "auth": {"scheme": "mtls"}}))
+        resumed = _resumed_principals(pki, demo.url)
         old = pki.client_context("client")
         old.maximum_version = ssl.TLSVersion.TLSv1_2
         try:
@@ -139,6 +140,29 @@ def test_optional_certificates_identity_rules_and_mtls_scheme_without_one(pki: P
     assert cn.json()["result"]["principal"] == "carol"  # no SAN: the CN
     assert mtls.status_code == 401 and mtls.json()["error"]["code"] == 3000
     assert tls12_refused  # --tls-min-version 1.3
+    # a resumed TLS session (session ticket) still carries the client's identity
+    assert resumed == [(False, CLIENT_ID), (True, CLIENT_ID)]
+
+
+def _resumed_principals(pki: Pki, url: str) -> list[tuple[bool, str]]:
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    ctx = pki.client_context("client")
+    body = json.dumps(envelope("rpc.v2/Echo/context")).encode()
+    req = (b"POST /aduib_rpc/v2/rpc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    out: list[tuple[bool, str]] = []
+    session = None
+    for _ in range(2):
+        raw = socket.create_connection((host, int(port)), timeout=20)
+        with ctx.wrap_socket(raw, server_hostname=host, session=session) as s:
+            s.sendall(req)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            out.append((s.session_reused,
+                        json.loads(data.split(b"\r\n\r\n", 1)[1])["result"]["principal"]))
+            session = s.session
+    return out
 
 
 def test_mtls_scheme_over_plain_http_is_3000() -> None:
