@@ -15,7 +15,7 @@ Reported: median req/s over the rounds and the ratio to plain HTTP in the same
 run. Client and servers share the machine, so absolute numbers are low; the
 ratios are the result.
 
-    .venv/bin/python benchmarks/tls.py [--rounds 5] [--seconds 3] [--connections 8]
+    .venv/bin/python benchmarks/tls.py [--rounds 15] [--seconds 1] [--connections 8]
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ async def new_connections(url: str, ctx: ssl.SSLContext | None, conns: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--http", default="httptools", choices=("h11", "httptools"))
     args = parser.parse_args()
@@ -147,12 +147,13 @@ def main() -> None:
                         results.setdefault((kind, name), []).append(rps)
     print(f"parser {args.http}, {args.connections} connections, {args.rounds} rounds x "
           f"{args.seconds:g} s, median req/s (ratio to plain HTTP, same run)")
-    print(f"{'mode':<16}{'case':<36}{'req/s':>10}{'ratio':>8}")
+    print(f"{'mode':<16}{'case':<36}{'req/s':>10}{'ratio':>8}   rounds")
     for kind in ("keep-alive", "new connection"):
         base = statistics.median(results[(kind, "plain HTTP")])
         for name, _, _ in cases:
             med = statistics.median(results[(kind, name)])
-            print(f"{kind:<16}{name:<36}{med:>10.0f}{med / base:>8.2f}")
+            each = " ".join(f"{v:.0f}" for v in results[(kind, name)])
+            print(f"{kind:<16}{name:<36}{med:>10.0f}{med / base:>8.2f}   {each}")
 
 
 if __name__ == "__main__":
