@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,9 @@ def test_required_client_certificates_refused_at_the_handshake_trusted_served(
             assert _refused(pki, demo.url, None)  # no certificate
             assert _refused(pki, demo.url, "rogue")  # same SPIFFE ID, another CA
             _half_handshake(demo.url)
+        with ThreadPoolExecutor(8) as pool:  # a burst of refused handshakes at once
+            burst = list(pool.map(lambda n: _refused(pki, demo.url, n), ["rogue", None] * 8))
+        assert all(burst)
         with httpx.Client(base_url=demo.url, verify=pki.client_context("admin"),
                           timeout=20) as c:
             admin = c.post(RPC, json=envelope("rpc.v2/Admin/secret"))
