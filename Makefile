@@ -8,7 +8,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_ARGS ?=
 
-.PHONY: demo test lint typecheck unit interop bench soak clean tools conformance
+TLS_DIR ?= .demo-tls
+TLS_PORT ?= 8443
+
+.PHONY: demo demo-tls test lint typecheck unit interop bench soak clean tools conformance
 
 $(BIN)/.installed-all: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +31,13 @@ $(INTEROP)/.installed: tests/interop/requirements.txt
 ## Start the demo server (all middlewares, in-memory backends).
 demo: $(BIN)/.installed-all
 	$(BIN)/aduib-asgi demo --host $(HOST) --port $(PORT) $(DEMO_ARGS)
+
+## The demo over HTTPS with client certificates (throwaway trustme CA in $(TLS_DIR)).
+demo-tls: $(BIN)/.installed-test
+	$(BIN)/python -m aduib_asgi.demo.certs $(TLS_DIR) --host $(HOST) --port $(TLS_PORT)
+	$(BIN)/aduib-asgi demo --host $(HOST) --port $(TLS_PORT) \
+		--tls-cert $(TLS_DIR)/server.pem --tls-key $(TLS_DIR)/server.key \
+		--tls-client-ca $(TLS_DIR)/ca.pem --mtls-role spiffe://demo.aduib/admin=admin $(DEMO_ARGS)
 
 tools:
 	bash .ci/ensure-tools

@@ -45,7 +45,48 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="close a connection whose request head is not complete in time")
     p.add_argument("--max-connections", type=int, default=None, metavar="N",
                    help="open-connection budget (default: the fd limit minus 256)")
+    p.add_argument("--ws", choices=("auto", "websockets", "websockets-sansio", "wsproto"),
+                   default="auto", help="WebSocket implementation (auto: uvicorn's choice)")
+    tls = p.add_argument_group("TLS (OPERATIONS.md §3)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    tls.add_argument("--tls-key", metavar="PEM", help="its private key (else in --tls-cert)")
+    tls.add_argument("--tls-client-ca", metavar="PEM",
+                     help="verify client certificates against these CAs (mTLS)")
+    tls.add_argument("--tls-require-client-cert", action="store_true",
+                     help="refuse connections and requests without a verified client certificate")
+    tls.add_argument("--tls-min-version", choices=("1.2", "1.3"), default="1.2")
+    tls.add_argument("--tls-ciphers", metavar="OPENSSL", default=None,
+                     help="OpenSSL cipher string for TLS 1.2")
+    tls.add_argument("--mtls-role", action="append", default=[], metavar="NAME=ROLE[,ROLE]",
+                     help="roles of certificate callers whose principal or SAN is NAME "
+                          "(repeatable)")
     p.set_defaults(func=_run_demo)
+
+
+def _tls_settings(args: argparse.Namespace) -> Any:
+    """The demo's TlsSettings from its flags (None without --tls-cert)."""
+    from aduib_asgi.server import TlsSettings
+
+    if not args.tls_cert:
+        if args.tls_key or args.tls_client_ca or args.tls_require_client_cert:
+            raise SystemExit("aduib-asgi demo: --tls-key/--tls-client-ca need --tls-cert")
+        return None
+    if args.tls_require_client_cert and not args.tls_client_ca:
+        raise SystemExit("aduib-asgi demo: --tls-require-client-cert needs --tls-client-ca")
+    return TlsSettings(certfile=args.tls_cert, keyfile=args.tls_key,
+                       client_ca=args.tls_client_ca,
+                       require_client_cert=args.tls_require_client_cert,
+                       min_version=args.tls_min_version, ciphers=args.tls_ciphers)
+
+
+def _mtls_roles(values: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    table: dict[str, tuple[str, ...]] = {}
+    for value in values:
+        name, sep, roles = value.rpartition("=")
+        if not sep or not name or not roles:
+            raise SystemExit(f"aduib-asgi demo: --mtls-role wants NAME=ROLE[,ROLE], not {value!r}")
+        table[name] = table.get(name, ()) + tuple(r for r in roles.split(",") if r)
+    return table
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -100,11 +141,14 @@ def check_status(targets: list[dict[str, Any]]) -> int:
 DEMO_SETTINGS_ENV = "ADUIB_DEMO_SETTINGS"
 
 
-def _demo_settings(args: argparse.Namespace) -> dict[str, Any]:
+def _demo_settings(args: argparse.Namespace, tls: Any) -> dict[str, Any]:
     """The :class:`~aduib_asgi.demo.DemoConfig` fields the command line sets (JSON-able)."""
     settings: dict[str, Any] = {"env": args.env, "redis_url": args.redis,
                                 "stream_framing": args.stream_framing,
-                                "heartbeat": args.heartbeat}
+                                "heartbeat": args.heartbeat,
+                                "mtls": tls is not None and tls.verifies_clients,
+                                "mtls_required": tls is not None and tls.require_client_cert,
+                                "mtls_roles": _mtls_roles(args.mtls_role)}
     for name in ("tenant_budget", "total_budget", "replay_limit"):
         value = getattr(args, name)
         if value is not None:
@@ -152,6 +196,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from aduib_asgi.demo import DemoConfig, build_demo_app
     from aduib_asgi.observability.logs import CredentialHeaderFilter, RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
+    from aduib_asgi.server import TlsScopeMixin
+    from aduib_asgi.server.workers import ProtocolPlan, WorkerConfig
 
     if args.workers < 1:
         print("aduib-asgi demo: --workers must be at least 1", file=sys.stderr)
@@ -162,20 +208,27 @@ def _run_demo(args: argparse.Namespace) -> int:
               "records and tasks (a quota would become N quotas, a key could run N times)",
               file=sys.stderr)
         return 2
+    tls = _tls_settings(args)
+    settings = _demo_settings(args, tls)
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
     app: Any = None
     if args.workers == 1:
-        app = build_demo_app(DemoConfig(shutdown=shutdown, **_demo_settings(args)))
+        app = build_demo_app(DemoConfig(shutdown=shutdown, **settings))
     # The connection budget (docs/serving.md): request heads are bounded in bytes
     # (431 over 64 KiB) and in time (--header-timeout); idle keep-alive connections
     # close after 5 s; above --max-connections (default: the fd limit less a reserve
     # for Redis, files and the listener) the oldest connection still waiting for its
     # head is closed. Per-method concurrency is the admission layer's job (503/5021
     # envelopes), so uvicorn's limit_concurrency (a bare 503) stays off.
-    http_settings: dict[str, Any] = {
-        "parser": args.http, "max_head_bytes": MAX_HEAD_BYTES,
-        "head_timeout_s": args.header_timeout,
-        "max_connections": args.max_connections or _fd_budget()}
+    # With TLS, the tls extension mixin goes in front (HTTP and WebSocket classes):
+    # uvicorn uses protocol subclasses only when given as classes.
+    extra = {"tls_server_cert": tls.server_cert_pem()} if tls is not None else {}
+    plan = ProtocolPlan(
+        http=args.http, ws=args.ws, mixins=(TlsScopeMixin,) if tls is not None else (),
+        http_settings={"max_head_bytes": MAX_HEAD_BYTES, "head_timeout_s": args.header_timeout,
+                       "max_connections": args.max_connections or _fd_budget(), **extra},
+        ws_settings=extra)
+    ssl_options = tls.uvicorn_options() if tls is not None else {}
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms per keep-alive reply)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -194,29 +247,25 @@ def _run_demo(args: argparse.Namespace) -> int:
                                "server_header": False, "loop": args.loop,
                                "timeout_keep_alive": 5,
                                "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
-                               "timeout_graceful_shutdown": int(args.shutdown_grace) + 2}
+                               "timeout_graceful_shutdown": int(args.shutdown_grace) + 2,
+                               **ssl_options}
+    scheme = "https" if tls is not None else "http"
     if args.workers > 1:  # each worker builds its app from the settings in its environment
         import json
         import os
 
-        from aduib_asgi.server.workers import WorkerConfig
-
-        os.environ[DEMO_SETTINGS_ENV] = json.dumps(
-            {**_demo_settings(args), "shutdown_grace": args.shutdown_grace,
-             "log_level": args.log_level})
-        worker_config = WorkerConfig("aduib_asgi.cli:demo_worker_app", factory=True,
-                                     workers=args.workers, http_settings=http_settings,
-                                     **options)
         from uvicorn.supervisors import Multiprocess
 
+        os.environ[DEMO_SETTINGS_ENV] = json.dumps(
+            {**settings, "shutdown_grace": args.shutdown_grace, "log_level": args.log_level})
+        worker_config = WorkerConfig("aduib_asgi.cli:demo_worker_app", factory=True,
+                                     workers=args.workers, plan=plan, **options)
         # the socket listens already: connections wait in its backlog for the workers
-        print(f"listening on http://{host}:{port}", flush=True)
+        print(f"listening on {scheme}://{host}:{port}", flush=True)
         Multiprocess(worker_config, sockets=[sock]).run()
         return 0
-    from aduib_asgi.server.protocols import http_protocol
-
-    parser = http_settings.pop("parser")
-    config = uvicorn.Config(app, http=http_protocol(parser, **http_settings), **options)
+    http_cls, ws_cls = plan.build()
+    config = uvicorn.Config(app, http=http_cls, ws=ws_cls or "none", **options)
     # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
     # websockets dumps handshake headers at DEBUG through uvicorn.error: no credentials
@@ -230,7 +279,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         while not server.started and not task.done():
             await asyncio.sleep(0.01)
         if server.started:
-            print(f"listening on http://{host}:{port}", flush=True)
+            print(f"listening on {scheme}://{host}:{port}", flush=True)
         await task
 
     with contextlib.suppress(KeyboardInterrupt), \

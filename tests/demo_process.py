@@ -76,13 +76,14 @@ def running_demo(*args: str, env: dict[str, str] | None = None) -> Iterator[Demo
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         seen.append(line)
-        if line.startswith("listening on http://") or not line:
+        if line.startswith("listening on http") or not line:
             break
     demo = DemoProcess(proc, line.split()[-1] if line else "", seen)
     demo.reader = threading.Thread(target=_drain, args=(proc, seen), daemon=True)
     demo.reader.start()
     try:
-        assert line.startswith("listening on http://127.0.0.1:"), demo.output
+        assert line.startswith(("listening on http://127.0.0.1:",
+                                "listening on https://127.0.0.1:")), demo.output
         yield demo
     finally:
         demo.stop()

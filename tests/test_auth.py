@@ -143,12 +143,14 @@ async def test_mtls_principal_from_verified_certificate() -> None:
     cert = ca.issue_cert("alice.example", common_name="alice")
     registry = make_registry()
     auth = Layer.of(AuthMiddleware, registry=registry, authenticators=[
-        MtlsAuthenticator(roles={"alice": ["admin"]})])
+        MtlsAuthenticator(roles={"alice.example": ["admin"]})])
     app = TlsExtensionApp(rpc_app([auth], registry), _tls_ext(cert))
     async with client_for(app) as c:
         r = await c.post(RPC, json=call("rpc.v2/T/context"))
         env = await c.post(RPC, json=call("rpc.v2/Admin/secret", **_auth_meta("mtls")))
-    assert (r.json()["result"]["principal"], r.json()["result"]["roles"]) == ("alice", ["admin"])
+    # no SAN URI: the principal is the first SAN DNS name (not the CN)
+    assert (r.json()["result"]["principal"], r.json()["result"]["roles"]) == (
+        "alice.example", ["admin"])
     assert env.status_code == 200
     failed = {**_tls_ext(cert), "client_cert_error": "unable to verify"}
     app2 = TlsExtensionApp(rpc_app([auth], registry), failed)
@@ -201,7 +203,8 @@ async def test_mtls_over_real_uvicorn_with_tls_protocol_hook() -> None:
         finally:
             server.should_exit = True
             await asyncio.wait_for(task, 10)
-    assert r.status_code == 200 and r.json() == {"principal": "bob", "scheme": "mtls"}
+    assert r.status_code == 200 and r.json() == {"principal": "client.example",
+                                                 "scheme": "mtls"}
     assert anon.status_code == 401 and anon.json()["error"]["code"] == 3000
 
 
@@ -344,3 +347,51 @@ async def test_a_secret_a_verifier_echoes_is_still_scrubbed() -> None:
                          headers={"Authorization": "Bearer s3cr3t-value"})
     assert "s3cr3t-value" not in r.text
     assert r.json()["error"]["message"] == "token [REDACTED] is revoked"
+
+
+async def test_required_mtls_fails_closed_without_a_verified_certificate() -> None:
+    """A server that does not fill the tls extension (or a bearer caller without a
+    certificate) gets 3000 when mTLS is required, never anonymous access."""
+    registry = make_registry()
+    opts = demo_auth_options(registry, mtls_required=True)
+    app = rpc_app([Layer.of(AuthMiddleware, **opts)], registry)
+    async with client_for(app) as c:
+        anonymous = await c.post(RPC, json=call("rpc.v2/T/echo", {"a": 1}))
+        bearer = await c.post(RPC, json=call("rpc.v2/T/echo", {"a": 1}), headers=ADMIN)
+    for r in (anonymous, bearer):
+        assert r.status_code == 401 and r.json()["error"]["code"] == 3000
+        assert "Mutual" in r.headers["WWW-Authenticate"]
+    ca = trustme.CA()
+    cert = ca.issue_cert("svc.example")
+    ok_app = TlsExtensionApp(rpc_app([Layer.of(AuthMiddleware, **opts)], registry),
+                             _tls_ext(cert))
+    async with client_for(ok_app) as c:
+        # with a verified certificate, a bearer token still authenticates the call
+        r = await c.post(RPC, json=call("rpc.v2/T/context"), headers=USER)
+    assert r.status_code == 200 and r.json()["result"]["principal"] == "alice"
+
+
+async def test_audit_events_of_certificate_callers_carry_certificate_facts() -> None:
+    from aduib_asgi.auth import certificate_facts
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("bob.example", common_name="bob")
+    pem = cert.cert_chain_pems[0].bytes().decode()
+    facts = certificate_facts(pem)
+    audit = CollectingAuditSink()
+    registry = make_registry()
+    app = TlsExtensionApp(rpc_app([Layer.of(
+        AuthMiddleware, registry=registry, audit=audit,
+        authenticators=[MtlsAuthenticator(roles={"bob.example": ["user"]})])], registry),
+        _tls_ext(cert))
+    async with client_for(app) as c:
+        await c.post(RPC, json=call("rpc.v2/T/context"))
+        await c.post(RPC, json=call("rpc.v2/Admin/secret"))
+    allow, deny = audit.events
+    assert (allow.outcome, deny.outcome, deny.code) == ("allow", "deny", 3011)
+    for event in (allow, deny):
+        assert event.principal == "bob.example" and event.scheme == "mtls"
+        assert event.cert_subject == facts.subject and "CN=bob" in facts.subject
+        assert event.cert_issuer == facts.issuer and event.cert_serial == facts.serial
+        assert event.cert_sha256 == facts.sha256
+        assert "BEGIN CERTIFICATE" not in repr(event.as_dict())

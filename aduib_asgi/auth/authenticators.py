@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from starlette.types import Scope
 
+from aduib_asgi.auth.certificates import CertificateFacts, MtlsRoleRules, certificate_facts
 from aduib_asgi.errors import RpcError
 from aduib_asgi.extras import require
 
@@ -29,6 +30,7 @@ __all__ = [
     "Credentials",
     "Identity",
     "MtlsAuthenticator",
+    "client_certificate",
     "jwt_verifier",
     "static_verifier",
     "verified_client_cert",
@@ -168,38 +170,38 @@ def verified_client_cert(scope: Scope) -> dict[str, Any] | None:
     tls = ext.get("tls") if ext else None
     if not tls or not tls.get("client_cert_chain") or tls.get("client_cert_error") is not None:
         return None
-    return dict(tls)
+    return tls
 
 
-def _common_name(tls: Mapping[str, Any]) -> str | None:
-    chain = tls.get("client_cert_chain") or ()
-    if chain:
-        try:
-            from cryptography import x509
-            from cryptography.x509.oid import NameOID
+def client_certificate(scope: Scope) -> CertificateFacts | None:
+    """Facts of the connection's verified client certificate (None without one).
 
-            cert = x509.load_pem_x509_certificate(str(chain[0]).encode("ascii"))
-            names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-            if names:
-                return str(names[0].value)
-        except Exception:  # no cryptography, or an odd certificate: use the name string
-            logger.debug("could not read the client certificate subject", exc_info=True)
-    name = tls.get("client_cert_name")
-    if isinstance(name, str) and name:
-        for part in name.split(","):
-            k, _, v = part.strip().partition("=")
-            if k.upper() == "CN" and v:
-                return v
-        return name
-    return None
+    Raises :class:`RpcError` 3001 for a certificate that cannot be read.
+    """
+    tls = verified_client_cert(scope)
+    if tls is None:
+        return None
+    try:
+        return certificate_facts(tls["client_cert_chain"][0])
+    except ImportError:
+        raise
+    except Exception:
+        logger.debug("could not read the client certificate", exc_info=True)
+        raise RpcError(3001, "Client certificate could not be read") from None
 
 
 class MtlsAuthenticator:
     """The verified client certificate of the connection (ASGI ``tls`` extension).
 
-    The principal is the certificate subject's common name (or what ``identify``
-    returns); roles come from ``roles`` (principal → roles) or ``default_roles``.
-    A connection without a verified client certificate → 3000.
+    The principal is the first SAN URI (e.g. a SPIFFE ID), else the first SAN
+    DNS name, else the subject CN (or what ``identify`` returns); roles come
+    from the rule table ``roles`` (``{principal or SAN: [roles]}``, the
+    ``[auth.mtls_roles]`` table; exact matches, all matches count), else
+    ``default_roles``. ``required``: every request must come with a verified
+    client certificate (3000 otherwise), whatever other credential it carries,
+    so a server that does not fill the ``tls`` extension fails closed.
+    ``roles`` may be replaced at run time (:meth:`set_roles`). Needs
+    ``cryptography`` (extra ``tls``).
     """
 
     scheme = "mtls"
@@ -207,14 +209,26 @@ class MtlsAuthenticator:
     def __init__(
         self,
         *,
-        roles: Mapping[str, Iterable[str]] | None = None,
+        roles: Mapping[str, Iterable[str]] | MtlsRoleRules | None = None,
         default_roles: Iterable[str] = (),
         identify: Callable[[Mapping[str, Any]], Identity | None] | None = None,
+        required: bool = False,
     ) -> None:
-        self.roles = {k: tuple(v) for k, v in (roles or {}).items()}
+        if identify is None:
+            try:
+                import cryptography  # noqa: F401
+            except ImportError:  # pragma: no cover
+                raise ImportError("MtlsAuthenticator reads certificates with `cryptography`: "
+                                  "pip install 'aduib-asgi[tls]'") from None
+        self.roles = roles if isinstance(roles, MtlsRoleRules) else MtlsRoleRules(roles)
         self.default_roles = tuple(default_roles)
         self.identify = identify
+        self.required = required
         self.challenge = 'Mutual realm="tls"'
+
+    def set_roles(self, table: Mapping[str, Iterable[str]] | MtlsRoleRules) -> None:
+        """Swap the role rule table (a configuration reload)."""
+        self.roles = table if isinstance(table, MtlsRoleRules) else MtlsRoleRules(table)
 
     async def authenticate(self, credentials: Credentials, scope: Scope) -> Identity:
         tls = verified_client_cert(scope)
@@ -225,10 +239,13 @@ class MtlsAuthenticator:
             if ident is None:
                 raise RpcError(3001, "Client certificate not accepted")
             return ident
-        cn = _common_name(tls)
-        if not cn:
-            raise RpcError(3001, "Client certificate has no subject name")
-        return Identity(cn, self.roles.get(cn, self.default_roles))
+        facts = client_certificate(scope)
+        principal = facts.principal if facts is not None else None
+        if facts is None or not principal:
+            raise RpcError(3001, "Client certificate has no SAN or subject name")
+        rules = self.roles  # one table for the whole decision
+        return Identity(principal, rules.roles_for(facts) or self.default_roles,
+                        claims=facts.claims())
 
 
 def _strings(value: Any) -> tuple[str, ...]:

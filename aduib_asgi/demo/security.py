@@ -9,9 +9,17 @@ with secrets of your own, or with sentinels a test looks for in its output):
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aduib_asgi.auth import ApiKeyAuthenticator, BearerAuthenticator, Identity, static_verifier
+from aduib_asgi.auth import (
+    ApiKeyAuthenticator,
+    Authenticator,
+    BearerAuthenticator,
+    Identity,
+    MtlsAuthenticator,
+    static_verifier,
+)
 
 __all__ = ["CREDENTIAL_ENV", "DEMO_API_KEYS", "DEMO_TOKENS", "demo_auth_options"]
 
@@ -28,8 +36,20 @@ DEMO_API_KEYS = {"demo-key": Identity("svc", ("service",))}
 CREDENTIAL_ENV = ("ADUIB_DEMO_ADMIN_TOKEN", "ADUIB_DEMO_USER_TOKEN", "ADUIB_DEMO_API_KEY")
 
 
-def demo_auth_options(registry: Any) -> dict[str, Any]:
-    """Keyword arguments of the demo's AuthMiddleware (roles come from the registry)."""
+def demo_auth_options(
+    registry: Any,
+    *,
+    mtls: bool = False,
+    mtls_required: bool = False,
+    mtls_roles: Mapping[str, Iterable[str]] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments of the demo's AuthMiddleware (roles come from the registry).
+
+    Credentials from :data:`CREDENTIAL_ENV` replace the defaults. ``mtls``: client
+    certificates identify callers (``--tls-client-ca``), with roles from
+    ``mtls_roles``; ``mtls_required``: a request without a verified certificate is
+    3000 (``--tls-require-client-cert``).
+    """
     tokens, keys = DEMO_TOKENS, DEMO_API_KEYS
     admin, user, key = (os.environ.get(name) for name in CREDENTIAL_ENV)
     if admin or user:
@@ -37,8 +57,8 @@ def demo_auth_options(registry: Any) -> dict[str, Any]:
                   user or "demo-user-token": DEMO_TOKENS["demo-user-token"]}
     if key:
         keys = {key: DEMO_API_KEYS["demo-key"]}
-    return {
-        "authenticators": [BearerAuthenticator(static_verifier(tokens)),
-                           ApiKeyAuthenticator(keys)],
-        "registry": registry,
-    }
+    authenticators: list[Authenticator] = [BearerAuthenticator(static_verifier(tokens)),
+                                           ApiKeyAuthenticator(keys)]
+    if mtls or mtls_required:
+        authenticators.append(MtlsAuthenticator(roles=mtls_roles, required=mtls_required))
+    return {"authenticators": authenticators, "registry": registry}

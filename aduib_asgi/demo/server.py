@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,12 @@ class DemoConfig:
     trusted_proxies: tuple[str, ...] = ()
     #: Draining state shared with the CLI's SIGTERM handler (graceful shutdown).
     shutdown: ShutdownController = field(default_factory=ShutdownController)
+    #: Client certificates identify callers (``--tls-client-ca``).
+    mtls: bool = False
+    #: Every request needs a verified client certificate (``--tls-require-client-cert``).
+    mtls_required: bool = False
+    #: ``{principal or SAN: [roles]}`` for certificate callers (``--mtls-role``).
+    mtls_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def debug(self) -> bool:
@@ -111,7 +118,9 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
         Layer.of(TracePropagationMiddleware, metrics=RpcMetrics(meter_provider)),
         Layer.of(TenantScopeMiddleware, default="default"),
         # DEMO.md credentials; Admin/secret's roles=["admin"] option is read from the registry.
-        Layer.of(AuthMiddleware, **demo_auth_options(registry)),
+        Layer.of(AuthMiddleware, **demo_auth_options(
+            registry, mtls=config.mtls, mtls_required=config.mtls_required,
+            mtls_roles=config.mtls_roles)),
         # Limited/ping: 3 per 10 s per tenant (its rate_limit option); shared via --redis.
         Layer.of(RateLimitMiddleware, policies=policies_from_registry(registry),
                  storage=store, storage_options=None if config.redis_url else shared),

@@ -36,6 +36,7 @@ from aduib_asgi.auth.authenticators import (
     Authenticator,
     Credentials,
     Identity,
+    client_certificate,
     verified_client_cert,
 )
 from aduib_asgi.auth.rbac import (
@@ -51,11 +52,13 @@ from aduib_asgi.models import parse_method
 from aduib_asgi.observability.audit import AuditEvent, AuditSink, LoggingAuditSink, now_ms
 from aduib_asgi.responses import refuse_websocket, send_error
 
-__all__ = ["METHOD_SPEC_KEY", "AuthMiddleware"]
+__all__ = ["CLIENT_CERT_KEY", "METHOD_SPEC_KEY", "AuthMiddleware"]
 
 logger = logging.getLogger("aduib_asgi.auth")
 
 METHOD_SPEC_KEY = "aduib.method_spec"
+#: ``ctx.extras`` key: the :class:`CertificateFacts` of the caller's verified certificate.
+CLIENT_CERT_KEY = "aduib.client_cert"
 REDACTED = "[REDACTED]"
 _AUTHORIZATION = b"authorization"
 _X_TENANT = b"x-tenant-id"
@@ -91,7 +94,9 @@ class AuthMiddleware:
         api = self.authenticators.get("api_key")
         header = getattr(api, "header", "X-API-Key")
         self._api_key_header = str(header).lower().encode("latin-1")
-        self._mtls = "mtls" in self.authenticators
+        mtls = self.authenticators.get("mtls")
+        self._mtls = mtls is not None
+        self._mtls_required = bool(getattr(mtls, "required", False))
         self._bearer = "bearer" in self.authenticators
         self._api_key = api is not None
         challenges = [a.challenge for a in self.authenticators.values()] or [
@@ -114,6 +119,12 @@ class AuthMiddleware:
         required: tuple[str, ...] | None = None
         _redact_payload(ctx)  # credentials are read from the envelope (a SecretStr)
         try:
+            if self._mtls:
+                cert = client_certificate(scope)
+                if cert is not None:
+                    ctx.extras[CLIENT_CERT_KEY] = cert
+                elif self._mtls_required:
+                    raise RpcError(3000, "A verified client certificate is required")
             creds = self._credentials(ctx, scope)
             identity = None
             if creds is not None:
@@ -240,6 +251,7 @@ class AuthMiddleware:
     def _audit(self, ctx: RequestContext, outcome: str, code: int, reason: str,
                creds: Credentials | None, *, method: str | None = None,
                scope: Scope | None = None) -> None:
+        cert = ctx.extras.get(CLIENT_CERT_KEY)
         try:
             self.audit(AuditEvent(
                 outcome=outcome, code=code, request_id=ctx.request_id,
@@ -248,6 +260,7 @@ class AuthMiddleware:
                 scheme=creds.scheme if creds is not None else None, reason=reason,
                 timestamp_ms=now_ms(),
                 client=client_address(scope, ctx) if scope is not None else ctx.client,
+                **(cert.audit_fields() if cert is not None else {}),
             ))
         except Exception:
             logger.exception("audit sink failed")

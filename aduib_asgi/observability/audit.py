@@ -1,6 +1,8 @@
 """Audit events for authentication and authorization decisions, through a pluggable sink.
 
-An :class:`AuditEvent` never carries credentials: only who (principal, scheme),
+An :class:`AuditEvent` never carries credentials: only who (principal, scheme,
+and for certificate callers the certificate's subject, issuer, serial and SHA-256
+fingerprint, never the PEM),
 what (method, tenant, request id) and the outcome (``allow``/``deny`` and the
 error code). The default sink logs one structured record per event on the
 ``aduib_asgi.audit`` logger (``record.audit`` holds the event as a dict).
@@ -34,6 +36,11 @@ class AuditEvent:
     timestamp_ms: int = 0
     #: The client's address through trusted proxies (aduib_asgi.identity), when known.
     client: str | None = None
+    #: the caller's verified client certificate (never the certificate itself)
+    cert_subject: str | None = None
+    cert_issuer: str | None = None
+    cert_serial: str | None = None
+    cert_sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,9 +62,13 @@ class LoggingAuditSink:
         level = logging.INFO if event.outcome == "allow" else logging.WARNING
         if self.logger.isEnabledFor(level):
             self.logger.log(
-                level, "auth %s %s principal=%s scheme=%s code=%s client=%s", event.outcome,
+                level, "auth %s %s principal=%s scheme=%s code=%s client=%s%s", event.outcome,
                 safe(event.method), safe(event.principal), safe(event.scheme), event.code,
                 safe(event.client),
+                (f" cert_subject={safe(event.cert_subject)!r}"
+                 f" cert_issuer={safe(event.cert_issuer)!r}"
+                 f" cert_serial={event.cert_serial} cert_sha256={event.cert_sha256}")
+                if event.cert_sha256 else "",
                 extra={"audit": event.as_dict()},
             )
 

@@ -1,5 +1,20 @@
-"""Serving the stack: uvicorn protocol classes with connection guards."""
+"""Serving the stack under uvicorn: protocol classes composed from mixins (connection
+guards, the ASGI ``tls`` extension) and TLS settings."""
 
-from aduib_asgi.server.protocols import HeadGuard, http_protocol
+from aduib_asgi.server.protocols import HeadGuard, http_protocol, ws_protocol
+from aduib_asgi.server.tls import (
+    TlsExtensionApp,
+    TlsScopeMixin,
+    TlsSettings,
+    tls_extension,
+)
 
-__all__ = ["HeadGuard", "http_protocol"]
+__all__ = [
+    "HeadGuard",
+    "TlsExtensionApp",
+    "TlsScopeMixin",
+    "TlsSettings",
+    "http_protocol",
+    "tls_extension",
+    "ws_protocol",
+]

@@ -19,8 +19,12 @@ here is a mixin over uvicorn's protocol that calls ``super()`` cooperatively, an
 * **connections** - over ``max_connections`` open connections, the oldest one
   still waiting for its head is closed to make room (else the new one is).
 
-Another behaviour (say, the ASGI ``tls`` scope extension) is one more mixin:
-``http_protocol("h11", TlsExtension, ...)`` puts it in front of the guard.
+Another behaviour is one more mixin: ``http_protocol("h11", TlsScopeMixin, ...)``
+puts the ASGI ``tls`` scope extension (:mod:`aduib_asgi.server.tls`) in front of
+the guard; :func:`ws_protocol` does the same for uvicorn's WebSocket classes
+(a WebSocket upgraded from a TLS connection gets the extension too). A name
+given to uvicorn instead of a class would load uvicorn's own class and silently
+skip every mixin.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import asyncio
 import re
 from typing import Any
 
-__all__ = ["HeadGuard", "http_protocol"]
+__all__ = ["HeadGuard", "http_protocol", "ws_protocol"]
 
 #: End of a request head: CRLF CRLF, or the bare-LF form h11 also accepts.
 _HEAD_END = re.compile(b"\n\r?\n")
@@ -246,3 +250,29 @@ def http_protocol(parser: str = "auto", *mixins: type, **settings: Any) -> type:
     names = "".join(m.__name__ for m in mixins)
     attrs: dict[str, Any] = {**settings, "_waiting": {}, "parser_name": parser}
     return type(f"{names}{guard.__name__}", (*mixins, guard), attrs)
+
+
+def ws_protocol(name: str = "auto", *mixins: type, **settings: Any) -> type | None:
+    """A uvicorn WebSocket protocol class: ``mixins`` (first wins) over ``name``'s
+    implementation ("websockets", "websockets-sansio", "wsproto", or "auto": uvicorn's
+    choice); None for "none" (or "auto" with no WebSocket library installed).
+
+    ``settings`` set class attributes (a mixin's own).
+    """
+    from uvicorn.config import WS_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
+    try:
+        target = WS_PROTOCOLS[name]
+    except KeyError:
+        raise ValueError(f"unknown WebSocket implementation {name!r}") from None
+    base: type | None = import_from_string(target) if target is not None else None
+    if base is None:
+        return None
+    unknown = [k for k in settings if not any(hasattr(c, k) for c in mixins)]
+    if unknown:
+        raise TypeError(f"unknown protocol settings: {', '.join(unknown)}")
+    if not mixins:
+        return base
+    names = "".join(m.__name__ for m in mixins)
+    return type(f"{names}{base.__name__}", (*mixins, base), dict(settings))
