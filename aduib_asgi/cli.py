@@ -60,6 +60,9 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     tls.add_argument("--mtls-role", action="append", default=[], metavar="NAME=ROLE[,ROLE]",
                      help="roles of certificate callers whose principal or SAN is NAME "
                           "(repeatable)")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="CIDR",
+                   help="a proxy whose X-Forwarded-For/Forwarded and Client-Cert/"
+                        "X-Forwarded-Client-Cert headers count (repeatable)")
     p.set_defaults(func=_run_demo)
 
 
@@ -77,6 +80,18 @@ def _tls_settings(args: argparse.Namespace) -> Any:
                        client_ca=args.tls_client_ca,
                        require_client_cert=args.tls_require_client_cert,
                        min_version=args.tls_min_version, ciphers=args.tls_ciphers)
+
+
+def _networks(values: Sequence[str]) -> tuple[str, ...]:
+    import ipaddress
+
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise SystemExit(f"aduib-asgi demo: --trusted-proxy wants an IP or CIDR, "
+                             f"not {value!r}") from None
+    return tuple(values)
 
 
 def _mtls_roles(values: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -148,7 +163,8 @@ def _demo_settings(args: argparse.Namespace, tls: Any) -> dict[str, Any]:
                                 "heartbeat": args.heartbeat,
                                 "mtls": tls is not None and tls.verifies_clients,
                                 "mtls_required": tls is not None and tls.require_client_cert,
-                                "mtls_roles": _mtls_roles(args.mtls_role)}
+                                "mtls_roles": _mtls_roles(args.mtls_role),
+                                "trusted_proxies": _networks(args.trusted_proxy)}
     for name in ("tenant_budget", "total_budget", "replay_limit"):
         value = getattr(args, name)
         if value is not None:

@@ -18,9 +18,11 @@ The trusted proxies are configured once, with :class:`ClientIdentityMiddleware`
 (layer ``identity``, outermost but for error mapping), which publishes them in
 the scope at :data:`TRUSTED_PROXIES_KEY`; nothing is parsed until a layer asks.
 Without it the client is the peer (the safe default: a peer can never change
-its address with headers). Other concerns that trust proxy headers (client
-certificates from ``Client-Cert`` / ``X-Forwarded-Client-Cert``) take the same
-decision with :func:`from_trusted_proxy`.
+its address with headers). The same decision gives the client certificate: for
+a request from a trusted proxy, the layer makes the ASGI ``tls`` extension the
+certificate the proxy forwarded (``Client-Cert`` / ``X-Forwarded-Client-Cert``,
+:mod:`aduib_asgi.auth.forwarded_cert`), or none; from any other peer those
+headers are ignored. Other concerns take the decision with :func:`from_trusted_proxy`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aduib_asgi.auth.forwarded_cert import use_forwarded_certificate
 from aduib_asgi.context import RequestContext
 
 __all__ = [
@@ -185,9 +188,11 @@ class ClientIdentityMiddleware:
     """Configure who the client is for every later layer (layer ``identity``).
 
     ``trusted_proxies`` (IPs or CIDRs) are the only peers whose
-    ``X-Forwarded-For`` / ``Forwarded`` headers name the client. The layer only
-    publishes them in the scope (:data:`TRUSTED_PROXIES_KEY`); the address is
-    resolved lazily, once, by :func:`client_address`.
+    ``X-Forwarded-For`` / ``Forwarded`` headers name the client and whose
+    ``Client-Cert`` / ``X-Forwarded-Client-Cert`` headers give its certificate
+    (the request's ``tls`` extension). The layer publishes the proxies in the
+    scope (:data:`TRUSTED_PROXIES_KEY`); the address is resolved lazily, once,
+    by :func:`client_address`.
     """
 
     layer_name = "identity"
@@ -199,4 +204,6 @@ class ClientIdentityMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" or scope["type"] == "websocket":
             scope[TRUSTED_PROXIES_KEY] = self.trusted
+            if self.trusted and _peer(scope) in self.trusted:
+                use_forwarded_certificate(scope)
         await self.app(scope, receive, send)

@@ -71,6 +71,9 @@ class DemoConfig:
     mtls_required: bool = False
     #: ``{principal or SAN: [roles]}`` for certificate callers (``--mtls-role``).
     mtls_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Proxies (IPs/CIDRs) whose forwarded client address and certificate count
+    #: (``--trusted-proxy``); certificate callers are then identified too.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def debug(self) -> bool:
@@ -108,7 +111,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
                              methods=("GET", "HEAD"))
     layers = [
         Layer.of(ErrorMappingMiddleware, debug=config.debug),
-        # who the client is (aduib_asgi.identity): only behind trusted proxies
+        # who the client is (aduib_asgi.identity): its address and certificate, through
+        # trusted proxies only
         *([Layer.of(ClientIdentityMiddleware, trusted_proxies=config.trusted_proxies)]
           if config.trusted_proxies else []),
         Layer.of(CompressionMiddleware),
@@ -119,7 +123,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
         Layer.of(TenantScopeMiddleware, default="default"),
         # DEMO.md credentials; Admin/secret's roles=["admin"] option is read from the registry.
         Layer.of(AuthMiddleware, **demo_auth_options(
-            registry, mtls=config.mtls, mtls_required=config.mtls_required,
+            registry, mtls=config.mtls or bool(config.trusted_proxies),
+            mtls_required=config.mtls_required,
             mtls_roles=config.mtls_roles)),
         # Limited/ping: 3 per 10 s per tenant (its rate_limit option); shared via --redis.
         Layer.of(RateLimitMiddleware, policies=policies_from_registry(registry),
