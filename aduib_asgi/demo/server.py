@@ -60,9 +60,6 @@ class DemoConfig:
     total_budget: int = DEFAULT_TOTAL
     #: Largest response the idempotency layer stores for replay.
     replay_limit: int = 1024 * 1024
-    #: Peers (IPs/CIDRs) whose X-Forwarded-For / Forwarded name the client (the
-    #: identity layer); empty: the client is the peer.
-    trusted_proxies: tuple[str, ...] = ()
     #: Draining state shared with the CLI's SIGTERM handler (graceful shutdown).
     shutdown: ShutdownController = field(default_factory=ShutdownController)
     #: Client certificates identify callers (``--tls-client-ca``).
@@ -72,7 +69,7 @@ class DemoConfig:
     #: ``{principal or SAN: [roles]}`` for certificate callers (``--mtls-role``).
     mtls_roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: Proxies (IPs/CIDRs) whose forwarded client address and certificate count
-    #: (``--trusted-proxy``); certificate callers are then identified too.
+    #: (``--trusted-proxy``, the identity layer); empty: the client is the peer.
     trusted_proxies: tuple[str, ...] = ()
 
     @property
