@@ -209,7 +209,8 @@ def test_guards_compose_with_the_tls_scope_protocol(parser: str) -> None:
         return r.status_code, r.json(), big
 
     status, body, big = asyncio.run(scenario())
-    assert status == 200 and body == {"principal": "bob"}
+    # the principal is the first SAN DNS name (SAN URI, else SAN DNS, else CN)
+    assert status == 200 and body == {"principal": "client.example"}
     assert big.startswith(b"HTTP/1.1 431")
 
 

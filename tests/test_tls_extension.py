@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 
 from aduib_asgi.auth import MtlsRoleRules, certificate_facts
-from aduib_asgi.server import TlsScopeMixin, TlsSettings, protocol_classes
+from aduib_asgi.server import TlsScopeMixin, TlsSettings, http_protocol
 from tests.tls_pki import ADMIN_ID, CLIENT_ID, Pki, make_pki
 
 pytestmark = pytest.mark.anyio
@@ -48,9 +48,8 @@ async def _tls_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 async def _serve(settings: TlsSettings | None, http: str, fn: Any) -> Any:
-    mixins = [TlsScopeMixin]
-    attrs = {"tls_server_cert": settings.server_cert_pem()} if settings else None
-    http_cls, _ = protocol_classes(http, "none", http_mixins=mixins, attrs=attrs)
+    attrs = {"tls_server_cert": settings.server_cert_pem()} if settings else {}
+    http_cls = http_protocol(http, TlsScopeMixin, **attrs)
     port = _free_port()
     config = uvicorn.Config(_tls_app, host="127.0.0.1", port=port, log_level="warning",
                             lifespan="off", http=http_cls, ws="none",

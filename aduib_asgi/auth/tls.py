@@ -1,8 +1,8 @@
 """Compatibility names: the ``tls`` extension under uvicorn now lives in :mod:`aduib_asgi.server`.
 
 :func:`tls_protocol` still builds one subclass of a given uvicorn protocol
-class; :func:`aduib_asgi.server.protocol_classes` builds both (HTTP and
-WebSocket) from uvicorn's names.
+class; :func:`aduib_asgi.server.http_protocol` and :func:`~aduib_asgi.server.ws_protocol`
+build them from uvicorn's names, composed with other mixins.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 No common ASGI server fills the ``tls`` scope extension (asgiref's
 ``specs/tls.rst``). :class:`TlsScopeMixin`, mixed into uvicorn's HTTP and
-WebSocket protocol classes (see :func:`aduib_asgi.server.protocol_classes`),
-reads the connection's ``ssl_object`` once, in ``connection_made`` (on asyncio
-and uvloop that runs after the handshake), and gives every HTTP request and
+WebSocket protocol classes (``http_protocol``/``ws_protocol`` in
+:mod:`aduib_asgi.server.protocols`), reads the connection's ``ssl_object``
+once, in ``connection_made`` (on asyncio and uvloop that runs after the
+handshake), and gives every HTTP request and
 WebSocket of the connection its own copy of the extension. With a client CA the
 handshake refuses a certificate that does not verify, so a certificate that is
 present is a verified one. Renegotiation is disabled: the identity is read once
