@@ -15,17 +15,33 @@ __all__ = ["main"]
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the demo server (DEMO.md)")
+    p = sub.add_parser("demo", help="run the demo server (docs/demo.md)",
+                       description="The demo server: every middleware in front of the demo "
+                                   "services. Methods, credentials and flags: docs/demo.md; "
+                                   "the configuration file: docs/configuration.md.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--env", choices=("dev", "prod"), default="dev")
+    p.add_argument("--env", choices=("dev", "prod"), default="prod",
+                   help="dev shows debug info (stack traces) in errors (default: prod)")
     p.add_argument("--redis", default=None, metavar="URL",
                    help="use Redis for rate-limit, idempotency and task stores")
+    p.add_argument("--config", default=None, metavar="PATH",
+                   help="configuration file (TOML, or JSON by the .json extension), "
+                        "reloaded when it changes and on SIGHUP (docs/configuration.md)")
+    p.add_argument("--config-poll", type=float, default=1.0, metavar="SECONDS",
+                   help="how often the --config file is checked for a change "
+                        "(0: only on SIGHUP; default 1)")
     p.add_argument("--stream-framing", choices=("message", "envelope"), default="message")
     p.add_argument("--heartbeat", type=float, default=15.0, metavar="SECONDS")
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="warning",
+                   help="level of the server's logs unless the configuration has [log]")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log line rendering unless the configuration has [log] format")
     p.add_argument("--shutdown-grace", type=float, default=8.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may finish")
+    p.add_argument("--drain-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="on SIGTERM, answer readyz 503 and keep serving this long before "
+                        "draining (lets a load balancer stop routing here first)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
@@ -69,15 +85,25 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from aduib_asgi.config import ConfigError
     from aduib_asgi.demo import DemoConfig, build_demo_app
     from aduib_asgi.observability.logs import RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
 
+    handler = _log_handler(args.log_format == "json")
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
-    app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
-                                    stream_framing=args.stream_framing,
-                                    heartbeat=args.heartbeat,
-                                    shutdown=shutdown))
+    try:
+        app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
+                                        stream_framing=args.stream_framing,
+                                        heartbeat=args.heartbeat,
+                                        shutdown=shutdown, config_path=args.config,
+                                        config_poll_s=args.config_poll,
+                                        log_level=args.log_level,
+                                        log_json=args.log_format == "json",
+                                        on_config=[handler.apply]))
+    except ConfigError as exc:
+        print(f"aduib-asgi demo: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms per keep-alive reply)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -99,6 +125,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
     server = _Server(config)
     server.aduib_shutdown = shutdown
+    server.aduib_readiness = getattr(app, "monitor", None)  # the probes' ReadinessMonitor
+    server.aduib_drain_delay = args.drain_delay
 
     async def serve() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -127,8 +155,25 @@ def _make_server_class() -> type:
         """
 
         aduib_shutdown: Any = None
+        aduib_readiness: Any = None
+        aduib_drain_delay: float = 0.0
+        _delaying = False
 
         def handle_exit(self, sig: int, frame: Any) -> None:
+            # Readiness answers 503 at once; with a drain delay the server keeps
+            # serving that long (a load balancer stops routing here) before it
+            # drains. A second signal during the delay proceeds at once.
+            readiness = self.aduib_readiness
+            if readiness is not None:
+                readiness.stop_ready()
+            if self.aduib_drain_delay > 0 and not self._delaying:
+                self._delaying = True
+                asyncio.get_running_loop().call_later(self.aduib_drain_delay,
+                                                      self._drain_and_exit, sig, frame)
+                return
+            self._drain_and_exit(sig, frame)
+
+        def _drain_and_exit(self, sig: int, frame: Any) -> None:
             # Graceful shutdown: stop admitting (503 5002) now; after the grace
             # period, end what is still in flight (streams with an end frame).
             shutdown = self.aduib_shutdown
@@ -150,6 +195,38 @@ def _make_server_class() -> type:
                     loop.remove_signal_handler(sig)
 
     return Server
+
+
+class _LogHandler(logging.StreamHandler):
+    """The demo's log handler: request ids on every record; text or JSON by config."""
+
+    def __init__(self, json_format: bool) -> None:
+        from aduib_asgi.observability.logs import RequestContextFilter
+
+        super().__init__(sys.stderr)
+        self.default_json = json_format
+        self.addFilter(RequestContextFilter())
+        self.apply(None)
+
+    def apply(self, config: Any) -> None:
+        from aduib_asgi.observability.logs import TEXT_FORMAT, JsonFormatter
+
+        log = getattr(config, "log", None)
+        json_format = log.format == "json" if log is not None else self.default_json
+        access = log.access if log is not None else True
+        self.setFormatter(JsonFormatter() if json_format else logging.Formatter(TEXT_FORMAT))
+        # the access log is written at INFO whatever the level of the other logs
+        logging.getLogger("aduib_asgi.access").setLevel(
+            logging.INFO if access else logging.WARNING)
+
+
+def _log_handler(json_format: bool) -> _LogHandler:
+    """Install the demo's handler on the root logger (every library's records get ids)."""
+    handler = _LogHandler(json_format)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    return handler
 
 
 def _Server(config: object) -> Any:

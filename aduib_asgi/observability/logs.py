@@ -22,6 +22,20 @@ from typing import IO, Any
 from aduib_asgi.context import current_context
 from aduib_asgi.responses import handshake_refused
 
+_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES.update({0x5C: "\\\\", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape(value: object, limit: int = 512) -> str:
+    """``value`` as text safe for one log line: control characters (C0, DEL, C1,
+    line/paragraph separators) and backslashes escaped, cut to ``limit`` chars."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable() and "\\" not in text:
+        return text
+    return text.translate(_ESCAPES)
+
 __all__ = [
     "CONTEXT_FIELDS",
     "TEXT_FORMAT",
@@ -30,6 +44,7 @@ __all__ = [
     "RequestContextFilter",
     "add_request_context",
     "configure_logging",
+    "escape",
 ]
 
 CONTEXT_FIELDS = ("request_id", "trace_id", "span_id", "tenant_id", "method")
@@ -50,12 +65,14 @@ class RequestContextFilter(logging.Filter):
         if ctx is None:
             record.request_id = record.trace_id = record.span_id = None
             record.tenant_id = record.method = None
-        else:
-            record.request_id = ctx.request_id
+        else:  # client-supplied values: escaped (no raw CR, LF or control characters)
+            rid = ctx.request_id
+            record.request_id = rid if rid is None or rid.isprintable() else escape(rid)
             record.trace_id = ctx.trace_id
             record.span_id = ctx.span_id
             record.tenant_id = ctx.tenant_id
-            record.method = ctx.method
+            method = ctx.method
+            record.method = method if method is None or method.isprintable() else escape(method)
         return True
 
 
