@@ -37,6 +37,9 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="level of the server's logs unless the configuration has [log]")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="log line rendering unless the configuration has [log] format")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="one log line per call unless the configuration has [log] access "
+                        "(default: on)")
     p.add_argument("--shutdown-grace", type=float, default=8.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may finish")
     p.add_argument("--drain-delay", type=float, default=0.0, metavar="SECONDS",
@@ -90,7 +93,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from aduib_asgi.observability.logs import RefusedHandshakeFilter
     from aduib_asgi.qos import ShutdownController
 
-    handler = _log_handler(args.log_format == "json")
+    handler = _log_handler(args.log_format == "json", args.access_log)
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
     try:
         app = build_demo_app(DemoConfig(env=args.env, redis_url=args.redis,
@@ -114,7 +117,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     # loop/http "auto": uvloop and httptools (the `uvicorn[standard]` dependency), the
-    # fastest stack uvicorn has; no access log (a log record per request); no
+    # fastest stack uvicorn has; no uvicorn access log (the stack writes its own); no
     # ProxyHeadersMiddleware (the rate-limit layer decides which proxies to believe)
     # and no `server` header (a wrapper and a header less per request).
     config = uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
@@ -200,11 +203,12 @@ def _make_server_class() -> type:
 class _LogHandler(logging.StreamHandler):
     """The demo's log handler: request ids on every record; text or JSON by config."""
 
-    def __init__(self, json_format: bool) -> None:
+    def __init__(self, json_format: bool, access: bool = True) -> None:
         from aduib_asgi.observability.logs import RequestContextFilter
 
         super().__init__(sys.stderr)
         self.default_json = json_format
+        self.default_access = access
         self.addFilter(RequestContextFilter())
         self.apply(None)
 
@@ -213,16 +217,16 @@ class _LogHandler(logging.StreamHandler):
 
         log = getattr(config, "log", None)
         json_format = log.format == "json" if log is not None else self.default_json
-        access = log.access if log is not None else True
+        access = log.access if log is not None else self.default_access
         self.setFormatter(JsonFormatter() if json_format else logging.Formatter(TEXT_FORMAT))
         # the access log is written at INFO whatever the level of the other logs
         logging.getLogger("aduib_asgi.access").setLevel(
             logging.INFO if access else logging.WARNING)
 
 
-def _log_handler(json_format: bool) -> _LogHandler:
+def _log_handler(json_format: bool, access: bool = True) -> _LogHandler:
     """Install the demo's handler on the root logger (every library's records get ids)."""
-    handler = _LogHandler(json_format)
+    handler = _LogHandler(json_format, access)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.WARNING)

@@ -31,14 +31,11 @@ logger = logging.getLogger("aduib_asgi.access")
 
 ACCESS_FIELDS = ("method", "status", "code", "duration_ms", "tenant", "principal",
                  "request_id", "trace_id", "client", "http")
-_NEEDS_QUOTES = frozenset(' "=')
-
-
 def _text_value(value: object) -> str:
     if value is None:
         return "-"
     text = value if isinstance(value, str) else str(value)
-    if not text or any(c in _NEEDS_QUOTES for c in text):
+    if not text or " " in text or '"' in text or "=" in text:
         return '"' + text.replace('"', '\\"') + '"'
     return text
 
@@ -117,12 +114,12 @@ class AccessLogMiddleware:
                duration_ms: float) -> None:
         try:
             fields = self.fields(scope, ctx, status, duration_ms)
-            if self.json_format:
-                self.logger.info("access", extra={"access": fields})
-            else:
-                self.logger.info(" ".join(f"{k}={_text_value(fields[k])}"
-                                          for k in ACCESS_FIELDS),
-                                 extra={"access": fields})
+            msg = "access" if self.json_format else " ".join(
+                [f"{k}={_text_value(fields[k])}" for k in ACCESS_FIELDS])
+            log = self.logger
+            # makeRecord + handle: what Logger.info does minus findCaller's stack walk
+            log.handle(log.makeRecord(log.name, logging.INFO, "(access)", 0, msg, (), None,
+                                      "access", {"access": fields}))
         except Exception:  # a log line never breaks a response
             logging.getLogger("aduib_asgi.observability").debug("access log failed",
                                                                  exc_info=True)
