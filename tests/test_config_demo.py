@@ -371,3 +371,12 @@ def test_access_log_as_json(tmp_path: Path) -> None:
         assert record["request_id"] == record["access"]["request_id"] == "t-1"
         assert len(record["trace_id"]) == 32
 
+
+
+def test_sighup_without_a_config_file_does_not_end_the_demo() -> None:
+    with running_demo() as demo, httpx.Client(base_url=demo.url, timeout=30) as c:
+        _wait_ready(c)  # the lifespan (and its SIGHUP handler) is up
+        demo.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert demo.proc.poll() is None
+        assert call(c, "rpc.v2/Echo/echo", {"v": 1}).status_code == 200

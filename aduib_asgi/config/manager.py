@@ -131,6 +131,7 @@ class ConfigManager:
         self.reloads = 0
         self.refusals = 0
         self._fingerprints: list[Hashable] = []
+        self._lock = asyncio.Lock()
 
     # -- loading ---------------------------------------------------------------------
 
@@ -194,7 +195,10 @@ class ConfigManager:
 
     def _apply(self, config: RuntimeConfig) -> None:
         for callback in self.on_apply:
-            callback(config)
+            try:
+                callback(config)
+            except Exception:  # the app is built: a failing side effect must not stop it
+                logger.exception("configuration callback %r failed", callback)
         self.config = config
         self.version = config.version
 
@@ -202,6 +206,11 @@ class ConfigManager:
         """Load, validate, build and swap; False (logged, old config kept) when refused."""
         if self.app is None:
             raise RuntimeError("start() the manager first")
+        async with self._lock:  # a SIGHUP and a poll at once: one after the other
+            return await self._reload(reason)
+
+    async def _reload(self, reason: str) -> bool:
+        assert self.app is not None
         self._fingerprints = self._fingerprint()
         try:
             config = self._validate(await self._load())

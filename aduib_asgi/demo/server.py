@@ -210,8 +210,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     monitor = ReadinessMonitor(health, interval=config.readiness_interval_s,
                                shutdown=config.shutdown)
     dispatcher.lifespan_hooks.append(monitor.running)
-    if sources:
-        dispatcher.lifespan_hooks.append(manager.watching)
+    # also without sources: SIGHUP then reloads nothing instead of ending the process
+    dispatcher.lifespan_hooks.append(manager.watching)
     app: Any = ProbeMiddleware(dispatcher_facts(reloadable, dispatcher), monitor=monitor)
     app.config_manager = manager
     return app
