@@ -252,3 +252,13 @@ async def test_async_sources_are_supported() -> None:
     source.data = {"log": {"level": "error"}}
     assert await manager.reload()
     assert manager.config.log is not None and manager.config.log.level == "error"
+
+
+def test_every_problem_of_a_configuration_is_reported() -> None:
+    manager = ConfigManager([MemorySource({"log": {"level": "loud"},
+                                           "compression": {"minimum_size": -1}})],
+                            lambda cfg: _noop)
+    with pytest.raises(ConfigError) as refused:
+        manager.start()
+    assert {k for k, _ in refused.value.problems} == {"log.level", "compression.minimum_size"}
+    assert "log.level" in str(refused.value) and "compression.minimum_size" in str(refused.value)

@@ -380,3 +380,15 @@ def test_sighup_without_a_config_file_does_not_end_the_demo() -> None:
         time.sleep(0.5)
         assert demo.proc.poll() is None
         assert call(c, "rpc.v2/Echo/echo", {"v": 1}).status_code == 200
+
+
+def test_an_invalid_file_at_start_stops_the_demo_with_the_reason(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "demo.toml"
+    path.write_text("[versions]\nsupported = ['two']\n")
+    done = subprocess.run([sys.executable, "-m", "aduib_asgi.cli", "demo", "--port", "0",
+                           "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "versions.supported" in done.stderr and "MAJOR.MINOR" in done.stderr

@@ -151,10 +151,8 @@ class ConfigManager:
         try:
             return self.model.model_validate(raw)
         except ValidationError as exc:
-            key, reason = describe_errors(exc)[0]
-            error = ConfigError(key, reason)
-            error.all = describe_errors(exc)  # type: ignore[attr-defined]
-            raise error from None
+            problems = describe_errors(exc)
+            raise ConfigError(*problems[0], problems=problems) from None
 
     def start(self) -> ReloadableApp:
         """Load, validate and build the first configuration (raises :class:`ConfigError`).
@@ -220,7 +218,7 @@ class ConfigManager:
             app = self._build(config)
         except ConfigError as exc:
             self.refusals += 1
-            for key, why in getattr(exc, "all", [(exc.key, exc.reason)]):
+            for key, why in exc.problems:
                 where = f"{exc.source}: " if exc.source else ""
                 logger.error("configuration refused (%s): %s%s: %s; configuration %s stays",
                              reason, where, key, why, self.version)

@@ -22,12 +22,15 @@ __all__ = ["ConfigError", "ConfigSource", "EnvSource", "FileSource", "MemorySour
 class ConfigError(ValueError):
     """A configuration that cannot be used: ``key`` names where (dotted), ``reason`` why."""
 
-    def __init__(self, key: str, reason: str, *, source: str | None = None) -> None:
+    def __init__(self, key: str, reason: str, *, source: str | None = None,
+                 problems: list[tuple[str, str]] | None = None) -> None:
         self.key = key
         self.reason = reason
         self.source = source
+        #: Every (key, reason) found (the first is ``key``/``reason``).
+        self.problems = problems or [(key, reason)]
         where = f"{source}: " if source else ""
-        super().__init__(f"{where}{key}: {reason}")
+        super().__init__(where + "; ".join(f"{k}: {r}" for k, r in self.problems))
 
 
 @runtime_checkable
