@@ -262,3 +262,21 @@ def test_every_problem_of_a_configuration_is_reported() -> None:
         manager.start()
     assert {k for k, _ in refused.value.problems} == {"log.level", "compression.minimum_size"}
     assert "log.level" in str(refused.value) and "compression.minimum_size" in str(refused.value)
+
+
+async def test_mtls_roles_are_configured_and_reloaded() -> None:
+    from aduib_asgi.auth.tls import TlsExtensionApp
+
+    app, source, manager = _demo()
+    tls = {"client_cert_chain": ["(not a PEM: the subject name is used)"],
+           "client_cert_name": "CN=ops-bot", "client_cert_error": None}
+    async with client_for(TlsExtensionApp(app, tls)) as c:
+        before = await c.post(RPC, json=envelope("rpc.v2/Admin/secret", {}))
+        assert before.status_code == 401  # no mTLS authenticator: anonymous
+        source.set({"auth": {"mtls_roles": {"ops-bot": ["admin"]}}})
+        assert await manager.reload()
+        after = await c.post(RPC, json=envelope("rpc.v2/Admin/secret", {}))
+        assert after.status_code == 200 and after.json()["result"] == {"secret": "ok"}
+        who = await c.post(RPC, json=envelope("rpc.v2/Echo/context", {}))
+        assert (who.json()["result"]["principal"], who.json()["result"]["roles"]) == (
+            "ops-bot", ["admin"])
