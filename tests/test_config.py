@@ -280,3 +280,22 @@ async def test_mtls_roles_are_configured_and_reloaded() -> None:
         who = await c.post(RPC, json=envelope("rpc.v2/Echo/context", {}))
         assert (who.json()["result"]["principal"], who.json()["result"]["roles"]) == (
             "ops-bot", ["admin"])
+
+
+@pytest.mark.parametrize("per, spread, shared", [
+    ("global", [{"X-Tenant-ID": "a"}, {"X-Tenant-ID": "b"}], True),
+    ("tenant", [{"X-Tenant-ID": "a"}, {"X-Tenant-ID": "b"}], False),
+    ("principal", [{"Authorization": "Bearer demo-user-token"},
+                   {"Authorization": "Bearer demo-admin-token"}], False),
+])
+async def test_configured_policies_partition_by_per(
+        per: str, spread: list[dict[str, str]], shared: bool) -> None:
+    app, _, _ = _demo({"ratelimit": {"policies": [
+        {"name": "echo", "services": ["Echo"], "limit": "1/minute", "per": per}]}})
+    async with client_for(app) as c:
+        first = await c.post(RPC, json=envelope("rpc.v2/Echo/echo", {}), headers=spread[0])
+        other = await c.post(RPC, json=envelope("rpc.v2/Echo/echo", {}), headers=spread[1])
+        free = await c.post(RPC, json=envelope("rpc.v2/Limited/ping", {}), headers=spread[0])
+    assert first.status_code == 200
+    assert other.status_code == (429 if shared else 200)
+    assert free.status_code == 200 and "ratelimit-policy" not in free.headers  # replaced
