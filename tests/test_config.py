@@ -299,3 +299,38 @@ async def test_configured_policies_partition_by_per(
     assert first.status_code == 200
     assert other.status_code == (429 if shared else 200)
     assert free.status_code == 200 and "ratelimit-policy" not in free.headers  # replaced
+
+
+def test_an_empty_file_is_refused_as_half_written(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        FileSource(path).load()
+    path.write_text("# built-in behaviour\n")
+    assert FileSource(path).load() == {}
+    path.write_text("{}")
+    json_path = tmp_path / "c.json"
+    json_path.write_text("{}")
+    assert FileSource(json_path).load() == {}
+
+
+async def test_the_watcher_waits_for_a_file_to_settle(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[auth]\nrequire_auth = true\n')
+    app = build_demo_app(DemoConfig(config_path=str(path), config_poll_s=0.05))
+    manager: ConfigManager = app.config_manager
+    first = manager.version
+    async with manager.watching(sighup=False):
+        with path.open("w") as f:  # truncate, then write in pieces, like `>` in a shell
+            f.flush()
+            await anyio.sleep(0.06)
+            f.write('[auth]\nrequire_auth = true\n')
+            f.flush()
+            await anyio.sleep(0.03)
+            f.write('anonymous_methods = ["rpc.v2/Echo/echo"]\n')
+        with anyio.fail_after(10):
+            while manager.version == first:
+                await anyio.sleep(0.02)
+    assert manager.config is not None and manager.config.auth is not None
+    assert manager.config.auth.require_auth is True  # never the empty (all built-in) file
+    assert manager.config.auth.anonymous_methods == ("rpc.v2/Echo/echo",)

@@ -252,7 +252,18 @@ class ConfigManager:
                 logger.exception("configuration source fingerprint failed")
                 continue
             if changed:
+                await self._settle()
                 await self.reload(reason="change noticed")
+
+    async def _settle(self, pause: float = 0.1, tries: int = 10) -> None:
+        """Wait until the fingerprints stop changing (a file still being written)."""
+        last = self._fingerprint()
+        for _ in range(tries):
+            await asyncio.sleep(pause)
+            now = self._fingerprint()
+            if now == last:
+                return
+            last = now
 
     @contextlib.asynccontextmanager
     async def watching(self, *, sighup: bool = True) -> AsyncIterator[ConfigManager]:

@@ -72,8 +72,9 @@ class FileSource:
     """A TOML file, or JSON when the name ends in ``.json``.
 
     The fingerprint is the file's size, modification time and inode (an editor
-    that writes a new file and renames it is noticed too); a missing file loads
-    as an error, so the previous configuration stays.
+    that writes a new file and renames it is noticed too); a missing or empty
+    file loads as an error (an empty one is most likely being written), so the
+    previous configuration stays.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -107,6 +108,11 @@ class FileSource:
         if not isinstance(data, dict):
             raise ConfigError("(file)", "the top level must be a table/object",
                               source=self.name)
+        if not text.strip():
+            # most likely caught between truncate and write: applying it would drop
+            # every section (require_auth, keys...) until the next change
+            raise ConfigError("(file)", "empty (write a comment, or {} in JSON, for the "
+                              "built-in behaviour)", source=self.name)
         return data
 
 
