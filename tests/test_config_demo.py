@@ -9,6 +9,7 @@ bound here is generous for a loaded one), once by SIGHUP with polling off.
 from __future__ import annotations
 
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -179,6 +180,9 @@ def test_every_flip_is_applied_without_restart(tmp_path: Path, trigger: str) -> 
             after(c)
             seen.append((name, took))
         assert demo.proc.poll() is None and demo.proc.pid == pid  # never restarted
+        if trigger == "file change":  # OPERATIONS.md: noticed within 2 s (median: one
+            # slow poll on a loaded machine must not fail the run)
+            assert statistics.median(took for _, took in seen) < 2.0, seen
         assert "configuration refused" not in demo.output
         assert demo.output.count("configuration ") >= len(seen)
     print(f"{trigger}: seconds to notice each flip: {seen}")
