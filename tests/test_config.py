@@ -334,3 +334,16 @@ async def test_the_watcher_waits_for_a_file_to_settle(tmp_path: Path) -> None:
     assert manager.config is not None and manager.config.auth is not None
     assert manager.config.auth.require_auth is True  # never the empty (all built-in) file
     assert manager.config.auth.anonymous_methods == ("rpc.v2/Echo/echo",)
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(BASE)
+    env = {"APP_AUTH__REQUIRE_AUTH": "true", "APP_COMPRESSION__MINIMUM_SIZE": "2048"}
+    manager = ConfigManager([FileSource(path), EnvSource("APP_", environ=env)],
+                            lambda cfg: _noop)
+    manager.start()
+    config = manager.config
+    assert config is not None and config.auth is not None and config.compression is not None
+    assert config.auth.require_auth is True and config.compression.minimum_size == 2048
+    assert config.auth.api_keys is not None and "demo-key" in config.auth.api_keys  # kept
