@@ -17,13 +17,22 @@ __all__ = ["main"]
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the demo server (DEMO.md)")
+    p = sub.add_parser("demo", help="run the demo server (docs/demo.md)",
+                       description="The demo server: every middleware in front of the demo "
+                                   "services. Methods, credentials and flags: docs/demo.md; "
+                                   "the configuration file: docs/configuration.md.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--env", choices=("dev", "prod"), default="prod",
-                   help="prod (default) hides debug details; dev adds them to errors")
+                   help="dev shows debug info (stack traces) in errors (default: prod)")
     p.add_argument("--redis", default=None, metavar="URL",
                    help="use Redis for rate-limit, idempotency and task stores")
+    p.add_argument("--config", default=None, metavar="PATH",
+                   help="configuration file (TOML, or JSON by the .json extension), "
+                        "reloaded when it changes and on SIGHUP (docs/configuration.md)")
+    p.add_argument("--config-poll", type=float, default=1.0, metavar="SECONDS",
+                   help="how often the --config file is checked for a change "
+                        "(0: only on SIGHUP; default 1)")
     p.add_argument("--tenant-budget", type=int, default=None, metavar="BYTES",
                    help="stored state one tenant may hold (default 64 MiB; docs/limits.md)")
     p.add_argument("--total-budget", type=int, default=None, metavar="BYTES",
@@ -32,9 +41,18 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="largest response stored for idempotent replay (default 1 MiB)")
     p.add_argument("--stream-framing", choices=("message", "envelope"), default="message")
     p.add_argument("--heartbeat", type=float, default=15.0, metavar="SECONDS")
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="warning",
+                   help="level of the server's logs unless the configuration has [log]")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log line rendering unless the configuration has [log] format")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="one log line per call unless the configuration has [log] access "
+                        "(default: on)")
     p.add_argument("--shutdown-grace", type=float, default=8.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may finish")
+    p.add_argument("--drain-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="on SIGTERM, answer readyz 503 and keep serving this long before "
+                        "draining (lets a load balancer stop routing here first)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                    help="event loop (auto: uvloop when installed)")
     p.add_argument("--http", choices=("auto", "h11", "httptools"), default="auto",
@@ -161,6 +179,9 @@ def _demo_settings(args: argparse.Namespace, tls: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {"env": args.env, "redis_url": args.redis,
                                 "stream_framing": args.stream_framing,
                                 "heartbeat": args.heartbeat,
+                                "config_path": args.config, "config_poll_s": args.config_poll,
+                                "log_level": args.log_level,
+                                "log_json": args.log_format == "json",
                                 "mtls": tls is not None and tls.verifies_clients,
                                 "mtls_required": tls is not None and tls.require_client_cert,
                                 "mtls_roles": _mtls_roles(args.mtls_role),
@@ -172,45 +193,100 @@ def _demo_settings(args: argparse.Namespace, tls: Any) -> dict[str, Any]:
     return settings
 
 
+def _demo_app(settings: dict[str, Any], shutdown: Any, access_log: bool) -> Any:
+    """The demo app and its logging: the same in one process and in each worker.
+
+    Raises :class:`~aduib_asgi.config.ConfigError` for an invalid configuration.
+    """
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+    from aduib_asgi.observability.logs import (
+        CredentialHeaderFilter,
+        RefusedHandshakeFilter,
+        RequestContextFilter,
+    )
+
+    handler = _log_handler(settings["log_json"], access_log)
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.addFilter(RefusedHandshakeFilter())  # refused handshakes are not app errors
+    # websockets dumps handshake headers at DEBUG through uvicorn.error: no credentials
+    uvicorn_error.addFilter(CredentialHeaderFilter())
+    # uvicorn's own records (an exception escaping the app) are escaped as well
+    uvicorn_error.addFilter(RequestContextFilter())
+    return build_demo_app(DemoConfig(shutdown=shutdown, on_config=[handler.apply], **settings))
+
+
 def demo_worker_app() -> Any:
     """The app of one ``--workers`` process (a uvicorn factory): settings from the parent."""
     import json
     import os
+    from functools import partial
 
-    from aduib_asgi.demo import DemoConfig, build_demo_app
-    from aduib_asgi.observability.logs import CredentialHeaderFilter, RefusedHandshakeFilter
+    import uvicorn
+
     from aduib_asgi.qos import ShutdownController
 
     settings = json.loads(os.environ[DEMO_SETTINGS_ENV])
     shutdown = ShutdownController(grace_s=float(settings.pop("shutdown_grace")))
-    log_level = settings.pop("log_level")
-    _drain_on_exit(shutdown)
-    logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
-    logging.getLogger("uvicorn.error").addFilter(CredentialHeaderFilter())
-    _log_to_stderr(log_level)
-    return build_demo_app(DemoConfig(shutdown=shutdown, **settings))
-
-
-def _drain_on_exit(shutdown: Any) -> None:
-    """In a worker process: uvicorn's SIGTERM handling first starts our graceful drain."""
-    import uvicorn
-
+    drain_delay = float(settings.pop("drain_delay"))
+    app = _demo_app(settings, shutdown, settings.pop("access_log"))
+    exit_plan = _GracefulExit(shutdown, getattr(app, "monitor", None), drain_delay)
+    # uvicorn's supervisor builds this process's Server: its SIGTERM handling
+    # goes through the same graceful exit as one process
     plain = uvicorn.Server.handle_exit
 
     def handle_exit(self: Any, sig: int, frame: Any) -> None:
+        exit_plan(partial(plain, self), sig, frame)
+
+    uvicorn.Server.handle_exit = handle_exit  # type: ignore[method-assign]
+    return app
+
+
+class _GracefulExit:
+    """SIGTERM: readiness answers 503 at once; with a drain delay the server keeps
+    serving that long (a load balancer stops routing here), then stops admitting
+    (503/5002) and exits; after the grace period what is still in flight ends
+    (streams with an end frame). A second signal during the delay proceeds at once.
+    """
+
+    def __init__(self, shutdown: Any, readiness: Any, drain_delay: float) -> None:
+        self.shutdown = shutdown
+        self.readiness = readiness
+        self.drain_delay = drain_delay
+        self._delaying = False
+
+    def __call__(self, server_exit: Any, sig: int, frame: Any) -> None:
+        if self.readiness is not None:
+            self.readiness.stop_ready()
+        if self.drain_delay > 0 and not self._delaying:
+            self._delaying = True
+            asyncio.get_running_loop().call_later(self.drain_delay, self._drain_and_exit,
+                                                  server_exit, sig, frame)
+            return
+        self._drain_and_exit(server_exit, sig, frame)
+
+    def _drain_and_exit(self, server_exit: Any, sig: int, frame: Any) -> None:
+        shutdown = self.shutdown
         if not shutdown.draining:
             shutdown.start_draining()
             asyncio.get_running_loop().call_later(shutdown.grace_s, shutdown.abort_in_flight)
-        plain(self, sig, frame)
+        server_exit(sig, frame)
 
-    uvicorn.Server.handle_exit = handle_exit  # type: ignore[method-assign]
+
+def _check_config(path: str) -> None:
+    """Load and validate ``path`` as the workers will (raises ConfigError)."""
+    from aduib_asgi.config import ConfigManager, FileSource
+
+    ConfigManager([FileSource(path)], lambda _config: _no_app).start()
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+    raise RuntimeError("only validates a configuration")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     uvicorn = require("uvicorn", "server", "aduib-asgi demo")
 
-    from aduib_asgi.demo import DemoConfig, build_demo_app
-    from aduib_asgi.observability.logs import CredentialHeaderFilter, RefusedHandshakeFilter
+    from aduib_asgi.config import ConfigError
     from aduib_asgi.qos import ShutdownController
     from aduib_asgi.server import TlsScopeMixin
     from aduib_asgi.server.workers import ProtocolPlan, WorkerConfig
@@ -228,8 +304,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     settings = _demo_settings(args, tls)
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
     app: Any = None
-    if args.workers == 1:
-        app = build_demo_app(DemoConfig(shutdown=shutdown, **settings))
+    try:
+        if args.workers == 1:
+            app = _demo_app(settings, shutdown, args.access_log)
+        elif args.config:
+            _check_config(args.config)
+    except ConfigError as exc:
+        print(f"aduib-asgi demo: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     # The connection budget (docs/serving.md): request heads are bounded in bytes
     # (431 over 64 KiB) and in time (--header-timeout); idle keep-alive connections
     # close after 5 s; above --max-connections (default: the fd limit less a reserve
@@ -255,8 +337,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
     # loop/http "auto": uvloop and httptools (the `uvicorn[standard]` dependency), the
-    # fastest stack uvicorn has; no access log (a log record per request); no
-    # ProxyHeadersMiddleware (the rate-limit layer decides which proxies to believe)
+    # fastest stack uvicorn has; no uvicorn access log (the stack writes its own); no
+    # ProxyHeadersMiddleware (the identity layer decides which proxies to believe)
     # and no `server` header (a wrapper and a header less per request).
     options: dict[str, Any] = {"log_level": args.log_level, "access_log": False,
                                "lifespan": "on", "proxy_headers": False,
@@ -273,7 +355,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         from uvicorn.supervisors import Multiprocess
 
         os.environ[DEMO_SETTINGS_ENV] = json.dumps(
-            {**settings, "shutdown_grace": args.shutdown_grace, "log_level": args.log_level})
+            {**settings, "shutdown_grace": args.shutdown_grace,
+             "drain_delay": args.drain_delay, "access_log": args.access_log})
         worker_config = WorkerConfig("aduib_asgi.cli:demo_worker_app", factory=True,
                                      workers=args.workers, plan=plan, **options)
         # the socket listens already: connections wait in its backlog for the workers
@@ -282,13 +365,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         return 0
     http_cls, ws_cls = plan.build()
     config = uvicorn.Config(app, http=http_cls, ws=ws_cls or "none", **options)
-    # after Config (which sets up uvicorn's loggers): refused handshakes are not app errors
-    logging.getLogger("uvicorn.error").addFilter(RefusedHandshakeFilter())
-    # websockets dumps handshake headers at DEBUG through uvicorn.error: no credentials
-    logging.getLogger("uvicorn.error").addFilter(CredentialHeaderFilter())
-    _log_to_stderr(args.log_level)
     server = _Server(config)
-    server.aduib_shutdown = shutdown
+    server.aduib_exit = _GracefulExit(shutdown, getattr(app, "monitor", None), args.drain_delay)
 
     async def serve() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -312,21 +390,6 @@ LISTEN_BACKLOG = 2048
 _FD_RESERVE = 256
 
 
-def _log_to_stderr(level: str) -> None:
-    """The library's records on stderr, every client-supplied value escaped."""
-    from aduib_asgi.observability.logs import RequestContextFilter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestContextFilter())
-    handler.setFormatter(logging.Formatter("%(levelname)s:  [%(name)s] %(message)s"))
-    lib = logging.getLogger("aduib_asgi")
-    lib.addHandler(handler)
-    # uvicorn's own records (an exception escaping the app) are escaped as well
-    logging.getLogger("uvicorn.error").addFilter(RequestContextFilter())
-    lib.setLevel(level.upper())
-    lib.propagate = False
-
-
 def _fd_budget() -> int:
     import resource
 
@@ -348,17 +411,14 @@ def _make_server_class() -> type:
         the process die "by signal".)
         """
 
-        aduib_shutdown: Any = None
+        #: The graceful exit (:class:`_GracefulExit`); None: uvicorn's own.
+        aduib_exit: Any = None
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            # Graceful shutdown: stop admitting (503 5002) now; after the grace
-            # period, end what is still in flight (streams with an end frame).
-            shutdown = self.aduib_shutdown
-            if shutdown is not None and not shutdown.draining:
-                shutdown.start_draining()
-                asyncio.get_running_loop().call_later(shutdown.grace_s,
-                                                      shutdown.abort_in_flight)
-            super().handle_exit(sig, frame)
+            if self.aduib_exit is None:
+                super().handle_exit(sig, frame)
+            else:
+                self.aduib_exit(super().handle_exit, sig, frame)
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
@@ -372,6 +432,39 @@ def _make_server_class() -> type:
                     loop.remove_signal_handler(sig)
 
     return Server
+
+
+class _LogHandler(logging.StreamHandler):
+    """The demo's log handler: request ids on every record; text or JSON by config."""
+
+    def __init__(self, json_format: bool, access: bool = True) -> None:
+        from aduib_asgi.observability.logs import RequestContextFilter
+
+        super().__init__(sys.stderr)
+        self.default_json = json_format
+        self.default_access = access
+        self.addFilter(RequestContextFilter())
+        self.apply(None)
+
+    def apply(self, config: Any) -> None:
+        from aduib_asgi.observability.logs import TEXT_FORMAT, JsonFormatter
+
+        log = getattr(config, "log", None)
+        json_format = log.format == "json" if log is not None else self.default_json
+        access = log.access if log is not None else self.default_access
+        self.setFormatter(JsonFormatter() if json_format else logging.Formatter(TEXT_FORMAT))
+        # the access log is written at INFO whatever the level of the other logs
+        logging.getLogger("aduib_asgi.access").setLevel(
+            logging.INFO if access else logging.WARNING)
+
+
+def _log_handler(json_format: bool, access: bool = True) -> _LogHandler:
+    """Install the demo's handler on the root logger (every library's records get ids)."""
+    handler = _LogHandler(json_format, access)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    return handler
 
 
 def _Server(config: object) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-__all__ = ["safe", "safe_args", "safe_traceback"]
+__all__ = ["escape", "safe", "safe_args", "safe_traceback"]
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -34,6 +34,22 @@ def safe(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return safe(value.decode("latin-1"))
     return value
+
+
+_FIELD_ESCAPES = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_FIELD_ESCAPES.update({0x5C: "\\\\", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def escape(value: object, limit: int = 512) -> str:
+    """``value`` as one bounded field of a structured line (the access log): control
+    characters (C0, DEL, C1, line/paragraph separators) and backslashes escaped, so
+    the field reads back unambiguously, cut to ``limit`` characters."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable() and "\\" not in text:
+        return text
+    return text.translate(_FIELD_ESCAPES)
 
 
 def safe_args(args: Any) -> Any:

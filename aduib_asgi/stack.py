@@ -27,6 +27,7 @@ __all__ = [
     "StackOrderError",
     "build_stack",
     "check_order",
+    "dispatcher_facts",
     "layer_class",
 ]
 
@@ -144,6 +145,12 @@ def build_stack(app: ASGIApp, layers: Iterable[Layer | tuple[type, dict[str, Any
     if streaming is not None and hasattr(streaming, "default_framing"):
         app = _DispatcherFacts(app, dispatcher)
     return app
+
+
+def dispatcher_facts(app: ASGIApp, dispatcher: Any) -> ASGIApp:
+    """Wrap ``app`` (layers over ``dispatcher``, assembled by hand) so every request's
+    scope carries the dispatcher's facts, as :func:`build_stack` does."""
+    return _DispatcherFacts(app, dispatcher)
 
 
 class _DispatcherFacts:

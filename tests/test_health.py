@@ -101,8 +101,9 @@ async def test_bad_check_bodies_are_non_2xx_errors() -> None:
         r = await c.post(HS + "Check", content=b"{nope", headers={"content-type":
                                                                  "application/json"})
         assert r.status_code >= 400 and r.json()["status"] == "error"
-        r = await c.get(HS + "Check")
+        r = await c.put(HS + "Check", json={})
         assert r.status_code == 405
+        assert "GET" in r.headers["allow"] and "POST" in r.headers["allow"]
 
 
 async def test_demo_health_check(demo_client: Any) -> None:

@@ -191,8 +191,9 @@ def planned_servers() -> list[_Server]:
     """The servers of a run, in load order (not started)."""
     py = sys.executable
     shipped, ref = shipped_settings(), REFERENCE_SETTINGS
+    # no access log: the reference server runs with uvicorn's access_log=False too
     demo = [py, "-m", "aduib_asgi.cli", "demo", "--host", "127.0.0.1", "--port", "0",
-            "--env", "prod"]
+            "--env", "prod", "--no-access-log"]
     serve = [py, "-m", "aduib_asgi.bench.serve", "--app"]
     servers = [
         _Server("demo", "demo as shipped: aduib-asgi demo", demo, shipped),

@@ -143,7 +143,9 @@ def register_demo_services(registry: MethodRegistry, stats: DemoStats | None = N
         return {"pong": True}
 
     # Rate limited to 3 requests per 10 seconds per tenant (read by RateLimitMiddleware).
-    registry.register("rpc.v2/Limited/ping", ping, rate_limit="3/10 seconds")
+    # (the policy is named "limited": `[tenants.NAME.ratelimit] limited = ...` overrides it)
+    registry.register("rpc.v2/Limited/ping", ping,
+                      rate_limit={"name": "limited", "limit": "3/10 seconds"})
 
 
 def _number(data: dict[str, Any], key: str, default: int) -> Any:

@@ -4,7 +4,8 @@ Built on each call from what is installed and registered — protocol versions
 from the version layer's configuration (``DEFAULT_VERSIONS`` without it),
 content types from the codec registry, compressions from the compression
 registry (only what can be imported right now), streaming/bidirectional from
-the endpoints the dispatcher serves, and one MethodDescriptor per registration.
+the endpoints the dispatcher serves, and one MethodDescriptor per registration;
+``config_version`` when the app runs under a configuration manager.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 CAPABILITIES_PATH = "/v2/capabilities"
+#: Scope key set by :class:`aduib_asgi.config.ReloadableApp`: the applied
+#: configuration's version, reported as ``config_version``.
+CONFIG_VERSION_KEY = "aduib.config_version"
 _DEFAULT_VERSIONS = ServerVersions(DEFAULT_VERSIONS)
 
 
@@ -119,6 +123,10 @@ def capabilities_endpoint(dispatcher: RpcDispatcher) -> Any:
             streaming=stream_path in dispatcher._routes,
             bidirectional=ws_path in dispatcher._ws_routes,
         )
-        await send_envelope(send, ctx, caps.model_dump(mode="json"), 200)
+        body = caps.model_dump(mode="json")
+        version = scope.get(CONFIG_VERSION_KEY)  # the snapshot this request runs on
+        if version is not None:
+            body["config_version"] = version
+        await send_envelope(send, ctx, body, 200)
 
     return capabilities

@@ -1,5 +1,6 @@
 """The HealthService endpoints: ``{base}/v2/HealthService/{Check,Watch}``.
 
+Both answer POST (a HealthCheckRequest body) and GET (``?service=NAME``).
 Check answers the bare HealthCheckResponse; an unknown ``service`` is 4002
 (404). Watch streams a HealthCheckResponse first and then each change (checks
 re-run every ``watch_interval`` seconds) until the client goes away.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 import anyio
 from starlette.types import Receive, Scope, Send
@@ -44,8 +46,17 @@ class HealthService:
             raise RpcError(4002, f"Service {req.service!r} not found")
         return resp
 
+    async def _request(self, scope: Scope, receive: Receive,
+                       ctx: RequestContext) -> HealthCheckRequest:
+        """The body's HealthCheckRequest; for GET, ``?service=NAME`` (or none)."""
+        if scope["method"] in ("GET", "HEAD"):
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            names = query.get("service")
+            return HealthCheckRequest(service=names[0] if names else None)
+        return await read_model(self.dispatcher, receive, ctx, HealthCheckRequest)
+
     async def check(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
-        req = await read_model(self.dispatcher, receive, ctx, HealthCheckRequest)
+        req = await self._request(scope, receive, ctx)
         await send_model(send, ctx, await self._response(req))
 
     async def watch(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
@@ -53,7 +64,7 @@ class HealthService:
         cfg = self.dispatcher.streaming
         try:
             select_framing(ctx, cfg.default_framing)
-            req = await read_model(self.dispatcher, receive, ctx, HealthCheckRequest)
+            req = await self._request(scope, receive, ctx)
             first = await self._response(req)  # unknown service: a plain 404 first
         except ClientDisconnected:
             return
@@ -91,7 +102,7 @@ def install_health_service(
         reg = dispatcher.registry
         registry = HealthRegistry(services=lambda: {spec.service for spec in reg})
     service = HealthService(dispatcher, registry, watch_interval)
-    dispatcher.add_route(PREFIX + "Check", service.check, methods=("POST",))
-    dispatcher.add_route(PREFIX + "Watch", service.watch, methods=("POST",))
+    dispatcher.add_route(PREFIX + "Check", service.check, methods=("POST", "GET"))
+    dispatcher.add_route(PREFIX + "Watch", service.watch, methods=("POST", "GET"))
     dispatcher.health = registry  # type: ignore[attr-defined]
     return registry
