@@ -267,9 +267,13 @@ def test_every_problem_of_a_configuration_is_reported() -> None:
 async def test_mtls_roles_are_configured_and_reloaded() -> None:
     from aduib_asgi.auth.tls import TlsExtensionApp
 
+    import trustme
+
     app, source, manager = _demo()
-    tls = {"client_cert_chain": ["(not a PEM: the subject name is used)"],
-           "client_cert_name": "CN=ops-bot", "client_cert_error": None}
+    cert = trustme.CA().issue_cert("ops-bot")  # principal: its SAN DNS name
+    tls = {"client_cert_chain": [cert.cert_chain_pems[0].bytes().decode()],
+           "client_cert_name": "CN=ignored", "client_cert_error": None,
+           "server_cert": None, "tls_version": 0x0304, "cipher_suite": None}
     async with client_for(TlsExtensionApp(app, tls)) as c:
         before = await c.post(RPC, json=envelope("rpc.v2/Admin/secret", {}))
         assert before.status_code == 401  # no mTLS authenticator: anonymous

@@ -352,7 +352,7 @@ def test_access_log_line_per_call_escaped_and_without_secrets(tmp_path: Path) ->
                       "trace_id=0af7651916cd43dd8448eb211c80319c"):
             assert field in line, (field, line)
         # the request-context filter stamps the same ids on the line's prefix
-        assert "rid=evil\\x0aid\\x1b[31m" in line and "tenant=acme" in line
+        assert "rid=evil\\nid\\x1b[31m" in line and "tenant=acme" in line
         demo.stop()
     assert "demo-user-token" not in demo.output
     assert "\x1b" not in demo.output
