@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_ARGS ?=
 
-.PHONY: demo test lint typecheck unit interop bench clean tools
+.PHONY: demo test lint typecheck unit interop bench clean tools fuzz
 
 $(BIN)/.installed-all: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,10 @@ unit: $(BIN)/.installed-test tools
 ## Lint, type-check and run the whole suite (starts redis-server itself).
 test: $(BIN)/.installed-test $(INTEROP)/.installed tools lint
 	$(BIN)/pytest
+
+## Long fuzzing runs (docs/fuzzing.md): schemathesis against the demo, atheris per decoder.
+fuzz: $(BIN)/.installed-test
+	ADUIB_FUZZ=long $(BIN)/pytest tests/fuzz -s --timeout=0
 
 bench: $(BIN)/.installed-test
 	$(BIN)/aduib-asgi bench
