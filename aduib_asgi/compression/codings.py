@@ -31,6 +31,8 @@ __all__ = [
 DEFAULT_LEVELS: dict[str, int] = {"gzip": 6, "zstd": 3, "br": 4, "lz4": 0}
 
 _STEP = 256 * 1024
+#: Largest zstd window a request may declare (levels 1-19 use at most 8 MiB); more is 1004.
+ZSTD_MAX_WINDOW = 16 * 1024 * 1024
 
 
 class TooLarge(Exception):
@@ -199,7 +201,9 @@ class _ZstdDecoder:
 
     def __init__(self) -> None:
         self._sink = _BoundedSink()
-        self._w = zstandard.ZstdDecompressor().stream_writer(
+        # A frame header may declare a window of up to 128 MiB, which zstd reserves
+        # at once: 11 bytes per request would be enough to exhaust memory.
+        self._w = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_writer(
             self._sink, write_size=_STEP)  # type: ignore[arg-type]  # any .write() works
 
     def decompress(self, data: bytes, budget: int) -> list[bytes]:
