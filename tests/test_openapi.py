@@ -176,3 +176,30 @@ def test_cli_prints_the_demo_document() -> None:
     assert doc["openapi"] == "3.1.0"
     assert "/aduib_rpc/v2/rpc" in doc["paths"]
     assert "Echo_context_Response" in doc["components"]["schemas"]
+
+
+def validator(doc: dict[str, Any], name: str) -> Any:
+    import jsonschema_rs
+
+    return jsonschema_rs.validator_for({"$ref": f"#/components/schemas/{name}",
+                                        "components": doc["components"]})
+
+
+async def test_answers_validate_against_the_document(prod_client: httpx.AsyncClient) -> None:
+    doc = await get_doc(prod_client)
+    rpc = "/aduib_rpc/v2/rpc"
+    cases = [
+        # a v1 request's integer id is echoed as it was (found by schemathesis)
+        ({"aduib_rpc": "1.0", "id": -477, "method": "rpc.v2/Echo/sleep", "data": None},
+         "Echo_sleep_Response", 200),
+        ({"method": "rpc.v2/Echo/context"}, "Echo_context_Response", 200),
+        ({"method": "rpc.v2/Echo/big", "data": {"size": 3}}, "Echo_big_Response", 200),
+        ({"method": "rpc.v2/Echo/fail", "data": {"code": 4020}}, "ErrorResponse", 410),
+        ({"aduib_rpc": "1.0", "id": 5, "method": "rpc.v2/Echo/fail", "data": {"code": 2003}},
+         "ErrorResponse", 400),
+    ]
+    for body, schema, status in cases:
+        r = await prod_client.post(rpc, json=body)
+        assert r.status_code == status, r.text
+        errors = [e.message for e in validator(doc, schema).iter_errors(r.json())]
+        assert not errors, (body, r.json(), errors)

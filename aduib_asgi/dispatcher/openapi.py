@@ -417,6 +417,10 @@ class _Builder:
         request_props["aduib_rpc"] = {
             "type": "string", "enum": list(self.versions.versions), "default": "2.0",
             "description": "The protocol version of the envelope (another is 1001)."}
+        response_props["id"] = {"anyOf": [{"type": "string"}, {"type": "integer"},
+                                          {"type": "null"}],
+                                "description": "The request id (a v1 request's own id, "
+                                               "which may be an integer)."}
         request_props["id"] = {"anyOf": [{"type": "string"}, {"type": "integer"},
                                          {"type": "null"}],
                                "description": "The request id (generated when absent)."}

@@ -124,6 +124,11 @@ def _decoded(response: Any) -> Any:
         return json.loads(response.content)
     if ctype.startswith("application/msgpack"):
         return msgpack.unpackb(response.content, raw=False)
+    if ctype.startswith("text/event-stream") and response.status_code >= 400:
+        # an error before the first frame, in envelope framing: one error-envelope event
+        for line in response.content.splitlines():
+            if line.startswith(b"data:"):
+                return json.loads(line[5:])
     return None
 
 
