@@ -33,7 +33,9 @@ LONG = os.environ.get("ADUIB_FUZZ") == "long"
 #: Runs of the bounded (``make test``) atheris run over all targets at once.
 BOUNDED_RUNS = int(os.environ.get("ADUIB_FUZZ_RUNS", "5000"))
 LONG_SECONDS = int(os.environ.get("ADUIB_FUZZ_SECONDS", "120"))
-HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None
+#: ``ADUIB_FUZZ_ENGINE=hypothesis`` uses the fallback even where atheris is installed.
+HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None and \
+    os.environ.get("ADUIB_FUZZ_ENGINE") != "hypothesis"
 ROOT = HERE.parent.parent
 
 TARGETS = sorted(all_targets())
