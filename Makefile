@@ -11,7 +11,7 @@ DEMO_ARGS ?=
 TLS_DIR ?= .demo-tls
 TLS_PORT ?= 8443
 
-.PHONY: demo demo-tls test lint typecheck unit interop bench soak clean tools conformance
+.PHONY: demo demo-tls test lint typecheck unit interop bench soak clean tools conformance fuzz
 
 $(BIN)/.installed-all: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,10 @@ $(CONFORMANCE)/.installed: pyproject.toml conformance/requirements.txt
 ## The peers' compression suites (Starlette, starlette-compress; downloaded now) against ours.
 conformance: $(CONFORMANCE)/.installed
 	$(CONFORMANCE)/bin/python conformance/run.py
+
+## Long fuzzing runs (docs/fuzzing.md): schemathesis against the demo, atheris per decoder.
+fuzz: $(BIN)/.installed-test
+	ADUIB_FUZZ=long $(BIN)/pytest tests/fuzz -s --timeout=0
 
 bench: $(BIN)/.installed-test
 	$(BIN)/aduib-asgi bench

@@ -142,6 +142,50 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_bench)
 
 
+def _openapi_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("openapi", help="print the OpenAPI 3.1 document of the demo server")
+    p.add_argument("--indent", type=int, default=2, help="JSON indentation (0: compact)")
+    p.add_argument("--env", choices=("dev", "prod"), default="prod")
+    p.set_defaults(func=_run_openapi)
+
+
+def _run_openapi(args: argparse.Namespace) -> int:
+    """What the demo serves at ``GET /aduib_rpc/v2/openapi.json``, asked in-process."""
+    import json
+
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+
+    app = build_demo_app(DemoConfig(env=args.env))
+    status, body = asyncio.run(_get(app, "/aduib_rpc/v2/openapi.json"))
+    if status != 200:
+        sys.stderr.write(body.decode("utf-8", "replace") + "\n")
+        return 1
+    doc = json.loads(body)
+    print(json.dumps(doc, indent=args.indent or None, ensure_ascii=False))
+    return 0
+
+
+async def _get(app: Any, path: str) -> tuple[int, bytes]:
+    """One in-process ``GET path`` on an ASGI app: (status, body)."""
+    out: dict[str, Any] = {"status": 0, "body": []}
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "headers": [(b"host", b"127.0.0.1")],
+             "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0)}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            out["body"].append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return int(out["status"]), b"".join(out["body"])
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     from aduib_asgi.bench import BenchOptions, run_bench
 
@@ -476,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _demo_parser(sub)
     _bench_parser(sub)
+    _openapi_parser(sub)
     args = parser.parse_args(argv)
     try:
         result: int = args.func(args)

@@ -265,9 +265,9 @@ def test_every_problem_of_a_configuration_is_reported() -> None:
 
 
 async def test_mtls_roles_are_configured_and_reloaded() -> None:
-    from aduib_asgi.auth.tls import TlsExtensionApp
-
     import trustme
+
+    from aduib_asgi.auth.tls import TlsExtensionApp
 
     app, source, manager = _demo()
     cert = trustme.CA().issue_cert("ops-bot")  # principal: its SAN DNS name

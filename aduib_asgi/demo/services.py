@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 
 from aduib_asgi.context import RequestContext
+from aduib_asgi.demo import models as m
 from aduib_asgi.demo.stats import DemoStats
 from aduib_asgi.dispatcher import MethodRegistry
 from aduib_asgi.errors import RpcError
@@ -86,32 +87,34 @@ def register_demo_services(registry: MethodRegistry, stats: DemoStats | None = N
             return {"value": counters[tenant]}
 
     registry.register("rpc.v2/Echo/echo", echo)
-    registry.register("rpc.v2/Echo/sleep", sleep)
-    registry.register("rpc.v2/Echo/fail", fail)
+    registry.register("rpc.v2/Echo/sleep", sleep, doc_input=m.SleepIn, doc_output=m.SleepOut)
+    registry.register("rpc.v2/Echo/fail", fail, doc_input=m.FailIn)
     registry.register("rpc.v2/Echo/crash", crash)
-    registry.register("rpc.v2/Echo/big", big)
-    registry.register("rpc.v2/Echo/context", context)
-    registry.register("rpc.v2/Counter/incr", incr)
+    registry.register("rpc.v2/Echo/big", big, doc_input=m.BigIn, doc_output=m.BigOut)
+    registry.register("rpc.v2/Echo/context", context, doc_output=m.ContextOut)
+    registry.register("rpc.v2/Counter/incr", incr, doc_input=m.IncrIn, doc_output=m.IncrOut)
 
     async def admin_secret(data: dict[str, Any]) -> dict[str, Any]:
         return {"secret": "ok"}
 
     # Role rule read by the auth layer (anonymous → 3000, other roles → 3011).
-    registry.register("rpc.v2/Admin/secret", admin_secret, roles=["admin"])
+    registry.register("rpc.v2/Admin/secret", admin_secret, roles=["admin"],
+                      doc_output=m.SecretOut)
 
     async def legacy_old(data: dict[str, Any]) -> dict[str, Any]:
         return {"old": True}
 
     # Deprecated: answers Deprecation (RFC 9745) and Sunset (RFC 8594) headers.
     registry.register("rpc.v2/Legacy/old", legacy_old, deprecated="2025-01-01",
-                      sunset="2027-01-01")
+                      sunset="2027-01-01", doc_output=m.OldOut)
 
     async def slow_work(data: dict[str, Any]) -> dict[str, Any]:
         await anyio.sleep(_number(data, "ms", 0) / 1000.0)
         return {"done": data.get("tag")}
 
     # Idempotent (server-side retry allowed); one in flight, queued by qos.priority.
-    registry.register("rpc.v2/Slow/work", slow_work, idempotent=True, concurrency=1)
+    registry.register("rpc.v2/Slow/work", slow_work, idempotent=True, concurrency=1,
+                      doc_input=m.WorkIn, doc_output=m.WorkOut)
 
     async def stream(data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         count = int(_number(data, "count", 1))
@@ -137,7 +140,8 @@ def register_demo_services(registry: MethodRegistry, stats: DemoStats | None = N
             stats.echo_streams_closed += 1
 
     # Server streaming (POST .../v2/rpc/stream, or the WebSocket .../v2/rpc/ws).
-    registry.register("rpc.v2/Echo/stream", stream)
+    registry.register("rpc.v2/Echo/stream", stream, doc_input=m.StreamIn,
+                      doc_output=m.StreamItem)
 
     async def ping(data: dict[str, Any]) -> dict[str, Any]:
         return {"pong": True}
@@ -145,7 +149,8 @@ def register_demo_services(registry: MethodRegistry, stats: DemoStats | None = N
     # Rate limited to 3 requests per 10 seconds per tenant (read by RateLimitMiddleware).
     # (the policy is named "limited": `[tenants.NAME.ratelimit] limited = ...` overrides it)
     registry.register("rpc.v2/Limited/ping", ping,
-                      rate_limit={"name": "limited", "limit": "3/10 seconds"})
+                      rate_limit={"name": "limited", "limit": "3/10 seconds"},
+                      doc_output=m.PingOut)
 
 
 def _number(data: dict[str, Any], key: str, default: int) -> Any:

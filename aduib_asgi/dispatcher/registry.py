@@ -215,7 +215,9 @@ class MethodRegistry:
         (``since <= v < removed_in``); the same name may be registered again for
         a disjoint range. ``deprecated`` is True or the date it was deprecated;
         ``sunset`` the date it stops working (implies deprecated). Other keyword
-        options land in :attr:`MethodSpec.options` for the layers to read.
+        options land in :attr:`MethodSpec.options` for the layers to read (e.g.
+        ``doc_input``/``doc_output``: models that describe ``data``/the result in the
+        OpenAPI document without validating them).
         """
         canonical = normalize_method(method)
         parts = parse_method(canonical) if canonical is not None else None

@@ -1,6 +1,7 @@
 """Endpoints of the versioning concern, installed into every RpcDispatcher.
 
 - ``GET {base}/v2/capabilities`` (see :mod:`aduib_asgi.dispatcher.capabilities`);
+- ``GET {base}/v2/openapi.json`` (see :mod:`aduib_asgi.dispatcher.openapi`);
 - ``POST {base}/v1/rpc``: the v1 endpoint. The body is upgraded to v2 (whatever
   its ``aduib_rpc`` says), answered in v1 shape, and served by the v2 unary
   endpoint — or by the streaming endpoint when ``meta.stream`` is set and one
@@ -17,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from aduib_asgi.body import parse_envelope
 from aduib_asgi.context import RequestContext
 from aduib_asgi.dispatcher.capabilities import CAPABILITIES_PATH, capabilities_endpoint
+from aduib_asgi.dispatcher.openapi import OPENAPI_PATH, openapi_endpoint
 from aduib_asgi.errors import RpcError
 from aduib_asgi.versioning.compat import V1_KEY, V1_STREAM_KEY, install_v1_shaper
 
@@ -30,8 +32,9 @@ _FRAMING = b"aduib-stream-framing"
 
 
 def install_version_routes(dispatcher: RpcDispatcher) -> None:
-    """Add the capabilities and v1 endpoints to ``dispatcher``."""
+    """Add the capabilities, OpenAPI and v1 endpoints to ``dispatcher``."""
     dispatcher.add_route(CAPABILITIES_PATH, capabilities_endpoint(dispatcher), methods=("GET",))
+    dispatcher.add_route(OPENAPI_PATH, openapi_endpoint(dispatcher), methods=("GET",))
     dispatcher.add_route(V1_PATH, _v1_endpoint(dispatcher), methods=("POST",))
 
 
