@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import anyio
 
+from aduib_asgi.storage.redis_url import pubsub_for
+
 __all__ = ["follow", "messages"]
 
 logger = logging.getLogger("aduib_asgi.storage.pubsub")
@@ -32,9 +34,11 @@ async def messages(client: Any, *channels: str,
     ``redis.asyncio`` client created with ``decode_responses=True``).
 
     ``subscribed`` is called once the subscription is in place (from then on no
-    message is missed).
+    message is missed). On a Redis Cluster the channels should share a hash tag:
+    the subscription is on the node owning the first one's slot
+    (:func:`~aduib_asgi.storage.redis_url.pubsub_for`).
     """
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = await pubsub_for(client, channels[0], ignore_subscribe_messages=True)
     try:
         await pubsub.subscribe(*channels)
         if subscribed is not None:
@@ -47,6 +51,9 @@ async def messages(client: Any, *channels: str,
     finally:
         with anyio.move_on_after(1.0, shield=True):  # also when cancelled (shutdown)
             await pubsub.aclose()
+            owner = getattr(pubsub, "owner", None)
+            if owner is not None:  # a cluster node's own connection
+                await owner.aclose()
 
 
 async def follow(source: Callable[[], AsyncIterator[T]],
