@@ -72,7 +72,8 @@ class RedisServer:
         else:
             command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                        "--save", "", "--appendonly", "no", "--dir", self.dir,
-                       "--protected-mode", "no", *self.args]
+                       "--protected-mode", "no", "--repl-diskless-sync-delay", "0",
+                       *self.args]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -189,6 +190,14 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
     raise RuntimeError(f"{what} not ready within {timeout} s")
 
 
+def _replicas_online(primary: RedisServer) -> int:
+    """Replicas of ``primary`` done with their initial sync (``WAIT`` counts them)."""
+    info = primary.command("INFO", "replication")
+    assert isinstance(info, dict)
+    return sum(1 for k, v in info.items()
+               if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online")
+
+
 class RedisClusterSet:
     """A Redis Cluster: ``masters`` masters with one replica each, built by
     ``redis-cli --cluster create``; small node timeout, so a killed master's
@@ -231,15 +240,15 @@ class RedisClusterSet:
             info = str(node.command("CLUSTER", "INFO"))
             if "cluster_state:ok" not in info:
                 return False
-        return len(self.master_ports()) == self.masters and all(
-            len(self.replica_ports_of(p)) == self.replicas for p in self.master_ports())
+        masters = self.master_ports()
+        return len(masters) == self.masters and all(
+            len(self.replica_ports_of(p)) == self.replicas
+            and _replicas_online(self.node(p)) == self.replicas for p in masters)
 
     def _node_lines(self) -> list[list[str]]:
         for node in self.nodes:
             if node.proc is not None:
-                raw = node.command("CLUSTER", "NODES")
-                text = raw if isinstance(raw, str) else "\n".join(
-                    str(v) for v in raw.values()) if isinstance(raw, dict) else str(raw)
+                text = str(node.command("CLUSTER", "NODES"))
                 return [line.split() for line in text.splitlines() if line.strip()]
         return []
 
@@ -253,6 +262,17 @@ class RedisClusterSet:
         ids = {int(f[1].split("@")[0].rsplit(":", 1)[1]): f[0] for f in lines}
         return [int(f[1].split("@")[0].rsplit(":", 1)[1]) for f in lines
                 if "slave" in f[2] and "fail" not in f[2] and f[3] == ids.get(port)]
+
+    def owner_of(self, slot: int) -> int:
+        """The port of the live master serving ``slot``."""
+        for f in self._node_lines():
+            if "master" not in f[2] or "fail" in f[2]:
+                continue
+            for span in f[8:]:
+                lo, _, hi = span.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return int(f[1].split("@")[0].rsplit(":", 1)[1])
+        raise LookupError(f"no live master serves slot {slot}")
 
     def node(self, port: int) -> RedisServer:
         return next(n for n in self.nodes if n.port == port)
@@ -332,8 +352,7 @@ class RedisSentinelSet:
             if "disconnected" in flags or "down" in flags:
                 return False
         assert port is not None
-        role = self.server(port).command("ROLE")
-        return isinstance(role, list) and role[0] == "master" and len(role[2]) == 1
+        return _replicas_online(self.server(port)) == 1
 
     def server(self, port: int) -> RedisServer:
         return self.primary if self.primary.port == port else self.replica

@@ -8,7 +8,8 @@ listen, reconnect and back off the same way.
   connection for the iterator's lifetime; a connection error ends the iteration
   with the exception.
 - :func:`follow` — feed a handler from a message source forever, reconnecting
-  with exponential backoff (0.5 s doubling to 10 s) and logging once per outage.
+  with exponential backoff (0.5 s doubling to 2 s, so it is back within about
+  2 s of Redis, or of a Sentinel/Cluster failover) and logging once per outage.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ __all__ = ["follow", "messages"]
 
 logger = logging.getLogger("aduib_asgi.storage.pubsub")
 T = TypeVar("T")
+#: The longest wait (seconds) between two reconnection attempts.
+MAX_BACKOFF = 2.0
 
 
 async def messages(client: Any, *channels: str,
@@ -70,4 +73,4 @@ async def follow(source: Callable[[], AsyncIterator[T]],
             logger.warning("%s interrupted (%s: %s); reconnecting in %.1f s", what,
                            type(exc).__name__, exc, delay)
         await anyio.sleep(delay)
-        delay = min(delay * 2, 10.0)
+        delay = min(delay * 2, MAX_BACKOFF)

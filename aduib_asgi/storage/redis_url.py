@@ -192,7 +192,9 @@ async def pubsub_for(client: Any, channel: str, **options: Any) -> Any:
         return client.pubsub(**options)
     from redis.asyncio import Redis
 
-    await client.initialize()
+    # a keyed command for the channel's slot first: it fails while the owner is
+    # down, and lets the cluster client learn a new owner (failover) by itself
+    await client.exists(channel)
     node = client.get_node_from_key(channel)
     kw = node.connection_kwargs
     direct = Redis(host=node.host, port=node.port,

@@ -21,6 +21,7 @@ Redis errors and timeouts surface as 503 / 5002 with ``Retry-After``
 from __future__ import annotations
 
 import functools
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -51,8 +52,11 @@ class TaskStoreUnavailable(RpcError):
 def _guarded(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(fn)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        # bounded as a whole: a cluster client retries a dead node on its own
+        limit = getattr(args[0], "timeout", None) or math.inf
         try:
-            return await fn(*args, **kwargs)
+            with anyio.fail_after(limit):
+                return await fn(*args, **kwargs)
         except (RedisError, OSError, TimeoutError) as exc:
             raise TaskStoreUnavailable(
                 5002, f"The task store is unavailable ({type(exc).__name__})",
@@ -102,8 +106,11 @@ class RedisTaskStore:
         total: int | None = None,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
+        timeout: float | None = None,
     ) -> None:
         self.client = client
+        #: Every store call is bounded by this (seconds; None: the client's own timeouts).
+        self.timeout = timeout
         self.prefix = prefix
         #: Replicas that must acknowledge a save (``WAIT``), and for how long.
         self.wait_replicas = wait_replicas
@@ -132,7 +139,8 @@ class RedisTaskStore:
         target = parse_redis_url(url)
         options.setdefault("wait_replicas", target.wait_replicas)
         options.setdefault("wait_timeout_ms", target.wait_timeout_ms)
-        return cls(redis_client(target, timeout=timeout, decode_responses=True), **options)
+        return cls(redis_client(target, timeout=timeout, decode_responses=True),
+                   timeout=timeout, **options)
 
     def _key(self, task_id: str) -> str:
         return f"{self._tag}task:{task_id}"
