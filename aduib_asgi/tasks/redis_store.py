@@ -5,10 +5,11 @@ Keys (every one under the hash tag ``{prefix}``, e.g. ``{aduib:tasks}:``, so the
 scripts that touch several run on a Redis Cluster too): ``task:ID`` the entry
 JSON (terminal ones expire after the result TTL), ``active`` the set of
 non-terminal ids, ``lease:ID`` the owner of a queued/running task (expires
-unless renewed), ``idem:KEY`` idempotency index. Every call is bounded by the
-client's socket timeouts. Every save is one script (entry, active set and the
-publish on the ``changes`` channel, ``ID REV ORIGIN STATUS``), so managers on
-other instances learn of it at once (:meth:`RedisTaskStore.changes`); with
+unless renewed), ``idem:KEY`` idempotency index. Every call is bounded as a
+whole by ``timeout`` (:meth:`RedisTaskStore.from_url`: 2 s). Every save is one
+script (entry, active set and the publish on the ``changes`` channel,
+``ID REV ORIGIN STATUS``), so managers on other instances learn of it at once
+(:meth:`RedisTaskStore.changes`); with
 ``wait_replicas`` (the URL's, default on Sentinel) it is acknowledged by that
 many replicas (``WAIT``) before the save returns, so it survives a failover.
 
