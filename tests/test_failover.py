@@ -15,7 +15,10 @@ Claims proven here:
   replica that takes over. Results answered in the last moments before the kill
   may be lost when their store write was still on its way (the response goes
   out before the record is written; docs/deployment.md): they are counted, not
-  asserted.
+  asserted;
+- the cancel fan-out comes back: a stream on one instance is cancelled through
+  the other after the failover (its pub/sub subscriptions found the new
+  primary, or the new owner of the channel's slot).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import pytest
 
 from tests.demo_process import DemoProcess, running_demo
 from tests.fixtures_redis import RedisClusterSet, RedisSentinelSet
-from tests.test_gate_demo import RPC, TS, env
+from tests.test_gate_demo import RPC, TS, cancel, env
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -123,6 +126,17 @@ def _run_failover(demos: tuple[DemoProcess, DemoProcess], kill: Callable[[], Non
             time.sleep(0.1)
         killed = time.monotonic()
         kill()
+        # meanwhile: when does a cross-instance cancel work again?
+        probe: dict[str, Any] = {}
+
+        def cancels() -> None:
+            try:
+                probe["at"] = _cancel_through_the_other(a, b, killed + RECOVERY + 5)
+            except BaseException as exc:  # reported below
+                probe["error"] = exc
+
+        prober = threading.Thread(target=cancels, daemon=True)
+        prober.start()
         # until both kinds succeed again for 2 s (at most RECOVERY + 5 s)
         while time.monotonic() < killed + RECOVERY + 5:
             time.sleep(0.25)
@@ -164,12 +178,45 @@ def _run_failover(demos: tuple[DemoProcess, DemoProcess], kill: Callable[[], Non
                 lost_in_window += not same
             else:
                 assert same, (c, r.status_code, r.text, a.output[-3000:], b.output[-3000:])
+    # the cancel fan-out is back too: its subscriptions found the new primary / owner
+    prober.join(RECOVERY + 30)
+    assert "at" in probe, probe.get("error")
+    cancelled_at = probe["at"] - killed
+    assert cancelled_at < RECOVERY, cancelled_at
     codes = sorted({c.value for c in calls if c.status == 503})
     slowest = {k: round(max(c.took for c in calls if c.kind == k), 2) for k in ("incr", "task")}
     print(f"failover: {len(calls)} calls (slowest {slowest} s), "
           f"{len(errors)} answered 503 {codes}, recovered "
           f"{recovered:.2f} s after the kill; {len(kept)} finished results kept; "
-          f"{lost_in_window} of {len(window)} answered during the failover lost")
+          f"{lost_in_window} of {len(window)} answered during the failover lost; a cross-"
+          f"instance cancel worked {cancelled_at:.2f} s after the kill")
+
+
+def _cancel_through_the_other(a: DemoProcess, b: DemoProcess, deadline: float) -> float:
+    """When a call running on ``a`` was first cancelled through ``b`` (before ``deadline``).
+
+    A call whose cancel did not get through runs out by itself (5 s) in the
+    background while the next attempt starts."""
+    while True:
+        rid = f"fo-cancel-{time.monotonic_ns()}"
+        result: dict[str, httpx.Response] = {}
+
+        def call(rid: str = rid, result: dict[str, httpx.Response] = result) -> None:
+            with httpx.Client(base_url=a.url, timeout=30) as c:
+                result["r"] = c.post(RPC, json=env("rpc.v2/Echo/sleep", {"ms": 5000}, rid=rid))
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        time.sleep(0.3)  # running on A
+        r = cancel(b, rid, reason="after-failover")
+        if r.status_code == 200 and r.json()["result"]["canceled"] is True:
+            at = time.monotonic()
+            thread.join(30)
+            assert result["r"].status_code == 409 and "after-failover" in result["r"].text
+            return at
+        assert r.status_code in (404, 503), r.text
+        assert time.monotonic() < deadline, "the cancel fan-out did not come back"
+        time.sleep(0.2)
 
 
 @pytest.fixture

@@ -198,3 +198,24 @@ def test_a_call_on_one_worker_is_cancelled_through_another(
             if remote:
                 break
         assert remote, "no cancel went through the other worker in 12 attempts"
+        # a unary call, cancelled through whichever worker accepts the cancel
+        rid, result = _unique("wu"), {}
+
+        def call() -> None:
+            with httpx.Client(base_url=demo.url, timeout=TIMEOUT) as c:
+                result["r"] = c.post(RPC, json=env("rpc.v2/Echo/sleep", {"ms": 10_000},
+                                                   rid=rid))
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # until the call runs on its worker
+            started = time.monotonic()
+            answer = cancel(demo, rid, reason="unary")
+            if answer.status_code != 404 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        thread.join(TIMEOUT)
+        assert answer.status_code == 200 and answer.json()["result"]["canceled"] is True
+        assert result["r"].status_code == 409 and "unary" in result["r"].text
+        assert time.monotonic() - started < LIMIT

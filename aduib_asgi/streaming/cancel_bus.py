@@ -83,7 +83,10 @@ class RedisCancelBus:
         self.channel = prefix + "{cancel}"
         self.reply_channel = f"{self.channel}:reply:{self.instance}"
         self._pending: dict[str, _Pending] = {}
-        self.ready = anyio.Event()
+        self.ready = anyio.Event()  # the first subscription is in place
+        #: Subscribed now: off while the subscription is down (Redis, a failover);
+        #: then answers could not reach us, so a cancel is 503, not a wrong 404.
+        self.listening = False
 
     @classmethod
     def from_url(cls, url: str, registry: InflightRegistry, *, timeout: float = 1.0,
@@ -104,6 +107,9 @@ class RedisCancelBus:
         if len(self._pending) >= self.max_pending or n >= self.max_pending_per_tenant:
             raise RpcError(5021, "Too many cancels waiting for other instances",
                            headers={"Retry-After": "1"})
+        if not self.listening:  # the others' answers could not reach us
+            raise RpcError(5002, "Cancel cannot hear the other instances now (Redis "
+                                 "subscription down)", headers={"Retry-After": "1"})
         nonce = uuid.uuid4().hex
         pending = self._pending[nonce] = _Pending()
         self._tenants[tenant] = n + 1
@@ -119,7 +125,7 @@ class RedisCancelBus:
                 raise RpcError(5002, "Cancel could not reach the other instances",
                                headers={"Retry-After": "1"}) from None
             # every listening instance answers, this one excepted
-            pending.expected = int(receivers) - (1 if self.ready.is_set() else 0)
+            pending.expected = int(receivers) - 1
             if pending.expected <= 0:
                 return False
             if pending.answers >= pending.expected:
@@ -172,9 +178,17 @@ class RedisCancelBus:
         except Exception as exc:
             logger.warning("could not answer a cancel (%s: %s)", type(exc).__name__, exc)
 
-    def _source(self) -> AsyncIterator[tuple[str, str]]:
-        return messages(self.client, self.channel, self.reply_channel,
-                        subscribed=self.ready.set)
+    async def _source(self) -> AsyncIterator[tuple[str, str]]:
+        try:
+            async for item in messages(self.client, self.channel, self.reply_channel,
+                                       subscribed=self._subscribed):
+                yield item
+        finally:
+            self.listening = False
+
+    def _subscribed(self) -> None:
+        self.listening = True
+        self.ready.set()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[RedisCancelBus]:
