@@ -23,6 +23,7 @@ Claims proven here:
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -117,15 +118,17 @@ class Load:
                    if c.kind == kind and c.status == 200 and c.at >= since)
 
 
-def _run_failover(demos: tuple[DemoProcess, DemoProcess], kill: Callable[[], None]) -> None:
+def _run_failover(demos: tuple[DemoProcess, DemoProcess], kill: Callable[[], None], *,
+                  split_brain: bool = False) -> None:
     a, b = demos
     with Load(demos) as load:
-        deadline = time.monotonic() + 30
-        while (load.successes("incr", 0) < 20 or load.successes("task", 0) < 20) \
-                and time.monotonic() < deadline:
-            time.sleep(0.1)
+        started, deadline = time.monotonic(), time.monotonic() + 30
+        while (load.successes("incr", 0) < 20 or load.successes("task", 0) < 20
+               or time.monotonic() < started + MARGIN + 1.0) and time.monotonic() < deadline:
+            time.sleep(0.1)  # results answered well before the failover, to check after
         killed = time.monotonic()
-        kill()
+        kill()  # returns once the failover is done, or at once (a SIGKILL)
+        done = time.monotonic()
         # meanwhile: when does a cross-instance cancel work again?
         probe: dict[str, Any] = {}
 
@@ -151,11 +154,13 @@ def _run_failover(demos: tuple[DemoProcess, DemoProcess], kill: Callable[[], Non
     errors = [c.at for c in calls if c.status != 200]
     recovered = max(errors) - killed if errors else 0.0
     assert recovered < RECOVERY, recovered
-    after = max(errors) if errors else killed
+    after = max(errors) if errors else done
     assert any(c.status == 200 and c.at > after for c in calls if c.kind == "incr")
     assert any(c.status == 200 and c.at > after for c in calls if c.kind == "task")
-    # nothing finished before the kill (or after recovery) is lost
-    window = [c for c in calls if c.status == 200 and killed - MARGIN <= c.at <= after]
+    # nothing finished before the failover (or after recovery) is lost; answered
+    # while it ran (until the old primary was demoted, or the last 503): counted
+    end = math.inf if split_brain else max(after, done)
+    window = [c for c in calls if c.status == 200 and killed - MARGIN <= c.at <= end]
     kept = [c for c in calls if c.status == 200 and c not in window]
     lost_in_window = 0
     with httpx.Client(base_url=b.url, timeout=10) as cb, \
@@ -239,12 +244,29 @@ def cluster() -> Iterator[RedisClusterSet]:
         group.stop()
 
 
-def test_sentinel_primary_killed_under_load(sentinel_group: RedisSentinelSet) -> None:
+@pytest.mark.parametrize("how", ["kill", "sentinel-failover"])
+def test_sentinel_failover_under_load(sentinel_group: RedisSentinelSet, how: str) -> None:
+    """The primary dies (SIGKILL), or the sentinels are told to fail over (``SENTINEL
+    FAILOVER``: the old primary is demoted to a replica and its clients dropped)."""
     url = sentinel_group.url  # wait_replicas=1 is the default on Sentinel
     with running_demo("--redis", url) as a, running_demo("--redis", url) as b:
         primary = sentinel_group.server(sentinel_group.master_port())
-        _run_failover((a, b), primary.kill)
-        assert sentinel_group.master_port() != primary.port  # a replica was promoted
+
+        def failover() -> None:
+            if how == "kill":
+                primary.kill()
+            else:
+                sentinel_group.sentinels[0].command("SENTINEL", "FAILOVER",
+                                                    sentinel_group.service)
+                deadline = time.monotonic() + RECOVERY  # under load until it is done
+                while sentinel_group.master_port() == primary.port:
+                    assert time.monotonic() < deadline, "no failover"
+                    time.sleep(0.05)
+
+        # a forced failover leaves the old primary a master until the sentinels
+        # reconfigure it (~10 s): writes still reaching it are lost (counted)
+        _run_failover((a, b), failover, split_brain=how != "kill")
+        assert sentinel_group.master_port() != primary.port  # the replica was promoted
 
 
 def test_cluster_master_killed_under_load(cluster: RedisClusterSet) -> None:

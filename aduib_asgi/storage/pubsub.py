@@ -15,12 +15,13 @@ listen, reconnect and back off the same way.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 
-from aduib_asgi.storage.redis_url import pubsub_for
+from aduib_asgi.storage.redis_url import pubsub_for, subscription_moved
 
 __all__ = ["follow", "messages"]
 
@@ -28,6 +29,9 @@ logger = logging.getLogger("aduib_asgi.storage.pubsub")
 T = TypeVar("T")
 #: The longest wait (seconds) between two reconnection attempts.
 MAX_BACKOFF = 2.0
+#: How often (seconds) a subscription checks it is still on the primary (Sentinel,
+#: Cluster: a failover that demotes its server without closing the connection).
+CHECK_EVERY = 1.0
 
 
 async def messages(client: Any, *channels: str,
@@ -46,8 +50,13 @@ async def messages(client: Any, *channels: str,
         await pubsub.subscribe(*channels)
         if subscribed is not None:
             subscribed()
+        checked = time.monotonic()
         while True:
             message = await pubsub.get_message(timeout=1.0)
+            if time.monotonic() - checked >= CHECK_EVERY:
+                checked = time.monotonic()
+                if await subscription_moved(client, pubsub, channels[0]):
+                    raise ConnectionError("the subscribed server is no longer the primary")
             if message is None or message.get("type") != "message":
                 continue
             yield str(message["channel"]), str(message["data"])

@@ -40,6 +40,7 @@ __all__ = [
     "pubsub_for",
     "queue_wait",
     "redis_client",
+    "subscription_moved",
 ]
 
 #: The URL schemes :func:`redis_client` understands.
@@ -203,7 +204,27 @@ async def pubsub_for(client: Any, channel: str, **options: Any) -> Any:
                       if k in kw})
     pubsub: Any = direct.pubsub(**options)
     pubsub.owner = direct  # closed with the pub/sub (see storage.pubsub.messages)
+    pubsub.node_name = node.name
     return pubsub
+
+
+async def subscription_moved(client: Any, pubsub: Any, channel: str) -> bool:
+    """Whether ``pubsub`` (from :func:`pubsub_for`) is no longer on the server that
+    publishes to ``channel`` go to: after a Sentinel failover that demoted its
+    server to a replica (which still relays the messages, but is not counted in
+    ``PUBLISH``'s reply), or a new owner of the channel's slot on a cluster. One
+    sentinel query on Sentinel, none otherwise."""
+    if is_cluster(client):
+        name = getattr(pubsub, "node_name", None)
+        return name is not None and client.get_node_from_key(channel).name != name
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    pool = getattr(client, "connection_pool", None)
+    connection = getattr(pubsub, "connection", None)
+    if not isinstance(pool, SentinelConnectionPool) or connection is None:
+        return False
+    host, port = await pool.get_master_address()
+    return (connection.host, int(connection.port)) != (host, int(port))
 
 
 def limits_storage(url: str) -> tuple[str, dict[str, Any]]:
