@@ -26,7 +26,10 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--env", choices=("dev", "prod"), default="prod",
                    help="dev shows debug info (stack traces) in errors (default: prod)")
     p.add_argument("--redis", default=None, metavar="URL",
-                   help="use Redis for rate-limit, idempotency and task stores")
+                   help="use Redis for rate-limit, idempotency and task stores and the "
+                        "cancel fan-out: redis://, rediss://, "
+                        "redis+sentinel://host:port[,...]/service[/db], "
+                        "redis+cluster://host:port[,...] (docs/deployment.md)")
     p.add_argument("--config", default=None, metavar="PATH",
                    help="configuration file (TOML, or JSON by the .json extension), "
                         "reloaded when it changes and on SIGHUP (docs/configuration.md)")

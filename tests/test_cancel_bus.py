@@ -13,6 +13,7 @@ from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError
 from aduib_asgi.streaming.cancel_bus import RedisCancelBus
 from aduib_asgi.streaming.inflight import InflightRegistry
+from tests.fixtures_redis import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -93,3 +94,27 @@ async def test_waiting_cancels_are_bounded_per_tenant(redis_url: str) -> None:
         other_tenant_id = "x" * 2000  # too long to publish: local only, no error
         assert await a.cancel_anywhere(ctx("alice", tenant="u"), other_tenant_id) is False
     assert refused.value.code == 5021
+
+
+@pytest.mark.redis
+async def test_while_its_subscription_is_down_a_cancel_is_503_not_a_wrong_404(
+        redis_url: str, redis_server: RedisServer) -> None:
+    """Answers could not reach an instance whose subscription dropped (Redis restart,
+    failover): it says 503 + Retry-After instead of "not found", and works again
+    once resubscribed."""
+    async with instances(redis_url) as (a, b):
+        call = Call()
+        a.register(ctx("alice"), call)
+        redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")  # every subscriber
+        bus = b.bus
+        assert isinstance(bus, RedisCancelBus)
+        with anyio.fail_after(10):
+            while bus.listening:
+                await anyio.sleep(0.01)
+            with pytest.raises(RpcError) as down:
+                await b.cancel_anywhere(ctx("alice"), "r1", "early")
+            while not (bus.listening and getattr(a.bus, "listening", False)):
+                await anyio.sleep(0.05)
+            assert await b.cancel_anywhere(ctx("alice"), "r1", "stop")
+    assert down.value.code == 5002 and down.value.headers["Retry-After"] == "1"
+    assert call.reasons == ["stop"]

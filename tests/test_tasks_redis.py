@@ -121,6 +121,6 @@ async def test_demo_with_redis_url_keeps_tasks_in_redis(redis_url: str) -> None:
     assert health["services"]["tasks"] == "healthy"
     client = Redis.from_url(redis_url)
     try:
-        assert await client.exists(f"aduib:tasks:task:{tid}") == 1
+        assert await client.exists(f"{{aduib:tasks}}:task:{tid}") == 1  # hash-tagged
     finally:
         await client.aclose()

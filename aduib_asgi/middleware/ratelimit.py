@@ -35,6 +35,7 @@ from aduib_asgi.logsafe import safe
 from aduib_asgi.responses import refuse_websocket, send_error
 from aduib_asgi.storage.budget import BudgetExceeded
 from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage, quota_for
+from aduib_asgi.storage.redis_url import is_redis_url, limits_storage
 from aduib_asgi.storage.timeout import call_within
 
 __all__ = [
@@ -249,7 +250,8 @@ def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-wi
     """A ``limits.aio`` limiter: ``strategy`` over storage given as a URI or instance.
 
     URIs without the ``async+`` prefix get it; Redis uses the ``redis`` package's
-    asyncio client.
+    asyncio client, and takes every form of :mod:`aduib_asgi.storage.redis_url`
+    (``limits``' own ``redis+sentinel://`` and ``redis+cluster://`` storages).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; use one of {sorted(STRATEGIES)}")
@@ -263,6 +265,9 @@ def make_limiter(storage: str | Storage = "memory://", strategy: str = "fixed-wi
         if scheme.startswith(("async+redis", "async+rediss")):
             storage_options.setdefault("implementation", "redispy")
             require("redis.asyncio", "redis", "A redis:// rate-limit storage")
+            if is_redis_url(uri.removeprefix("async+")):  # one URL form for every store
+                uri, extra = limits_storage(uri.removeprefix("async+"))
+                storage_options = {**extra, **storage_options}
         storage = storage_from_string(uri, **storage_options)  # type: ignore[assignment]
     if not isinstance(storage, Storage):
         raise TypeError("storage must be an async limits storage (limits.aio.storage)")

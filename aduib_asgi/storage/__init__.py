@@ -125,7 +125,9 @@ class IdempotencyStore(Protocol):
 
 
 def idempotency_store_from_url(url: str = "memory://", **options: Any) -> IdempotencyStore:
-    """``memory://`` (optionally ``?max_entries=N``) or ``redis://...``/``rediss://...``.
+    """``memory://`` (optionally ``?max_entries=N``) or a Redis URL (``redis://``,
+    ``rediss://``, ``redis+sentinel://``, ``redis+cluster://``: see
+    :mod:`aduib_asgi.storage.redis_url`).
 
     ``budget=``: the byte budget the store charges (a
     :class:`~aduib_asgi.storage.budget.ByteBudget` for memory, a
@@ -147,8 +149,11 @@ def idempotency_store_from_url(url: str = "memory://", **options: Any) -> Idempo
             options["budget"] = ByteBudget(per_tenant=per_tenant or DEFAULT_PER_TENANT,
                                            total=total or DEFAULT_TOTAL)
         return MemoryIdempotencyStore(**options)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    from aduib_asgi.storage.redis_url import is_redis_url
+
+    if is_redis_url(url):
         from aduib_asgi.storage.redis import RedisIdempotencyStore
 
         return RedisIdempotencyStore(url, **options)
-    raise ValueError(f"unsupported idempotency store URL {url!r} (memory:// or redis://)")
+    raise ValueError(f"unsupported idempotency store URL {url!r} (memory://, redis://, "
+                     "rediss://, redis+sentinel://, redis+cluster://)")

@@ -7,12 +7,17 @@ Every record is charged to the tenant's :class:`~aduib_asgi.storage.budget.Redis
 (shared by the instances on this Redis) until its TTL.
 Renew, complete and release are Lua scripts that act only while the key still
 holds the caller's own reservation, so a request whose lease ran out can never
-overwrite or drop the entry of a newer owner.
+overwrite or drop the entry of a newer owner. Each touches one key, so they run
+unchanged on a Redis Cluster (the budget's keys share their own hash tag). The
+URL is any form of :mod:`aduib_asgi.storage.redis_url`; with ``wait_replicas``
+(the default on Sentinel) a completed response is acknowledged by that many
+replicas (``WAIT``) before :meth:`RedisIdempotencyStore.complete` returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from typing import Any
@@ -30,8 +35,11 @@ from aduib_asgi.storage.budget import (
     RedisByteBudget,
     queue,
 )
+from aduib_asgi.storage.redis_url import queue_wait
 
 __all__ = ["RedisIdempotencyStore"]
+
+logger = logging.getLogger("aduib_asgi.storage.redis")
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -98,13 +106,20 @@ class RedisIdempotencyStore:
                  prefix: str = "aduib:idem:", socket_timeout: float = 1.0,
                  poll_interval: float = 0.025, client: Any = None,
                  budget: RedisByteBudget | None = None, per_tenant: int | None = None,
-                 total: int | None = None, ttl: float = 24 * 3600.0) -> None:
-        if client is None:
-            Redis = require("redis.asyncio", "redis", "RedisIdempotencyStore").Redis
+                 total: int | None = None, ttl: float = 24 * 3600.0,
+                 wait_replicas: int | None = None, wait_timeout_ms: int | None = None) -> None:
+        require("redis.asyncio", "redis", "RedisIdempotencyStore")
+        from aduib_asgi.storage.redis_url import parse_redis_url, redis_client
 
-            client = Redis.from_url(url, socket_timeout=socket_timeout,
-                                    socket_connect_timeout=socket_timeout)
+        target = parse_redis_url(url)
+        if client is None:
+            client = redis_client(target, timeout=socket_timeout)
         self._redis = client
+        #: Replicas that must acknowledge a completed response (``WAIT``), and for how long.
+        self.wait_replicas = target.wait_replicas if wait_replicas is None else wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms or target.wait_timeout_ms
+        #: Completed responses fewer replicas acknowledged than asked (kept on the primary).
+        self.unreplicated = 0
         self.prefix = prefix
         self.poll_interval = poll_interval
         self._renew = client.register_script(_RENEW)
@@ -186,7 +201,11 @@ class RedisIdempotencyStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             await self.budget.charge(tenant, record, size, expires, pipe=pipe)
             queue(pipe, _COMPLETE, [rkey], [blob, value, _ms(ttl)])
-            charged, done = await pipe.execute()
+            waits = queue_wait(pipe, self._redis, rkey, self.wait_replicas,
+                               self.wait_timeout_ms)
+            charged, done, *acked = await pipe.execute()
+        if waits and int(acked[0]) < self.wait_replicas:
+            self._unreplicated(int(acked[0]))
         del self._blobs[token]  # kept on failure so that release() can still drop the lease
         if not done:
             with contextlib.suppress(Exception):
@@ -202,6 +221,14 @@ class RedisIdempotencyStore:
                                          + len(marker), expires, force=True, pipe=pipe)
                 await pipe.execute()
         return True
+
+    def _unreplicated(self, acked: int) -> None:
+        self.unreplicated += 1
+        if self.unreplicated == 1 or self.unreplicated % 1000 == 0:
+            logger.warning("%d completed idempotent response(s) acknowledged by fewer than "
+                           "%d replica(s) within %d ms (this one: %d); a failover before "
+                           "they replicate loses them", self.unreplicated, self.wait_replicas,
+                           self.wait_timeout_ms, acked)
 
     async def release(self, key: str, token: str) -> None:
         own = self._blobs.pop(token, None)  # forgotten even if Redis is unreachable

@@ -3,7 +3,7 @@
 Several instances (or uvicorn workers) on one Redis each keep their running
 calls in their own :class:`~aduib_asgi.streaming.inflight.InflightRegistry`.
 A cancel is tried locally first (no Redis round trip). Only when the call is not
-running here is it published on the Redis channel ``{prefix}cancel`` (tenant,
+running here is it published on the Redis channel ``{prefix}{cancel}`` (tenant,
 caller scope, request id, reason); every instance listening there looks the
 call up in its own registry — the same caller scoping as a local cancel: tenant
 and principal, and the client address for anonymous callers — cancels it if it
@@ -30,6 +30,7 @@ import anyio
 
 from aduib_asgi.errors import RpcError
 from aduib_asgi.storage.pubsub import follow, messages
+from aduib_asgi.storage.redis_url import publish, redis_client
 from aduib_asgi.storage.timeout import call_within
 
 if TYPE_CHECKING:
@@ -78,18 +79,21 @@ class RedisCancelBus:
         self.max_pending_per_tenant = max_pending_per_tenant
         self._tenants: dict[str, int] = {}
         self.instance = uuid.uuid4().hex
-        self.channel = prefix + "cancel"
-        self.reply_channel = f"{prefix}cancel:reply:{self.instance}"
+        # one hash tag: on a Redis Cluster both live on the node owning its slot
+        self.channel = prefix + "{cancel}"
+        self.reply_channel = f"{self.channel}:reply:{self.instance}"
         self._pending: dict[str, _Pending] = {}
-        self.ready = anyio.Event()
+        self.ready = anyio.Event()  # the first subscription is in place
+        #: Subscribed now: off while the subscription is down (Redis, a failover);
+        #: then answers could not reach us, so a cancel is 503, not a wrong 404.
+        self.listening = False
 
     @classmethod
     def from_url(cls, url: str, registry: InflightRegistry, *, timeout: float = 1.0,
                  **options: Any) -> RedisCancelBus:
-        from redis.asyncio import Redis
-
-        client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                decode_responses=True)
+        """A bus on the Redis at ``url`` (any form of
+        :mod:`aduib_asgi.storage.redis_url`: single, Sentinel, Cluster)."""
+        client = redis_client(url, timeout=timeout, decode_responses=True)
         return cls(client, registry, timeout=timeout, **options)
 
     # -- asking ------------------------------------------------------------------------
@@ -103,6 +107,9 @@ class RedisCancelBus:
         if len(self._pending) >= self.max_pending or n >= self.max_pending_per_tenant:
             raise RpcError(5021, "Too many cancels waiting for other instances",
                            headers={"Retry-After": "1"})
+        if not self.listening:  # the others' answers could not reach us
+            raise RpcError(5002, "Cancel cannot hear the other instances now (Redis "
+                                 "subscription down)", headers={"Retry-After": "1"})
         nonce = uuid.uuid4().hex
         pending = self._pending[nonce] = _Pending()
         self._tenants[tenant] = n + 1
@@ -110,7 +117,7 @@ class RedisCancelBus:
                               "from": self.instance, "n": nonce})
         try:
             try:
-                receivers = await call_within(self.timeout, self.client.publish,
+                receivers = await call_within(self.timeout, publish, self.client,
                                               self.channel, message)
             except Exception as exc:
                 logger.warning("cancel could not reach the other instances (%s: %s)",
@@ -118,7 +125,7 @@ class RedisCancelBus:
                 raise RpcError(5002, "Cancel could not reach the other instances",
                                headers={"Retry-After": "1"}) from None
             # every listening instance answers, this one excepted
-            pending.expected = int(receivers) - (1 if self.ready.is_set() else 0)
+            pending.expected = int(receivers) - 1
             if pending.expected <= 0:
                 return False
             if pending.answers >= pending.expected:
@@ -166,14 +173,22 @@ class RedisCancelBus:
             reason if isinstance(reason, str) else None)
         reply = json.dumps({"n": msg["n"], "f": 1 if found else 0})
         try:
-            await call_within(self.timeout, self.client.publish,
+            await call_within(self.timeout, publish, self.client,
                               f"{self.channel}:reply:{msg['from']}", reply)
         except Exception as exc:
             logger.warning("could not answer a cancel (%s: %s)", type(exc).__name__, exc)
 
-    def _source(self) -> AsyncIterator[tuple[str, str]]:
-        return messages(self.client, self.channel, self.reply_channel,
-                        subscribed=self.ready.set)
+    async def _source(self) -> AsyncIterator[tuple[str, str]]:
+        try:
+            async for item in messages(self.client, self.channel, self.reply_channel,
+                                       subscribed=self._subscribed):
+                yield item
+        finally:
+            self.listening = False
+
+    def _subscribed(self) -> None:
+        self.listening = True
+        self.ready.set()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[RedisCancelBus]:

@@ -1,12 +1,17 @@
 """Redis task store (``redis.asyncio``, the ``redis`` extra): shared by several
 managers, and the basis of restart recovery.
 
-Keys (under ``prefix``): ``task:{id}`` the entry JSON (terminal ones expire after
-the result TTL), ``active`` the set of non-terminal ids, ``lease:{id}`` the owner
-of a queued/running task (expires unless renewed), ``idem:{key}`` idempotency
-index. Every call is bounded by the client's socket timeouts. Every save is also
-published on the ``changes`` channel (``{id} {rev} {origin} {status}``), so
-managers on other instances learn of it at once (:meth:`RedisTaskStore.changes`).
+Keys (every one under the hash tag ``{prefix}``, e.g. ``{aduib:tasks}:``, so the
+scripts that touch several run on a Redis Cluster too): ``task:ID`` the entry
+JSON (terminal ones expire after the result TTL), ``active`` the set of
+non-terminal ids, ``lease:ID`` the owner of a queued/running task (expires
+unless renewed), ``idem:KEY`` idempotency index. Every call is bounded as a
+whole by ``timeout`` (:meth:`RedisTaskStore.from_url`: 2 s). Every save is one
+script (entry, active set and the publish on the ``changes`` channel,
+``ID REV ORIGIN STATUS``), so managers on other instances learn of it at once
+(:meth:`RedisTaskStore.changes`); with
+``wait_replicas`` (the URL's, default on Sentinel) it is acknowledged by that
+many replicas (``WAIT``) before the save returns, so it survives a failover.
 
 Every record is charged to its tenant's :class:`~aduib_asgi.storage.budget.RedisByteBudget`
 (shared by the instances on this Redis) for the result TTL from its last save.
@@ -17,6 +22,7 @@ Redis errors and timeouts surface as 503 / 5002 with ``Retry-After``
 from __future__ import annotations
 
 import functools
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -27,8 +33,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from aduib_asgi.errors import RpcError
-from aduib_asgi.storage.budget import RECORD_OVERHEAD, RedisByteBudget
+from aduib_asgi.storage.budget import RECORD_OVERHEAD, RedisByteBudget, queue
 from aduib_asgi.storage.pubsub import messages
+from aduib_asgi.storage.redis_url import parse_redis_url, queue_wait, redis_client
 from aduib_asgi.tasks.store import DEFAULT_RESULT_TTL, TaskChange, TaskEntry
 
 __all__ = ["RedisTaskStore", "TaskStoreUnavailable"]
@@ -46,8 +53,11 @@ class TaskStoreUnavailable(RpcError):
 def _guarded(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(fn)
     async def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        # bounded as a whole: a cluster client retries a dead node on its own
+        limit = getattr(args[0], "timeout", None) or math.inf
         try:
-            return await fn(*args, **kwargs)
+            with anyio.fail_after(limit):
+                return await fn(*args, **kwargs)
         except (RedisError, OSError, TimeoutError) as exc:
             raise TaskStoreUnavailable(
                 5002, f"The task store is unavailable ({type(exc).__name__})",
@@ -68,6 +78,19 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# KEYS: the entry, the active set. ARGV: id, entry JSON, TTL ms (0: active, no TTL),
+# channel, message. One script: atomic, and on a cluster on the tag's node.
+_SAVE = """
+if ARGV[3] ~= '0' then
+  redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('srem', KEYS[2], ARGV[1])
+else
+  redis.call('set', KEYS[1], ARGV[2])
+  redis.call('sadd', KEYS[2], ARGV[1])
+end
+redis.call('publish', ARGV[4], ARGV[5])
+return 1
+"""
 
 
 class RedisTaskStore:
@@ -82,9 +105,18 @@ class RedisTaskStore:
         budget: RedisByteBudget | None = None,
         per_tenant: int | None = None,
         total: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+        timeout: float | None = None,
     ) -> None:
         self.client = client
+        #: Every store call is bounded by this (seconds; None: the client's own timeouts).
+        self.timeout = timeout
         self.prefix = prefix
+        #: Replicas that must acknowledge a save (``WAIT``), and for how long.
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        self._tag = "{" + prefix.rstrip(":") + "}:"  # one hash tag for every key
         self.result_ttl = result_ttl
         if budget is None:
             from aduib_asgi.storage.budget import DEFAULT_PER_TENANT, DEFAULT_TOTAL
@@ -92,8 +124,10 @@ class RedisTaskStore:
             budget = RedisByteBudget(client, per_tenant=per_tenant or DEFAULT_PER_TENANT,
                                      total=total or DEFAULT_TOTAL)
         self.budget = budget
-        self._active = prefix + "active"
-        self._channel = prefix + "changes"
+        self._active = self._tag + "active"
+        self._channel = self._tag + "changes"
+        #: Saves fewer replicas acknowledged than asked (kept on the primary alone).
+        self.unreplicated = 0
         #: Tags this store's publishes, so its own manager can skip them.
         self.origin = uuid.uuid4().hex
         self._renew = client.register_script(_RENEW)
@@ -101,21 +135,25 @@ class RedisTaskStore:
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 2.0, **options: Any) -> RedisTaskStore:
-        client = Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                decode_responses=True)
-        return cls(client, **options)
+        """A store on the Redis at ``url``: any form of
+        :mod:`aduib_asgi.storage.redis_url` (single, Sentinel, Cluster)."""
+        target = parse_redis_url(url)
+        options.setdefault("wait_replicas", target.wait_replicas)
+        options.setdefault("wait_timeout_ms", target.wait_timeout_ms)
+        return cls(redis_client(target, timeout=timeout, decode_responses=True),
+                   timeout=timeout, **options)
 
     def _key(self, task_id: str) -> str:
-        return f"{self.prefix}task:{task_id}"
+        return f"{self._tag}task:{task_id}"
 
     def _lease(self, task_id: str) -> str:
-        return f"{self.prefix}lease:{task_id}"
+        return f"{self._tag}lease:{task_id}"
 
     @_guarded
     async def create(self, entry: TaskEntry, idempotency_key: str | None = None) -> TaskEntry:
         idem = None
         if idempotency_key is not None:
-            idem = f"{self.prefix}idem:{idempotency_key}"
+            idem = f"{self._tag}idem:{idempotency_key}"
             ttl_ms = int(self.result_ttl * 1000)
             if not await self.client.set(idem, entry.task_id, nx=True, px=ttl_ms):
                 existing_id = await self.client.get(idem)
@@ -158,19 +196,21 @@ class RedisTaskStore:
             except BaseException:
                 entry.rev -= 1
                 raise
-        async with self.client.pipeline(transaction=True) as pipe:
+        key = self._key(tid)
+        ttl = int(self.result_ttl * 1000) if entry.record.status.terminal else 0
+        # one round trip (a pipeline; on a cluster the budget's node and the tag's)
+        async with self.client.pipeline(transaction=False) as pipe:
             if not strict:  # always charged: in the same round trip as the write
                 await self.budget.charge(entry.tenant, tid, size, expires, force=True,
                                          pipe=pipe)
-            if entry.record.status.terminal:
-                pipe.set(self._key(tid), raw, px=int(self.result_ttl * 1000))
-                pipe.srem(self._active, tid)
-            else:
-                pipe.set(self._key(tid), raw)
-                pipe.sadd(self._active, tid)
-            pipe.publish(self._channel,
-                         f"{tid} {entry.rev} {self.origin} {entry.record.status.value}")
-            await pipe.execute()
+            queue(pipe, _SAVE, [key, self._active],
+                  [tid, raw, ttl, self._channel,
+                   f"{tid} {entry.rev} {self.origin} {entry.record.status.value}"])
+            waits = queue_wait(pipe, self.client, key, self.wait_replicas,
+                               self.wait_timeout_ms)
+            replies = await pipe.execute()
+        if waits and int(replies[-1]) < self.wait_replicas:
+            self.unreplicated += 1
 
     async def changes(self) -> AsyncIterator[TaskChange]:
         """Every save by any manager on this Redis, as it happens.

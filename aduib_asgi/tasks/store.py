@@ -230,7 +230,8 @@ class MemoryTaskStore:
 
 
 def store_from_uri(uri: str | None, **options: Any) -> TaskStore:
-    """``memory://`` (or None) → :class:`MemoryTaskStore`; ``redis://``/``rediss://`` →
+    """``memory://`` (or None) → :class:`MemoryTaskStore`; a Redis URL (``redis://``,
+    ``rediss://``, ``redis+sentinel://``, ``redis+cluster://``) →
     :class:`~aduib_asgi.tasks.redis_store.RedisTaskStore` (needs the ``redis`` extra).
 
     ``budget=`` / ``per_tenant=`` / ``total=``: the byte budget (see the stores)."""
@@ -242,9 +243,11 @@ def store_from_uri(uri: str | None, **options: Any) -> TaskStore:
             options["budget"] = ByteBudget(per_tenant=per_tenant or DEFAULT_PER_TENANT,
                                            total=total or DEFAULT_TOTAL)
         return MemoryTaskStore(**options)
-    if uri.startswith(("redis://", "rediss://", "unix://")):
+    from aduib_asgi.storage.redis_url import is_redis_url
+
+    if is_redis_url(uri):
         require("redis.asyncio", "redis", "A redis:// task store")
         from aduib_asgi.tasks.redis_store import RedisTaskStore
 
         return RedisTaskStore.from_url(uri, **options)
-    raise ValueError(f"unsupported task store URI {uri!r} (memory:// or redis://)")
+    raise ValueError(f"unsupported task store URI {uri!r} (memory:// or a Redis URL)")
