@@ -6,6 +6,11 @@ down that each shortcut is invisible: same objects, same errors, same bytes.
 
 from __future__ import annotations
 
+import asyncio
+
+from starlette.types import Message, Receive, Scope, Send
+
+from aduib_asgi.context import CONTEXT_KEY, RequestContext, current_context, run_with_context
 from aduib_asgi.models import RequestMetadata
 from aduib_asgi.models.envelope import stamped_metadata
 
@@ -26,3 +31,33 @@ def test_stamped_metadata_has_its_own_mutable_defaults() -> None:
     assert stamped_metadata(2).headers == {}
     a.timestamp_ms = 5  # assignable like any model
     assert a.timestamp_ms == 5
+
+
+def test_run_with_context_adds_no_frame_once_the_context_exists() -> None:
+    asyncio.run(_no_frame())
+
+
+async def _no_frame() -> None:
+    seen: list[RequestContext] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        seen.append(ctx)
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        return None
+
+    ctx = RequestContext()
+    scope: Scope = {"type": "http", "headers": [], CONTEXT_KEY: ctx}
+    awaitable = run_with_context(handler, scope, receive, send)
+    # the handler's own coroutine, not a wrapper around it
+    assert getattr(awaitable, "cr_code", None) is handler.__code__
+    await awaitable
+    assert seen == [ctx]
+
+    fresh: Scope = {"type": "http", "headers": [(b"x-a", b"1")]}
+    await run_with_context(handler, fresh, receive, send)  # the creator binds and stores it
+    assert fresh[CONTEXT_KEY] is seen[1] and seen[1].header(b"x-a") == b"1"
+    assert current_context.get() is None  # reset after the call
