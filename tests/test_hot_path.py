@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from aduib_asgi.context import CONTEXT_KEY, RequestContext, current_context, run_with_context
@@ -61,3 +62,38 @@ async def _no_frame() -> None:
     await run_with_context(handler, fresh, receive, send)  # the creator binds and stores it
     assert fresh[CONTEXT_KEY] is seen[1] and seen[1].header(b"x-a") == b"1"
     assert current_context.get() is None  # reset after the call
+
+
+def _wrappers(f: object) -> int:
+    n = 0
+    while hasattr(f, "__wrapped__"):
+        f = f.__wrapped__
+        n += 1
+    return n
+
+
+def test_budgeted_storage_adds_no_error_wrapper_levels() -> None:
+    from limits.aio.storage import MemoryStorage
+
+    from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage
+
+    for name in ("incr", "get", "get_expiry", "check", "reset", "clear", "acquire_entry",
+                 "get_moving_window", "acquire_sliding_window_entry", "get_sliding_window"):
+        assert _wrappers(getattr(BudgetedMemoryStorage, name)) <= \
+            _wrappers(getattr(MemoryStorage, name)), name
+
+
+def test_budgeted_storage_still_counts_and_charges() -> None:
+    from aduib_asgi.storage.budget import BudgetExceeded, ByteBudget
+    from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage
+
+    async def main() -> None:
+        storage = BudgetedMemoryStorage(budget=ByteBudget(per_tenant=700, total=10_000),
+                                        wrap_exceptions=True)
+        assert await storage.incr("k1", 60) == 1
+        assert await storage.incr("k1", 60, amount=2) == 3
+        assert await storage.get("k1") == 3
+        with pytest.raises(BudgetExceeded):  # a second bucket passes the tenant's bytes
+            await storage.incr("k2" * 100, 60)
+
+    asyncio.run(main())
