@@ -304,3 +304,20 @@ async def test_code_that_swallows_the_deadline_cannot_answer_late() -> None:
         assert r.json()["error"]["code"] == 5003
         assert late == ["swallowed"]
         await anyio.sleep(0)  # the request's cancellation was taken back: this task runs on
+
+
+async def test_shielded_work_inside_a_handler_finishes_before_the_deadline_cuts_in() -> None:
+    done: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        with anyio.CancelScope(shield=True):  # e.g. a commit that must not be torn
+            await anyio.sleep(0.3)
+            done.append("committed")
+        await anyio.sleep(5)
+        done.append("never")
+
+    async with client_for(DeadlineMiddleware(app)) as client:
+        with anyio.fail_after(3):
+            r = await client.get("/", headers={"X-Timeout-Ms": "100"})
+    assert r.status_code == 504
+    assert done == ["committed"]

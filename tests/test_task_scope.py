@@ -125,3 +125,46 @@ def test_on_trio_it_is_an_anyio_scope() -> None:
         return cs.cancelled_caught
 
     assert anyio.run(main, backend="trio")
+
+
+def test_a_shielded_anyio_scope_inside_finishes_first() -> None:
+    async def main() -> tuple[list[str], bool]:
+        log: list[str] = []
+        cs = TaskCancelScope()
+        shielded = asyncio.Event()
+
+        async def body() -> None:
+            with cs:
+                with anyio.CancelScope(shield=True):
+                    shielded.set()
+                    await anyio.sleep(0.05)
+                    log.append("shielded work done")
+                log.append("after the shield")  # no await: runs before the delivery
+                await asyncio.sleep(5)
+                log.append("never")
+
+        task = asyncio.ensure_future(body())
+        await shielded.wait()
+        cs.cancel()
+        await asyncio.wait_for(task, 5)
+        return log, cs.cancelled_caught
+
+    log, caught = asyncio.run(main())
+    assert log == ["shielded work done", "after the shield"]
+    assert caught
+
+
+def test_a_cancel_waiting_for_a_shield_is_dropped_when_the_body_ends() -> None:
+    async def main() -> None:
+        cs = TaskCancelScope()
+        with cs:
+            with anyio.CancelScope(shield=True):
+                cs.cancel()  # waits for the shield...
+                await anyio.sleep(0.02)
+        # ...which ended with the body: nothing is delivered afterwards
+        await asyncio.sleep(0.05)
+        assert not cs.cancelled_caught
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+
+    asyncio.run(main())
