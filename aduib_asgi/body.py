@@ -17,7 +17,8 @@ from starlette.types import Message, Receive
 from aduib_asgi.auth.rbac import authorize_method
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
-from aduib_asgi.models import RequestMetadata, RpcRequest, parse_method
+from aduib_asgi.models import RpcRequest, parse_method
+from aduib_asgi.models.envelope import stamped_metadata
 from aduib_asgi.versioning.compat import prepare_payload
 
 __all__ = [
@@ -123,7 +124,7 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False,
         ctx.priority = int(env.qos.priority)
     md = env.metadata
     if md is None:  # the server fills timestamp_ms when absent (PROTOCOL.md section 2)
-        env.metadata = RequestMetadata(timestamp_ms=ctx.timestamp_ms)  # model_construct: ~15 µs
+        env.metadata = stamped_metadata(ctx.timestamp_ms)
     else:
         if md.timestamp_ms is None:
             md.timestamp_ms = ctx.timestamp_ms

@@ -318,18 +318,25 @@ def _merged(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
 ContextHandler = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]
 
 
-async def run_with_context(
+def run_with_context(
     handler: ContextHandler, scope: Scope, receive: Receive, send: Send
-) -> None:
+) -> Awaitable[None]:
     """Call ``handler`` with the request's context, creating and binding it if needed.
 
     The creator stores the context in the scope, binds the contextvar (reset in
-    ``finally``) and wraps ``send`` once to emit ``ctx.response_headers``.
+    ``finally``) and wraps ``send`` once to emit ``ctx.response_headers``. When
+    the context exists (every layer after the first), this returns the handler's
+    own coroutine: no extra frame per layer.
     """
     ctx: RequestContext | None = scope.get(CONTEXT_KEY)
     if ctx is not None:
-        await handler(scope, receive, send, ctx)
-        return
+        return handler(scope, receive, send, ctx)
+    return _run_creating(handler, scope, receive, send)
+
+
+async def _run_creating(
+    handler: ContextHandler, scope: Scope, receive: Receive, send: Send
+) -> None:
     headers = scope.get("headers")
     if headers is not None and type(headers) is not list:
         # ASGI allows any iterable: read it once, and let the app see the same list

@@ -22,6 +22,7 @@ from aduib_asgi.errors import RpcError
 from aduib_asgi.middleware import DeadlineMiddleware
 from aduib_asgi.middleware.deadline import DEADLINE_SCOPE_KEY, DeadlineScope
 from aduib_asgi.qos import timeout_headers
+from aduib_asgi.qos.task_scope import TaskCancelScope
 from aduib_asgi.stack import Layer
 from tests.conftest import RPC, client_for, envelope
 from tests.qos_helpers import rpc_stack
@@ -251,7 +252,8 @@ async def test_scope_is_published_for_streaming_layers() -> None:
     assert r.status_code == 204
     dscope = seen["scope"]
     assert isinstance(dscope, DeadlineScope)
-    assert isinstance(dscope.cancel_scope, anyio.CancelScope)
+    # on asyncio the shared timer cancels the task natively (TaskCancelScope)
+    assert isinstance(dscope.cancel_scope, anyio.CancelScope | TaskCancelScope)
     assert math.isfinite(dscope.deadline)  # on anyio's clock
     assert dscope.deadline <= anyio.current_time() + 1.0
     assert seen["deadline"] is not None
@@ -279,3 +281,43 @@ async def test_an_absurdly_large_timeout_is_capped_not_a_500(where: str) -> None
     assert r.status_code in (200, 400), r.text
     if r.status_code == 400:
         assert r.json()["error"]["code"] in (1002, 2003)
+
+
+async def test_code_that_swallows_the_deadline_cannot_answer_late() -> None:
+    """Past the deadline nothing more goes out (as under an anyio scope, whose every
+    await raises once cancelled): a handler that catches the cancellation and then
+    answers still leaves the client with 504 / 5003, and the task is not left cancelled."""
+    late: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await anyio.sleep(5)
+        except BaseException:  # a handler that swallows cancellation
+            late.append("swallowed")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        late.append("never sent")
+
+    async with client_for(DeadlineMiddleware(app)) as client:
+        with anyio.fail_after(3):
+            r = await client.get("/", headers={"X-Timeout-Ms": "100"})
+        assert r.status_code == 504
+        assert r.json()["error"]["code"] == 5003
+        assert late == ["swallowed"]
+        await anyio.sleep(0)  # the request's cancellation was taken back: this task runs on
+
+
+async def test_shielded_work_inside_a_handler_finishes_before_the_deadline_cuts_in() -> None:
+    done: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        with anyio.CancelScope(shield=True):  # e.g. a commit that must not be torn
+            await anyio.sleep(0.3)
+            done.append("committed")
+        await anyio.sleep(5)
+        done.append("never")
+
+    async with client_for(DeadlineMiddleware(app)) as client:
+        with anyio.fail_after(3):
+            r = await client.get("/", headers={"X-Timeout-Ms": "100"})
+    assert r.status_code == 504
+    assert done == ["committed"]

@@ -30,6 +30,7 @@ from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.qos.interrupt import end_interrupted, send_tracked
 from aduib_asgi.qos.keys import lookup, method_spec
+from aduib_asgi.qos.task_scope import TaskCancelScope
 from aduib_asgi.qos.timer import DeadlineTimer, Timed
 from aduib_asgi.responses import send_error
 
@@ -167,10 +168,11 @@ class DeadlineMiddleware:
             await self._expired(scope, send, ctx, None)
             return
         timer = self._loop_timer()
+        cancel_scope: anyio.CancelScope | TaskCancelScope
         if timer is None:  # not asyncio (trio): anyio's own deadline, on its clock
             cancel_scope = anyio.CancelScope(deadline=anyio.current_time() + left)
-        else:
-            cancel_scope = anyio.CancelScope()
+        else:  # the shared timer cancels the task natively (an anyio scope: several µs)
+            cancel_scope = TaskCancelScope()
         responder = DeadlineScope(send, cancel_scope, timer)
         ctx.extras[DEADLINE_SCOPE_KEY] = responder
         if timer is None:
@@ -183,6 +185,7 @@ class DeadlineMiddleware:
                     await self.app(scope, receive, responder)
             finally:
                 timer.remove(responder)
+                responder.guarded = False  # the layer's own 5003 / stream abort may send
         if cancel_scope.cancelled_caught:
             await self._expired(scope, send, ctx, responder)
 
@@ -214,9 +217,9 @@ class DeadlineScope(Timed):
     started / finished (to answer 504 or end it).
     """
 
-    __slots__ = ("_timer", "cancel_scope", "finished", "send", "started")
+    __slots__ = ("_timer", "cancel_scope", "finished", "guarded", "send", "started")
 
-    def __init__(self, send: Send, cancel_scope: anyio.CancelScope,
+    def __init__(self, send: Send, cancel_scope: anyio.CancelScope | TaskCancelScope,
                  timer: DeadlineTimer | None) -> None:
         super().__init__()
         self.send = send
@@ -224,17 +227,22 @@ class DeadlineScope(Timed):
         self.finished = False
         self.cancel_scope = cancel_scope
         self._timer = timer
+        #: While the app runs under a :class:`TaskCancelScope`: nothing goes out once
+        #: it is cancelled (see ``__call__``).
+        self.guarded = isinstance(cancel_scope, TaskCancelScope)
 
     @property
     def deadline(self) -> float:
-        return self.when if self._timer is not None else self.cancel_scope.deadline
+        scope = self.cancel_scope
+        return scope.deadline if isinstance(scope, anyio.CancelScope) else self.when
 
     @deadline.setter
     def deadline(self, value: float) -> None:
-        if self._timer is not None:
+        scope = self.cancel_scope
+        if isinstance(scope, anyio.CancelScope):
+            scope.deadline = value
+        elif self._timer is not None:
             self._timer.add(self, value)
-        else:
-            self.cancel_scope.deadline = value
 
     def cancel(self) -> None:
         """Cancel the request now (as the deadline would)."""
@@ -244,4 +252,9 @@ class DeadlineScope(Timed):
         self.cancel_scope.cancel()
 
     async def __call__(self, message: Message) -> None:
+        if self.guarded and self.cancel_scope.cancel_called:
+            # past the deadline nothing more goes out, as under an anyio scope (whose
+            # every await raises once cancelled): code that swallowed the task's
+            # cancellation is stopped here, and the layer answers 5003
+            raise asyncio.CancelledError
         await send_tracked(self, message)

@@ -105,6 +105,30 @@ class RequestMetadata(_Model):
         return {} if v is None else v
 
 
+_new_model = object.__new__
+_set_attr = object.__setattr__
+_MD_STATIC = {n: f.default for n, f in RequestMetadata.model_fields.items()
+              if f.default_factory is None}
+_MD_FACTORIES = tuple((n, f.default_factory) for n, f in RequestMetadata.model_fields.items()
+                      if f.default_factory is not None)
+
+
+def stamped_metadata(timestamp_ms: int) -> RequestMetadata:
+    """``RequestMetadata(timestamp_ms=timestamp_ms)``, built from the model's own field
+    defaults without a validation pass (the server's metadata for an envelope that
+    sent none; equal to the validated one, at a third of the cost)."""
+    values = _MD_STATIC.copy()
+    for name, factory in _MD_FACTORIES:
+        values[name] = factory()  # type: ignore[call-arg]
+    values["timestamp_ms"] = timestamp_ms
+    md = _new_model(RequestMetadata)
+    _set_attr(md, "__dict__", values)
+    _set_attr(md, "__pydantic_fields_set__", {"timestamp_ms"})
+    _set_attr(md, "__pydantic_extra__", None)
+    _set_attr(md, "__pydantic_private__", None)
+    return md
+
+
 class Pagination(_Model):
     total: int | None = None
     page: int | None = None

@@ -99,6 +99,28 @@ class BudgetedMemoryStorage(MemoryStorage):
         return await super().reset()
 
 
+def _unwrap_rewrapped(cls: type, base: type) -> None:
+    """Undo the second error wrapper ``limits`` puts on each storage method of a subclass.
+
+    ``limits`` wraps its storage methods (``incr``, ``get``...) in an error
+    translator again in every subclass, inherited ones included: each level is
+    one more coroutine per call (``incr`` went through four per hit). Inherited
+    methods get the base's (wrapped once) back; methods the subclass overrides
+    lose their wrapper, since what they call on ``super()`` is wrapped already.
+    """
+    for name, attr in list(vars(cls).items()):
+        if not callable(attr) or not hasattr(attr, "__wrapped__"):
+            continue
+        inherited = getattr(base, name, None)
+        f = attr
+        while f is not inherited and hasattr(f, "__wrapped__"):
+            f = f.__wrapped__
+        setattr(cls, name, f)
+
+
+_unwrap_rewrapped(BudgetedMemoryStorage, MemoryStorage)
+
+
 class WindowQuota:
     """``hit`` then ``get_window_stats``: works with every ``limits`` strategy."""
 

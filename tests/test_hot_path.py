@@ -1,0 +1,99 @@
+"""The per-request shortcuts of the hot path give exactly what the slow way gives.
+
+Speed itself is measured in benchmarks/ (``aduib-asgi bench``); these tests pin
+down that each shortcut is invisible: same objects, same errors, same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from aduib_asgi.context import CONTEXT_KEY, RequestContext, current_context, run_with_context
+from aduib_asgi.models import RequestMetadata
+from aduib_asgi.models.envelope import stamped_metadata
+
+
+def test_stamped_metadata_equals_the_validated_model() -> None:
+    fast = stamped_metadata(1234)
+    slow = RequestMetadata(timestamp_ms=1234)
+    assert fast == slow
+    assert repr(fast) == repr(slow)
+    assert fast.model_fields_set == slow.model_fields_set == {"timestamp_ms"}
+    assert fast.model_dump_json() == slow.model_dump_json()
+    assert fast.model_dump(exclude_unset=True) == {"timestamp_ms": 1234}
+
+
+def test_stamped_metadata_has_its_own_mutable_defaults() -> None:
+    a = stamped_metadata(1)
+    a.headers["x-a"] = "1"
+    assert stamped_metadata(2).headers == {}
+    a.timestamp_ms = 5  # assignable like any model
+    assert a.timestamp_ms == 5
+
+
+def test_run_with_context_adds_no_frame_once_the_context_exists() -> None:
+    asyncio.run(_no_frame())
+
+
+async def _no_frame() -> None:
+    seen: list[RequestContext] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        seen.append(ctx)
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        return None
+
+    ctx = RequestContext()
+    scope: Scope = {"type": "http", "headers": [], CONTEXT_KEY: ctx}
+    awaitable = run_with_context(handler, scope, receive, send)
+    # the handler's own coroutine, not a wrapper around it
+    assert getattr(awaitable, "cr_code", None) is handler.__code__
+    await awaitable
+    assert seen == [ctx]
+
+    fresh: Scope = {"type": "http", "headers": [(b"x-a", b"1")]}
+    await run_with_context(handler, fresh, receive, send)  # the creator binds and stores it
+    assert fresh[CONTEXT_KEY] is seen[1] and seen[1].header(b"x-a") == b"1"
+    assert current_context.get() is None  # reset after the call
+
+
+def _wrappers(f: object) -> int:
+    n = 0
+    while hasattr(f, "__wrapped__"):
+        f = f.__wrapped__
+        n += 1
+    return n
+
+
+def test_budgeted_storage_adds_no_error_wrapper_levels() -> None:
+    from limits.aio.storage import MemoryStorage
+
+    from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage
+
+    for name in ("incr", "get", "get_expiry", "check", "reset", "clear", "acquire_entry",
+                 "get_moving_window", "acquire_sliding_window_entry", "get_sliding_window"):
+        assert _wrappers(getattr(BudgetedMemoryStorage, name)) <= \
+            _wrappers(getattr(MemoryStorage, name)), name
+
+
+def test_budgeted_storage_still_counts_and_charges() -> None:
+    from aduib_asgi.storage.budget import BudgetExceeded, ByteBudget
+    from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage
+
+    async def main() -> None:
+        storage = BudgetedMemoryStorage(budget=ByteBudget(per_tenant=700, total=10_000),
+                                        wrap_exceptions=True)
+        assert await storage.incr("k1", 60) == 1
+        assert await storage.incr("k1", 60, amount=2) == 3
+        assert await storage.get("k1") == 3
+        with pytest.raises(BudgetExceeded):  # a second bucket passes the tenant's bytes
+            await storage.incr("k2" * 100, 60)
+
+    asyncio.run(main())
