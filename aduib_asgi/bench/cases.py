@@ -8,7 +8,9 @@ to a bare Starlette route and to a bare pure-ASGI app from the same run):
 * ``compress-20k`` / ``compress-1m`` — compression by our layer, the peers and the
   raw codecs; baseline: the same route answering the body uncompressed.
 * ``rpc`` — the dispatcher alone, the default stack and the demo stack on the
-  echo method; baseline: the dispatcher alone.
+  echo method, next to a bare Starlette JSON echo route (the same request and
+  reply shape: the yardstick the dispatcher is held to); baseline: the
+  dispatcher alone.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from aduib_asgi.bench.apps import (
     bare_asgi_app,
     big_body,
     starlette_app,
+    starlette_json_app,
 )
 from aduib_asgi.bench.driver import AsgiRunner, CallRunner, Request, Runner
 from aduib_asgi.bench.layers import (
@@ -390,6 +393,9 @@ def _rpc_group() -> list[Case]:
     note = f"missing: {', '.join(missing)}" if missing else ""
     return [
         *_refs(g),
+        Case(g, "ref.starlette-json", "bare Starlette JSON echo route", "reference",
+             lambda: AsgiRunner(starlette_json_app(), echo_request()),
+             note="decodes the envelope, answers its data"),
         Case(g, "rpc.dispatcher", "dispatcher alone", "reference",
              lambda: AsgiRunner(_dispatcher(), echo_request())),
         Case(g, "rpc.stack", label, "ours", _stack_build, layer="stack", note=note,
@@ -402,11 +408,24 @@ def _rpc_group() -> list[Case]:
 # -- all ----------------------------------------------------------------------------------
 
 def all_cases(layers: Iterable[str] | None = None,
-              only: Iterable[str] | None = None) -> list[Case]:
-    """Every case, optionally restricted to some layers and/or case-id substrings.
+              only: Iterable[str] | None = None,
+              groups: Iterable[str] | None = None) -> list[Case]:
+    """Every case, optionally restricted to some layers, case-id substrings and groups.
 
     References of each kept group are always kept (they are the yardsticks).
     """
+    cases = _select(layers, only)
+    if groups:
+        wanted_groups = set(groups)
+        unknown = wanted_groups - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown bench group(s): {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(GROUPS)})")
+        cases = [c for c in cases if c.group in wanted_groups]
+    return cases
+
+
+def _select(layers: Iterable[str] | None, only: Iterable[str] | None) -> list[Case]:
     from aduib_asgi.stack import DEFAULT_ORDER, LAYER_CLASSES
 
     names = list(DEFAULT_ORDER) + [n for n in LAYER_CLASSES if n not in DEFAULT_ORDER]

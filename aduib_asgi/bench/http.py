@@ -1,14 +1,19 @@
 """HTTP mode: real servers on 127.0.0.1 under a bounded load, in alternating rounds.
 
-Servers, all on uvicorn: the demo as shipped (``aduib-asgi demo``: uvloop and
-httptools when installed) and a bare pure-ASGI app on the same settings; then, on
+Servers, all on uvicorn with the demo's server settings (``aduib_asgi.bench.serve``):
+the demo as shipped (``aduib-asgi demo``: uvloop and httptools when installed), and
+on the same loop and parser a bare Starlette JSON echo route (the yardstick), the
+same route behind the demo's HTTP protocol classes (head bounds, connection
+budget), the dispatcher alone and a bare pure-ASGI app (the floor); then, on
 asyncio + h11 (what aduib-rpc's virtualenv has, so like for like with it), the
 same demo command, a bare app and the dispatcher alone; and aduib-rpc 2.0.1's own
 REST app with the same Echo handler when the interop virtualenv ``.venv-interop``
 exists (``benchmarks/aduib_rpc_reference_server.py``). The load generator is
-``wrk`` when installed, else a built-in asyncio HTTP/1.1 keep-alive client. Each
-round loads one server for a fixed time; rounds alternate between servers.
-Only loopback traffic, bounded in time (and, for the built-in client, count).
+``wrk`` when installed, else a built-in asyncio HTTP/1.1 keep-alive client (on
+uvloop when installed). Each round loads every server once for a fixed time,
+forward then backward; ratios are taken per round (paired) and summarised by
+their median and range. Only loopback traffic, bounded in time (and, for the
+built-in client, count).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 
 from aduib_asgi.bench.apps import ECHO_BODY, RPC_PATH
 
-__all__ = ["HttpSettings", "find_reference", "run_http"]
+__all__ = ["HttpSettings", "find_reference", "planned_servers", "run_http", "summarise"]
 
 STARTUP_TIMEOUT_S = 40.0
 MAX_REQUESTS_PER_ROUND = 2_000_000
@@ -38,13 +43,17 @@ MAX_REQUESTS_PER_ROUND = 2_000_000
 
 @dataclass(frozen=True)
 class HttpSettings:
-    rounds: int = 4
+    """How long to load each server. At least three rounds: ratios come with a spread."""
+
+    rounds: int = 6
     round_seconds: float = 5.0
     connections: int = 32
+    #: Only these servers (names; None: all). The yardstick pair is always kept.
+    servers: tuple[str, ...] | None = None
 
     @classmethod
     def quick(cls) -> HttpSettings:
-        return cls(rounds=2, round_seconds=2.0, connections=32)
+        return cls(rounds=3, round_seconds=2.0, connections=32)
 
 
 def _repo_root() -> Path:
@@ -182,23 +191,39 @@ async def _builtin_async(url: str, seconds: float, connections: int) -> dict[str
 
 
 def _builtin(url: str, seconds: float, connections: int) -> dict[str, Any]:
-    return asyncio.run(_builtin_async(url, seconds, connections))
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_builtin_async(url, seconds, connections))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_builtin_async(url, seconds, connections))
 
 
 # -- the run ---------------------------------------------------------------------------------
 
-def planned_servers() -> list[_Server]:
-    """The servers of a run, in load order (not started)."""
+#: Always loaded when HTTP mode runs: the headline ratio needs both.
+YARDSTICK_PAIR = ("demo", "bare-starlette")
+
+
+def planned_servers(only: tuple[str, ...] | None = None) -> list[_Server]:
+    """The servers of a run, in load order (not started); ``only``: these names
+    (plus :data:`YARDSTICK_PAIR`)."""
     py = sys.executable
     shipped, ref = shipped_settings(), REFERENCE_SETTINGS
     # no access log: the reference server runs with uvicorn's access_log=False too
     demo = [py, "-m", "aduib_asgi.cli", "demo", "--host", "127.0.0.1", "--port", "0",
             "--env", "prod", "--no-access-log"]
     serve = [py, "-m", "aduib_asgi.bench.serve", "--app"]
+    auto = ["--loop", "auto", "--http", "auto"]
     servers = [
         _Server("demo", "demo as shipped: aduib-asgi demo", demo, shipped),
-        _Server("bare-shipped", "bare pure-ASGI app", [*serve, "bare", "--loop", "auto",
-                                                       "--http", "auto"], shipped),
+        _Server("bare-starlette", "bare Starlette JSON echo route",
+                [*serve, "starlette-json", *auto], shipped),
+        _Server("bare-starlette-guarded", "bare Starlette JSON echo, demo's protocol classes",
+                [*serve, "starlette-json", *auto, "--guarded"], shipped),
+        _Server("dispatcher-shipped", "dispatcher alone", [*serve, "dispatcher", *auto],
+                shipped),
+        _Server("bare-shipped", "bare pure-ASGI app", [*serve, "bare", *auto], shipped),
         _Server("demo-h11", "demo: aduib-asgi demo", [*demo, "--loop", "asyncio",
                                                       "--http", "h11"], ref),
         _Server("bare", "bare pure-ASGI app", [*serve, "bare"], ref),
@@ -208,15 +233,19 @@ def planned_servers() -> list[_Server]:
     if found is not None:
         servers.append(_Server("aduib-rpc", "aduib-rpc 2.0.1 REST app (reference)",
                                [str(found[0]), str(found[1])], ref))
+    if only:
+        keep = set(only) | set(YARDSTICK_PAIR)
+        servers = [s for s in servers if s.name in keep]
     return servers
 
 
 def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = None
              ) -> dict[str, Any]:
     """Start the servers, load them in alternating rounds, stop them; the summary dict."""
-    servers = planned_servers()
+    servers = planned_servers(settings.servers)
     skipped: list[dict[str, Any]] = []
-    if not any(s.name == "aduib-rpc" for s in servers):
+    if not any(s.name == "aduib-rpc" for s in servers) and (
+            not settings.servers or "aduib-rpc" in settings.servers):
         skipped.append({"name": "aduib-rpc", "label": "aduib-rpc 2.0.1 REST app (reference)",
                         "reason": ".venv-interop not found"})
     loader = "wrk" if shutil.which("wrk") else "built-in asyncio client"
@@ -239,7 +268,9 @@ def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = No
             order = live if r % 2 == 0 else list(reversed(live))
             for s in order:
                 samples[s.name].append(
-                    _load(loader, s.url or "", settings.round_seconds, settings.connections, lua))
+                    {"round": r,
+                     **_load(loader, s.url or "", settings.round_seconds,
+                             settings.connections, lua)})
                 if progress is not None:
                     progress(1)
     finally:
@@ -248,28 +279,64 @@ def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = No
         shutil.rmtree(lua_dir, ignore_errors=True)
     out: list[dict[str, Any]] = []
     for s in servers:
-        rows = samples[s.name]
         entry: dict[str, Any] = {"name": s.name, "label": s.label, "settings": s.settings}
-        if s.error is not None or not rows:
-            entry["reason"] = s.error or "no samples"
-        elif any(x["errors"] for x in rows):
-            entry["reason"] = f"{sum(x['errors'] for x in rows)} non-2xx responses"
-        else:
-            entry["rps"] = statistics.median(x["rps"] for x in rows)
-            entry["p50_ms"] = statistics.median(x["p50_ms"] for x in rows)
-            entry["p99_ms"] = statistics.median(x["p99_ms"] for x in rows)
-            entry["rounds"] = rows
+        if s.error is not None:
+            entry["reason"] = s.error
+        entry["rounds"] = samples[s.name]
         out.append(entry)
     out.extend(skipped)
-    # vs_bare: against the bare app on the same loop and parser.
-    bare = {x["settings"]: x["rps"] for x in out
-            if x["name"] in ("bare", "bare-shipped") and x.get("rps")}
-    for x in out:
-        if x.get("rps") and x.get("settings") in bare:
-            x["vs_bare"] = x["rps"] / bare[x["settings"]]
     return {"loader": loader, "connections": settings.connections, "rounds": settings.rounds,
             "round_seconds": settings.round_seconds,
-            "server": "uvicorn; event loop and HTTP parser per row", "servers": out}
+            "server": "uvicorn with the demo's server settings; event loop and HTTP parser "
+                      "per row", "servers": summarise(out)}
+
+
+def _ratios(rows: list[dict[str, Any]], base: list[dict[str, Any]]) -> list[float]:
+    by_round = {x.get("round", i): x["rps"] for i, x in enumerate(base) if x.get("rps")}
+    return [x["rps"] / by_round[x.get("round", i)] for i, x in enumerate(rows)
+            if x.get("rps") and by_round.get(x.get("round", i))]
+
+
+def summarise(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Medians per server and per-round ratios: ``vs_bare`` (the bare pure-ASGI app on
+    the same loop and parser) and ``vs_starlette`` (the bare Starlette JSON echo route,
+    same settings), each with ``*_min``/``*_max`` over the rounds.
+
+    A server with a non-2xx answer in any round gets a ``reason`` and no figures.
+    """
+    out = []
+    for entry in servers:
+        e = dict(entry)
+        rows = e.get("rounds") or []
+        if "reason" in e:
+            pass
+        elif not rows:
+            e["reason"] = "no samples"
+        elif any(x["errors"] for x in rows):
+            e["reason"] = f"{sum(x['errors'] for x in rows)} non-2xx responses"
+        else:
+            e["rps"] = statistics.median(x["rps"] for x in rows)
+            e["rps_min"] = min(x["rps"] for x in rows)
+            e["rps_max"] = max(x["rps"] for x in rows)
+            e["p50_ms"] = statistics.median(x["p50_ms"] for x in rows)
+            e["p99_ms"] = statistics.median(x["p99_ms"] for x in rows)
+        out.append(e)
+    by_name = {e["name"]: e for e in out if e.get("rps")}
+    bare = {"uvloop, httptools": "bare-shipped", REFERENCE_SETTINGS: "bare"}
+    bare[shipped_settings()] = "bare-shipped"
+    for e in out:
+        if not e.get("rps"):
+            continue
+        for key, base_name in (("vs_bare", bare.get(e.get("settings", ""))),
+                               ("vs_starlette", "bare-starlette")):
+            base = by_name.get(base_name or "")
+            if base is None or base.get("settings") != e.get("settings"):
+                continue
+            ratios = _ratios(e["rounds"], base["rounds"])
+            if ratios:
+                e[key] = statistics.median(ratios)
+                e[f"{key}_min"], e[f"{key}_max"] = min(ratios), max(ratios)
+    return out
 
 
 def _load(loader: str, url: str, seconds: float, connections: int, lua: Path) -> dict[str, Any]:
