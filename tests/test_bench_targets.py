@@ -214,7 +214,7 @@ def test_served_json_echo_route_has_the_demos_server_settings(tmp_path: Path) ->
     """A real uvicorn process: the echo answers, with no `server` header (as the demo),
     and the process stops on SIGTERM."""
     from aduib_asgi.bench.apps import ECHO_BODY, RPC_PATH
-    from aduib_asgi.bench.http import _Server
+    from aduib_asgi.bench.http import _builtin, _Server
 
     for extra in ([], ["--guarded"]):
         s = _Server("t", "t", [sys.executable, "-m", "aduib_asgi.bench.serve", "--app",
@@ -228,6 +228,10 @@ def test_served_json_echo_route_has_the_demos_server_settings(tmp_path: Path) ->
                            headers={"content-type": "application/json"})
             assert r.status_code == 200 and r.json()["result"] == {"msg": "hello", "n": 1}
             assert "server" not in r.headers
+            # the built-in load generator: keep-alive rounds, every answer counted
+            load = _builtin(s.url, 0.3, 2)
+            assert load["rps"] > 0 and load["errors"] == 0
+            assert 0 < load["p50_ms"] <= load["p99_ms"]
         finally:
             s.stop()
         assert s.proc is not None and s.proc.poll() is not None
@@ -293,3 +297,22 @@ def test_markdown_has_the_new_sections() -> None:
     assert "| demo | 900 | 870\u2013950 |" in md and "0.90\u00d7 (0.87\u20130.95)" in md
     assert "| dispatcher alone | 10 | 8 | 2 | 0.0 | 0.00 |" in md
     assert "**Targets: the protocol at a bare route's speed**" in md
+
+
+def test_http_target_flags_a_saturated_load_generator() -> None:
+    from aduib_asgi.bench.http import summarise
+
+    def rounds(xs: list[float]) -> list[dict[str, Any]]:
+        return [{"round": i, "rps": x, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0}
+                for i, x in enumerate(xs)]
+
+    def row(floor: float) -> dict[str, Any]:
+        servers = summarise([
+            {"name": n, "label": n, "settings": "uvloop, httptools", "rounds": rounds(xs)}
+            for n, xs in (("demo", [900.0] * 3), ("bare-starlette", [1000.0] * 3),
+                          ("bare-shipped", [floor] * 3))])
+        return next(r for r in evaluate_targets({}, [], {"servers": servers})
+                if r["target"].startswith("demo as shipped vs bare"))
+
+    assert "BOTTLENECK" in row(1100.0)["detail"]
+    assert "BOTTLENECK" not in row(3000.0)["detail"]

@@ -19,6 +19,7 @@ built-in client, count).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shutil
@@ -151,43 +152,97 @@ def _wrk(url: str, seconds: float, connections: int, lua: Path) -> dict[str, Any
             "errors": errors}
 
 
+class _LoadConnection(asyncio.Protocol):
+    """One keep-alive connection of the built-in load generator: send the request,
+    read one response (head, then ``content-length`` bytes), repeat until the deadline.
+
+    A bare :class:`asyncio.Protocol` (no streams, one ``find`` per response), so the
+    loader spends as little CPU per request as Python allows: on a small machine it
+    shares the cores with the server it measures.
+    """
+
+    def __init__(self, request: bytes, deadline: float, state: dict[str, Any],
+                 latencies: list[float], done: asyncio.Future[None]) -> None:
+        self.request, self.deadline, self.state = request, deadline, state
+        self.latencies, self.done = latencies, done
+        self.buf = b""
+        self.need = -1
+        self.ok = True
+        self.t0 = 0.0
+        self.transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._next()
+
+    def _next(self) -> None:
+        now = time.perf_counter()
+        if now >= self.deadline or self.state["budget"] <= 0:
+            self.transport.close()
+            return
+        self.state["budget"] -= 1
+        self.t0 = now
+        self.need = -1
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if self.need < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            head = buf[:end].lower()
+            at = head.find(b"content-length:")
+            if at < 0:
+                self.state["errors"] += 1
+                self.buf = b""
+                self.transport.close()
+                return
+            eol = head.find(b"\r\n", at)
+            length = int(head[at + 15:eol if eol >= 0 else len(head)])
+            self.ok = head.startswith(b"http/1.1 200")
+            self.need = end + 4 + length
+        if len(buf) < self.need:
+            self.buf = buf
+            return
+        self.buf = buf[self.need:]
+        self.latencies.append((time.perf_counter() - self.t0) * 1000)
+        if not self.ok:
+            self.state["errors"] += 1
+        self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 async def _builtin_async(url: str, seconds: float, connections: int) -> dict[str, Any]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     request = (f"POST {RPC_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                "Content-Type: application/json\r\n"
                f"Content-Length: {len(ECHO_BODY)}\r\n\r\n").encode() + ECHO_BODY
     latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    budget = [MAX_REQUESTS_PER_ROUND]
-
-    async def worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            while time.perf_counter() < deadline and budget[0] > 0:
-                budget[0] -= 1
-                t0 = time.perf_counter()
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-                if m is None:
-                    raise RuntimeError("response without content-length")
-                await reader.readexactly(int(m.group(1)))
-                latencies.append((time.perf_counter() - t0) * 1000)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    errors += 1
-        finally:
-            writer.close()
-
+    state: dict[str, Any] = {"budget": MAX_REQUESTS_PER_ROUND, "errors": 0}
+    loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    deadline = t0 + seconds
+    dones = []
+    for _ in range(connections):
+        done: asyncio.Future[None] = loop.create_future()
+        await loop.create_connection(
+            functools.partial(_LoadConnection, request, deadline, state, latencies, done),
+            host, int(port))
+        dones.append(done)
+    await asyncio.wait_for(asyncio.gather(*dones), seconds + 30)
     elapsed = time.perf_counter() - t0
     latencies.sort()
+    if not latencies:
+        raise RuntimeError("no response within the round")
     pct: Callable[[float], float] = lambda q: latencies[min(len(latencies) - 1,  # noqa: E731
                                                              int(q * len(latencies)))]
     return {"rps": len(latencies) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "errors": errors}
+            "errors": state["errors"]}
 
 
 def _builtin(url: str, seconds: float, connections: int) -> dict[str, Any]:
