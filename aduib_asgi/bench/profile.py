@@ -3,11 +3,12 @@
 ``aduib-asgi bench --profile`` (docs/performance.md, "Profile"):
 
 * **functions** — :mod:`cProfile` over ``calls`` echo requests of the bare
-  Starlette JSON echo route, the dispatcher alone and the default stack: the
-  functions with the most own time (``tottime``), in µs and calls per request,
-  and the same time summed per module. cProfile's own cost per function call
-  inflates every figure (the ``profiled µs/call`` next to the unprofiled
-  ``µs/call`` says by how much); read shares and call counts, not absolutes.
+  Starlette JSON echo route, the dispatcher alone, the default stack and the
+  demo app: the functions with the most own time (``tottime``), in µs and calls
+  per request, and the same time summed per module. cProfile's own cost per
+  function call inflates every figure (the ``profiled µs/call`` next to the
+  unprofiled ``µs/call`` says by how much); ``est. µs`` scales own time back by
+  that factor. Read shares and call counts rather than absolutes.
 * **layers** — the default stack built up one layer at a time over the
   dispatcher (dispatcher; errors + dispatcher; errors + content + dispatcher;
   ...), timed in alternating rounds like the in-process bench; each layer's
@@ -158,7 +159,7 @@ def run_profile(settings: ProfileSettings) -> dict[str, Any]:
     from aduib_asgi.bench.alloc import alloc_cases
     from aduib_asgi.bench.layers import echo_request
 
-    wanted = ("ref.starlette-json", "rpc.dispatcher", "rpc.stack")
+    wanted = ("ref.starlette-json", "rpc.dispatcher", "rpc.stack", "rpc.demo")
 
     async def main() -> dict[str, Any]:
         apps = {}

@@ -169,17 +169,21 @@ def _print_profile(console: Any, prof: Mapping[str, Any]) -> None:
                         f"{app['profiled_us_per_call']:.1f} under cProfile, "
                         f"{app['function_calls_per_req']:.0f} function calls per request",
                   title_justify="left")
-        for col in ("function (own time, cProfile)", "µs/req", "cum µs/req", "calls/req"):
+        scale = app["us_per_call"] / app["profiled_us_per_call"] \
+            if app["profiled_us_per_call"] else 1.0
+        for col in ("function (own time, cProfile)", "µs/req", "est. µs", "cum µs/req",
+                    "calls/req"):
             t.add_column(col, justify="left" if col.startswith("function") else "right")
         for f in app["functions"]:
-            t.add_row(f["function"], f"{f['own_us']:.2f}", f"{f['cum_us']:.2f}",
-                      f"{f['calls_per_req']:.1f}")
+            t.add_row(f["function"], f"{f['own_us']:.2f}", f"{f['own_us'] * scale:.2f}",
+                      f"{f['cum_us']:.2f}", f"{f['calls_per_req']:.1f}")
         console.print(t)
         t = Table(title=f"Profile: {app['label']} — own time per module", title_justify="left")
-        for col in ("module", "µs/req", "share"):
+        for col in ("module", "µs/req", "est. µs", "share"):
             t.add_column(col, justify="left" if col == "module" else "right")
         for m in app["modules"]:
-            t.add_row(m["module"], f"{m['own_us']:.2f}", f"{m['share']:.0%}")
+            t.add_row(m["module"], f"{m['own_us']:.2f}", f"{m['own_us'] * scale:.2f}",
+                      f"{m['share']:.0%}")
         console.print(t)
     ladder = prof.get("ladder")
     if ladder:
@@ -304,6 +308,8 @@ def to_markdown(doc: Mapping[str, Any]) -> str:
                   "| " + " | ".join(ALLOC_COLUMNS) + " |", "|---|---:|---:|---:|---:|---:|"]
         lines += ["| " + " | ".join(_alloc_cells(a)) + " |" for a in allocs]
         lines.append("")
+    if doc.get("profile"):
+        lines += profile_markdown(doc["profile"])
     for title, rows in (("**Targets: the protocol at a bare route's speed**",
                          [t for t in doc["targets"] if t.get("headline")]),
                         ("**Other targets**", [t for t in doc["targets"]
@@ -317,3 +323,36 @@ def to_markdown(doc: Mapping[str, Any]) -> str:
                          f"{t.get('margin', '')} | {t['detail']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def profile_markdown(prof: Mapping[str, Any], top: int = 15) -> list[str]:
+    """The profile section as Markdown lines (functions, modules, the layer ladder)."""
+    lines: list[str] = []
+    for app in prof.get("apps", {}).values():
+        if app.get("status") != "ok":
+            continue
+        scale = app["us_per_call"] / app["profiled_us_per_call"] \
+            if app["profiled_us_per_call"] else 1.0
+        lines += [f"**Profile: {app['label']}** — {app['us_per_call']:.1f} µs/call "
+                  f"({app['profiled_us_per_call']:.1f} under cProfile), "
+                  f"{app['function_calls_per_req']:.0f} function calls per request", "",
+                  "| function (own time) | µs/req (cProfile) | est. µs | calls/req |",
+                  "|---|---:|---:|---:|"]
+        for f in app["functions"][:top]:
+            lines.append(f"| `{f['function']}` | {f['own_us']:.2f} | "
+                         f"{f['own_us'] * scale:.2f} | {f['calls_per_req']:.1f} |")
+        lines += ["", "| module | est. µs | share |", "|---|---:|---:|"]
+        for m in app["modules"][:top]:
+            lines.append(f"| `{m['module']}` | {m['own_us'] * scale:.2f} | {m['share']:.0%} |")
+        lines.append("")
+    ladder = prof.get("ladder")
+    if ladder:
+        lines += ["**Default stack built up layer by layer over the dispatcher**", "",
+                  "| + layer | µs/req | marginal µs |", "|---|---:|---:|"]
+        for r in ladder:
+            if r.get("status") == "ok":
+                m = r.get("marginal_us")
+                lines.append(f"| {r['layer']} | {r['us_per_call']:.2f} | "
+                             f"{'' if m is None else f'{m:+.2f}'} |")
+        lines.append("")
+    return lines

@@ -139,10 +139,26 @@ def _stack(results: Mapping[str, CaseResult]) -> list[dict[str, Any]]:
         detail += f"; paired IQR {r.overhead_q1_us:+.1f}…{r.overhead_q3_us:+.1f} µs"
     if missing:
         detail += f"; NOT YET LANDED: {', '.join(missing)} (figure is for the partial stack)"
+    detail += _speed_note(results, "rpc", ov)
     row = _upper(t, goal, f"+{ov:.1f} µs", ov, STACK_BUDGET_US, " µs", detail)
     if missing and ov <= STACK_BUDGET_US:  # a partial stack cannot meet it
         row.update(verdict="n/a", margin="")
     return [row]
+
+
+#: The bare Starlette route (fixed body) in the run the µs goals were set against.
+REFERENCE_STARLETTE_US = 10.8
+
+
+def _speed_note(results: Mapping[str, CaseResult], group: str, us: float) -> str:
+    """µs goals depend on the machine's speed: relate the figure to this run's bare
+    Starlette route (10.8 µs when the goals were set)."""
+    ref = _get(results, f"{group}/ref.starlette")
+    if ref is None or not ref.median_us:
+        return ""
+    return (f"; machine speed: the bare Starlette route took {ref.median_us:.1f} µs in this "
+            f"run ({REFERENCE_STARLETTE_US} µs when the goals were set), so at that speed "
+            f"this is ≈ {us * REFERENCE_STARLETTE_US / ref.median_us:+.2f} µs")
 
 
 def _not_triggered(results: Mapping[str, CaseResult], name: str, *, alone: bool
@@ -171,6 +187,7 @@ def _untriggered(results: Mapping[str, CaseResult], layers: list[str]) -> list[d
             detail += f", paired IQR {stack.delta_q1_us:+.2f}…{stack.delta_q3_us:+.2f} µs"
         if alone is not None and alone.ok and alone.delta_us is not None:
             detail += f"; alone, creating the request context: +{alone.delta_us:.2f} µs"
+        detail += _speed_note(results, "layers", d)
         rows.append(_upper(t, goal, f"{d:+.2f} µs", d, NOOP_BUDGET_US, " µs", detail))
     return rows
 
@@ -179,11 +196,28 @@ def _http_rounds(server: Mapping[str, Any]) -> list[float]:
     return [float(x["rps"]) for x in server.get("rounds") or [] if x.get("rps")]
 
 
-def _http_bare(http: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def _in_process_server(results: Mapping[str, CaseResult]) -> str:
+    """The same comparison through uvicorn's protocol in-process (the server group)."""
+    demo, bare = _get(results, "server/server.demo"), _get(results, "server/server.json")
+    if demo is None or bare is None or not demo.median_us or not bare.median_us:
+        return ""
+    text = (f"in-process through the HTTP protocol (server group): bare route "
+            f"{bare.median_us:.1f} µs vs demo {demo.median_us:.1f} µs per request, "
+            f"{bare.median_us / demo.median_us:.2f}× the rate")
+    guarded = _get(results, "server/server.json-guarded")
+    if guarded is not None and guarded.overhead_us is not None:
+        text += f"; the demo's protocol class alone {guarded.overhead_us:+.1f} µs"
+    return text
+
+
+def _http_bare(http: Mapping[str, Any] | None,
+               results: Mapping[str, CaseResult] | None = None) -> list[dict[str, Any]]:
     t = "demo as shipped vs bare Starlette JSON echo (HTTP req/s, same server settings)"
     goal = f"≥ {HTTP_BARE_RATIO:.2f}× the bare route's requests/s"
+    proxy = _in_process_server(results or {})
     if not http:
-        return [_row(t, goal, "not run", None, "HTTP mode not run (--no-http)", headline=True)]
+        why = "HTTP mode not run (--no-http)" + (f"; {proxy}" if proxy else "")
+        return [_row(t, goal, "not run", None, why, headline=True)]
     servers = {s["name"]: s for s in http.get("servers", [])}
     demo, bare = servers.get("demo"), servers.get("bare-starlette")
     if demo is None or bare is None or not demo.get("rps") or not bare.get("rps"):
@@ -202,6 +236,8 @@ def _http_bare(http: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         if ceiling < LOADER_HEADROOM:
             detail += (f"; LOAD GENERATOR MAY BE THE BOTTLENECK: a bare pure-ASGI app got only "
                        f"{ceiling:.2f}× the bare route's req/s, so ratios are pulled toward 1")
+    if proxy:
+        detail += "; " + proxy
     return [_lower(t, goal, f"{ratio:.2f}×", ratio, HTTP_BARE_RATIO, "×", detail)]
 
 
@@ -349,7 +385,7 @@ def evaluate_targets(results: Mapping[str, CaseResult], layers: list[str],
         *_dispatcher(results),
         *_stack(results),
         *_untriggered(results, layers),
-        *_http_bare(http),
+        *_http_bare(http, results),
         *_compression_20k(results),
         *_trace(results),
         *_ratelimit(results),
