@@ -213,7 +213,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             http_servers=split(args.http_servers), alloc=args.alloc, profile=args.profile,
             progress=args.progress,
         ))
-    except ValueError as exc:  # an unknown group name
+    except ValueError as exc:  # an unknown group or server name
         print(f"aduib-asgi bench: {exc}", file=sys.stderr)
         return 2
     return check_status(doc["targets"]) if args.check else 0

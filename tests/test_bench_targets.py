@@ -182,6 +182,7 @@ def test_rpc_group_has_the_json_echo_yardstick_and_groups_filter() -> None:
     with pytest.raises(ValueError, match="unknown bench group"):
         all_cases(groups=["nope"])
     assert main(["bench", "--groups", "nope", "--no-http", "--no-progress"]) == 2
+    assert main(["bench", "--groups", "rpc", "--http-servers", "nope", "--no-progress"]) == 2
 
 
 @pytest.mark.anyio
@@ -208,6 +209,9 @@ def test_http_yardstick_servers_run_with_the_demos_settings() -> None:
     assert bare.settings == servers["demo"].settings == shipped_settings()
     assert bare.argv[-5:] == ["starlette-json", "--loop", "auto", "--http", "auto"]
     assert servers["bare-starlette-guarded"].argv[-1] == "--guarded"
+    from aduib_asgi.bench.http import SERVER_NAMES
+
+    assert set(servers) <= set(SERVER_NAMES)
     # a selection keeps the yardstick pair
     assert [s.name for s in planned_servers(("dispatcher",))] == [
         "demo", "bare-starlette", "dispatcher"]

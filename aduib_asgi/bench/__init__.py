@@ -181,6 +181,12 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     if opts.http_seconds:
         http_settings = replace(http_settings, round_seconds=opts.http_seconds)
     if opts.http_servers:
+        from aduib_asgi.bench.http import SERVER_NAMES
+
+        unknown = set(opts.http_servers) - set(SERVER_NAMES)
+        if unknown:
+            raise ValueError(f"unknown HTTP server(s): {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(SERVER_NAMES)})")
         http_settings = replace(http_settings, servers=tuple(opts.http_servers))
     cases = all_cases(opts.layers, opts.cases, opts.groups)
     started = time.time()

@@ -258,6 +258,9 @@ def _builtin(url: str, seconds: float, connections: int) -> dict[str, Any]:
 
 #: Always loaded when HTTP mode runs: the headline ratio needs both.
 YARDSTICK_PAIR = ("demo", "bare-starlette")
+#: Every server HTTP mode knows (``--http-servers`` picks among them).
+SERVER_NAMES = ("demo", "bare-starlette", "bare-starlette-guarded", "dispatcher-shipped",
+                "bare-shipped", "demo-h11", "bare", "dispatcher", "aduib-rpc")
 
 
 def planned_servers(only: tuple[str, ...] | None = None) -> list[_Server]:
