@@ -2,10 +2,12 @@
 
     python benchmarks/ab_rpc.py                    # main vs the working tree, 3 runs each
     python benchmarks/ab_rpc.py --base b2143cd --runs 5
+    python benchmarks/ab_rpc.py --base main --head perf   # two commits, neither checked out
 
 The base commit's ``aduib_asgi`` is extracted with ``git archive`` into a
 temporary directory and run with this virtualenv's dependencies; the working
-tree is the other side. Runs alternate (base, head, head, base, ...), each one
+tree is the other side (or ``--head REV``, extracted the same way). Runs
+alternate (base, head, head, base, ...), each one
 ``aduib-asgi bench --cases rpc --no-http``. Every figure is divided by the same
 run's bare Starlette route (fixed body), which both sides measure with the same
 Starlette, so the machine's speed at that moment cancels out; what is left is
@@ -73,14 +75,15 @@ def _extract(rev: str, into: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
 
 
-def _run(side: str, cwd: Path, out: Path, rounds: int, round_ms: float) -> dict[str, float]:
+def _run(cwd: Path, extracted: bool, out: Path, rounds: int, round_ms: float
+         ) -> dict[str, float]:
     argv = [sys.executable, "-m", "aduib_asgi.cli", "bench", "--cases", "rpc", "--no-http",
             "--no-progress", "--rounds", str(rounds), "--round-ms", str(round_ms),
             "--json", str(out)]
-    if side == "head":
+    if (cwd / "aduib_asgi" / "bench" / "alloc.py").exists():  # a bench that measures them
         argv.append("--no-alloc")
     env = dict(os.environ)
-    if side == "base":  # the extracted package must win over an installed (editable) one
+    if extracted:  # the extracted package must win over an installed (editable) one
         env["PYTHONPATH"] = str(cwd)
     subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=True,
                    timeout=600)
@@ -90,6 +93,7 @@ def _run(side: str, cwd: Path, out: Path, rounds: int, round_ms: float) -> dict[
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--base", default="main", help="commit to compare against (default main)")
+    p.add_argument("--head", default=None, help="commit to measure (default: the working tree)")
     p.add_argument("--runs", type=int, default=3, help="runs per side (default 3)")
     p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--round-ms", type=float, default=10.0)
@@ -97,14 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
     with tempfile.TemporaryDirectory(prefix="aduib-ab-") as tmp:
-        base_dir = Path(tmp) / "base"
-        base_dir.mkdir()
-        _extract(args.base, base_dir)
+        dirs = {"base": Path(tmp) / "base", "head": ROOT}
+        dirs["base"].mkdir()
+        _extract(args.base, dirs["base"])
+        if args.head:
+            dirs["head"] = Path(tmp) / "head"
+            dirs["head"].mkdir()
+            _extract(args.head, dirs["head"])
         for i in range(args.runs):
             order = ("base", "head") if i % 2 == 0 else ("head", "base")
             for side in order:
-                cwd = base_dir if side == "base" else ROOT
-                r = _run(side, cwd, Path(tmp) / f"{side}-{i}.json", args.rounds, args.round_ms)
+                cwd = dirs[side]
+                r = _run(cwd, cwd != ROOT, Path(tmp) / f"{side}-{i}.json", args.rounds,
+                         args.round_ms)
                 results[side].append(r)
                 shown = ", ".join(f"{k} {v:.2f}" + ("" if k == "route µs" else "x")
                                   for k, v in r.items())
