@@ -131,6 +131,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="only these of our layers (comma-separated; 'stack' for the stacks)")
     p.add_argument("--cases", default=None, metavar="TEXT,...",
                    help="only cases whose id contains one of these (references always run)")
+    p.add_argument("--groups", default=None, metavar="G,...",
+                   help="only these case groups: layers, compress-20k, compress-1m, rpc")
     p.add_argument("--quick", action="store_true", help="fewer, shorter rounds (< 2 minutes)")
     p.add_argument("--quickest", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--rounds", type=int, default=None, help="rounds per case")
@@ -139,6 +141,16 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", dest="plot_path", default=None, metavar="OUT.png")
     p.add_argument("--http", action=argparse.BooleanOptionalAction, default=True,
                    help="also run HTTP mode: uvicorn on 127.0.0.1 under wrk (default: on)")
+    p.add_argument("--http-rounds", type=int, default=None, metavar="N",
+                   help="alternating HTTP rounds (default 6; --quick 3)")
+    p.add_argument("--http-seconds", type=float, default=None, metavar="S",
+                   help="seconds of load per server and round (default 5; --quick 2)")
+    p.add_argument("--http-servers", default=None, metavar="NAME,...",
+                   help="only these HTTP servers (demo and bare-starlette always run)")
+    p.add_argument("--alloc", action=argparse.BooleanOptionalAction, default=True,
+                   help="allocations per call with tracemalloc, rpc group (default: on)")
+    p.add_argument("--profile", action="store_true",
+                   help="cProfile per call and the stack built up layer by layer (rpc)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--check", action="store_true",
                    help="exit with status 1 when a target is missed (for CI)")
@@ -195,12 +207,18 @@ def _run_bench(args: argparse.Namespace) -> int:
     def split(v: str | None) -> list[str] | None:
         return [x.strip() for x in v.split(",") if x.strip()] if v else None
 
-    doc = run_bench(BenchOptions(
-        layers=split(args.layers), cases=split(args.cases), quick=args.quick,
-        quickest=args.quickest, rounds=args.rounds, round_ms=args.round_ms,
-        json_path=args.json_path, plot_path=args.plot_path, http=args.http,
-        progress=args.progress,
-    ))
+    try:
+        doc = run_bench(BenchOptions(
+            layers=split(args.layers), cases=split(args.cases), groups=split(args.groups),
+            quick=args.quick, quickest=args.quickest, rounds=args.rounds,
+            round_ms=args.round_ms, json_path=args.json_path, plot_path=args.plot_path,
+            http=args.http, http_rounds=args.http_rounds, http_seconds=args.http_seconds,
+            http_servers=split(args.http_servers), alloc=args.alloc, profile=args.profile,
+            progress=args.progress,
+        ))
+    except ValueError as exc:  # an unknown group or server name
+        print(f"aduib-asgi bench: {exc}", file=sys.stderr)
+        return 2
     return check_status(doc["targets"]) if args.check else 0
 
 

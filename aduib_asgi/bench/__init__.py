@@ -4,7 +4,9 @@ In-process mode drives ASGI apps directly (see :mod:`aduib_asgi.bench.driver`),
 in alternating short rounds, and reports µs/request, the overhead over the
 group's baseline and ratios to a bare Starlette route and a bare pure-ASGI app
 measured in the same run. HTTP mode (:mod:`aduib_asgi.bench.http`) loads real
-servers on loopback. Needs the ``bench`` extra (rich, matplotlib).
+servers on loopback. Allocations per call (:mod:`aduib_asgi.bench.alloc`) and,
+on request, a per-call profile (:mod:`aduib_asgi.bench.profile`) complete the
+rpc group. Needs the ``bench`` extra (rich, matplotlib).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class BenchOptions:
 
     layers: Sequence[str] | None = None
     cases: Sequence[str] | None = None
+    groups: Sequence[str] | None = None
     quick: bool = False
     quickest: bool = False
     rounds: int | None = None
@@ -33,6 +36,11 @@ class BenchOptions:
     json_path: str | None = None
     plot_path: str | None = None
     http: bool = True
+    http_rounds: int | None = None
+    http_seconds: float | None = None
+    http_servers: Sequence[str] | None = None
+    alloc: bool = True
+    profile: bool = False
     progress: bool = True
     print_table: bool = True
 
@@ -54,6 +62,14 @@ def machine_facts() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
     }
+
+
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages (the machine's noise: other work on the cores)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _versions() -> dict[str, str]:
@@ -144,8 +160,10 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     require_bench_extras(opts)
     from dataclasses import replace
 
+    from aduib_asgi.bench.alloc import AllocSettings, run_allocations
     from aduib_asgi.bench.cases import all_cases
     from aduib_asgi.bench.http import HttpSettings, planned_servers, run_http
+    from aduib_asgi.bench.profile import ProfileSettings, run_profile
     from aduib_asgi.bench.report import print_report, to_json, write_json, write_plot
     from aduib_asgi.bench.runner import Settings, planned_steps, run_cases
     from aduib_asgi.bench.targets import evaluate_targets
@@ -158,8 +176,21 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     if opts.round_ms:
         settings = replace(settings, round_seconds=opts.round_ms / 1000)
     http_settings = HttpSettings.quick() if (opts.quick or opts.quickest) else HttpSettings()
-    cases = all_cases(opts.layers, opts.cases)
+    if opts.http_rounds:
+        http_settings = replace(http_settings, rounds=opts.http_rounds)
+    if opts.http_seconds:
+        http_settings = replace(http_settings, round_seconds=opts.http_seconds)
+    if opts.http_servers:
+        from aduib_asgi.bench.http import SERVER_NAMES
+
+        unknown = set(opts.http_servers) - set(SERVER_NAMES)
+        if unknown:
+            raise ValueError(f"unknown HTTP server(s): {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(SERVER_NAMES)})")
+        http_settings = replace(http_settings, servers=tuple(opts.http_servers))
+    cases = all_cases(opts.layers, opts.cases, opts.groups)
     started = time.time()
+    load_start = _loadavg()
     t0 = time.perf_counter()
     progress_ctx: Any = None
     on_case = on_http = None
@@ -171,13 +202,27 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         def on_case(group: str, n: int) -> None:
             progress_ctx.update(task, advance=n, description=f"in-process: {group}")
 
+    allocations: list[dict[str, Any]] | None = None
+    profile: dict[str, Any] | None = None
     try:
         results, loop_name = run_cases(cases, settings, on_case)
+        if opts.alloc and any(c.group == "rpc" for c in cases):
+            if progress_ctx is not None:
+                progress_ctx.add_task("allocations per call", total=1)
+            allocations = [r.to_json() for r in run_allocations(
+                AllocSettings.quickest() if opts.quickest else
+                AllocSettings.quick() if opts.quick else AllocSettings(), top=8)]
+        if opts.profile:
+            if progress_ctx is not None:
+                progress_ctx.add_task("profile", total=1)
+            profile = run_profile(ProfileSettings.quickest() if opts.quickest else
+                                  ProfileSettings.quick() if opts.quick else ProfileSettings())
         http: dict[str, Any] | None = None
         if opts.http:
             if progress_ctx is not None:
                 htask = progress_ctx.add_task(
-                    "HTTP mode", total=http_settings.rounds * len(planned_servers()))
+                    "HTTP mode",
+                    total=http_settings.rounds * len(planned_servers(http_settings.servers)))
 
                 def on_http(n: int) -> None:
                     progress_ctx.update(htask, advance=n)
@@ -195,14 +240,17 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         "loop": loop_name,
         "mode": "quickest" if opts.quickest else "quick" if opts.quick else "full",
         "rounds": settings.rounds,
+        "groups": sorted({c.group for c in cases}),
         "round_ms": round(settings.round_seconds * 1000, 2),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.perf_counter() - t0, 1),
+        "loadavg_start": load_start,
+        "loadavg_end": _loadavg(),
         "layers_landed": sorted(LAYER_CLASSES),
         "layers_missing": [n for n in DEFAULT_ORDER if n not in LAYER_CLASSES],
         "versions": _versions(),
     }
-    doc = to_json(meta, results, targets, http)
+    doc = to_json(meta, results, targets, http, allocations, profile)
     if opts.print_table:
         print_report(doc, results)
     if opts.json_path:

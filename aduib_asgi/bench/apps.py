@@ -4,6 +4,9 @@
 * :func:`starlette_app` — a bare Starlette route answering the same body, with
   optional ``middleware`` (how both our layers and the peers are mounted, so they
   are compared on the same app);
+* :func:`starlette_json_app` — a bare Starlette JSON echo route: decodes the
+  request envelope and answers its ``data`` in a success envelope (the yardstick
+  for the dispatcher, in-process and over HTTP);
 * :class:`NoopLayer` — a pure-ASGI layer that does nothing (the ≤ 1 µs yardstick);
 * :class:`LimitsLayer` — ``limits.aio`` fixed-window ``hit`` in a pure-ASGI layer
   (the cost of the rate-limit library alone).
@@ -30,6 +33,7 @@ __all__ = [
     "bare_asgi_app",
     "big_body",
     "starlette_app",
+    "starlette_json_app",
 ]
 
 RPC_PATH = "/aduib_rpc/v2/rpc"
@@ -99,6 +103,26 @@ def starlette_app(middleware: Sequence[Any] = (), *, big: bool = False) -> ASGIA
 
             routes.append(Route(f"/big/{name}", big_endpoint, methods=["GET", "POST"]))
     return Starlette(routes=routes, middleware=list(middleware))
+
+
+def starlette_json_app() -> ASGIApp:
+    """A bare Starlette JSON echo at ``RPC_PATH``: what a user writes without the protocol.
+
+    Decodes the body (``request.json()``), answers ``{"aduib_rpc", "id", "status",
+    "result": data}`` with ``JSONResponse``: the same request and reply shape as the
+    dispatcher's ``Echo/echo``, minus everything the protocol adds.
+    """
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    async def echo(request: Request) -> Response:
+        envelope = await request.json()
+        return JSONResponse({"aduib_rpc": "2.0", "id": envelope.get("id"),
+                             "status": "success", "result": envelope.get("data")})
+
+    return Starlette(routes=[Route(RPC_PATH, echo, methods=["POST"])])
 
 
 class NoopLayer:

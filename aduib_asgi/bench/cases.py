@@ -7,8 +7,15 @@ to a bare Starlette route and to a bare pure-ASGI app from the same run):
   served by a bare Starlette route; baseline: that route without middleware.
 * ``compress-20k`` / ``compress-1m`` — compression by our layer, the peers and the
   raw codecs; baseline: the same route answering the body uncompressed.
+* ``server`` — the same echo request as bytes through uvicorn's httptools
+  protocol object on a fake transport (:mod:`aduib_asgi.bench.server`): the
+  bare JSON echo route on uvicorn's own class (baseline) and on the demo's
+  guarded class, the dispatcher, and the demo app on the demo's class (as
+  shipped): the server's per-request share without a load generator.
 * ``rpc`` — the dispatcher alone, the default stack and the demo stack on the
-  echo method; baseline: the dispatcher alone.
+  echo method, next to a bare Starlette JSON echo route (the same request and
+  reply shape: the yardstick the dispatcher is held to); baseline: the
+  dispatcher alone.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from aduib_asgi.bench.apps import (
     bare_asgi_app,
     big_body,
     starlette_app,
+    starlette_json_app,
 )
 from aduib_asgi.bench.driver import AsgiRunner, CallRunner, Request, Runner
 from aduib_asgi.bench.layers import (
@@ -59,6 +67,8 @@ GROUPS: dict[str, Group] = {
         Group("compress-20k", "Compression, 20 KB response", "ref.big"),
         Group("compress-1m", "Compression, 1 MB response", "ref.big"),
         Group("rpc", "RPC: dispatcher, default stack, demo stack (Echo/echo)", "rpc.dispatcher"),
+        Group("server", "Through uvicorn's HTTP protocol, in-process (httptools, no sockets)",
+              "server.json"),
     )
 }
 
@@ -390,6 +400,9 @@ def _rpc_group() -> list[Case]:
     note = f"missing: {', '.join(missing)}" if missing else ""
     return [
         *_refs(g),
+        Case(g, "ref.starlette-json", "bare Starlette JSON echo route", "reference",
+             lambda: AsgiRunner(starlette_json_app(), echo_request()),
+             note="decodes the envelope, answers its data"),
         Case(g, "rpc.dispatcher", "dispatcher alone", "reference",
              lambda: AsgiRunner(_dispatcher(), echo_request())),
         Case(g, "rpc.stack", label, "ours", _stack_build, layer="stack", note=note,
@@ -399,14 +412,62 @@ def _rpc_group() -> list[Case]:
     ]
 
 
+def _server_build(app: Callable[[], Any], guarded: bool) -> Callable[[], Runner]:
+    def build() -> Runner:
+        from aduib_asgi.bench.server import ProtocolRunner
+
+        try:
+            return ProtocolRunner(app(), guarded=guarded)
+        except ImportError as exc:
+            raise Unavailable(f"needs uvicorn and httptools (the server extra): {exc}") from exc
+
+    return build
+
+
+def _demo_app() -> Any:
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+
+    return build_demo_app(DemoConfig(env="prod"))
+
+
+def _server_group() -> list[Case]:
+    g = "server"
+    return [
+        Case(g, "server.asgi", "bare pure-ASGI app, uvicorn's protocol", "reference",
+             _server_build(bare_asgi_app, False)),
+        Case(g, "server.json", "bare Starlette JSON echo, uvicorn's protocol", "reference",
+             _server_build(starlette_json_app, False)),
+        Case(g, "server.json-guarded", "bare Starlette JSON echo, the demo's protocol class",
+             "ours", _server_build(starlette_json_app, True), layer="server",
+             note="head bounds, connection budget"),
+        Case(g, "server.dispatcher", "dispatcher alone, uvicorn's protocol", "ours",
+             _server_build(_dispatcher, False), layer="server"),
+        Case(g, "server.demo", "demo app, the demo's protocol class (as shipped)", "ours",
+             _server_build(_demo_app, True), layer="server"),
+    ]
+
+
 # -- all ----------------------------------------------------------------------------------
 
 def all_cases(layers: Iterable[str] | None = None,
-              only: Iterable[str] | None = None) -> list[Case]:
-    """Every case, optionally restricted to some layers and/or case-id substrings.
+              only: Iterable[str] | None = None,
+              groups: Iterable[str] | None = None) -> list[Case]:
+    """Every case, optionally restricted to some layers, case-id substrings and groups.
 
     References of each kept group are always kept (they are the yardsticks).
     """
+    cases = _select(layers, only)
+    if groups:
+        wanted_groups = set(groups)
+        unknown = wanted_groups - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown bench group(s): {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(GROUPS)})")
+        cases = [c for c in cases if c.group in wanted_groups]
+    return cases
+
+
+def _select(layers: Iterable[str] | None, only: Iterable[str] | None) -> list[Case]:
     from aduib_asgi.stack import DEFAULT_ORDER, LAYER_CLASSES
 
     names = list(DEFAULT_ORDER) + [n for n in LAYER_CLASSES if n not in DEFAULT_ORDER]
@@ -426,6 +487,7 @@ def all_cases(layers: Iterable[str] | None = None,
         cases += _compress_group(size_name)
         cases += [c for c in ours if c.group == f"compress-{size_name}"]
     cases += _rpc_group()
+    cases += _server_group()
 
     wanted = set(layers) if layers else None
     needles = [s for s in (only or ()) if s]

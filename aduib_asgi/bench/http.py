@@ -1,19 +1,25 @@
 """HTTP mode: real servers on 127.0.0.1 under a bounded load, in alternating rounds.
 
-Servers, all on uvicorn: the demo as shipped (``aduib-asgi demo``: uvloop and
-httptools when installed) and a bare pure-ASGI app on the same settings; then, on
+Servers, all on uvicorn with the demo's server settings (``aduib_asgi.bench.serve``):
+the demo as shipped (``aduib-asgi demo``: uvloop and httptools when installed), and
+on the same loop and parser a bare Starlette JSON echo route (the yardstick), the
+same route behind the demo's HTTP protocol classes (head bounds, connection
+budget), the dispatcher alone and a bare pure-ASGI app (the floor); then, on
 asyncio + h11 (what aduib-rpc's virtualenv has, so like for like with it), the
 same demo command, a bare app and the dispatcher alone; and aduib-rpc 2.0.1's own
 REST app with the same Echo handler when the interop virtualenv ``.venv-interop``
 exists (``benchmarks/aduib_rpc_reference_server.py``). The load generator is
-``wrk`` when installed, else a built-in asyncio HTTP/1.1 keep-alive client. Each
-round loads one server for a fixed time; rounds alternate between servers.
-Only loopback traffic, bounded in time (and, for the built-in client, count).
+``wrk`` when installed, else a built-in asyncio HTTP/1.1 keep-alive client (on
+uvloop when installed). Each round loads every server once for a fixed time,
+forward then backward; ratios are taken per round (paired) and summarised by
+their median and range. Only loopback traffic, bounded in time (and, for the
+built-in client, count).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shutil
@@ -30,7 +36,7 @@ from typing import Any
 
 from aduib_asgi.bench.apps import ECHO_BODY, RPC_PATH
 
-__all__ = ["HttpSettings", "find_reference", "run_http"]
+__all__ = ["HttpSettings", "find_reference", "planned_servers", "run_http", "summarise"]
 
 STARTUP_TIMEOUT_S = 40.0
 MAX_REQUESTS_PER_ROUND = 2_000_000
@@ -38,13 +44,17 @@ MAX_REQUESTS_PER_ROUND = 2_000_000
 
 @dataclass(frozen=True)
 class HttpSettings:
-    rounds: int = 4
+    """How long to load each server. At least three rounds: ratios come with a spread."""
+
+    rounds: int = 6
     round_seconds: float = 5.0
     connections: int = 32
+    #: Only these servers (names; None: all). The yardstick pair is always kept.
+    servers: tuple[str, ...] | None = None
 
     @classmethod
     def quick(cls) -> HttpSettings:
-        return cls(rounds=2, round_seconds=2.0, connections=32)
+        return cls(rounds=3, round_seconds=2.0, connections=32)
 
 
 def _repo_root() -> Path:
@@ -142,63 +152,136 @@ def _wrk(url: str, seconds: float, connections: int, lua: Path) -> dict[str, Any
             "errors": errors}
 
 
+class _LoadConnection(asyncio.Protocol):
+    """One keep-alive connection of the built-in load generator: send the request,
+    read one response (head, then ``content-length`` bytes), repeat until the deadline.
+
+    A bare :class:`asyncio.Protocol` (no streams, one ``find`` per response), so the
+    loader spends as little CPU per request as Python allows: on a small machine it
+    shares the cores with the server it measures.
+    """
+
+    def __init__(self, request: bytes, deadline: float, state: dict[str, Any],
+                 latencies: list[float], done: asyncio.Future[None]) -> None:
+        self.request, self.deadline, self.state = request, deadline, state
+        self.latencies, self.done = latencies, done
+        self.buf = b""
+        self.need = -1
+        self.ok = True
+        self.t0 = 0.0
+        self.transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._next()
+
+    def _next(self) -> None:
+        now = time.perf_counter()
+        if now >= self.deadline or self.state["budget"] <= 0:
+            self.transport.close()
+            return
+        self.state["budget"] -= 1
+        self.t0 = now
+        self.need = -1
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if self.need < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            head = buf[:end].lower()
+            at = head.find(b"content-length:")
+            if at < 0:
+                self.state["errors"] += 1
+                self.buf = b""
+                self.transport.close()
+                return
+            eol = head.find(b"\r\n", at)
+            length = int(head[at + 15:eol if eol >= 0 else len(head)])
+            self.ok = head.startswith(b"http/1.1 200")
+            self.need = end + 4 + length
+        if len(buf) < self.need:
+            self.buf = buf
+            return
+        self.buf = buf[self.need:]
+        self.latencies.append((time.perf_counter() - self.t0) * 1000)
+        if not self.ok:
+            self.state["errors"] += 1
+        self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 async def _builtin_async(url: str, seconds: float, connections: int) -> dict[str, Any]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     request = (f"POST {RPC_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                "Content-Type: application/json\r\n"
                f"Content-Length: {len(ECHO_BODY)}\r\n\r\n").encode() + ECHO_BODY
     latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    budget = [MAX_REQUESTS_PER_ROUND]
-
-    async def worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, int(port))
-        try:
-            while time.perf_counter() < deadline and budget[0] > 0:
-                budget[0] -= 1
-                t0 = time.perf_counter()
-                writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-                if m is None:
-                    raise RuntimeError("response without content-length")
-                await reader.readexactly(int(m.group(1)))
-                latencies.append((time.perf_counter() - t0) * 1000)
-                if not head.startswith(b"HTTP/1.1 200"):
-                    errors += 1
-        finally:
-            writer.close()
-
+    state: dict[str, Any] = {"budget": MAX_REQUESTS_PER_ROUND, "errors": 0}
+    loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
+    deadline = t0 + seconds
+    dones = []
+    for _ in range(connections):
+        done: asyncio.Future[None] = loop.create_future()
+        await loop.create_connection(
+            functools.partial(_LoadConnection, request, deadline, state, latencies, done),
+            host, int(port))
+        dones.append(done)
+    await asyncio.wait_for(asyncio.gather(*dones), seconds + 30)
     elapsed = time.perf_counter() - t0
     latencies.sort()
+    if not latencies:
+        raise RuntimeError("no response within the round")
     pct: Callable[[float], float] = lambda q: latencies[min(len(latencies) - 1,  # noqa: E731
                                                              int(q * len(latencies)))]
     return {"rps": len(latencies) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "errors": errors}
+            "errors": state["errors"]}
 
 
 def _builtin(url: str, seconds: float, connections: int) -> dict[str, Any]:
-    return asyncio.run(_builtin_async(url, seconds, connections))
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_builtin_async(url, seconds, connections))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_builtin_async(url, seconds, connections))
 
 
 # -- the run ---------------------------------------------------------------------------------
 
-def planned_servers() -> list[_Server]:
-    """The servers of a run, in load order (not started)."""
+#: Always loaded when HTTP mode runs: the headline ratio needs both.
+YARDSTICK_PAIR = ("demo", "bare-starlette")
+#: Every server HTTP mode knows (``--http-servers`` picks among them).
+SERVER_NAMES = ("demo", "bare-starlette", "bare-starlette-guarded", "dispatcher-shipped",
+                "bare-shipped", "demo-h11", "bare", "dispatcher", "aduib-rpc")
+
+
+def planned_servers(only: tuple[str, ...] | None = None) -> list[_Server]:
+    """The servers of a run, in load order (not started); ``only``: these names
+    (plus :data:`YARDSTICK_PAIR`)."""
     py = sys.executable
     shipped, ref = shipped_settings(), REFERENCE_SETTINGS
     # no access log: the reference server runs with uvicorn's access_log=False too
     demo = [py, "-m", "aduib_asgi.cli", "demo", "--host", "127.0.0.1", "--port", "0",
             "--env", "prod", "--no-access-log"]
     serve = [py, "-m", "aduib_asgi.bench.serve", "--app"]
+    auto = ["--loop", "auto", "--http", "auto"]
     servers = [
         _Server("demo", "demo as shipped: aduib-asgi demo", demo, shipped),
-        _Server("bare-shipped", "bare pure-ASGI app", [*serve, "bare", "--loop", "auto",
-                                                       "--http", "auto"], shipped),
+        _Server("bare-starlette", "bare Starlette JSON echo route",
+                [*serve, "starlette-json", *auto], shipped),
+        _Server("bare-starlette-guarded", "bare Starlette JSON echo, demo's protocol classes",
+                [*serve, "starlette-json", *auto, "--guarded"], shipped),
+        _Server("dispatcher-shipped", "dispatcher alone", [*serve, "dispatcher", *auto],
+                shipped),
+        _Server("bare-shipped", "bare pure-ASGI app", [*serve, "bare", *auto], shipped),
         _Server("demo-h11", "demo: aduib-asgi demo", [*demo, "--loop", "asyncio",
                                                       "--http", "h11"], ref),
         _Server("bare", "bare pure-ASGI app", [*serve, "bare"], ref),
@@ -208,15 +291,19 @@ def planned_servers() -> list[_Server]:
     if found is not None:
         servers.append(_Server("aduib-rpc", "aduib-rpc 2.0.1 REST app (reference)",
                                [str(found[0]), str(found[1])], ref))
+    if only:
+        keep = set(only) | set(YARDSTICK_PAIR)
+        servers = [s for s in servers if s.name in keep]
     return servers
 
 
 def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = None
              ) -> dict[str, Any]:
     """Start the servers, load them in alternating rounds, stop them; the summary dict."""
-    servers = planned_servers()
+    servers = planned_servers(settings.servers)
     skipped: list[dict[str, Any]] = []
-    if not any(s.name == "aduib-rpc" for s in servers):
+    if not any(s.name == "aduib-rpc" for s in servers) and (
+            not settings.servers or "aduib-rpc" in settings.servers):
         skipped.append({"name": "aduib-rpc", "label": "aduib-rpc 2.0.1 REST app (reference)",
                         "reason": ".venv-interop not found"})
     loader = "wrk" if shutil.which("wrk") else "built-in asyncio client"
@@ -239,7 +326,9 @@ def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = No
             order = live if r % 2 == 0 else list(reversed(live))
             for s in order:
                 samples[s.name].append(
-                    _load(loader, s.url or "", settings.round_seconds, settings.connections, lua))
+                    {"round": r,
+                     **_load(loader, s.url or "", settings.round_seconds,
+                             settings.connections, lua)})
                 if progress is not None:
                     progress(1)
     finally:
@@ -248,28 +337,64 @@ def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = No
         shutil.rmtree(lua_dir, ignore_errors=True)
     out: list[dict[str, Any]] = []
     for s in servers:
-        rows = samples[s.name]
         entry: dict[str, Any] = {"name": s.name, "label": s.label, "settings": s.settings}
-        if s.error is not None or not rows:
-            entry["reason"] = s.error or "no samples"
-        elif any(x["errors"] for x in rows):
-            entry["reason"] = f"{sum(x['errors'] for x in rows)} non-2xx responses"
-        else:
-            entry["rps"] = statistics.median(x["rps"] for x in rows)
-            entry["p50_ms"] = statistics.median(x["p50_ms"] for x in rows)
-            entry["p99_ms"] = statistics.median(x["p99_ms"] for x in rows)
-            entry["rounds"] = rows
+        if s.error is not None:
+            entry["reason"] = s.error
+        entry["rounds"] = samples[s.name]
         out.append(entry)
     out.extend(skipped)
-    # vs_bare: against the bare app on the same loop and parser.
-    bare = {x["settings"]: x["rps"] for x in out
-            if x["name"] in ("bare", "bare-shipped") and x.get("rps")}
-    for x in out:
-        if x.get("rps") and x.get("settings") in bare:
-            x["vs_bare"] = x["rps"] / bare[x["settings"]]
     return {"loader": loader, "connections": settings.connections, "rounds": settings.rounds,
             "round_seconds": settings.round_seconds,
-            "server": "uvicorn; event loop and HTTP parser per row", "servers": out}
+            "server": "uvicorn with the demo's server settings; event loop and HTTP parser "
+                      "per row", "servers": summarise(out)}
+
+
+def _ratios(rows: list[dict[str, Any]], base: list[dict[str, Any]]) -> list[float]:
+    by_round = {x.get("round", i): x["rps"] for i, x in enumerate(base) if x.get("rps")}
+    return [x["rps"] / by_round[x.get("round", i)] for i, x in enumerate(rows)
+            if x.get("rps") and by_round.get(x.get("round", i))]
+
+
+def summarise(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Medians per server and per-round ratios: ``vs_bare`` (the bare pure-ASGI app on
+    the same loop and parser) and ``vs_starlette`` (the bare Starlette JSON echo route,
+    same settings), each with ``*_min``/``*_max`` over the rounds.
+
+    A server with a non-2xx answer in any round gets a ``reason`` and no figures.
+    """
+    out = []
+    for entry in servers:
+        e = dict(entry)
+        rows = e.get("rounds") or []
+        if "reason" in e:
+            pass
+        elif not rows:
+            e["reason"] = "no samples"
+        elif any(x["errors"] for x in rows):
+            e["reason"] = f"{sum(x['errors'] for x in rows)} non-2xx responses"
+        else:
+            e["rps"] = statistics.median(x["rps"] for x in rows)
+            e["rps_min"] = min(x["rps"] for x in rows)
+            e["rps_max"] = max(x["rps"] for x in rows)
+            e["p50_ms"] = statistics.median(x["p50_ms"] for x in rows)
+            e["p99_ms"] = statistics.median(x["p99_ms"] for x in rows)
+        out.append(e)
+    by_name = {e["name"]: e for e in out if e.get("rps")}
+    bare = {"uvloop, httptools": "bare-shipped", REFERENCE_SETTINGS: "bare"}
+    bare[shipped_settings()] = "bare-shipped"
+    for e in out:
+        if not e.get("rps"):
+            continue
+        for key, base_name in (("vs_bare", bare.get(e.get("settings", ""))),
+                               ("vs_starlette", "bare-starlette")):
+            base = by_name.get(base_name or "")
+            if base is None or base.get("settings") != e.get("settings"):
+                continue
+            ratios = _ratios(e["rounds"], base["rounds"])
+            if ratios:
+                e[key] = statistics.median(ratios)
+                e[f"{key}_min"], e[f"{key}_max"] = min(ratios), max(ratios)
+    return out
 
 
 def _load(loader: str, url: str, seconds: float, connections: int, lua: Path) -> dict[str, Any]:
