@@ -264,7 +264,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     dispatcher.lifespan_hooks.append(monitor.running)
     # also without sources: SIGHUP then reloads nothing instead of ending the process
     dispatcher.lifespan_hooks.append(manager.watching)
-    app: Any = ProbeMiddleware(dispatcher_facts(reloadable, dispatcher), monitor=monitor)
+    app: Any = ProbeMiddleware(dispatcher_facts(reloadable, dispatcher), monitor=monitor,
+                               dispatcher=dispatcher)
     app.config_manager = manager
     if stats_enabled():  # GET /aduib_rpc/debug/stats, only with ADUIB_DEMO_STATS=1
         install_stats_route(dispatcher, stats, tasks, lambda: app)
