@@ -133,6 +133,27 @@ async def test_a_lowered_limit_hands_a_released_slot_on_only_once_below_it() -> 
     assert b.in_flight == 1 and b.queued == 0
 
 
+async def test_a_raised_limit_admits_the_highest_priorities_first() -> None:
+    b = Bulkhead("b", 1, max_queue=8)
+    assert b.try_acquire()
+    granted: list[str] = []
+
+    async def waiter(name: str, priority: int) -> None:
+        await b.acquire(priority, 10.0)
+        granted.append(name)
+
+    async with anyio.create_task_group() as tg:
+        for n, (name, priority) in enumerate([("low", 0), ("critical", 3), ("normal", 1)], 1):
+            tg.start_soon(waiter, name, priority)
+            await wait_until(lambda n=n: b.queued == n)
+        b.resize(3)  # two new slots: the two best waiters, now
+        await wait_until(lambda: len(granted) == 2)
+        assert granted == ["critical", "normal"] and b.queued == 1
+        b.release()
+        await wait_until(lambda: len(granted) == 3)
+    assert b.in_flight == 3
+
+
 async def test_a_removed_limit_lets_its_waiters_through_and_counts_its_holders_again() -> None:
     app, holds, layer = _setup(limits={WORK: 1})
     async with client_for(app) as client:
@@ -221,6 +242,7 @@ async def test_admission_section_is_applied_and_removing_it_restores_the_built_i
     source.set({})
     assert await app.config_manager.reload()
     assert layer._static == {}  # back to the registration: Slow/work, concurrency 1
+    assert layer._known == {}  # removed and idle: nothing kept
     async with client_for(app) as client:
         r = await client.post(RPC, json=envelope(WORK, {"ms": 1, "tag": "a"}))
         assert r.status_code == 200

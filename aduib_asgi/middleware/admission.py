@@ -81,8 +81,8 @@ class AdmissionMiddleware:
                          else ShutdownController(cancel_after_grace=False))
         self.shutdown.add_listener(self._on_drain)
         self._priority_header = priority_header.lower().encode("latin-1")
-        #: Every bulkhead of ``limits`` / ``max_concurrency`` ever configured, by key
-        #: ("" for the global one): one removed and configured again counts its holders.
+        #: The bulkheads of ``limits`` / ``max_concurrency`` by key ("" for the global
+        #: one), and removed ones still held: configured again, they count their holders.
         self._known: dict[str, Bulkhead] = {}
         self._registered: dict[str, Bulkhead] = {}
         self._tenants: dict[str, Bulkhead] = {}
@@ -130,9 +130,11 @@ class AdmissionMiddleware:
         wanted = {k: int(v) for k, v in limits.items()}
         if max_concurrency:
             wanted[""] = max_concurrency
-        for key, b in self._known.items():
+        for key, b in list(self._known.items()):
             if key not in wanted:
                 b.resize(UNBOUNDED)  # removed: its waiters go through, holders just leave
+                if b.idle:  # nobody to count again if it comes back
+                    del self._known[key]
         for key, limit in wanted.items():
             known = self._known.get(key)
             if known is None:
