@@ -381,7 +381,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     # (431 over 64 KiB) and in time (--header-timeout); idle keep-alive connections
     # close after 5 s; above --max-connections (default: the fd limit less a reserve
     # for Redis, files and the listener) the oldest connection still waiting for its
-    # head is closed. Per-method concurrency is the admission layer's job (503/5021
+    # head is closed. Per-method concurrency is the admission layer's job (429/5021
     # envelopes), so uvicorn's limit_concurrency (a bare 503) stays off.
     # With TLS, the tls extension mixin goes in front (HTTP and WebSocket classes):
     # uvicorn uses protocol subclasses only when given as classes.
