@@ -177,6 +177,43 @@ async def test_a_removed_limit_lets_its_waiters_through_and_counts_its_holders_a
     assert statuses == [200, 200]
 
 
+async def test_a_configured_limit_takes_over_a_registered_one_with_its_holders() -> None:
+    holds = Holds()
+    registry = MethodRegistry()
+    registry.register(WORK, holds.work, idempotent=True, concurrency=1)  # like the demo's
+    app, _ = rpc_stack(registry, Layer.of(DeadlineMiddleware),
+                       Layer.of(AdmissionMiddleware, registry=registry))
+    layer = app
+    while not isinstance(layer, AdmissionMiddleware):
+        layer = layer.app
+    statuses: dict[str, int] = {}
+    async with client_for(app) as client:
+
+        async def call(tag: str) -> None:
+            statuses[tag] = (await client.post(RPC, json=_body(tag))).status_code
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "hold-1")
+            await wait_until(lambda: "hold-1" in holds.running)
+            tg.start_soon(call, "hold-2")
+            await wait_until(lambda: _queued(layer) == 1)
+            layer.configure(limits={WORK: 2})  # the waiter goes in now
+            await wait_until(lambda: "hold-2" in holds.running, timeout=2)
+            layer.configure(limits={WORK: 3}, max_queue=0)
+            tg.start_soon(call, "hold-3")
+            await wait_until(lambda: "hold-3" in holds.running, timeout=2)
+            # removed: back to the registered 1, the three running calls still counted
+            layer.configure(max_queue=0)
+            shed = await client.post(RPC, json=_body("x"))
+            assert shed.status_code == 429
+            assert shed.json()["error"]["details"][0]["metadata"]["limit"] == WORK
+            assert holds.running == {"hold-1", "hold-2", "hold-3"}
+            holds.release.set()
+        assert (await client.post(RPC, json=_body("after"))).status_code == 200
+    assert statuses == {"hold-1": 200, "hold-2": 200, "hold-3": 200}
+    assert layer._registered[WORK].limit == 1 and layer._registered[WORK].in_flight == 0
+
+
 async def test_global_and_tenant_limits_are_configured_and_removed() -> None:
     app, holds, layer = _setup()
     async with client_for(app) as client:

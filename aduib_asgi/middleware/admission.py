@@ -132,15 +132,15 @@ class AdmissionMiddleware:
             wanted[""] = max_concurrency
         for key, b in list(self._known.items()):
             if key not in wanted:
-                b.resize(UNBOUNDED)  # removed: its waiters go through, holders just leave
-                if b.idle:  # nobody to count again if it comes back
-                    del self._known[key]
+                self._retire(key, b, max_queue)
         for key, limit in wanted.items():
-            known = self._known.get(key)
+            # a method's registered bulkhead becomes its configured one: same holders
+            known = self._known.get(key) or self._registered.pop(key, None)
             if known is None:
                 self._known[key] = Bulkhead(key or "*", limit, max_queue=max_queue)
             else:
                 known.resize(limit, max_queue)
+                self._known[key] = known
         self._global: Bulkhead | None = self._known[""] if max_concurrency else None
         self._static: dict[str, Bulkhead] = {k: self._known[k] for k in limits}
         for name, b in self._registered.items():
@@ -354,6 +354,22 @@ class AdmissionMiddleware:
             b = Bulkhead(tenant, self.tenant_limit, max_queue=self.max_queue)
             self._tenants[tenant] = b
         return b
+
+    def _retire(self, key: str, b: Bulkhead, max_queue: int) -> None:
+        """A configured limit removed: back to the method's registered ``concurrency``
+        (its holders still counted), else no limit (its waiters go through)."""
+        spec = (self.registry.get(key) if self.registry is not None and key
+                and not key.startswith("/") else None)
+        limit = spec.options.get("concurrency") if spec is not None else None
+        if spec is not None and limit and spec.method not in self._registered:
+            queue = spec.options.get("max_queue")
+            b.resize(int(limit), int(queue) if queue is not None else max_queue)
+            self._registered[spec.method] = b
+            del self._known[key]
+            return
+        b.resize(UNBOUNDED)
+        if b.idle:  # nobody to count again if it comes back
+            del self._known[key]
 
     def _bulkheads(self) -> list[Bulkhead]:
         """Every bulkhead (those of removed limits too: a request may still hold one)."""
