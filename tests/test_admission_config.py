@@ -309,6 +309,20 @@ async def test_an_invalid_admission_section_is_refused_and_the_old_limits_stay(
     assert any(key in line for line in refused), refused
 
 
+def test_environment_and_file_combine_in_the_admission_section(tmp_path: Any) -> None:
+    from aduib_asgi.config import EnvSource, FileSource
+
+    path = tmp_path / "demo.toml"
+    path.write_text('[admission]\nmax_queue = 3\n[admission.limits]\n"Echo" = 4\n')
+    env = {"ADUIB_ADMISSION__MAX_CONCURRENCY": "8",  # a path or method key needs JSON:
+           "ADUIB_ADMISSION__LIMITS": '{"rpc.v2/Slow/work": 2}'}
+    app = build_demo_app(DemoConfig(config_sources=[FileSource(path), EnvSource(environ=env)]))
+    layer = _admission_of(app)
+    assert layer._global is not None and layer._global.limit == 8
+    assert layer.max_queue == 3
+    assert {k: b.limit for k, b in layer._static.items()} == {WORK: 2}  # env's table wins
+
+
 def test_the_documented_admission_example_is_valid() -> None:
     import tomllib
 
