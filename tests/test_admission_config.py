@@ -342,3 +342,46 @@ retry_after_s = 1
     assert config.admission is not None
     assert config.admission.limits == {WORK: 1, "Echo": 32, "/aduib_rpc/v1/rpc": 16}
     assert config.admission.tenant_limit == 64
+
+
+async def test_websocket_calls_are_admitted_under_the_limits_in_force() -> None:
+    """A WebSocket opened before a change: its next call meets the new limit."""
+    from aduib_asgi.dispatcher import RpcDispatcher
+    from aduib_asgi.middleware import ErrorMappingMiddleware
+    from aduib_asgi.stack import build_stack
+    from tests.stream_harness import WS, WsClient
+    from tests.test_gate import registry, ws_frames
+
+    gate = anyio.Event()
+    reg = registry(gate)
+    app = build_stack(RpcDispatcher(reg), [Layer.of(ErrorMappingMiddleware),
+                                           Layer.of(AdmissionMiddleware, registry=reg)])
+    layer = app
+    while not isinstance(layer, AdmissionMiddleware):
+        layer = layer.app
+    first = WsClient(app, WS, [])
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first.run)
+            await first.accept()  # opened before the change
+            layer.configure(limits={"rpc.v2/G/block": 1}, max_queue=0)
+            await first.send_json(envelope("rpc.v2/G/block", {}, id="b1"))
+            await wait_until(lambda: layer._static["rpc.v2/G/block"].in_flight == 1)
+            refused = await ws_frames(app, envelope("rpc.v2/G/block", {}, id="b2"))
+            layer.configure(limits={"rpc.v2/G/block": 2}, max_queue=0)
+            admitted: list[dict[str, Any]] = []
+
+            async def second() -> None:
+                admitted.extend(await ws_frames(app, envelope("rpc.v2/G/block", {}, id="b3")))
+
+            tg.start_soon(second)
+            # raised: admitted while b1 still holds its slot
+            await wait_until(lambda: layer._static["rpc.v2/G/block"].in_flight == 2)
+            gate.set()
+            done = await first.rest()
+            await wait_until(lambda: bool(admitted))
+            tg.cancel_scope.cancel()
+    assert [f["type"] for f in refused] == ["error", "end"]
+    assert refused[0]["payload"]["error"]["code"] == 5021
+    assert admitted[0]["type"] == "data"
+    assert done[0]["type"] == "data"
