@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from aduib_asgi.body import DEFAULT_MAX_BODY
 from aduib_asgi.extras import MissingExtra, require
 
 __all__ = ["main"]
@@ -68,6 +69,14 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="open-connection budget (default: the fd limit minus 256)")
     p.add_argument("--ws", choices=("auto", "websockets", "websockets-sansio", "wsproto"),
                    default="auto", help="WebSocket implementation (auto: uvicorn's choice)")
+    p.add_argument("--ws-max-size", type=int, default=WS_MAX_SIZE, metavar="BYTES",
+                   help="largest WebSocket message, after decompression; a larger one "
+                        "closes the connection with 1009 (default 16 MiB, the RPC body "
+                        "limit; docs/limits.md)")
+    p.add_argument("--ws-deflate", action=argparse.BooleanOptionalAction, default=False,
+                   help="accept permessage-deflate on WebSockets (default: off; a small "
+                        "compressed message costs the server up to --ws-max-size: "
+                        "docs/serving.md)")
     tls = p.add_argument_group("TLS (OPERATIONS.md §3)")
     tls.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     tls.add_argument("--tls-key", metavar="PEM", help="its private key (else in --tls-cert)")
@@ -289,8 +298,10 @@ def demo_worker_app() -> Any:
     import uvicorn
 
     from aduib_asgi.qos import ShutdownController
+    from aduib_asgi.server.memory import return_large_allocations
 
     settings = json.loads(os.environ[DEMO_SETTINGS_ENV])
+    return_large_allocations()  # each worker process, as one process does
     shutdown = ShutdownController(grace_s=float(settings.pop("shutdown_grace")))
     drain_delay = float(settings.pop("drain_delay"))
     app = _demo_app(settings, shutdown, settings.pop("access_log"))
@@ -354,6 +365,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from aduib_asgi.config import ConfigError
     from aduib_asgi.qos import ShutdownController
     from aduib_asgi.server import TlsScopeMixin
+    from aduib_asgi.server.memory import return_large_allocations
     from aduib_asgi.server.workers import ProtocolPlan, WorkerConfig
 
     if args.workers < 1:
@@ -365,8 +377,18 @@ def _run_demo(args: argparse.Namespace) -> int:
               "records and tasks (a quota would become N quotas, a key could run N times)",
               file=sys.stderr)
         return 2
+    if args.ws_max_size < 1024:
+        print("aduib-asgi demo: --ws-max-size must be at least 1024", file=sys.stderr)
+        return 2
+    if args.ws_deflate and args.ws == "wsproto":
+        print("aduib-asgi demo: --ws-deflate needs --ws websockets or websockets-sansio: "
+              "wsproto inflates a compressed frame without a bound before --ws-max-size "
+              "is checked", file=sys.stderr)
+        return 2
     tls = _tls_settings(args)
     settings = _demo_settings(args, tls)
+    # freed large buffers (16 MiB messages, bodies) go back to the OS at once
+    return_large_allocations()
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
     app: Any = None
     try:
@@ -401,17 +423,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     sock.setblocking(False)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
-    # loop/http "auto": uvloop and httptools (the `uvicorn[standard]` dependency), the
-    # fastest stack uvicorn has; no uvicorn access log (the stack writes its own); no
-    # ProxyHeadersMiddleware (the identity layer decides which proxies to believe)
-    # and no `server` header (a wrapper and a header less per request).
-    options: dict[str, Any] = {"log_level": args.log_level, "access_log": False,
-                               "lifespan": "on", "proxy_headers": False,
-                               "server_header": False, "loop": args.loop,
-                               "timeout_keep_alive": 5,
-                               "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
-                               "timeout_graceful_shutdown": int(args.shutdown_grace) + 2,
-                               **ssl_options}
+    options = uvicorn_options(args, ssl_options)
     scheme = "https" if tls is not None else "http"
     if args.workers > 1:  # each worker builds its app from the settings in its environment
         import json
@@ -447,8 +459,29 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def uvicorn_options(args: argparse.Namespace, ssl_options: dict[str, Any]) -> dict[str, Any]:
+    """The demo's ``uvicorn.Config`` options (one process and ``--workers`` alike)."""
+    # loop/http "auto": uvloop and httptools (the `uvicorn[standard]` dependency), the
+    # fastest stack uvicorn has; no uvicorn access log (the stack writes its own); no
+    # ProxyHeadersMiddleware (the identity layer decides which proxies to believe)
+    # and no `server` header (a wrapper and a header less per request).
+    return {"log_level": args.log_level, "access_log": False,
+            "lifespan": "on", "proxy_headers": False,
+            "server_header": False, "loop": args.loop,
+            "timeout_keep_alive": 5,
+            "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+            # WebSocket messages: bounded after decompression (1009 past it); no
+            # permessage-deflate unless asked (docs/serving.md)
+            "ws_max_size": args.ws_max_size,
+            "ws_per_message_deflate": args.ws_deflate,
+            "timeout_graceful_shutdown": int(args.shutdown_grace) + 2,
+            **ssl_options}
+
+
 #: Request heads over this are answered 431 (OPERATIONS.md section 5).
 MAX_HEAD_BYTES = 64 * 1024
+#: Largest WebSocket message (after decompression) by default: the RPC body limit.
+WS_MAX_SIZE = DEFAULT_MAX_BODY
 #: Pending connections the kernel queues before the server accepts them.
 LISTEN_BACKLOG = 2048
 #: Descriptors kept free for Redis, files and the listener.
