@@ -33,6 +33,8 @@ import asyncio
 import re
 from typing import Any
 
+from aduib_asgi.extras import require
+
 __all__ = ["HeadGuard", "ParserRelease", "http_protocol", "ws_protocol"]
 
 #: End of a request head: CRLF CRLF, or the bare-LF form h11 also accepts.
@@ -138,6 +140,7 @@ class HeadGuard:
 
 
 def _httptools_guard() -> type:
+    require("httptools", "server", "http_protocol('httptools')")
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HttpToolsHeadGuard(HeadGuard, HttpToolsProtocol):
@@ -233,6 +236,7 @@ def http_protocol(parser: str = "auto", *mixins: type, **settings: Any) -> type:
     ``settings`` set class attributes (``max_head_bytes``, ``head_timeout_s``,
     ``max_connections`` or a mixin's own).
     """
+    require("uvicorn", "server", "http_protocol")
     if parser == "auto":
         try:
             import httptools  # noqa: F401
@@ -287,6 +291,7 @@ def ws_protocol(name: str = "auto", *mixins: type, **settings: Any) -> type | No
 
     ``settings`` set class attributes (a mixin's own).
     """
+    require("uvicorn", "server", "ws_protocol")
     from uvicorn.config import WS_PROTOCOLS
     from uvicorn.importer import import_from_string
 
