@@ -293,9 +293,6 @@ def demo_worker_app() -> Any:
     """The app of one ``--workers`` process (a uvicorn factory): settings from the parent."""
     import json
     import os
-    from functools import partial
-
-    import uvicorn
 
     from aduib_asgi.qos import ShutdownController
     from aduib_asgi.server.memory import return_large_allocations
@@ -305,16 +302,41 @@ def demo_worker_app() -> Any:
     shutdown = ShutdownController(grace_s=float(settings.pop("shutdown_grace")))
     drain_delay = float(settings.pop("drain_delay"))
     app = _demo_app(settings, shutdown, settings.pop("access_log"))
-    exit_plan = _GracefulExit(shutdown, getattr(app, "monitor", None), drain_delay)
-    # uvicorn's supervisor builds this process's Server: its SIGTERM handling
-    # goes through the same graceful exit as one process
-    plain = uvicorn.Server.handle_exit
-
-    def handle_exit(self: Any, sig: int, frame: Any) -> None:
-        exit_plan(partial(plain, self), sig, frame)
-
-    uvicorn.Server.handle_exit = handle_exit  # type: ignore[method-assign]
+    chain_exit_signals(_GracefulExit(shutdown, getattr(app, "monitor", None), drain_delay))
     return app
+
+
+def chain_exit_signals(exit_plan: Any) -> bool:
+    """Route SIGINT/SIGTERM through ``exit_plan`` before the server's own handler.
+
+    In a ``--workers`` process uvicorn's supervisor builds the ``Server`` and its
+    ``capture_signals`` has installed ``server.handle_exit`` (with
+    ``signal.signal``) before the app factory runs: this wraps those installed
+    handlers, so the worker's SIGTERM goes through the same graceful exit as one
+    process - without touching ``uvicorn.Server`` (a global of every server in
+    the process). The plan runs on the event loop (``call_soon_threadsafe``, safe
+    from a signal handler). False (nothing done) outside a running loop or the
+    main thread.
+    """
+    import signal
+    import threading
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        server_exit = signal.getsignal(sig)
+        if not callable(server_exit):
+            continue
+
+        def on_signal(signum: int, frame: Any, server_exit: Any = server_exit) -> None:
+            loop.call_soon_threadsafe(exit_plan, server_exit, signum, frame)
+
+        signal.signal(sig, on_signal)
+    return True
 
 
 class _GracefulExit:
