@@ -176,12 +176,14 @@ def _forwarded_certificates() -> tuple[list[dict[str, str]], list[str]]:
     return sets, [der[40:80], quote(pem)[60:100]]
 
 
-def test_no_forwarded_client_certificate_in_any_log_line() -> None:
+@pytest.mark.parametrize("ws", ["auto", "websockets"])
+def test_no_forwarded_client_certificate_in_any_log_line(ws: str) -> None:
     """Every header a proxy may carry a client certificate in - those the trusted-proxy
     code reads, and the common ones it does not - is redacted from the handshake
-    dump and appears nowhere in the output, over HTTP and WebSocket, at ``trace``."""
+    dump and appears nowhere in the output, over HTTP and WebSocket, at ``trace``
+    (uvicorn's default WebSocket implementation and the legacy one both dump)."""
     sets, fragments = _forwarded_certificates()
-    with running_demo("--log-level", "trace", "--trusted-proxy", "127.0.0.1/32",
+    with running_demo("--log-level", "trace", "--trusted-proxy", "127.0.0.1/32", "--ws", ws,
                       env=ENV) as demo:
         ws_url = demo.url.replace("http://", "ws://") + "/aduib_rpc/v2/rpc/ws"
         with httpx.Client(base_url=demo.url, timeout=20) as c:
