@@ -66,7 +66,8 @@ def test_deflate_on_request_inflated_size_is_bounded_by_ws_max_size() -> None:
         _echo_stream_works(demo.url)
 
 
-@pytest.mark.parametrize("flags", [(), ("--ws-deflate",)], ids=["default", "ws-deflate"])
+@pytest.mark.parametrize("flags", [(), ("--ws-deflate",), ("--ws", "websockets", "--ws-deflate")],
+                         ids=["default", "ws-deflate", "legacy-websockets-deflate"])
 def test_flood_of_large_messages_leaves_rss_bounded(flags: tuple[str, ...]) -> None:
     """12 connections x 15 MB (accepted, then refused by the app as undecodable: 1007)
     and 12 x 64 MB (over the limit: 1009): the RSS comes back within +100 MB."""

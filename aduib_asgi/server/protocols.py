@@ -266,8 +266,9 @@ class ParserRelease:
     under load. A client that sends one large message and drops the connection
     would leave it behind. Closing the generator on connection loss frees it at
     once, as it frees a parse error's traceback (a message refused as too large
-    holds what was inflated until then). Harmless for the other implementations
-    (they have no such parser).
+    holds what was inflated until then) and, for uvicorn's legacy ``websockets``
+    implementation, its reader task's error (whose frames hold the last
+    message). wsproto keeps nothing of the kind.
     """
 
     conn: Any
@@ -281,6 +282,16 @@ class ParserRelease:
         failed = getattr(conn, "parser_exc", None)
         if failed is not None:  # e.g. a message over the size limit: its frames hold
             failed.__traceback__ = None  # what was decompressed until then
+        # uvicorn's legacy ``websockets`` implementation: its reader task ends after
+        # the connection, keeping its error (and through it the last message)
+        task = getattr(self, "transfer_data_task", None)
+        if task is not None:
+            task.add_done_callback(self._release_reader_error)
+
+    def _release_reader_error(self, _task: Any) -> None:
+        failed = getattr(self, "transfer_data_exc", None)
+        if failed is not None:
+            failed.__traceback__ = None
 
 
 def ws_protocol(name: str = "auto", *mixins: type, **settings: Any) -> type | None:
