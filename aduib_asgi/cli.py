@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import socket
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 from aduib_asgi.body import DEFAULT_MAX_BODY
 from aduib_asgi.extras import MissingExtra, require
+from aduib_asgi.observability.log_sink import NonBlockingStreamHandler
 
 __all__ = ["main"]
 
@@ -407,6 +409,10 @@ def _run_demo(args: argparse.Namespace) -> int:
               "wsproto inflates a compressed frame without a bound before --ws-max-size "
               "is checked", file=sys.stderr)
         return 2
+    if args.ws == "auto" and not any(
+            importlib.util.find_spec(name) for name in ("websockets", "wsproto")):
+        print("aduib-asgi demo: WebSocket off (no WebSocket library installed): "
+              "pip install 'aduib-asgi[server]'", file=sys.stderr, flush=True)
     tls = _tls_settings(args)
     settings = _demo_settings(args, tls)
     # freed large buffers (16 MiB messages, bodies) go back to the OS at once
@@ -425,7 +431,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     # (431 over 64 KiB) and in time (--header-timeout); idle keep-alive connections
     # close after 5 s; above --max-connections (default: the fd limit less a reserve
     # for Redis, files and the listener) the oldest connection still waiting for its
-    # head is closed. Per-method concurrency is the admission layer's job (503/5021
+    # head is closed. Per-method concurrency is the admission layer's job (429/5021
     # envelopes), so uvicorn's limit_concurrency (a bare 503) stays off.
     # With TLS, the tls extension mixin goes in front (HTTP and WebSocket classes):
     # uvicorn uses protocol subclasses only when given as classes.
@@ -487,7 +493,9 @@ def uvicorn_options(args: argparse.Namespace, ssl_options: dict[str, Any]) -> di
     # fastest stack uvicorn has; no uvicorn access log (the stack writes its own); no
     # ProxyHeadersMiddleware (the identity layer decides which proxies to believe)
     # and no `server` header (a wrapper and a header less per request).
-    return {"log_level": args.log_level, "access_log": False,
+    # log_config None: uvicorn's records go to the demo's handler (non-blocking, request
+    # context, escaped) instead of uvicorn's own stream handlers
+    return {"log_level": args.log_level, "log_config": None, "access_log": False,
             "lifespan": "on", "proxy_headers": False,
             "server_header": False, "loop": args.loop,
             "timeout_keep_alive": 5,
@@ -554,8 +562,9 @@ def _make_server_class() -> type:
     return Server
 
 
-class _LogHandler(logging.StreamHandler):
-    """The demo's log handler: request ids on every record; text or JSON by config."""
+class _LogHandler(NonBlockingStreamHandler):
+    """The demo's log handler: request ids on every record; text or JSON by config;
+    written from a thread, so a stalled log sink never blocks the event loop."""
 
     def __init__(self, json_format: bool, access: bool = True) -> None:
         from aduib_asgi.observability.logs import RequestContextFilter

@@ -123,7 +123,8 @@ def test_worker_app_wraps_the_installed_handlers_not_uvicorn_server() -> None:
                 "drain_delay": 0, "access_log": False}
     original = uvicorn.Server.handle_exit
     root, uv_error = logging.getLogger(), logging.getLogger("uvicorn.error")
-    saved = (list(root.handlers), root.level, list(uv_error.filters))
+    access = logging.getLogger("aduib_asgi.access")
+    saved = (list(root.handlers), root.level, list(uv_error.filters), access.level)
     server_calls: list[int] = []
 
     async def build() -> object:
@@ -146,8 +147,12 @@ def test_worker_app_wraps_the_installed_handlers_not_uvicorn_server() -> None:
         app = asyncio.run(build())
     finally:
         del os.environ[DEMO_SETTINGS_ENV]
+        for handler in root.handlers:
+            if handler not in saved[0]:
+                handler.close()  # the demo's log handler (and its writer thread)
         root.handlers[:], uv_error.filters[:] = saved[0], saved[2]
         root.setLevel(saved[1])
+        access.setLevel(saved[3])
     assert uvicorn.Server.handle_exit is original
     assert server_calls == [signal.SIGTERM]
     assert app.monitor.stopping is True  # type: ignore[attr-defined]  # the plan ran first
