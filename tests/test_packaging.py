@@ -108,6 +108,8 @@ MISSING: list[tuple[str, tuple[str, ...], str]] = [
     ("server", ("httptools",),
      "from aduib_asgi.server import http_protocol; http_protocol('httptools')"),
     ("server", ("uvicorn",), "from aduib_asgi.server import ws_protocol; ws_protocol('auto')"),
+    ("server", ("websockets",),
+     "from aduib_asgi.server import ws_protocol; ws_protocol('websockets-sansio')"),
     ("server", ("uvicorn",), "import aduib_asgi.server.workers"),
     ("redis", ("redis", "redis.asyncio"),
      "from aduib_asgi.streaming.cancel_bus import RedisCancelBus\n"

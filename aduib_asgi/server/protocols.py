@@ -303,6 +303,8 @@ def ws_protocol(name: str = "auto", *mixins: type, **settings: Any) -> type | No
     ``settings`` set class attributes (a mixin's own).
     """
     require("uvicorn", "server", "ws_protocol")
+    if name in ("websockets", "websockets-sansio"):
+        require("websockets", "server", f"ws_protocol({name!r})")
     from uvicorn.config import WS_PROTOCOLS
     from uvicorn.importer import import_from_string
 
