@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from aduib_asgi.body import DEFAULT_MAX_BODY
 from aduib_asgi.extras import MissingExtra, require
 from aduib_asgi.observability.log_sink import NonBlockingStreamHandler
 
@@ -70,6 +71,14 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="open-connection budget (default: the fd limit minus 256)")
     p.add_argument("--ws", choices=("auto", "websockets", "websockets-sansio", "wsproto"),
                    default="auto", help="WebSocket implementation (auto: uvicorn's choice)")
+    p.add_argument("--ws-max-size", type=int, default=WS_MAX_SIZE, metavar="BYTES",
+                   help="largest WebSocket message, after decompression; a larger one "
+                        "closes the connection with 1009 (default 16 MiB, the RPC body "
+                        "limit; docs/limits.md)")
+    p.add_argument("--ws-deflate", action=argparse.BooleanOptionalAction, default=False,
+                   help="accept permessage-deflate on WebSockets (default: off; a small "
+                        "compressed message costs the server up to --ws-max-size: "
+                        "docs/serving.md)")
     tls = p.add_argument_group("TLS (OPERATIONS.md §3)")
     tls.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     tls.add_argument("--tls-key", metavar="PEM", help="its private key (else in --tls-cert)")
@@ -286,26 +295,50 @@ def demo_worker_app() -> Any:
     """The app of one ``--workers`` process (a uvicorn factory): settings from the parent."""
     import json
     import os
-    from functools import partial
-
-    import uvicorn
 
     from aduib_asgi.qos import ShutdownController
+    from aduib_asgi.server.memory import return_large_allocations
 
     settings = json.loads(os.environ[DEMO_SETTINGS_ENV])
+    return_large_allocations()  # each worker process, as one process does
     shutdown = ShutdownController(grace_s=float(settings.pop("shutdown_grace")))
     drain_delay = float(settings.pop("drain_delay"))
     app = _demo_app(settings, shutdown, settings.pop("access_log"))
-    exit_plan = _GracefulExit(shutdown, getattr(app, "monitor", None), drain_delay)
-    # uvicorn's supervisor builds this process's Server: its SIGTERM handling
-    # goes through the same graceful exit as one process
-    plain = uvicorn.Server.handle_exit
-
-    def handle_exit(self: Any, sig: int, frame: Any) -> None:
-        exit_plan(partial(plain, self), sig, frame)
-
-    uvicorn.Server.handle_exit = handle_exit  # type: ignore[method-assign]
+    chain_exit_signals(_GracefulExit(shutdown, getattr(app, "monitor", None), drain_delay))
     return app
+
+
+def chain_exit_signals(exit_plan: Any) -> bool:
+    """Route SIGINT/SIGTERM through ``exit_plan`` before the server's own handler.
+
+    In a ``--workers`` process uvicorn's supervisor builds the ``Server`` and its
+    ``capture_signals`` has installed ``server.handle_exit`` (with
+    ``signal.signal``) before the app factory runs: this wraps those installed
+    handlers, so the worker's SIGTERM goes through the same graceful exit as one
+    process - without touching ``uvicorn.Server`` (a global of every server in
+    the process). The plan runs on the event loop (``call_soon_threadsafe``, safe
+    from a signal handler). False (nothing done) outside a running loop or the
+    main thread.
+    """
+    import signal
+    import threading
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        server_exit = signal.getsignal(sig)
+        if not callable(server_exit):
+            continue
+
+        def on_signal(signum: int, frame: Any, server_exit: Any = server_exit) -> None:
+            loop.call_soon_threadsafe(exit_plan, server_exit, signum, frame)
+
+        signal.signal(sig, on_signal)
+    return True
 
 
 class _GracefulExit:
@@ -356,6 +389,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from aduib_asgi.config import ConfigError
     from aduib_asgi.qos import ShutdownController
     from aduib_asgi.server import TlsScopeMixin
+    from aduib_asgi.server.memory import return_large_allocations
     from aduib_asgi.server.workers import ProtocolPlan, WorkerConfig
 
     if args.workers < 1:
@@ -367,12 +401,22 @@ def _run_demo(args: argparse.Namespace) -> int:
               "records and tasks (a quota would become N quotas, a key could run N times)",
               file=sys.stderr)
         return 2
+    if args.ws_max_size < 1024:
+        print("aduib-asgi demo: --ws-max-size must be at least 1024", file=sys.stderr)
+        return 2
+    if args.ws_deflate and args.ws == "wsproto":
+        print("aduib-asgi demo: --ws-deflate needs --ws websockets or websockets-sansio: "
+              "wsproto inflates a compressed frame without a bound before --ws-max-size "
+              "is checked", file=sys.stderr)
+        return 2
     if args.ws == "auto" and not any(
             importlib.util.find_spec(name) for name in ("websockets", "wsproto")):
         print("aduib-asgi demo: WebSocket off (no WebSocket library installed): "
               "pip install 'aduib-asgi[server]'", file=sys.stderr, flush=True)
     tls = _tls_settings(args)
     settings = _demo_settings(args, tls)
+    # freed large buffers (16 MiB messages, bodies) go back to the OS at once
+    return_large_allocations()
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
     app: Any = None
     try:
@@ -407,20 +451,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     sock.setblocking(False)
     port = sock.getsockname()[1]
     host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
-    # loop/http "auto": uvloop and httptools (the `uvicorn[standard]` dependency), the
-    # fastest stack uvicorn has; no uvicorn access log (the stack writes its own); no
-    # ProxyHeadersMiddleware (the identity layer decides which proxies to believe)
-    # and no `server` header (a wrapper and a header less per request).
-    # log_config None: uvicorn's records go to the demo's handler (non-blocking, request
-    # context, escaped) instead of uvicorn's own stream handlers
-    options: dict[str, Any] = {"log_level": args.log_level, "log_config": None,
-                               "access_log": False,
-                               "lifespan": "on", "proxy_headers": False,
-                               "server_header": False, "loop": args.loop,
-                               "timeout_keep_alive": 5,
-                               "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
-                               "timeout_graceful_shutdown": int(args.shutdown_grace) + 2,
-                               **ssl_options}
+    options = uvicorn_options(args, ssl_options)
     scheme = "https" if tls is not None else "http"
     if args.workers > 1:  # each worker builds its app from the settings in its environment
         import json
@@ -456,8 +487,31 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def uvicorn_options(args: argparse.Namespace, ssl_options: dict[str, Any]) -> dict[str, Any]:
+    """The demo's ``uvicorn.Config`` options (one process and ``--workers`` alike)."""
+    # loop/http "auto": uvloop and httptools (the `uvicorn[standard]` dependency), the
+    # fastest stack uvicorn has; no uvicorn access log (the stack writes its own); no
+    # ProxyHeadersMiddleware (the identity layer decides which proxies to believe)
+    # and no `server` header (a wrapper and a header less per request).
+    # log_config None: uvicorn's records go to the demo's handler (non-blocking, request
+    # context, escaped) instead of uvicorn's own stream handlers
+    return {"log_level": args.log_level, "log_config": None, "access_log": False,
+            "lifespan": "on", "proxy_headers": False,
+            "server_header": False, "loop": args.loop,
+            "timeout_keep_alive": 5,
+            "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+            # WebSocket messages: bounded after decompression (1009 past it); no
+            # permessage-deflate unless asked (docs/serving.md)
+            "ws_max_size": args.ws_max_size,
+            "ws_per_message_deflate": args.ws_deflate,
+            "timeout_graceful_shutdown": int(args.shutdown_grace) + 2,
+            **ssl_options}
+
+
 #: Request heads over this are answered 431 (OPERATIONS.md section 5).
 MAX_HEAD_BYTES = 64 * 1024
+#: Largest WebSocket message (after decompression) by default: the RPC body limit.
+WS_MAX_SIZE = DEFAULT_MAX_BODY
 #: Pending connections the kernel queues before the server accepts them.
 LISTEN_BACKLOG = 2048
 #: Descriptors kept free for Redis, files and the listener.

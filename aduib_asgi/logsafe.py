@@ -3,7 +3,9 @@
 An envelope ``id``, a method name, a tenant or a principal comes from the
 client; written raw, a ``\\n`` in it would start a forged log line. :func:`safe`
 escapes every non-printable character (CR, LF, other controls, Unicode line
-separators and format characters) as ``\\n``, ``\\x1b``, ``\\u2028``...
+separators and format characters) as ``\\n``, ``\\x1b``, ``\\u2028``..., and a
+backslash as ``\\\\``, so an escape written by the client cannot pass for one
+written by :func:`safe`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _escape_char(c: str) -> str:
+    if c == "\\":
+        return "\\\\"
     if c.isprintable():
         return c
     named = _NAMED.get(c)
@@ -27,10 +31,21 @@ def _escape_char(c: str) -> str:
         f"\\U{code:08x}")
 
 
+class _Escaped(str):
+    """Text :func:`safe` already escaped: escaping it again would double backslashes
+    (a value escaped at the call site, then by the log filter)."""
+
+    __slots__ = ()
+
+
 def safe(value: Any) -> Any:
-    """``value`` with control characters escaped when it is text; anything else as is."""
+    """``value`` with control characters and backslashes escaped when it is text
+    (a literal ``a\\nb`` and ``a``, LF, ``b`` read back differently); anything
+    else as is. Idempotent: ``safe(safe(v)) == safe(v)``."""
     if isinstance(value, str):
-        return value if value.isprintable() else "".join(map(_escape_char, value))
+        if type(value) is _Escaped or (value.isprintable() and "\\" not in value):
+            return value
+        return _Escaped("".join(map(_escape_char, value)))
     if isinstance(value, bytes | bytearray):
         return safe(value.decode("latin-1"))
     return value

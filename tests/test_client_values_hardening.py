@@ -74,6 +74,29 @@ def test_context_filter_escapes_record_args() -> None:
     ]
 
 
+def test_a_literal_escape_and_a_control_character_read_back_differently() -> None:
+    """``a\\nb`` typed by a client (backslash, n) and ``a`` LF ``b`` must not give the
+    same log text: the backslash is escaped too, as the access log does."""
+    from aduib_asgi.context import RequestContext, current_context
+    from aduib_asgi.logsafe import escape
+
+    assert safe("a\\nb") == "a\\\\nb" != safe("a\nb") == "a\\nb"
+    assert safe("C:\\dir") == escape("C:\\dir") == "C:\\\\dir"
+    logger, out = _stream_logger("tests.filter.backslash", RequestContextFilter())
+    logger.handlers[0].setFormatter(logging.Formatter("%(request_id)s %(method)s %(message)s"))
+    for rid in ("a\\nb", "a\nb"):
+        ctx = RequestContext(request_id=rid)
+        ctx.method = "M\\x1b"
+        token = current_context.set(ctx)
+        try:
+            logger.warning("arg %s", rid)
+        finally:
+            current_context.reset(token)
+    first, second = out.getvalue().splitlines()
+    assert first == "a\\\\nb M\\\\x1b arg a\\\\nb"
+    assert second == "a\\nb M\\\\x1b arg a\\nb"
+
+
 def test_a_forged_log_line_cannot_appear_in_the_demo_output() -> None:
     import httpx
 
@@ -179,3 +202,10 @@ def test_exception_messages_in_tracebacks_are_escaped() -> None:
     assert "ValueError: bad id x\\nWARNING:  [aduib_asgi.audit] auth deny" in text
     assert "forged-inner" in text and "inner\\r\\nforged-inner" in text
     assert not any(line.startswith(("WARNING:", "forged")) for line in text.splitlines())
+
+
+def test_safe_is_idempotent() -> None:
+    """A value escaped at the call site passes the log filter unchanged."""
+    for raw in ("a\nb", "a\\nb", "x\\\\y\x1b", "plain"):
+        once = safe(raw)
+        assert safe(once) == once

@@ -87,3 +87,72 @@ def test_two_workers_share_quotas_idempotency_and_tasks(redis_url: str,
     for pid in workers:  # the workers ended with the parent
         assert not Path(f"/proc/{pid}").exists() or \
             "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_workers_exit_gracefully_on_sigterm(redis_url: str, redis_server: RedisServer) -> None:
+    """SIGTERM to the parent reaches each worker's graceful exit (readiness 503, drain),
+    not only uvicorn's plain one."""
+    with running_demo("--workers", "2", "--redis", redis_url) as demo:
+        ping = {"aduib_rpc": "2.0", "id": "1", "method": "rpc.v2/Echo/echo", "data": {}}
+        assert _post(demo.url + RPC, ping).status_code == 200
+        assert len(_workers(demo.proc.pid)) == 2
+        assert demo.stop(signal.SIGTERM) == 0
+    output = demo.output
+    assert output.count("shutting down: readiness probe answers 503") == 2, output
+    assert output.count("draining: no new requests admitted") == 2, output
+
+
+def test_worker_app_wraps_the_installed_handlers_not_uvicorn_server() -> None:
+    """Building a worker's app leaves ``uvicorn.Server`` (a global) as it was; the
+    server's installed signal handler still runs, after the graceful exit plan."""
+    import argparse
+    import asyncio
+    import json
+    import logging
+    import os
+
+    import uvicorn
+
+    from aduib_asgi.cli import DEMO_SETTINGS_ENV, _demo_parser, _demo_settings, demo_worker_app
+
+    parser = argparse.ArgumentParser()
+    _demo_parser(parser.add_subparsers())
+    settings = {**_demo_settings(parser.parse_args(["demo"]), None), "shutdown_grace": 1,
+                "drain_delay": 0, "access_log": False}
+    original = uvicorn.Server.handle_exit
+    root, uv_error = logging.getLogger(), logging.getLogger("uvicorn.error")
+    access = logging.getLogger("aduib_asgi.access")
+    saved = (list(root.handlers), root.level, list(uv_error.filters), access.level)
+    server_calls: list[int] = []
+
+    async def build() -> object:
+        previous = {s: signal.signal(s, lambda n, f: server_calls.append(n))  # "uvicorn's"
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            app = demo_worker_app()
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # type: ignore[operator]
+            for _ in range(100):
+                if server_calls:
+                    break
+                await asyncio.sleep(0.01)
+            return app
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    os.environ[DEMO_SETTINGS_ENV] = json.dumps(settings)
+    try:
+        app = asyncio.run(build())
+    finally:
+        del os.environ[DEMO_SETTINGS_ENV]
+        for handler in root.handlers:
+            if handler not in saved[0]:
+                handler.close()  # the demo's log handler (and its writer thread)
+        root.handlers[:], uv_error.filters[:] = saved[0], saved[2]
+        root.setLevel(saved[1])
+        access.setLevel(saved[3])
+    assert uvicorn.Server.handle_exit is original
+    assert server_calls == [signal.SIGTERM]
+    assert app.monitor.stopping is True  # type: ignore[attr-defined]  # the plan ran first

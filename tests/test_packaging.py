@@ -92,6 +92,74 @@ expect("prometheus", prometheus_meter_provider)
 """
 
 
+#: (extra, modules to hide, code that needs them): each must raise MissingExtra naming
+#: ``pip install 'aduib-asgi[extra]'`` - checked with the modules hidden in a subprocess
+#: of this environment (fast), and the whole table again in the fresh venv below.
+MISSING: list[tuple[str, tuple[str, ...], str]] = [
+    ("tls", ("cryptography",),
+     "from aduib_asgi.auth import MtlsAuthenticator; MtlsAuthenticator()"),
+    ("tls", ("cryptography",),
+     "from aduib_asgi.auth import certificate_facts; certificate_facts(b'not der')"),
+    ("tls", ("cryptography",),
+     "from aduib_asgi.demo.certs import issue_client_cert; issue_client_cert(None)"),
+    ("tls", ("trustme",),
+     "from aduib_asgi.demo.certs import write_demo_certs; write_demo_certs(TMP)"),
+    ("server", ("uvicorn",), "from aduib_asgi.server import http_protocol; http_protocol('h11')"),
+    ("server", ("httptools",),
+     "from aduib_asgi.server import http_protocol; http_protocol('httptools')"),
+    ("server", ("uvicorn",), "from aduib_asgi.server import ws_protocol; ws_protocol('auto')"),
+    ("server", ("websockets",),
+     "from aduib_asgi.server import ws_protocol; ws_protocol('websockets-sansio')"),
+    ("server", ("uvicorn",), "import aduib_asgi.server.workers"),
+    ("redis", ("redis", "redis.asyncio"),
+     "from aduib_asgi.streaming.cancel_bus import RedisCancelBus\n"
+     "from aduib_asgi.streaming.inflight import InflightRegistry\n"
+     "RedisCancelBus.from_url('redis://127.0.0.1:1', InflightRegistry())"),
+    ("redis", ("redis", "redis.asyncio"), "import aduib_asgi.tasks.redis_store"),
+    ("redis", ("redis", "redis.asyncio"),
+     "from aduib_asgi.storage.redis_url import redis_client; redis_client('redis://h:1')"),
+    ("redis", ("redis", "redis.asyncio"),
+     "from aduib_asgi.storage.redis import RedisIdempotencyStore\n"
+     "RedisIdempotencyStore('redis://127.0.0.1:1/0')"),
+    ("redis", ("redis", "redis.asyncio"),
+     "from aduib_asgi.tasks.store import store_from_uri; store_from_uri('redis://h:1/0')"),
+    ("protobuf", ("google.protobuf",), "import aduib_asgi.codecs.protobuf_codec"),
+    ("avro", ("fastavro",), "import aduib_asgi.codecs.avro_codec"),
+    ("brotli", ("brotli",), "import aduib_asgi.compression.brotli_coding"),
+    ("jwt", ("jwt",), "from aduib_asgi.auth import jwt_verifier; jwt_verifier('k' * 32)"),
+    ("prometheus", ("opentelemetry.exporter.prometheus", "opentelemetry.exporter"),
+     "from aduib_asgi.observability.metrics import prometheus_meter_provider\n"
+     "prometheus_meter_provider()"),
+]
+
+_PROBE = r"""
+import sys, tempfile
+for name in HIDE:
+    sys.modules[name] = None  # `import name` raises ImportError, as if not installed
+from aduib_asgi.extras import MissingExtra
+TMP = tempfile.mkdtemp()
+try:
+    exec(CODE)
+except MissingExtra as exc:
+    assert f"pip install 'aduib-asgi[{EXTRA}]'" in str(exc), str(exc)
+    print("ok", exc)
+else:
+    raise AssertionError("no MissingExtra")
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("extra", "hide", "code"), MISSING,
+                         ids=[f"{e}-{i}" for i, (e, _, _) in enumerate(MISSING)])
+def test_a_missing_extra_is_named(extra: str, hide: tuple[str, ...], code: str) -> None:
+    """Not a bare ModuleNotFoundError: the message names the extra to install."""
+    probe = f"HIDE = {hide!r}\nEXTRA = {extra!r}\nCODE = {code!r}\n" + _PROBE
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=50, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.startswith("ok "), proc.stdout
+
+
 @dataclass
 class Env:
     venv: Path
@@ -155,6 +223,10 @@ def test_the_wheel_without_extras_works_and_names_missing_extras(fresh: Env) -> 
         assert probe.returncode != 0, f"{module} is installed without extras"
     extras = fresh.run(fresh.python, "-c", EXTRAS)
     assert extras.returncode == 0, extras.stdout + extras.stderr
+    for extra, hide, code in MISSING:  # the table, against the installed wheel
+        probe = fresh.run(fresh.python, "-c", f"HIDE = {hide!r}\nEXTRA = {extra!r}\n"
+                                              f"CODE = {code!r}\n" + _PROBE)
+        assert probe.returncode == 0, (code, probe.stdout + probe.stderr[-2000:])
     # the CLI: a message naming the extra, exit status 2, before any work
     out = fresh.venv.parent / "bench.json"
     started = time.monotonic()

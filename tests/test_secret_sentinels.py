@@ -154,3 +154,60 @@ def test_credential_header_filter_redacts_only_credential_headers() -> None:
     assert f.filter(kept) and kept.getMessage() == "< user-agent: curl/8"
     other = rec("%s: %s", "note", "x")
     assert f.filter(other) and other.getMessage() == "note: x"
+
+
+def _forwarded_certificates() -> tuple[list[dict[str, str]], list[str]]:
+    """Header sets carrying client certificates - sentinels (unreadable) and one real
+    certificate in each format - and the strings none of them may leave in a log."""
+    import base64
+    import ssl
+    from urllib.parse import quote
+
+    import trustme
+
+    from aduib_asgi.auth.forwarded_cert import CLIENT_CERT_HEADERS
+
+    pem = trustme.CA().issue_cert("client.example.org").cert_chain_pems[0].bytes().decode()
+    der = base64.b64encode(ssl.PEM_cert_to_DER_cert(pem)).decode()
+    sets = [{name: f"{MARK}crt-{name}"} for name in sorted(CLIENT_CERT_HEADERS)]
+    sets += [{"client-cert": f":{der}:", "client-cert-chain": f":{der}:"},
+             {"x-forwarded-client-cert": f'By=spiffe://p;Cert="{quote(pem)}"'},
+             {"ssl-client-cert": quote(pem), "x-ssl-client-cert": pem.strip().replace("\n", " ")}]
+    return sets, [der[40:80], quote(pem)[60:100]]
+
+
+@pytest.mark.parametrize("ws", ["auto", "websockets"])
+def test_no_forwarded_client_certificate_in_any_log_line(ws: str) -> None:
+    """Every header a proxy may carry a client certificate in - those the trusted-proxy
+    code reads, and the common ones it does not - is redacted from the handshake
+    dump and appears nowhere in the output, over HTTP and WebSocket, at ``trace``
+    (uvicorn's default WebSocket implementation and the legacy one both dump)."""
+    sets, fragments = _forwarded_certificates()
+    with running_demo("--log-level", "trace", "--trusted-proxy", "127.0.0.1/32", "--ws", ws,
+                      env=ENV) as demo:
+        ws_url = demo.url.replace("http://", "ws://") + "/aduib_rpc/v2/rpc/ws"
+        with httpx.Client(base_url=demo.url, timeout=20) as c:
+            for headers in sets:
+                r = c.post("/aduib_rpc/v2/rpc", json=rpc("rpc.v2/Echo/context"),
+                           headers=headers)
+                assert r.status_code in (200, 401), r.text
+                with connect(ws_url, additional_headers=headers, open_timeout=10) as ws:
+                    ws.send(json.dumps(rpc("rpc.v2/Echo/stream", {"count": 1})))
+                    while '"type":"end"' not in str(ws.recv(timeout=10)):
+                        pass
+        demo.stop()
+        output = demo.output
+    assert MARK not in output, [line for line in output.splitlines() if MARK in line][:5]
+    for fragment in fragments:
+        assert fragment not in output
+    for name in ("client-cert", "x-forwarded-client-cert", "x-ssl-client-cert"):
+        assert f"{name}: <redacted>" in output.lower()  # the dump ran, redacted
+
+
+def test_every_header_the_proxy_code_reads_is_secret() -> None:
+    """Derived, not copied: a certificate header added where they are read is redacted."""
+    from aduib_asgi.auth.forwarded_cert import CLIENT_CERT_HEADERS, FORWARDED_CERT_HEADERS
+    from aduib_asgi.observability.logs import SECRET_HEADERS
+
+    assert {h.decode() for h in FORWARDED_CERT_HEADERS} <= CLIENT_CERT_HEADERS <= SECRET_HEADERS
+    assert {"ssl-client-cert", "x-ssl-client-cert"} <= SECRET_HEADERS

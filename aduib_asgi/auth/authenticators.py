@@ -214,12 +214,8 @@ class MtlsAuthenticator:
         identify: Callable[[Mapping[str, Any]], Identity | None] | None = None,
         required: bool = False,
     ) -> None:
-        if identify is None:
-            try:
-                import cryptography  # noqa: F401
-            except ImportError:  # pragma: no cover
-                raise ImportError("MtlsAuthenticator reads certificates with `cryptography`: "
-                                  "pip install 'aduib-asgi[tls]'") from None
+        if identify is None:  # certificates are read with `cryptography`
+            require("cryptography.x509", "tls", "MtlsAuthenticator")
         self.roles = roles if isinstance(roles, MtlsRoleRules) else MtlsRoleRules(roles)
         self.default_roles = tuple(default_roles)
         self.identify = identify

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from aduib_asgi.extras import require
+
 __all__ = ["CertificateFacts", "MtlsRoleRules", "certificate_facts"]
 
 
@@ -57,6 +59,7 @@ def certificate_facts(cert: str | bytes) -> CertificateFacts:
 
 @lru_cache(maxsize=1024)
 def _facts(cert: str | bytes) -> CertificateFacts:
+    require("cryptography.x509", "tls", "Reading client certificates")
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
     from cryptography.x509.oid import NameOID

@@ -30,13 +30,21 @@ from starlette.types import Scope
 
 from aduib_asgi.auth.certificates import certificate_facts
 
-__all__ = ["FORWARDED_CERT_HEADERS", "forwarded_tls", "parse_xfcc", "use_forwarded_certificate"]
+__all__ = ["CLIENT_CERT_HEADERS", "FORWARDED_CERT_HEADERS", "forwarded_tls", "parse_xfcc",
+           "use_forwarded_certificate"]
 
 _CLIENT_CERT = b"client-cert"
 _CLIENT_CERT_CHAIN = b"client-cert-chain"
 _XFCC = b"x-forwarded-client-cert"
-#: Request headers that carry a forwarded client certificate.
+#: Request headers that carry a forwarded client certificate (read from trusted proxies).
 FORWARDED_CERT_HEADERS = (_CLIENT_CERT, _CLIENT_CERT_CHAIN, _XFCC)
+#: Every header name a proxy may use for a client certificate, lower case: the ones
+#: read above and conventions never read here (nginx/HAProxy ``SSL-Client-Cert``,
+#: ``X-SSL-Client-Cert``). Log lines never show their values
+#: (:data:`aduib_asgi.observability.logs.SECRET_HEADERS`).
+CLIENT_CERT_HEADERS = frozenset(
+    {*(name.decode("ascii") for name in FORWARDED_CERT_HEADERS),
+     "ssl-client-cert", "x-ssl-client-cert"})
 _PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 _PEM_END = "-----END CERTIFICATE-----"
 _MAX_CHAIN = 10

@@ -17,9 +17,13 @@ import json
 from importlib import resources
 from typing import Any
 
+import pydantic_core
+
+from aduib_asgi.extras import require
+
+require("fastavro", "avro", "AvroCodec (application/avro)")
 import fastavro
 import fastavro.schema
-import pydantic_core
 
 from aduib_asgi.errors import RpcError
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from aduib_asgi.extras import require
+
+require("google.protobuf", "protobuf", "ProtobufCodec (application/protobuf)")
 from google.protobuf import (
     descriptor_pb2,
     descriptor_pool,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from aduib_asgi.extras import require
+
+require("brotli", "brotli", "The br content coding")
 import brotli
 
 from aduib_asgi.compression.codings import Coding, TooLarge

@@ -3,7 +3,7 @@
 ``python -m aduib_asgi.demo.certs DIR [--host 127.0.0.1] [--port 8443]`` writes a
 throwaway CA, a server certificate for the host, two client certificates with
 SPIFFE IDs (``client`` and ``admin``) and prints the lines that call the demo
-with them. Test material only: trustme is a test dependency (extra ``test``).
+with them. Test material only; trustme and cryptography come with the ``tls`` extra.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from aduib_asgi.extras import MissingExtra, require
 
 __all__ = ["ADMIN_ID", "CLIENT_ID", "issue_client_cert", "write_demo_certs"]
 
@@ -29,6 +31,7 @@ def issue_client_cert(ca: Any, *, uris: Sequence[str] = (), dns: Sequence[str] =
     """
     import datetime
 
+    require("cryptography", "tls", "issue_client_cert")
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -59,7 +62,8 @@ def issue_client_cert(ca: Any, *, uris: Sequence[str] = (), dns: Sequence[str] =
 
 def write_demo_certs(directory: str | Path, host: str = "127.0.0.1") -> dict[str, Path]:
     """Write ``ca.pem``, ``server.pem``/``server.key``, ``client.pem``, ``admin.pem``."""
-    import trustme
+    trustme = require("trustme", "tls", "Demo certificates")
+    require("cryptography", "tls", "Demo certificates")
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8443)
     args = parser.parse_args(argv)
-    paths = write_demo_certs(args.directory, args.host)
+    try:
+        paths = write_demo_certs(args.directory, args.host)
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     url = f"https://{args.host}:{args.port}/aduib_rpc/v2/rpc"
     body = json.dumps({"aduib_rpc": "2.0", "id": "1", "method": "rpc.v2/Echo/context"})
     admin = json.dumps({"aduib_rpc": "2.0", "id": "2", "method": "rpc.v2/Admin/secret"})

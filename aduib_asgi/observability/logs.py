@@ -20,6 +20,7 @@ import time
 from collections.abc import MutableMapping
 from typing import IO, Any
 
+from aduib_asgi.auth.forwarded_cert import CLIENT_CERT_HEADERS
 from aduib_asgi.context import current_context
 from aduib_asgi.logsafe import safe, safe_args, safe_traceback
 from aduib_asgi.responses import handshake_refused
@@ -91,17 +92,19 @@ class RefusedHandshakeFilter(logging.Filter):
             "ASGI callable returned without completing handshake"))
 
 
-#: Headers whose values a log line never shows.
+#: Headers whose values a log line never shows: credentials, and forwarded client
+#: certificates (OPERATIONS.md section 3: no PEM in a log), named where they are read.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie",
-                            "set-cookie"})
+                            "set-cookie"}) | CLIENT_CERT_HEADERS
 
 
 class CredentialHeaderFilter(logging.Filter):
     """Redacts credential values from header dumps (``"< %s: %s"``, name and value).
 
     The ``websockets`` library logs every handshake header at DEBUG through the
-    logger uvicorn hands it (``uvicorn.error``): ``authorization``, ``x-api-key``
-    and cookies would reach the log verbatim at ``--log-level debug``/``trace``.
+    logger uvicorn hands it (``uvicorn.error``): ``authorization``, ``x-api-key``,
+    cookies and forwarded client certificates (:data:`SECRET_HEADERS`) would reach
+    the log verbatim at ``--log-level debug``/``trace``.
     Put it on the ``uvicorn.error`` logger (``aduib-asgi demo`` does).
     """
 

@@ -1,7 +1,7 @@
 """Serving the stack under uvicorn: protocol classes composed from mixins (connection
 guards, the ASGI ``tls`` extension) and TLS settings."""
 
-from aduib_asgi.server.protocols import HeadGuard, http_protocol, ws_protocol
+from aduib_asgi.server.protocols import HeadGuard, ParserRelease, http_protocol, ws_protocol
 from aduib_asgi.server.tls import (
     TlsExtensionApp,
     TlsScopeMixin,
@@ -11,6 +11,7 @@ from aduib_asgi.server.tls import (
 
 __all__ = [
     "HeadGuard",
+    "ParserRelease",
     "TlsExtensionApp",
     "TlsScopeMixin",
     "TlsSettings",

@@ -33,7 +33,9 @@ import asyncio
 import re
 from typing import Any
 
-__all__ = ["HeadGuard", "http_protocol", "ws_protocol"]
+from aduib_asgi.extras import require
+
+__all__ = ["HeadGuard", "ParserRelease", "http_protocol", "ws_protocol"]
 
 #: End of a request head: CRLF CRLF, or the bare-LF form h11 also accepts.
 _HEAD_END = re.compile(b"\n\r?\n")
@@ -138,6 +140,7 @@ class HeadGuard:
 
 
 def _httptools_guard() -> type:
+    require("httptools", "server", "http_protocol('httptools')")
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HttpToolsHeadGuard(HeadGuard, HttpToolsProtocol):
@@ -233,6 +236,7 @@ def http_protocol(parser: str = "auto", *mixins: type, **settings: Any) -> type:
     ``settings`` set class attributes (``max_head_bytes``, ``head_timeout_s``,
     ``max_connections`` or a mixin's own).
     """
+    require("uvicorn", "server", "http_protocol")
     if parser == "auto":
         try:
             import httptools  # noqa: F401
@@ -252,13 +256,55 @@ def http_protocol(parser: str = "auto", *mixins: type, **settings: Any) -> type:
     return type(f"{names}{guard.__name__}", (*mixins, guard), attrs)
 
 
+class ParserRelease:
+    """Frees a WebSocket's last message when its connection is lost.
+
+    The ``websockets`` sans-I/O protocol (uvicorn's ``websockets-sansio``, its
+    default) parses in a generator that keeps the last frame - a whole message,
+    up to ``ws_max_size`` - and that refers to its connection, which refers back:
+    a reference cycle freed only by a full garbage-collector pass, minutes later
+    under load. A client that sends one large message and drops the connection
+    would leave it behind. Closing the generator on connection loss frees it at
+    once, as it frees a parse error's traceback (a message refused as too large
+    holds what was inflated until then) and, for uvicorn's legacy ``websockets``
+    implementation, its reader task's error (whose frames hold the last
+    message). wsproto keeps nothing of the kind.
+    """
+
+    conn: Any
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # type: ignore[misc]
+        conn = getattr(self, "conn", None)
+        close = getattr(getattr(conn, "parser", None), "close", None)
+        if close is not None:
+            close()
+        failed = getattr(conn, "parser_exc", None)
+        if failed is not None:  # e.g. a message over the size limit: its frames hold
+            failed.__traceback__ = None  # what was decompressed until then
+        # uvicorn's legacy ``websockets`` implementation: its reader task ends after
+        # the connection, keeping its error (and through it the last message)
+        task = getattr(self, "transfer_data_task", None)
+        if task is not None:
+            task.add_done_callback(self._release_reader_error)
+
+    def _release_reader_error(self, _task: Any) -> None:
+        failed = getattr(self, "transfer_data_exc", None)
+        if failed is not None:
+            failed.__traceback__ = None
+
+
 def ws_protocol(name: str = "auto", *mixins: type, **settings: Any) -> type | None:
-    """A uvicorn WebSocket protocol class: ``mixins`` (first wins) over ``name``'s
-    implementation ("websockets", "websockets-sansio", "wsproto", or "auto": uvicorn's
-    choice); None for "none" (or "auto" with no WebSocket library installed).
+    """A uvicorn WebSocket protocol class: ``mixins`` (first wins) over
+    :class:`ParserRelease` over ``name``'s implementation ("websockets",
+    "websockets-sansio", "wsproto", or "auto": uvicorn's choice); None for "none"
+    (or "auto" with no WebSocket library installed).
 
     ``settings`` set class attributes (a mixin's own).
     """
+    require("uvicorn", "server", "ws_protocol")
+    if name in ("websockets", "websockets-sansio"):
+        require("websockets", "server", f"ws_protocol({name!r})")
     from uvicorn.config import WS_PROTOCOLS
     from uvicorn.importer import import_from_string
 
@@ -272,7 +318,5 @@ def ws_protocol(name: str = "auto", *mixins: type, **settings: Any) -> type | No
     unknown = [k for k in settings if not any(hasattr(c, k) for c in mixins)]
     if unknown:
         raise TypeError(f"unknown protocol settings: {', '.join(unknown)}")
-    if not mixins:
-        return base
     names = "".join(m.__name__ for m in mixins)
-    return type(f"{names}{base.__name__}", (*mixins, base), dict(settings))
+    return type(f"{names}{base.__name__}", (*mixins, ParserRelease, base), dict(settings))

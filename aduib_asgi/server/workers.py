@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from aduib_asgi.extras import require
+
+require("uvicorn", "server", "aduib_asgi.server.workers")
 import uvicorn
 
 from aduib_asgi.server.protocols import http_protocol, ws_protocol

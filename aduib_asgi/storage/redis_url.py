@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from aduib_asgi.extras import require
+
 __all__ = [
     "REDIS_SCHEMES",
     "RedisTarget",
@@ -130,6 +132,7 @@ def redis_client(url: str | RedisTarget, *, timeout: float = 1.0,
     """A ``redis.asyncio`` client for ``url``: ``Redis``, a Sentinel-managed
     ``Redis`` for the named primary, or ``RedisCluster``. Every network call is
     bounded by ``timeout`` seconds (connect and socket)."""
+    require("redis.asyncio", "redis", "A Redis client (redis://, Sentinel, Cluster)")
     from redis.asyncio import Redis
 
     target = url if isinstance(url, RedisTarget) else parse_redis_url(url)

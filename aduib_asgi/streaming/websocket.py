@@ -203,19 +203,25 @@ class ClientItems:
 
 
 def _decode(message: Message) -> Any:
+    # The RpcError is raised outside the ``except`` blocks: raised inside, it would
+    # keep the decoder's exception as ``__context__`` (``from None`` only hides it),
+    # and msgpack's ExtraData holds a copy of the rest of the message - up to the
+    # message size limit per refused frame, alive as long as the error is.
     text = message.get("text")
     if text is not None:
         try:
             return pydantic_core.from_json(text, allow_inf_nan=False)
         except ValueError as exc:
-            raise RpcError(1003, f"Invalid JSON: {exc}") from None
+            reason = f"Invalid JSON: {exc}"
+        raise RpcError(1003, reason)
     raw = message.get("bytes")
     if raw is None:
         raise RpcError(1003, "Empty WebSocket message")
     try:
         return msgpack.unpackb(raw, raw=False)
     except Exception as exc:
-        raise RpcError(1003, f"Invalid msgpack: {exc}") from None
+        reason = f"Invalid msgpack: {exc}"
+    raise RpcError(1003, reason)
 
 
 def _control(frame: dict[str, Any]) -> dict[str, Any]:

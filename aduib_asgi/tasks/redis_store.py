@@ -29,6 +29,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
+
+from aduib_asgi.extras import require
+
+require("redis.asyncio", "redis", "RedisTaskStore")
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
