@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import socket
 import sys
@@ -365,6 +366,10 @@ def _run_demo(args: argparse.Namespace) -> int:
               "records and tasks (a quota would become N quotas, a key could run N times)",
               file=sys.stderr)
         return 2
+    if args.ws == "auto" and not any(
+            importlib.util.find_spec(name) for name in ("websockets", "wsproto")):
+        print("aduib-asgi demo: WebSocket off (no WebSocket library installed): "
+              "pip install 'aduib-asgi[server]'", file=sys.stderr, flush=True)
     tls = _tls_settings(args)
     settings = _demo_settings(args, tls)
     shutdown = ShutdownController(grace_s=args.shutdown_grace)
@@ -381,7 +386,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     # (431 over 64 KiB) and in time (--header-timeout); idle keep-alive connections
     # close after 5 s; above --max-connections (default: the fd limit less a reserve
     # for Redis, files and the listener) the oldest connection still waiting for its
-    # head is closed. Per-method concurrency is the admission layer's job (503/5021
+    # head is closed. Per-method concurrency is the admission layer's job (429/5021
     # envelopes), so uvicorn's limit_concurrency (a bare 503) stays off.
     # With TLS, the tls extension mixin goes in front (HTTP and WebSocket classes):
     # uvicorn uses protocol subclasses only when given as classes.
