@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from aduib_asgi.extras import MissingExtra, require
+from aduib_asgi.observability.log_sink import NonBlockingStreamHandler
 
 __all__ = ["main"]
 
@@ -410,7 +411,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     # fastest stack uvicorn has; no uvicorn access log (the stack writes its own); no
     # ProxyHeadersMiddleware (the identity layer decides which proxies to believe)
     # and no `server` header (a wrapper and a header less per request).
-    options: dict[str, Any] = {"log_level": args.log_level, "access_log": False,
+    # log_config None: uvicorn's records go to the demo's handler (non-blocking, request
+    # context, escaped) instead of uvicorn's own stream handlers
+    options: dict[str, Any] = {"log_level": args.log_level, "log_config": None,
+                               "access_log": False,
                                "lifespan": "on", "proxy_headers": False,
                                "server_header": False, "loop": args.loop,
                                "timeout_keep_alive": 5,
@@ -504,8 +508,9 @@ def _make_server_class() -> type:
     return Server
 
 
-class _LogHandler(logging.StreamHandler):
-    """The demo's log handler: request ids on every record; text or JSON by config."""
+class _LogHandler(NonBlockingStreamHandler):
+    """The demo's log handler: request ids on every record; text or JSON by config;
+    written from a thread, so a stalled log sink never blocks the event loop."""
 
     def __init__(self, json_format: bool, access: bool = True) -> None:
         from aduib_asgi.observability.logs import RequestContextFilter

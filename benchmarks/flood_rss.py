@@ -21,6 +21,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -56,7 +57,8 @@ def start_demo(extra: list[str], src: str | None = None) -> tuple[subprocess.Pop
     launcher = [sys.executable, "-c", _FROM_SRC, src] if src else [
         sys.executable, "-m", "aduib_asgi.cli"]
     proc = subprocess.Popen(
-        [*launcher, "demo", "--host", "127.0.0.1", "--port", "0", "--env", "prod", *extra],
+        [*launcher, "demo", "--host", "127.0.0.1", "--port", "0", "--env", "prod",
+         "--no-access-log", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -130,6 +132,8 @@ def main() -> None:
     redis_url = a.demo_args[a.demo_args.index("--redis") + 1] if "--redis" in a.demo_args \
         else None
     proc, url = start_demo(a.demo_args, a.src)
+    # keep draining its output: a full pipe would block the server's logging
+    threading.Thread(target=proc.stdout.read if proc.stdout else None, daemon=True).start()
     try:
         time.sleep(0.5)
         redis_before = redis_mb(redis_url) if redis_url else 0.0

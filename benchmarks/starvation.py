@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -41,7 +42,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 def start_demo(*args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "aduib_asgi.cli", "demo", "--host", "127.0.0.1", "--port", "0",
-         "--env", "prod", *args],
+         "--env", "prod", "--no-access-log", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
@@ -50,6 +51,8 @@ def start_demo(*args: str) -> tuple[subprocess.Popen[str], str]:
         if not line:
             raise RuntimeError("demo did not start")
         if line.startswith("listening on http://"):
+            # keep draining its output: a full pipe would block the server's logging
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, line.split()[-1]
 
 

@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,7 +51,7 @@ def _request(host: str, close: bool) -> bytes:
 def demo(*args: str) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "aduib_asgi.cli", "demo", "--host", "127.0.0.1", "--port", "0",
-         "--env", "prod", "--log-level", "error", *args],
+         "--env", "prod", "--log-level", "error", "--no-access-log", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stdout is not None
@@ -58,6 +59,8 @@ def demo(*args: str) -> Iterator[str]:
     try:
         if not line.startswith("listening on"):
             raise RuntimeError(f"demo did not start: {line}{proc.stdout.read()}")
+        # keep draining its output: a full pipe would block the server's logging
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
         yield line.split()[-1]
     finally:
         proc.terminate()

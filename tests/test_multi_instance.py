@@ -91,11 +91,20 @@ def test_fifty_concurrent_duplicates_over_both_instances_run_once(
 
     with concurrent.futures.ThreadPoolExecutor(50) as pool:
         answers = list(pool.map(call, range(50)))
-    # 409: in progress elsewhere; 503 (a few at most): the store did not answer within
-    # its timeout on this loaded machine. Never a 500, never a second execution.
-    codes = [r.status_code for r in answers]
-    assert set(codes) <= {200, 409, 503} and codes.count(503) <= 5, \
+    # 409: in progress elsewhere; 503 + Retry-After: the store did not answer within its
+    # timeout on this loaded machine - retryable, so retried as a client would. Never a
+    # 500, never a second execution.
+    first = [r.status_code for r in answers]
+    assert set(first) <= {200, 409, 503}, \
         [(r.status_code, r.text) for r in answers if r.status_code not in (200, 409)]
+    deadline = time.monotonic() + 30
+    for i, r in enumerate(answers):
+        while r.status_code == 503 and time.monotonic() < deadline:
+            assert r.headers.get("retry-after") and r.json()["error"]["code"] == 5002, r.text
+            time.sleep(0.2)
+            r = answers[i] = _post((a, b)[i % 2], RPC, incr,
+                                   **{"idempotency-key": "once", "x-tenant-id": tenant})
+    assert {r.status_code for r in answers} <= {200, 409}, (first, [r.text for r in answers])
     done = [r for r in answers if r.status_code == 200]
     assert sum(r.headers.get("idempotent-replayed") != "true" for r in done) == 1
     assert len({r.json()["result"]["value"] for r in done}) == 1

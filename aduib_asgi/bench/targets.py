@@ -241,17 +241,21 @@ def _http_bare(http: Mapping[str, Any] | None,
     return [_lower(t, goal, f"{ratio:.2f}×", ratio, HTTP_BARE_RATIO, "×", detail)]
 
 
+def _codec_pairs(results: Mapping[str, CaseResult], group: str
+                 ) -> list[tuple[str, CaseResult | None, CaseResult | None]]:
+    """(codec, raw codec case, our layer's case) for every codec ``group`` measured raw."""
+    ours = {r.codec: r for r in results.values()
+            if r.group == group and r.kind == "ours" and r.codec}
+    codecs = sorted({r.codec for r in results.values()
+                     if r.group == group and r.kind == "raw" and r.codec})
+    return [(c, _get(results, f"{group}/raw.{c}"), ours.get(c)) for c in codecs]
+
+
 def _compression_20k(results: Mapping[str, CaseResult]) -> list[dict[str, Any]]:
     rows = []
     g = "compress-20k"
     goal = f"≤ raw codec + {COMPRESS_SLACK_US:.0f} µs"
-    ours_by_codec = {r.codec: r for r in results.values()
-                     if r.group == g and r.kind == "ours" and r.codec}
-    codecs = sorted({r.codec for r in results.values()
-                     if r.group == g and r.kind == "raw" and r.codec})
-    for codec in codecs:
-        raw = _get(results, f"{g}/raw.{codec}")
-        ours = ours_by_codec.get(codec)
+    for codec, raw, ours in _codec_pairs(results, g):
         t = f"compression {codec}, 20 KB response"
         if ours is None or not ours.ok or raw is None or ours.overhead_us is None \
                 or raw.median_us is None:
@@ -325,13 +329,7 @@ def _ratelimit(results: Mapping[str, CaseResult]) -> list[dict[str, Any]]:
 def _compression_1m(results: Mapping[str, CaseResult]) -> list[dict[str, Any]]:
     rows = []
     g = "compress-1m"
-    ours_by_codec = {r.codec: r for r in results.values()
-                     if r.group == g and r.kind == "ours" and r.codec}
-    codecs = sorted({r.codec for r in results.values()
-                     if r.group == g and r.kind == "raw" and r.codec})
-    for codec in codecs:
-        raw = _get(results, f"{g}/raw.{codec}")
-        ours = ours_by_codec.get(codec)
+    for codec, raw, ours in _codec_pairs(results, g):
         peer = _get(results, f"{g}/peer.compress.{codec}")
         t = f"compression {codec}, 1 MB response"
         goal = "≤ raw codec + 10%" + (", faster than starlette-compress" if peer else "")
