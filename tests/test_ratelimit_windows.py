@@ -199,3 +199,102 @@ async def test_a_limiter_assigned_to_the_middleware_is_the_one_used() -> None:
     assert resp.headers["ratelimit"] == '"p";r=4;t=60'
     _, remaining = await replacement.get_window_stats(mw.policies[0].item, "p", "127.0.0.1")
     assert remaining == 4
+
+
+async def test_memory_hits_schedule_no_task_and_never_yield() -> None:
+    """memory:// counts in limits' synchronous storage: no task per hit, no suspension.
+
+    limits.aio's memory storage schedules an expiry task whenever the previous one
+    has run, i.e. once per request under a server, and that task scans every bucket.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    created: list[Any] = []
+    factory = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        created.append(coro)
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    for strategy in sorted(STRATEGIES):
+        limiter = make_limiter("memory://", strategy)
+        quota = quota_for(limiter)
+        item = parse("100/minute")
+        loop.set_task_factory(counting)
+        try:
+            for i in range(20):
+                coro = quota.hit(item, ("p", "acme"), 1)
+                with pytest.raises(StopIteration) as done:  # completes on its first step
+                    coro.send(None)
+                assert done.value.value[:2] == (True, 99 - i), strategy
+                await asyncio.sleep(0)  # let the loop run between requests, as a server does
+        finally:
+            loop.set_task_factory(factory)
+        assert created == [], strategy
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+async def test_memory_admits_exactly_the_limit_under_concurrency(strategy: str) -> None:
+    """150 concurrent hits on a limit of 100: exactly 100 admitted, remaining never repeats."""
+    quota = quota_for(make_limiter("memory://", strategy))
+    item = parse("100/minute")
+    results: list[tuple[bool, int, float]] = []
+
+    async def one() -> None:
+        await anyio.sleep(0)
+        results.append(await quota.hit(item, ("p", "acme"), 1))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(150):
+            tg.start_soon(one)
+    admitted = [r for r in results if r[0]]
+    assert len(admitted) == 100
+    assert sorted(r[1] for r in admitted) == list(range(100))
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+async def test_memory_buckets_are_charged_to_the_budget_for_every_strategy(strategy: str) -> None:
+    from aduib_asgi.storage.budget import BudgetExceeded, ByteBudget
+
+    limiter = make_limiter("memory://", strategy, budget=ByteBudget(per_tenant=700, total=10_000))
+    quota = quota_for(limiter)
+    item = parse("5/minute")
+    await quota.hit(item, ("p", "a"), 1)
+    assert limiter.storage.budget.used_total > 0  # type: ignore[attr-defined]
+    with pytest.raises(BudgetExceeded):  # more buckets than the tenant's bytes allow
+        for i in range(10):
+            await quota.hit(item, ("p", "k" * 50 + str(i)), 1)
+
+
+async def test_memory_hits_start_no_thread_and_idle_buckets_are_swept_on_the_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """limits' sweep of expired buckets runs on the event loop, not a thread per 10 ms."""
+    import threading
+
+    import limits.storage.memory
+
+    from aduib_asgi.storage import ratelimit as rl
+
+    started: list[str] = []
+
+    class CountingTimer(threading.Timer):
+        def start(self) -> None:
+            started.append(self.name)
+            super().start()
+
+    monkeypatch.setattr(limits.storage.memory.threading, "Timer", CountingTimer)
+    monkeypatch.setattr(rl, "SWEEP_S", 0.05)
+    storage = make_limiter("memory://", "fixed-window").storage
+    memory = storage.memory  # type: ignore[attr-defined]
+    started.clear()  # limits starts (and we cancel) one at construction
+    for _ in range(5):
+        await storage.incr("idle", 0.5)
+        await anyio.sleep(0.03)  # longer than limits' 10 ms thread timer
+    assert started == []
+    assert memory.storage["idle"] == 5
+    await anyio.sleep(0.6)  # expired, and never read again
+    await storage.incr("busy", 60)  # traffic elsewhere: a sweep removes the idle bucket
+    await anyio.sleep(0.3)
+    assert "idle" not in memory.storage and "idle" not in memory.expirations
+    assert memory.storage["busy"] == 1 and started == []

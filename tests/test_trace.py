@@ -222,3 +222,32 @@ async def test_sdk_new_root_span_without_caller(
     (span,) = exporter.get_finished_spans()
     assert span.parent is None
     assert r.json()["trace_context"]["trace_id"] == _hex(span.context.trace_id, 32)
+
+
+@pytest.mark.parametrize("flags", ["01", "00", "03"])
+async def test_sdk_remote_parent_from_headers_keeps_flags_state_and_baggage(
+    provider: TracerProvider, exporter: InMemorySpanExporter, flags: str
+) -> None:
+    """The header parent as the SDK sees it: ids, sampled flag only, tracestate, baggage."""
+    from opentelemetry.trace import TraceState
+
+    app = rpc_app([Layer.of(TracePropagationMiddleware, tracer_provider=provider)])
+    async with client_for(app) as c:
+        r = await c.post(RPC, json=call("rpc.v2/T/context"), headers={
+            "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-{flags}",
+            "tracestate": "vendor=abc", "baggage": "user=bob"})
+    assert r.status_code == 200
+    tc = r.json()["trace_context"]
+    assert tc["trace_id"] == CALLER_TRACE and tc["parent_span_id"] == CALLER_SPAN
+    assert tc["baggage"] == {"user": "bob"}
+    spans = exporter.get_finished_spans()
+    if flags == "00":  # the caller did not sample: the parent-based sampler records nothing
+        assert not spans and tc["sampled"] is False
+        return
+    (span,) = spans
+    assert tc["sampled"] is True and tc["span_id"] == _hex(span.context.span_id, 16)
+    assert span.parent is not None and span.parent.is_remote
+    assert _hex(span.parent.span_id, 16) == CALLER_SPAN
+    assert int(span.parent.trace_flags) == 1  # only the sampled bit is carried over
+    assert span.parent.trace_state == TraceState([("vendor", "abc")])
+    assert span.context.trace_state == TraceState([("vendor", "abc")])

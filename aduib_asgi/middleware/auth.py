@@ -89,6 +89,9 @@ class AuthMiddleware:
         self._anonymous: PatternTable[bool] = PatternTable(dict.fromkeys(anonymous_methods, True))
         self._rules = roles_table(rules)
         self._scope_rules = roles_table(scope_rules, what="scope")
+        # the tables as the hot path tests them: None when empty (no __bool__ call)
+        self._role_table = self._rules if self._rules else None
+        self._scope_table = self._scope_rules if self._scope_rules else None
         self.registry = registry
         self.audit: AuditSink = audit if audit is not None else LoggingAuditSink()
         api = self.authenticators.get("api_key")
@@ -147,7 +150,8 @@ class AuthMiddleware:
             self._audit(ctx, "deny", error.code, error.message, creds, scope=scope)
             await self._reject(scope, send, ctx, error, creds)
             return
-        if identity is not None or self._rules or self._scope_rules or self.require_auth:
+        if identity is not None or self._role_table is not None \
+                or self._scope_table is not None or self.require_auth:
             # checked again where a method is named later (WebSocket message, task
             # target, an envelope the dispatcher parses)
             ctx.extras[AUTHORIZE_KEY] = partial(self._authorize, identity, creds)
@@ -198,14 +202,14 @@ class AuthMiddleware:
 
     @staticmethod
     def _required(options: Mapping[str, Any] | None, key: str,
-                  rules: PatternTable[tuple[str, ...]], method: str | None,
+                  rules: PatternTable[tuple[str, ...]] | None, method: str | None,
                   service: str | None, path: str | None) -> tuple[str, ...] | None:
         """Roles or scopes needed: the method's registration option, else the pattern rules."""
         if options:
             value = options.get(key)
             if value is not None:
                 return tuple(value)
-        if not rules:
+        if rules is None:
             return None
         return rules.get(method, service, path)
 
@@ -217,8 +221,8 @@ class AuthMiddleware:
         pattern rules, ``require_auth`` with its anonymous allowlist, tenant binding,
         roles, scopes. Raises the refusal; returns the (roles, scopes) required."""
         options = self._method_options(ctx, method)
-        roles = self._required(options, "roles", self._rules, method, service, path)
-        scopes = self._required(options, "scopes", self._scope_rules, method, service, path)
+        roles = self._required(options, "roles", self._role_table, method, service, path)
+        scopes = self._required(options, "scopes", self._scope_table, method, service, path)
         if identity is None:
             if roles or scopes or (self.require_auth and not self._anonymous.get(
                     method, service, path)):

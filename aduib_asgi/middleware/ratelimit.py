@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.aio.strategies import STRATEGIES, RateLimiter
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -34,7 +34,7 @@ from aduib_asgi.identity import TRUSTED_PROXIES_KEY, TrustedProxies, client_addr
 from aduib_asgi.logsafe import safe
 from aduib_asgi.responses import refuse_websocket, send_error
 from aduib_asgi.storage.budget import BudgetExceeded
-from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage, quota_for
+from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage, is_memory, quota_for
 from aduib_asgi.storage.redis_url import is_redis_url, limits_storage
 from aduib_asgi.storage.timeout import call_within
 
@@ -343,7 +343,7 @@ class RateLimitMiddleware:
         self.quota = quota_for(limiter)
         # in-process storage cannot hang: no timeout scope on its hot path
         self.timeout: float | None = (
-            None if isinstance(limiter.storage, MemoryStorage) else self.storage_timeout)
+            None if is_memory(limiter.storage) else self.storage_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]

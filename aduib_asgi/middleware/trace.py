@@ -164,6 +164,7 @@ class TracePropagationMiddleware:
         sampled = True
         state: TraceState | None = None
         bag: dict[str, str] | None = None
+        extracted: Context | None = None  # the propagator's context holding the remote parent
         env = ctx.envelope
         tc = env.trace_context if env is not None else None
         if tc is not None:
@@ -171,11 +172,14 @@ class TracePropagationMiddleware:
             if tc.baggage:
                 bag = tc.baggage
         elif ctx.header(_TRACEPARENT) is not None:
-            sc = trace.get_current_span(self._tc.extract(ctx, getter=_GETTER)).get_span_context()
+            carried = self._tc.extract(ctx, getter=_GETTER)
+            sc = trace.get_current_span(carried).get_span_context()
             if sc.is_valid:
                 parent_tid, parent_sid = f"{sc.trace_id:032x}", f"{sc.span_id:016x}"
                 sampled = sc.trace_flags.sampled
                 state = sc.trace_state
+                if sc.trace_flags == (_SAMPLED if sampled else _NOT_SAMPLED):
+                    extracted = carried  # the parent _traced would build from the ids
         if ctx.header(_BAGGAGE) is not None:
             found = otel_baggage.get_all(self._bg.extract(ctx, getter=_GETTER))
             if found:
@@ -202,7 +206,7 @@ class TracePropagationMiddleware:
                 await self._observe(scope, receive, send, ctx, None, None, "")
             return
         await self._traced(tracer, scope, receive, send, ctx,
-                           parent_tid, parent_sid, sampled, state, bag)
+                           parent_tid, parent_sid, sampled, state, bag, extracted)
 
     def _add_header(self, ctx: RequestContext) -> None:
         if self._response_header is not None:
@@ -224,9 +228,12 @@ class TracePropagationMiddleware:
         sampled: bool,
         state: TraceState | None,
         bag: dict[str, str] | None,
+        extracted: Context | None = None,
     ) -> None:
         parent = Context()
-        if parent_tid is not None and parent_sid is not None:
+        if extracted is not None:  # the propagator's context: the same remote parent
+            parent = extracted
+        elif parent_tid is not None and parent_sid is not None:
             remote = SpanContext(
                 trace_id=int(parent_tid, 16), span_id=int(parent_sid, 16), is_remote=True,
                 trace_flags=_SAMPLED if sampled else _NOT_SAMPLED, trace_state=state,

@@ -69,6 +69,9 @@ class HeadGuard:
     max_connections: int | None = None
     #: Connections waiting for a head, oldest first (one dict per composed class).
     _waiting: dict[Any, None] = {}
+    #: Per event loop, the one timer armed for the oldest waiting head's deadline
+    #: (one dict per composed class): no timer per request.
+    _sweeps: dict[Any, asyncio.TimerHandle] = {}
 
     # set by uvicorn's protocols
     transport: asyncio.Transport
@@ -76,7 +79,8 @@ class HeadGuard:
     connections: set[Any]
     cycle: Any
 
-    _head_timer: asyncio.TimerHandle | None = None
+    _head_waiting: bool = False
+    _head_since: float = 0.0
     _head_bytes: int = 0
     _head_rejected: bool = False
 
@@ -97,25 +101,47 @@ class HeadGuard:
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _head_begin(self) -> None:
-        """A head starts: the clock runs (unless it already does) and bytes are counted."""
+        """A head starts: the clock runs (unless it already does) and bytes are counted.
+
+        Waiting connections are kept oldest first, all with the same timeout, so
+        one timer per loop at the oldest one's deadline enforces every deadline
+        exactly; it is armed only when none is.
+        """
         self._head_bytes = 0
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        if not self._head_waiting:
+            self._head_waiting = True
+            loop = self.loop
+            self._head_since = loop.time()
             self._waiting[self] = None
+            if loop not in self._sweeps:
+                self._sweeps[loop] = loop.call_at(self._head_since + self.head_timeout_s,
+                                                  self._sweep, loop)
 
     def _head_end(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._head_waiting:
+            self._head_waiting = False
             self._waiting.pop(self, None)
 
     @property
     def _head_pending(self) -> bool:
-        return self._head_timer is not None
+        return self._head_waiting
+
+    @classmethod
+    def _sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+        """Time out every head of ``loop`` past its deadline; re-arm for the next one."""
+        cls._sweeps.pop(loop, None)
+        now = loop.time()
+        for proto in list(cls._waiting):
+            if proto.loop is not loop:
+                continue
+            deadline = proto._head_since + proto.head_timeout_s
+            if deadline > now:  # the oldest still in time: later ones are too
+                cls._sweeps[loop] = loop.call_at(deadline, cls._sweep, loop)
+                return
+            proto._head_timed_out()
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
-        self._waiting.pop(self, None)
+        self._head_end()
         self._refuse(408)
 
     def _refuse(self, status: int) -> None:
@@ -146,13 +172,14 @@ def _httptools_guard() -> type:
     class HttpToolsHeadGuard(HeadGuard, HttpToolsProtocol):
         """HeadGuard for httptools: llhttp's callbacks mark a head's start and end."""
 
-        _head_size = 0
         _began_in_feed = False
+        _feed_bytes = 0
 
         def data_received(self, data: bytes) -> None:
             self._began_in_feed = False
+            self._feed_bytes = len(data)
             super().data_received(data)
-            if self._head_pending and not self.transport.is_closing():
+            if self._head_waiting and not self.transport.is_closing():
                 # a head began in this chunk (count all of it: an upper bound) or before
                 self._head_bytes = len(data) if self._began_in_feed else (
                     self._head_bytes + len(data))
@@ -163,23 +190,23 @@ def _httptools_guard() -> type:
             super().on_message_begin()
             self._head_begin()
             self._began_in_feed = True
-            self._head_size = 0
-
-        def on_url(self, url: bytes) -> None:
-            self._head_size += len(url)
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._head_size += len(name) + len(value) + 4
-            super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._head_end()
-            # + "METHOD ", " HTTP/1.1\r\n" and the blank line: the head as sent
-            size = self._head_size + len(self.parser.get_method()) + 14
-            if size > self.max_head_bytes:
-                self._head_rejected = True
-                raise _HeadTooLarge
+            # The chunks that carried this head bound its size; only past the bound
+            # is it measured: what uvicorn collected (URL, fields without the
+            # whitespace around values, which nothing keeps) + "METHOD ",
+            # " HTTP/1.1\r\n", ": " and CRLF per field, the blank line. No
+            # per-field callback of ours runs for an ordinary request.
+            carried = self._feed_bytes if self._began_in_feed else (
+                self._head_bytes + self._feed_bytes)
+            if carried > self.max_head_bytes:
+                size = len(self.url) + len(self.parser.get_method()) + 14
+                for name, value in self.headers:
+                    size += len(name) + len(value) + 4
+                if size > self.max_head_bytes:
+                    self._head_rejected = True
+                    raise _HeadTooLarge
             super().on_headers_complete()
 
     return HttpToolsHeadGuard
@@ -252,7 +279,7 @@ def http_protocol(parser: str = "auto", *mixins: type, **settings: Any) -> type:
     if unknown:
         raise TypeError(f"unknown protocol settings: {', '.join(unknown)}")
     names = "".join(m.__name__ for m in mixins)
-    attrs: dict[str, Any] = {**settings, "_waiting": {}, "parser_name": parser}
+    attrs: dict[str, Any] = {**settings, "_waiting": {}, "_sweeps": {}, "parser_name": parser}
     return type(f"{names}{guard.__name__}", (*mixins, guard), attrs)
 
 
