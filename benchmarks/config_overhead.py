@@ -11,7 +11,8 @@ in alternating rounds (A-B-C-C-B-A...) so machine noise hits every case alike:
   disabled (the in-process default: no handler at INFO);
 - ``demo + access log``: the same with the access log written (text) to a
   handler that discards it: the price of one formatted line per call;
-- ``demo, 5 reloads before``: after five reloads (nothing builds up).
+- ``demo, 5 reloads before``: after five reloads, the last ones changing
+  ``[admission]`` limits (nothing builds up; the echo call is not limited).
 
 Reported: median µs/request and the difference to ``snapshot`` (paired per round).
 
@@ -47,8 +48,10 @@ async def _apps() -> dict[str, Any]:
     demo = build_demo_app(DemoConfig())
     reloaded_source = MemorySource({})
     reloaded = build_demo_app(DemoConfig(config_sources=[reloaded_source]))
-    for i in range(5):
-        reloaded_source.set({"compression": {"minimum_size": 600 + i}})
+    for i in range(5):  # admission limits too: applied in place to the long-lived layer
+        reloaded_source.set({"compression": {"minimum_size": 600 + i},
+                             "admission": {"limits": {"rpc.v2/Slow/work": 1 + i},
+                                           "max_queue": 64 + i}})
         assert await reloaded.config_manager.reload()
     return {"snapshot": snapshot, "demo": demo, "demo + access log": demo,
             "demo, 5 reloads before": reloaded}

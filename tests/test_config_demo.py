@@ -116,9 +116,61 @@ def _compression_after(c: httpx.Client) -> None:
     assert len(r.json()["result"]["text"]) == 4000
 
 
+#: Echo/sleep limited to one call at once, nobody queued: a second concurrent call is shed.
+ADMISSION_1 = ('\n[admission]\nmax_queue = 0\n[admission.limits]\n'
+               '"rpc.v2/Echo/sleep" = 1\n')
+
+
+def _sleep(c: httpx.Client, ms: int) -> httpx.Response:
+    return call(c, "rpc.v2/Echo/sleep", {"ms": ms})
+
+
+def _beside_a_slow_call(c: httpx.Client) -> tuple[httpx.Response, list[httpx.Response]]:
+    """Short Echo/sleep calls, every 0.1 s, while a 3 s one runs (until one is refused)."""
+    slow: dict[str, httpx.Response] = {}
+
+    def run() -> None:
+        with httpx.Client(base_url=str(c.base_url), timeout=30) as own:
+            slow["r"] = _sleep(own, 3000)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.3)
+    out = []
+    while thread.is_alive() and len(out) < 20:
+        out.append(_sleep(c, 1))
+        if out[-1].status_code != 200:
+            break
+        time.sleep(0.1)
+    thread.join(timeout=30)
+    return slow["r"], out
+
+
+def _admission_open(c: httpx.Client) -> None:
+    slow, beside = _beside_a_slow_call(c)
+    assert slow.status_code == 200, slow.text
+    assert beside and {r.status_code for r in beside} == {200}
+
+
+def _admission_limited(c: httpx.Client) -> None:
+    for _ in range(3):
+        slow, beside = _beside_a_slow_call(c)
+        if slow.status_code == 200:  # (else a short call held the slot when it came)
+            break
+    assert slow.status_code == 200, slow.text  # admitted work always finishes
+    last = beside[-1]
+    assert (last.status_code, last.json()["error"]["code"]) == (429, 5021), last.text
+    assert last.json()["error"]["details"][0]["metadata"]["limit"] == "rpc.v2/Echo/sleep"
+    assert last.headers["retry-after"] == "1"
+
+
 def _flips() -> list[tuple[str, str, Check, Check]]:
     text = BASE
     out = []
+    text += ADMISSION_1
+    out.append(("admission limit", text, _admission_open, _admission_limited))
+    text = text.replace('"rpc.v2/Echo/sleep" = 1', '"rpc.v2/Echo/sleep" = 2')
+    out.append(("admission limit raised", text, _admission_limited, _admission_open))
     text = text.replace('limit = "3/10 seconds"', 'limit = "5/10 seconds"')
     out.append(("rate limit", text, _rate_before, _rate_after))
     text += '\n[tenants.acme.ratelimit]\nlimited = "1/10 seconds"\n'
@@ -206,6 +258,8 @@ def _wait(c: httpx.Client, old: str) -> tuple[str, float]:
      "not a rate limit"),
     ('[tenants.acme.ratelimit]\nnope = "1/second"\n', "tenants.acme.ratelimit.nope",
      "no rate-limit policy"),
+    ('[admission.limits]\n"rpc.v2/Echo/sleep" = 0\n', "admission.limits.rpc.v2/Echo/sleep",
+     "greater than or equal"),
 ])
 def test_an_invalid_file_changes_nothing_and_says_why(
         tmp_path: Path, bad: str, key: str, reason: str) -> None:
@@ -226,6 +280,48 @@ def test_an_invalid_file_changes_nothing_and_says_why(
         assert _big_plain(c).headers.get("content-encoding") == "gzip"
         write_config(path, BASE.replace("minimum_size = 512", "minimum_size = 600"))
         wait_for_version_change(c, version, NOTICE_S)  # a good file is applied again
+
+
+def _two_slow_calls(url: str) -> tuple[list[httpx.Response], list[threading.Thread]]:
+    slow: list[httpx.Response] = []
+
+    def run() -> None:
+        with httpx.Client(base_url=url, timeout=30) as own:
+            slow.append(_sleep(own, 6000))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    return slow, threads
+
+
+def test_a_lowered_admission_limit_lets_admitted_calls_finish(tmp_path: Path) -> None:
+    path = tmp_path / "demo.toml"
+    write_config(path, BASE + ADMISSION_1.replace("= 1", "= 2"))
+    with running_demo("--config", str(path), "--config-poll", "0") as demo, \
+            httpx.Client(base_url=demo.url, timeout=30) as c:
+        version = config_version(c)
+        for _ in range(3):  # both slow calls admitted (a probe never takes their slot)
+            slow, threads = _two_slow_calls(demo.url)
+            time.sleep(1.0)
+            if all(t.is_alive() for t in threads):
+                full = _sleep(c, 1)
+                if full.status_code == 429:
+                    break
+            for thread in threads:
+                thread.join(timeout=30)
+        else:
+            raise AssertionError("the two slow calls were never both admitted")
+        write_config(path, BASE + ADMISSION_1)  # 2 -> 1 while two calls hold slots
+        demo.proc.send_signal(signal.SIGHUP)
+        wait_for_version_change(c, version, NOTICE_S)
+        refused = _sleep(c, 1)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (429, 5021)
+        for thread in threads:
+            thread.join(timeout=30)
+        assert [r.status_code for r in slow] == [200, 200], [r.text for r in slow]
+        assert [r.json()["result"] for r in slow] == [{"slept_ms": 6000}] * 2
+        assert _sleep(c, 1).status_code == 200  # below the new limit again
 
 
 def _big_plain(c: httpx.Client) -> httpx.Response:

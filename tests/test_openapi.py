@@ -14,6 +14,7 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
 from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
 from aduib_asgi.errors import ERROR_TABLE
+from aduib_asgi.health import ProbeMiddleware
 from aduib_asgi.middleware import ErrorMappingMiddleware
 from aduib_asgi.stack import Layer, build_stack
 from tests.conftest import client_for
@@ -160,13 +161,85 @@ async def test_validating_models_and_only_served_routes() -> None:
         assert "Math_old_Request" in schemas
         # no TaskService, HealthService or probes on this dispatcher
         assert not [p for p in doc["paths"] if "Service" in p or p.endswith(("z", "metrics"))]
-        dispatcher.add_route("/healthz", probe, methods=("GET",))
-        dispatcher.add_route("/readyz", probe, methods=("GET",))
+        dispatcher.add_route("/extra", probe, methods=("GET",))
         doc = (await c.get("/api/v2/openapi.json")).json()  # rebuilt: the routes changed
-        assert doc["paths"]["/api/healthz"]["get"]["operationId"] == "healthz"
-        assert set(doc["paths"]["/api/readyz"]["get"]["responses"]) == {"200", "503"}
+        assert doc["paths"]["/api/extra"]["get"]["operationId"] == "route_extra_get"
         r = await c.post("/api/v2/openapi.json", json={})
         assert r.status_code == 405 and r.json()["error"]["code"] == 2000
+
+
+async def test_probes_in_front_describe_themselves() -> None:
+    dispatcher = custom_dispatcher()
+    stack = build_stack(dispatcher, [Layer.of(ErrorMappingMiddleware)])
+    # found by following .app from the wrapped stack; described under its base path
+    app = ProbeMiddleware(stack, base_path="/api")
+    async with client_for(app) as c:
+        doc = (await c.get("/api/v2/openapi.json")).json()
+        assert not [e.message for e in OPENAPI_31_VALIDATOR.iter_errors(doc)]
+        assert list(doc["paths"]["/api/healthz"]) == ["get"]
+        assert doc["paths"]["/api/readyz"]["get"]["operationId"] == "readyz"
+        ready = await c.get("/api/readyz")  # no monitor: unknown
+        assert ready.status_code == 503
+        schema = doc["paths"]["/api/readyz"]["get"]["responses"]["503"]["content"][
+            "application/json"]["schema"]
+        assert not list(_validator(doc, schema).iter_errors(ready.json()))
+
+
+def _validator(doc: dict[str, Any], schema: dict[str, Any]) -> Any:
+    import jsonschema_rs
+
+    return jsonschema_rs.validator_for({**schema, "components": doc["components"]})
+
+
+async def test_demo_document_describes_the_probes_and_their_answers_validate() -> None:
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+
+    app = build_demo_app(DemoConfig())
+    async with client_for(app) as c:
+        doc = await get_doc(c)
+        paths = doc["paths"]
+        healthz = paths["/aduib_rpc/healthz"]["get"]
+        readyz = paths["/aduib_rpc/readyz"]["get"]
+        assert list(paths["/aduib_rpc/healthz"]) == ["get"]
+        assert healthz["security"] == [] and readyz["security"] == []  # no auth
+        assert set(healthz["responses"]) == {"200"}
+        assert set(readyz["responses"]) == {"200", "503"}
+
+        def check(op: dict[str, Any], r: httpx.Response) -> None:
+            answer = op["responses"][str(r.status_code)]
+            assert r.headers["cache-control"] in answer["headers"]["Cache-Control"][
+                "schema"]["enum"]
+            schema = answer["content"][r.headers["content-type"]]["schema"]
+            errors = [e.message for e in _validator(doc, schema).iter_errors(r.json())]
+            assert not errors, (r.json(), errors)
+
+        check(healthz, await c.get("/aduib_rpc/healthz"))
+        before = await c.get("/aduib_rpc/readyz")  # before the first check result
+        assert (before.status_code, before.json()) == (503, {"status": "unknown"})
+        check(readyz, before)
+        await app.monitor.check_once()
+        ready = await c.get("/aduib_rpc/readyz")
+        assert ready.status_code == 200
+        check(readyz, ready)
+        app.monitor.stop_ready()  # a graceful shutdown starts
+        draining = await c.get("/aduib_rpc/readyz")
+        assert draining.status_code == 503 and draining.json()["shutting_down"] is True
+        check(readyz, draining)
+        wrong = await c.post("/aduib_rpc/healthz")  # not an operation: the table's 405
+        assert wrong.status_code == 405 and wrong.json()["error"]["code"] == 2000
+        assert wrong.headers["allow"] == "GET, HEAD"
+        # HealthService answers GET too, with the request as a query string
+        for name in ("Check", "Watch"):
+            get = paths[f"/aduib_rpc/v2/HealthService/{name}"]["get"]
+            assert {"name": "service", "in": "query"}.items() <= next(
+                p for p in get["parameters"] if "name" in p).items()
+        check_op = paths["/aduib_rpc/v2/HealthService/Check"]["get"]
+        r = await c.get("/aduib_rpc/v2/HealthService/Check")
+        assert r.status_code == 200
+        ok = check_op["responses"]["200"]["content"]["application/json"]["schema"]
+        assert not list(_validator(doc, ok).iter_errors(r.json()))
+        unknown = await c.get("/aduib_rpc/v2/HealthService/Check", params={"service": "Nope"})
+        assert unknown.status_code == 404 and "404" in check_op["responses"]
 
 
 def test_cli_prints_the_demo_document() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from limits import parse as parse_limit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from aduib_asgi.versioning import parse_version
 
 __all__ = [
+    "AdmissionSection",
     "AuthSection",
     "CompressionSection",
     "IdentitySpec",
@@ -143,6 +144,34 @@ class TenantSection(BaseModel):
         return value
 
 
+class AdmissionSection(BaseModel):
+    """Concurrency limits of the admission layer (bulkheads, docs/qos.md)."""
+
+    model_config = _STRICT
+    #: Requests of any kind at once (one global bulkhead); left out: no global limit.
+    max_concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
+    #: method (``rpc.v2/Slow/work``), service (``Slow``) or HTTP path (``/aduib_rpc/v1/rpc``)
+    #: -> concurrent calls. A method named here replaces its registered ``concurrency``.
+    limits: dict[str, Annotated[int, Field(ge=1, le=1_000_000)]] = Field(default_factory=dict)
+    #: Concurrent requests per tenant; left out: no per-tenant limit.
+    tenant_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    #: Waiters per bulkhead (priority-ordered); beyond it the lowest priority is shed.
+    max_queue: int = Field(default=64, ge=0, le=100_000)
+    #: Longest wait for a slot (the request's deadline may end it sooner).
+    queue_timeout_s: float = Field(default=10.0, ge=0, le=3600)
+    #: ``Retry-After`` of a refusal (429 / 5021, 503 / 5002).
+    retry_after_s: int = Field(default=1, ge=0, le=3600)
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, value: dict[str, int]) -> dict[str, int]:
+        for key in value:
+            if not key or len(key) > 256:
+                raise ValueError("a limit's key (method, service or /path) must be 1-256 "
+                                 "characters")
+        return value
+
+
 class LogSection(BaseModel):
     model_config = _STRICT
     level: Literal["debug", "info", "warning", "error", "critical"] = "warning"
@@ -169,6 +198,7 @@ class RuntimeConfig(BaseModel):
     auth: AuthSection | None = None
     ratelimit: RateLimitSection | None = None
     tenants: dict[str, TenantSection] | None = None
+    admission: AdmissionSection | None = None
     log: LogSection | None = None
 
     @model_validator(mode="after")

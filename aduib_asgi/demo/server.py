@@ -5,7 +5,8 @@ The stack is split in two (docs/configuration.md):
 - long-lived, built once: the dispatcher (services, tasks, health), the
   deadline, admission, idempotency and circuit-breaker layers (their state:
   bulkheads and in-flight counts, the idempotency store, breaker states), the
-  rate-limit storage and counters, the metrics instruments;
+  rate-limit storage and counters, the metrics instruments; ``[admission]``
+  limits are applied to the admission layer in place (:func:`apply_admission`);
 - per configuration snapshot (:func:`outer_layers`): the access log, error,
   compression, content, version, trace, tenant, auth and rate-limit layers,
   rebuilt from a new configuration and swapped in by the
@@ -24,6 +25,7 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from aduib_asgi.config import ConfigManager, ConfigSource, FileSource, RuntimeConfig
+from aduib_asgi.config.model import AdmissionSection
 from aduib_asgi.demo.security import demo_auth_options
 from aduib_asgi.demo.services import register_demo_services
 from aduib_asgi.demo.stats import DemoStats, install_stats_route, stats_enabled
@@ -63,7 +65,7 @@ from aduib_asgi.streaming.cancel_bus import install_cancel_bus
 from aduib_asgi.tasks import install_task_service
 from aduib_asgi.versioning import DEFAULT_VERSIONS
 
-__all__ = ["DemoConfig", "build_demo_app", "demo_policies", "outer_layers"]
+__all__ = ["DemoConfig", "apply_admission", "build_demo_app", "demo_policies", "outer_layers"]
 
 #: ``per`` of a configured policy -> the rate-limit layer's ``key_by``.
 _PER = {"tenant": ("tenant",), "principal": ("principal",), "client": ("client",),
@@ -234,8 +236,11 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
                  overrides={"rpc.v2/Echo/fail": None}),
     ]
     inner: ASGIApp = dispatcher
+    built: list[Any] = []
     for layer in reversed(inner_layers):  # built once: their state outlives reloads
         inner = layer.cls(inner, **layer.kwargs)
+        built.append(inner)
+    admission = next(b for b in built if isinstance(b, AdmissionMiddleware))
     metrics = RpcMetrics(meter_provider)
     storage = _ratelimit_storage(config.redis_url, budget)
     demo = config
@@ -247,7 +252,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     sources: list[ConfigSource] = [FileSource(config.config_path)] if config.config_path else []
     sources += list(config.config_sources)
     manager = ConfigManager(sources, build, poll_interval=config.config_poll_s,
-                            on_apply=[lambda cfg: apply_log_level(cfg, demo.log_level),
+                            on_apply=[lambda cfg: apply_admission(admission, cfg),
+                                      lambda cfg: apply_log_level(cfg, demo.log_level),
                                       *config.on_config])
     reloadable = manager.start()
     check_order([layer.name for layer in outer_layers(
@@ -258,11 +264,22 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     dispatcher.lifespan_hooks.append(monitor.running)
     # also without sources: SIGHUP then reloads nothing instead of ending the process
     dispatcher.lifespan_hooks.append(manager.watching)
-    app: Any = ProbeMiddleware(dispatcher_facts(reloadable, dispatcher), monitor=monitor)
+    app: Any = ProbeMiddleware(dispatcher_facts(reloadable, dispatcher), monitor=monitor,
+                               dispatcher=dispatcher)
     app.config_manager = manager
     if stats_enabled():  # GET /aduib_rpc/debug/stats, only with ADUIB_DEMO_STATS=1
         install_stats_route(dispatcher, stats, tasks, lambda: app)
     return app
+
+
+def apply_admission(layer: AdmissionMiddleware, config: RuntimeConfig) -> None:
+    """``[admission]`` (else the built-in limits: the registered ones only) for the
+    long-lived admission layer, applied in the same event-loop step as the swap."""
+    section = config.admission if config.admission is not None else AdmissionSection()
+    layer.configure(max_concurrency=section.max_concurrency, limits=section.limits,
+                    tenant_limit=section.tenant_limit, max_queue=section.max_queue,
+                    queue_timeout_s=section.queue_timeout_s,
+                    retry_after_s=section.retry_after_s)
 
 
 def apply_log_level(config: RuntimeConfig, default: str | None = None) -> None:

@@ -30,7 +30,7 @@ from aduib_asgi.responses import build_envelope, refuse_websocket, send_envelope
 from aduib_asgi.streaming.endpoints import install_streaming
 from aduib_asgi.versioning.routes import install_version_routes
 
-__all__ = ["Route", "RpcDispatcher", "to_jsonable"]
+__all__ = ["DocumentedRoute", "Route", "RpcDispatcher", "to_jsonable"]
 
 #: An endpoint handler: ``async (scope, receive, send, ctx) -> None``.
 Endpoint = Callable[[Scope, Receive, Send, RequestContext], Awaitable[None]]
@@ -43,6 +43,25 @@ class Route:
         self.endpoint = endpoint
         self.methods = methods
         self.allow_header = ", ".join(methods).encode("latin-1")
+
+
+#: Builds the OpenAPI operations of a route, ``{"get": {...}}``, given a function that
+#: returns the ``$ref`` of a model's (serialization) schema.
+Describe = Callable[[Callable[[type[BaseModel]], dict[str, Any]]], dict[str, dict[str, Any]]]
+
+
+class DocumentedRoute:
+    """A route answered in front of the dispatcher (the probes...), as the OpenAPI
+    document describes it: its HTTP methods, the models its operations refer to,
+    and the function that builds them."""
+
+    __slots__ = ("describe", "methods", "models")
+
+    def __init__(self, methods: tuple[str, ...], describe: Describe,
+                 models: tuple[type[BaseModel], ...] = ()) -> None:
+        self.methods = methods
+        self.describe = describe
+        self.models = models
 
 
 def to_jsonable(value: Any) -> Any:
@@ -77,6 +96,9 @@ class RpcDispatcher:
         self.server_id = server_id
         self._routes: dict[str, Route] = {}
         self._ws_routes: dict[str, Endpoint] = {}
+        #: Full path -> a route another layer answers in front of this dispatcher,
+        #: for the OpenAPI document (:meth:`document_route`).
+        self.documented_routes: dict[str, DocumentedRoute] = {}
         #: Entered at ASGI lifespan startup, exited at shutdown (task workers...).
         self.lifespan_hooks: list[Callable[[], AbstractAsyncContextManager[Any]]] = []
         #: The lifespan scope's gate (:func:`aduib_asgi.gate.lifespan_gate`), once started.
@@ -94,6 +116,16 @@ class RpcDispatcher:
         if "GET" in methods and "HEAD" not in methods:
             methods = (*methods, "HEAD")
         self._routes[self.base_path + path] = Route(endpoint, methods)
+
+    def document_route(self, full_path: str, methods: tuple[str, ...], describe: Describe, *,
+                       models: tuple[type[BaseModel], ...] = ()) -> None:
+        """Describe in ``GET {base}/v2/openapi.json`` a route that a layer in front of
+        this dispatcher answers itself (e.g. :class:`~aduib_asgi.health.ProbeMiddleware`).
+
+        ``describe(ref)`` returns the route's operations by lower-case HTTP method;
+        ``ref(model)`` is the ``$ref`` of one of ``models`` (serialization schema).
+        """
+        self.documented_routes[full_path] = DocumentedRoute(methods, describe, models)
 
     def add_websocket_route(self, path: str, endpoint: Endpoint) -> None:
         self._ws_routes[self.base_path + path] = endpoint

@@ -9,8 +9,10 @@ either), every code of the error table with the HTTP status it maps to, the
 SSE endpoints in both framings, and the headers the layers read and write.
 
 Only routes the dispatcher actually serves are described (TaskService,
-HealthService, the probes... appear once installed); this module imports no
-feature package: it knows their paths and models, nothing else.
+HealthService... appear once installed); this module imports no feature
+package: it knows their paths and models, nothing else. Routes answered in
+front of the dispatcher describe themselves (``RpcDispatcher.document_route``:
+the probes of :mod:`aduib_asgi.health.probes`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from aduib_asgi.models import (
 from aduib_asgi.versioning import DEFAULT_VERSIONS, VERSIONS_KEY, ServerVersions
 
 if TYPE_CHECKING:
-    from aduib_asgi.dispatcher.app import RpcDispatcher
+    from aduib_asgi.dispatcher.app import DocumentedRoute, RpcDispatcher
 
 __all__ = ["OPENAPI_PATH", "build_openapi", "openapi_endpoint"]
 
@@ -148,6 +150,13 @@ _REQUEST_HEADERS: dict[str, dict[str, Any]] = {
     "StreamFraming": _header(
         "Aduib-Stream-Framing", "The SSE framing of this response (PROTOCOL.md §5.1).",
         {"type": "string", "enum": ["message", "envelope"]}),
+}
+
+
+_SERVICE_QUERY: dict[str, Any] = {
+    "name": "service", "in": "query", "required": False, "schema": {"type": "string"},
+    "description": "One service's health (an unknown one is 4002/404); without it, the "
+                   "aggregate of every service.",
 }
 
 
@@ -357,9 +366,11 @@ def _one_of(names: list[str], suffix: str) -> dict[str, Any]:
 
 class _Builder:
     def __init__(self, registry: MethodRegistry, base_path: str, routes: dict[str, Any],
-                 ws_routes: Iterable[str], versions: ServerVersions) -> None:
+                 ws_routes: Iterable[str], versions: ServerVersions,
+                 documented: dict[str, DocumentedRoute]) -> None:
         self.base = base_path
         self.routes = routes
+        self.documented = documented
         self.ws_routes = set(ws_routes)
         self.versions = versions
         self.specs = _current(registry)
@@ -405,6 +416,8 @@ class _Builder:
             (TaskSubscribeRequest, "validation"), (TaskEvent, "serialization"),
             (HealthCheckRequest, "validation"), (HealthCheckResponse, "serialization"),
         ]
+        for documented in self.documented.values():
+            model_pairs += [(m, "serialization") for m in documented.models]
         for spec in self.specs:
             inp, out = _doc_model(spec, "input"), _doc_model(spec, "output")
             if inp is not None:
@@ -561,35 +574,18 @@ class _Builder:
             if verb == "post":
                 check["requestBody"] = _body(ref[(HealthCheckRequest, "validation")])
                 watch["requestBody"] = _body(ref[(HealthCheckRequest, "validation")])
+            else:  # the HealthCheckRequest as a query string
+                check["parameters"] = [_SERVICE_QUERY]
+                watch["parameters"] = [*watch["parameters"], _SERVICE_QUERY]
             self.op("/v2/HealthService/Check", verb, check)
             self.op("/v2/HealthService/Watch", verb, watch)
-        self.op("/healthz", "get", {
-            "operationId": "healthz", "tags": ["probes"], "security": [],
-            "summary": "Liveness probe (OPERATIONS.md §1)",
-            "description": "200 while the process serves requests; no dependency checks. "
-                           "Bypasses authentication, rate limits and admission.",
-            "responses": {"200": {"description": "Alive.", "content": {_JSON: {"schema": {
-                "type": "object", "properties": {"status": {"type": "string",
-                                                            "enum": ["healthy"]}}}}}}},
-        })
-        self.op("/readyz", "get", {
-            "operationId": "readyz", "tags": ["probes"], "security": [],
-            "summary": "Readiness probe (OPERATIONS.md §1)",
-            "description": "The aggregated HealthCheckResponse. Bypasses authentication, "
-                           "rate limits and admission.",
-            "responses": {
-                "200": {"description": "Healthy or degraded.",
-                        "content": {_JSON: {"schema": health}}},
-                "503": {"description": "Unhealthy, no check result yet, or draining.",
-                        "content": {_JSON: {"schema": health}}},
-            },
-        })
         self.op("/metrics", "get", {
             "operationId": "metrics", "tags": ["meta"], "security": [],
             "summary": "Prometheus exposition of the RPC metrics",
             "responses": {"200": {"description": "Prometheus text format.",
                                   "content": {"text/plain": {"schema": {"type": "string"}}}}},
         })
+        self._documented_routes(keys)
         self._other_routes()
         ws = self.base + "/v2/rpc/ws"
         doc: dict[str, Any] = {
@@ -609,6 +605,19 @@ class _Builder:
         if ws in self.ws_routes:
             doc["x-aduib-websocket"] = {"path": ws, "description": _WS_DESCRIPTION}
         return doc
+
+    def _documented_routes(self, keys: dict[Any, dict[str, Any]]) -> None:
+        """Routes answered in front of the dispatcher, described where they are defined
+        (``RpcDispatcher.document_route``: the probes...)."""
+
+        def ref(model: type[BaseModel]) -> dict[str, Any]:
+            return copy.deepcopy(keys[(model, "serialization")])
+
+        for full, route in self.documented.items():
+            allowed = {m.upper() for m in route.methods}
+            for verb, operation in route.describe(ref).items():
+                if verb.upper() in allowed:
+                    self.paths.setdefault(full, {})[verb.lower()] = operation
 
     def _other_routes(self) -> None:
         """Routes added by others that this module has no description of: generic."""
@@ -663,14 +672,17 @@ def build_openapi(
     routes: dict[str, Any] | None = None,
     ws_routes: Iterable[str] = (),
     versions: ServerVersions | None = None,
+    documented: dict[str, DocumentedRoute] | None = None,
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``registry`` served under ``base_path``.
 
     ``routes`` maps full paths to objects with a ``methods`` tuple (the
-    dispatcher's routes); only those are described.
+    dispatcher's routes); only those are described. ``documented``: routes
+    answered in front of the dispatcher, with their own descriptions
+    (``RpcDispatcher.documented_routes``).
     """
     return _Builder(registry, base_path.rstrip("/"), routes or {}, ws_routes,
-                    versions or ServerVersions(DEFAULT_VERSIONS)).build()
+                    versions or ServerVersions(DEFAULT_VERSIONS), documented or {}).build()
 
 
 def openapi_endpoint(dispatcher: RpcDispatcher) -> Any:
@@ -683,12 +695,13 @@ def openapi_endpoint(dispatcher: RpcDispatcher) -> Any:
         versions = ctx.extras.get(VERSIONS_KEY)
         versions = versions if isinstance(versions, ServerVersions) else None
         key = (len(dispatcher.registry), tuple(dispatcher._routes),
-               tuple(dispatcher._ws_routes), versions.versions if versions else None)
+               tuple(dispatcher._ws_routes), tuple(dispatcher.documented_routes),
+               versions.versions if versions else None)
         body = cache.get(key)
         if body is None:
             doc = build_openapi(dispatcher.registry, base_path=dispatcher.base_path,
                                 routes=dispatcher._routes, ws_routes=dispatcher._ws_routes,
-                                versions=versions)
+                                versions=versions, documented=dispatcher.documented_routes)
             body = JSON.encode(doc)
             cache.clear()
             cache[key] = body

@@ -11,6 +11,10 @@ limits and admission and are never counted as RPC calls:
   unhealthy or unknown, before the first result, and from the moment a graceful
   shutdown starts (:meth:`ReadinessMonitor.stop_ready`, or the shutdown
   controller draining).
+
+The probes describe themselves in the OpenAPI document of the dispatcher they
+front (:meth:`ProbeMiddleware.openapi`, registered with
+``RpcDispatcher.document_route``).
 """
 
 from __future__ import annotations
@@ -18,15 +22,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aduib_asgi.errors import RpcError
 from aduib_asgi.health.checks import HealthRegistry
 from aduib_asgi.models import HealthCheckResponse, HealthStatus
 from aduib_asgi.qos.shutdown import ShutdownController
+from aduib_asgi.responses import send_error
 
 __all__ = ["ProbeMiddleware", "ReadinessMonitor"]
 
@@ -35,6 +41,9 @@ logger = logging.getLogger("aduib_asgi.health")
 _READY = frozenset({HealthStatus.HEALTHY, HealthStatus.DEGRADED})
 _HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 _HEALTHY = b'{"status":"healthy"}'
+_ALLOWED = ("GET", "HEAD")
+#: How far :func:`_find_dispatcher` follows ``.app`` from the wrapped app.
+_MAX_HOPS = 64
 
 
 class ReadinessMonitor:
@@ -98,17 +107,27 @@ class ReadinessMonitor:
 
 
 class ProbeMiddleware:
-    """Answers the two probes; everything else goes to ``app`` untouched."""
+    """Answers the two probes; everything else goes to ``app`` untouched.
+
+    ``dispatcher``: the :class:`~aduib_asgi.dispatcher.RpcDispatcher` whose OpenAPI
+    document describes the probes (default: the one found by following ``.app``
+    from ``app``; none found, none described).
+    """
 
     layer_name = "probes"
 
     def __init__(self, app: ASGIApp, *, monitor: ReadinessMonitor | None = None,
-                 base_path: str = "/aduib_rpc") -> None:
+                 base_path: str = "/aduib_rpc", dispatcher: Any = None) -> None:
         self.app = app
         self.monitor = monitor
         base = base_path.rstrip("/")
         self.healthz = base + "/healthz"
         self.readyz = base + "/readyz"
+        target = dispatcher if dispatcher is not None else _find_dispatcher(app)
+        if target is not None:
+            for path, live in ((self.healthz, True), (self.readyz, False)):
+                target.document_route(path, _ALLOWED, _describer(live),
+                                      models=(HealthCheckResponse,))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -119,9 +138,10 @@ class ProbeMiddleware:
         await self.app(scope, receive, send)
 
     async def _probe(self, scope: Scope, send: Send, live: bool) -> None:
-        if scope["method"] not in ("GET", "HEAD"):
-            await _send(send, 405, b'{"error":"method not allowed"}',
-                        [(b"allow", b"GET, HEAD")], head=False)
+        if scope["method"] not in _ALLOWED:
+            await send_error(scope, send, RpcError(
+                2000, f"Method {scope['method']} not allowed", http_status=405,
+                headers={"Allow": ", ".join(_ALLOWED)}))
             return
         if live:
             status, body = 200, _HEALTHY
@@ -131,6 +151,58 @@ class ProbeMiddleware:
             code, data = self.monitor.readiness()
             status, body = code, json.dumps(data, separators=(",", ":")).encode()
         await _send(send, status, body, [], head=scope["method"] == "HEAD")
+
+    @staticmethod
+    def openapi(live: bool, ref: Callable[[type[Any]], dict[str, Any]]) -> dict[str, Any]:
+        """The OpenAPI operations of ``healthz`` (``live``) or ``readyz``, as answered
+        above; ``ref(HealthCheckResponse)`` is that model's schema reference."""
+        headers = {"Cache-Control": {"description": "Always `no-store`.",
+                                     "schema": {"type": "string", "enum": ["no-store"]}}}
+        common = {"tags": ["probes"], "security": [],
+                  "description": "Answered in front of every layer: no authentication, rate "
+                                 "limit or admission applies, and it is not counted as an RPC "
+                                 "call. HEAD answers the same without a body."}
+        if live:
+            body = {"type": "object", "title": "Liveness", "required": ["status"],
+                    "properties": {"status": {"type": "string", "enum": ["healthy"]}}}
+            return {"get": {
+                **common, "operationId": "healthz",
+                "summary": "Liveness probe (OPERATIONS.md §1): no dependency checks",
+                "responses": {"200": {"description": "The process serves requests.",
+                                      "headers": headers,
+                                      "content": {"application/json": {"schema": body}}}}}}
+        readiness = {"title": "Readiness", "allOf": [ref(HealthCheckResponse), {
+            "type": "object", "properties": {"shutting_down": {
+                "type": "boolean", "description": "Present (true) from the moment a "
+                                                  "graceful shutdown starts."}}}]}
+        content = {"application/json": {"schema": readiness}}
+        return {"get": {
+            **common, "operationId": "readyz",
+            "summary": "Readiness probe (OPERATIONS.md §1): the last aggregated health check",
+            "responses": {
+                "200": {"description": "Healthy or degraded.", "headers": headers,
+                        "content": content},
+                "503": {"description": "Unhealthy; `unknown` before the first check result; "
+                                       "`unhealthy` with `shutting_down` while draining.",
+                        "headers": headers, "content": content}}}}
+
+
+def _describer(live: bool) -> Callable[[Callable[[type[Any]], dict[str, Any]]], dict[str, Any]]:
+    def describe(ref: Callable[[type[Any]], dict[str, Any]]) -> dict[str, Any]:
+        return ProbeMiddleware.openapi(live, ref)
+    return describe
+
+
+def _find_dispatcher(app: Any) -> Any:
+    """The first app with ``document_route`` following ``.app`` (None if there is none)."""
+    node = app
+    for _ in range(_MAX_HOPS):
+        if node is None:
+            return None
+        if callable(getattr(node, "document_route", None)):
+            return node
+        node = getattr(node, "app", None)
+    return None
 
 
 async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]],

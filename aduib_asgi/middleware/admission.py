@@ -24,7 +24,7 @@ from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.gate import ADMISSION, defer, lifespan_gate
 from aduib_asgi.models import parse_method
-from aduib_asgi.qos.bulkhead import Bulkhead, Rejected
+from aduib_asgi.qos.bulkhead import UNBOUNDED, Bulkhead, Rejected
 from aduib_asgi.qos.interrupt import end_interrupted, send_tracked
 from aduib_asgi.qos.keys import METHOD_SPEC_KEY, method_spec
 from aduib_asgi.qos.metrics import record_rejection
@@ -74,29 +74,90 @@ class AdmissionMiddleware:
         priority_header: str = "X-Priority",
     ) -> None:
         self.app = app
-        self.max_queue = max_queue
-        self.queue_timeout_s = queue_timeout_s
         self.registry = registry
-        self.tenant_limit = tenant_limit
         # Without a controller from the app owner nothing will cancel in-flight
         # requests after a grace period, so none pays for a cancel scope.
         self.shutdown = (shutdown if shutdown is not None
                          else ShutdownController(cancel_after_grace=False))
         self.shutdown.add_listener(self._on_drain)
-        self._retry_after = str(max(0, int(retry_after_s)))
         self._priority_header = priority_header.lower().encode("latin-1")
-        self._global = (Bulkhead("*", max_concurrency, max_queue=max_queue)
-                        if max_concurrency else None)
-        self._static = {k: Bulkhead(k, v, max_queue=max_queue) for k, v in (limits or {}).items()}
+        #: The bulkheads of ``limits`` / ``max_concurrency`` by key ("" for the global
+        #: one), and removed ones still held: configured again, they count their holders.
+        self._known: dict[str, Bulkhead] = {}
         self._registered: dict[str, Bulkhead] = {}
         self._tenants: dict[str, Bulkhead] = {}
+        self._ws_check = _AdmissionCheck(self, _NO_PLAN)
+        self.configure(max_concurrency=max_concurrency, limits=limits,
+                       tenant_limit=tenant_limit, max_queue=max_queue,
+                       queue_timeout_s=queue_timeout_s, retry_after_s=retry_after_s)
+
+    def configure(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        limits: Mapping[str, int] | None = None,
+        tenant_limit: int | None = None,
+        max_queue: int = 64,
+        queue_timeout_s: float = 10.0,
+        retry_after_s: int = 1,
+    ) -> None:
+        """Apply new limits to the running layer (runtime configuration), in one step.
+
+        Arguments as the constructor's; every one left out returns to its default.
+        Nothing is applied when one is invalid (``ValueError``). Requests already
+        holding slots keep them: a lowered limit admits nobody new until enough of
+        them finished; a raised one admits waiting requests at once; a removed one
+        lets its waiters through. A request is admitted under the limits in force
+        when it reaches this layer. Synchronous (no await): no request sees half a
+        change; the hot path reads the same attributes as before.
+        """
+        limits = dict(limits or {})
+        for key, value in limits.items():
+            if not key or int(value) < 1:
+                raise ValueError(f"admission limit {key!r}: must be at least 1")
+        if max_concurrency is not None and max_concurrency < 0:
+            raise ValueError("max_concurrency must not be negative")
+        if tenant_limit is not None and tenant_limit < 0:
+            raise ValueError("tenant_limit must not be negative")
+        if max_queue < 0:
+            raise ValueError("max_queue must not be negative")
+        if not queue_timeout_s >= 0:
+            raise ValueError("queue_timeout_s must not be negative")
+        # valid: from here on nothing raises
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self._retry_after = str(max(0, int(retry_after_s)))
+        wanted = {k: int(v) for k, v in limits.items()}
+        if max_concurrency:
+            wanted[""] = max_concurrency
+        for key, b in list(self._known.items()):
+            if key not in wanted:
+                self._retire(key, b, max_queue)
+        for key, limit in wanted.items():
+            # a method's registered bulkhead becomes its configured one: same holders
+            known = self._known.get(key) or self._registered.pop(key, None)
+            if known is None:
+                self._known[key] = Bulkhead(key or "*", limit, max_queue=max_queue)
+            else:
+                known.resize(limit, max_queue)
+                self._known[key] = known
+        self._global: Bulkhead | None = self._known[""] if max_concurrency else None
+        self._static: dict[str, Bulkhead] = {k: self._known[k] for k in limits}
+        for name, b in self._registered.items():
+            spec = self.registry.get(name) if self.registry is not None else None
+            queue = spec.options.get("max_queue") if spec is not None else None
+            b.resize(b.limit, int(queue) if queue is not None else max_queue)
+        self.tenant_limit = tenant_limit or None
+        for b in self._tenants.values():
+            b.resize(tenant_limit or UNBOUNDED, max_queue)
+        # derived tables: new ones (a request that already looked one up keeps it)
         self._plans: dict[tuple[str | None, str], tuple[Bulkhead, ...]] = {}
         #: Bulkheads that depend on the method: a request whose method the layer
         #: cannot see (a task submission, a dispatcher-parsed envelope) defers them.
-        self._by_method = registry is not None or any(not k.startswith("/") for k in self._static)
+        self._by_method = (self.registry is not None
+                           or any(not k.startswith("/") for k in self._static))
         # the gate checks: per plan a request may hold, and one holding nothing
         self._checks: dict[tuple[str | None, str], _AdmissionCheck] = {}
-        self._ws_check = _AdmissionCheck(self, _NO_PLAN)
 
     # -- ASGI --------------------------------------------------------------------------
 
@@ -294,11 +355,25 @@ class AdmissionMiddleware:
             self._tenants[tenant] = b
         return b
 
+    def _retire(self, key: str, b: Bulkhead, max_queue: int) -> None:
+        """A configured limit removed: back to the method's registered ``concurrency``
+        (its holders still counted), else no limit (its waiters go through)."""
+        spec = (self.registry.get(key) if self.registry is not None and key
+                and not key.startswith("/") else None)
+        limit = spec.options.get("concurrency") if spec is not None else None
+        if spec is not None and limit and spec.method not in self._registered:
+            queue = spec.options.get("max_queue")
+            b.resize(int(limit), int(queue) if queue is not None else max_queue)
+            self._registered[spec.method] = b
+            del self._known[key]
+            return
+        b.resize(UNBOUNDED)
+        if b.idle:  # nobody to count again if it comes back
+            del self._known[key]
+
     def _bulkheads(self) -> list[Bulkhead]:
-        out = [*self._static.values(), *self._registered.values(), *self._tenants.values()]
-        if self._global is not None:
-            out.append(self._global)
-        return out
+        """Every bulkhead (those of removed limits too: a request may still hold one)."""
+        return [*self._known.values(), *self._registered.values(), *self._tenants.values()]
 
     def _on_drain(self) -> None:
         for b in self._bulkheads():

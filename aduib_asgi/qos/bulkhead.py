@@ -5,6 +5,10 @@ Up to ``limit`` holders at once. When full, waiters queue by priority
 full, the lowest-priority waiter (the newest among equals) is shed — or the
 arrival itself, when nothing queued ranks below it. A released slot is handed
 straight to the best waiter. Single event loop; no locks needed.
+
+:meth:`Bulkhead.resize` changes the limit of a bulkhead in use (runtime
+configuration): holders keep their slots (a lowered limit admits nobody new
+until enough of them left), and a raised limit admits waiters at once.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from collections import deque
 
 import anyio
 
-__all__ = ["Bulkhead", "Rejected"]
+__all__ = ["UNBOUNDED", "Bulkhead", "Rejected"]
+
+#: A limit that never refuses: what a bulkhead whose limit was removed gets.
+UNBOUNDED = 1 << 62
 
 _WAITING, _GRANTED, _SHED, _DRAINED = 0, 1, 2, 3
 _PRIORITIES = 4  # qos.priority 0 LOW .. 3 CRITICAL
@@ -107,16 +114,39 @@ class Bulkhead:
         self.queued -= 1
 
     def release(self) -> None:
-        """Give the slot back, handing it to the best waiter if any."""
-        if self.queued:
-            for queue in reversed(self._queues):
-                if queue:
-                    waiter = queue.popleft()
-                    self.queued -= 1
-                    waiter.state = _GRANTED
-                    waiter.event.set()
-                    return
+        """Give the slot back, handing it to the best waiter if any (unless a lowered
+        limit is still exceeded)."""
+        if self.queued and self.in_flight <= self.limit and self._grant():
+            return  # handed over: in_flight stays
         self.in_flight -= 1
+
+    def _grant(self) -> bool:
+        """Hand one slot to the best waiter (the caller accounts for it)."""
+        for queue in reversed(self._queues):
+            if queue:
+                waiter = queue.popleft()
+                self.queued -= 1
+                waiter.state = _GRANTED
+                waiter.event.set()
+                return True
+        return False
+
+    def resize(self, limit: int, max_queue: int | None = None) -> None:
+        """A new limit (and queue bound) for a bulkhead in use.
+
+        Holders keep their slots: a lowered limit only stops admitting until
+        ``in_flight`` is below it. A raised limit hands the new slots to the best
+        waiters now. A lowered ``max_queue`` sheds nobody already queued.
+        """
+        if limit < 1:
+            raise ValueError("a bulkhead limit must be at least 1")
+        if max_queue is not None:
+            if max_queue < 0:
+                raise ValueError("max_queue must not be negative")
+            self.max_queue = max_queue
+        self.limit = limit
+        while self.queued and self.in_flight < self.limit and self._grant():
+            self.in_flight += 1
 
     def drain(self) -> None:
         """Reject every waiter (shutdown): they answer 503 5002."""
