@@ -464,6 +464,8 @@ def _run_demo(args: argparse.Namespace) -> int:
              "drain_delay": args.drain_delay, "access_log": args.access_log})
         worker_config = WorkerConfig("aduib_asgi.cli:demo_worker_app", factory=True,
                                      workers=args.workers, plan=plan, **options)
+        # the supervisor's records (workers started, died, restarted) like every line
+        _log_handler(settings["log_json"], args.access_log)
         # the socket listens already: connections wait in its backlog for the workers
         print(f"listening on {scheme}://{host}:{port}", flush=True)
         Multiprocess(worker_config, sockets=[sock]).run()

@@ -7,6 +7,7 @@ or method is 422 / 4011; memory and a real Redis.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
@@ -173,8 +174,55 @@ async def test_budgeted_storage_refunds_buckets_limits_expired() -> None:
     held = budget.used_total
     assert held > 0
     await anyio.sleep(1.2)  # the 1 s window has passed
-    await storage._reconcile()
+    storage.memory.refund_expired()
     assert budget.used_total == 0
+
+
+async def test_expired_buckets_give_their_bytes_back_with_no_further_rate_limit_traffic(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client rotating tenant ids filled the shared budget with buckets; once their
+    windows passed, nothing refunded them (only a refused *bucket* did), so idempotency
+    records and tasks - the same budget - stayed refused."""
+    from aduib_asgi.storage import ratelimit as rl
+
+    monkeypatch.setattr(rl, "SWEEP_S", 0.1)
+    budget = ByteBudget(per_tenant=10**9, total=200_000)
+    storage = BudgetedMemoryStorage(budget=budget)
+    for i in range(300):
+        await storage.incr(f"rot-{i}", 1)
+    assert budget.used_total > 150_000
+    with pytest.raises(BudgetExceeded):
+        budget.charge("other", 100_000, "an idempotency record")
+    await anyio.sleep(1.6)  # windows over; no rate-limit call since
+    assert budget.used_total == 0 and not storage.memory._charged
+    budget.charge("other", 100_000, "an idempotency record")
+
+
+async def test_a_refused_bucket_refunds_only_what_expired_without_scanning_live_ones() -> None:
+    budget = ByteBudget(per_tenant=10**9, total=60_000)
+    storage = BudgetedMemoryStorage(budget=budget)
+    for i in range(50):
+        await storage.incr(f"live-{i}", 60)
+    await storage.incr("short", 1)
+    live_bytes = budget.used_total
+    await anyio.sleep(1.2)
+    seen: list[str] = []
+    real_get = storage.memory.expirations.get
+
+    class Watch(dict):  # type: ignore[type-arg]
+        def get(self, key, default=None):  # type: ignore[no-untyped-def]
+            seen.append(key)
+            return real_get(key, default)
+
+    storage.memory.expirations = Watch(storage.memory.expirations)
+    with contextlib.suppress(BudgetExceeded):
+        for i in range(1000):
+            await storage.incr(f"new-{i}", 60)
+    # the expired bucket was refunded; the live ones were never looked at for it
+    assert "short" not in storage.memory._charged
+    assert not any(k.startswith("live-") for k in seen)
+    assert all(storage.memory.storage[f"live-{i}"] == 1 for i in range(50))
+    assert budget.used_total <= 60_000 and live_bytes > 0
 
 
 # -- tasks -----------------------------------------------------------------------------
@@ -268,3 +316,13 @@ async def test_task_operations_answer_503_during_a_redis_outage_and_recover(
                 await anyio.sleep(0.1)
         after = await submit(c, "rpc.v2/T/order", {"tag": "after"})
         assert (await wait_terminal(c, after["task_id"]))["status"] == "succeeded"
+
+
+async def test_a_live_moving_window_sheds_its_expired_entries_in_the_sweep() -> None:
+    storage = BudgetedMemoryStorage(budget=ByteBudget(per_tenant=10**9, total=10**9))
+    for _ in range(50):
+        assert await storage.acquire_entry("mw", 1000, 1)
+    await anyio.sleep(1.2)  # those 50 entries expired; the window is used again
+    assert await storage.acquire_entry("mw", 1000, 1)
+    storage.memory.refund_expired()
+    assert len(storage.memory.events["mw"]) == 1 and "mw" in storage.memory._charged

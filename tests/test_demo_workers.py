@@ -4,6 +4,8 @@ sharing the Redis stores; refused with the memory stores. Real processes, real R
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -156,3 +158,24 @@ def test_worker_app_wraps_the_installed_handlers_not_uvicorn_server() -> None:
     assert uvicorn.Server.handle_exit is original
     assert server_calls == [signal.SIGTERM]
     assert app.monitor.stopping is True  # type: ignore[attr-defined]  # the plan ran first
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_the_parent_process_logs_through_the_demo_handler(redis_url: str) -> None:
+    """The supervisor's own records (workers started, died, restarted) are written like
+    every other line - here as JSON - not lost or printed raw."""
+    with running_demo("--workers", "2", "--redis", redis_url, "--log-level", "info",
+                      "--log-format", "json") as demo:
+        ping = {"aduib_rpc": "2.0", "id": "1", "method": "rpc.v2/Echo/echo", "data": {}}
+        assert _post(demo.url + RPC, ping).status_code == 200
+        assert len(_workers(demo.proc.pid)) == 2
+        assert demo.stop(signal.SIGTERM) == 0
+    records = []
+    for line in demo.output.splitlines():
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    messages = [r.get("message", "") for r in records if isinstance(r, dict)]
+    assert any(m.startswith("Started parent process") for m in messages), demo.output
+    assert any(m.startswith("Stopping parent process") for m in messages), demo.output
+    assert "\x1b[" not in demo.output and "\\u001b" not in demo.output  # no colour codes

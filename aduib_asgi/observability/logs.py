@@ -44,6 +44,7 @@ TEXT_FORMAT = (
 )
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message", "asctime", "taskName", *CONTEXT_FIELDS,
+    "color_message",  # uvicorn's copy of the message with terminal colour codes
 }
 
 

@@ -20,6 +20,8 @@ cannot grow it without bound: past the budget a new bucket is refused (429 / 502
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
 import time
 from typing import Any
 
@@ -41,8 +43,11 @@ __all__ = ["BudgetedMemoryStorage", "FixedWindowQuota", "WindowQuota", "is_memor
 #: Seconds between sweeps of expired buckets (memory only: a bucket's own expiry is
 #: checked on every access, so this never changes a count).
 SWEEP_S = 1.0
-#: Bytes charged per bucket on top of twice its key (counter, expiry, lock entries).
-BUCKET_OVERHEAD = 256
+#: Expired buckets refunded per loop turn at most (a mass expiry is spread over turns).
+REFUND_BATCH = 1000
+#: Bytes charged per bucket on top of twice its key (counter, expiry and lock entries,
+#: the charge record and its expiry-queue entry: ~520 bytes measured, key included).
+BUCKET_OVERHEAD = 512
 
 
 class _BudgetedMemory(SyncMemoryStorage):
@@ -51,8 +56,11 @@ class _BudgetedMemory(SyncMemoryStorage):
     Windows, counting and expiry stay ``limits``' own: a bucket is charged when a
     request creates it (``incr``, ``acquire_entry``; the sliding window counter
     goes through ``incr``), to the tenant of that request, and refunded once
-    ``limits`` has let it expire (checked when a charge is refused, at most once
-    a second, so the admitted path costs one dict lookup).
+    ``limits`` has let it expire: charged buckets wait in a queue ordered by expiry,
+    and every sweep (once a second while any bucket is charged, traffic or not) and
+    every refused charge refund the expired ones at its head — work in proportion
+    to what expired, never a scan of live buckets. The admitted path costs one dict
+    lookup.
     """
 
     STORAGE_SCHEME = ["budgeted-memory"]
@@ -63,17 +71,17 @@ class _BudgetedMemory(SyncMemoryStorage):
         self.timer.cancel()  # limits' first sweep thread: sweeps run on the event loop
         self.budget = budget if budget is not None else ByteBudget()
         self._charged: dict[str, tuple[str, int]] = {}  # key -> (tenant, bytes)
-        self._reconciled = 0.0
+        self._expiring: list[tuple[float, str]] = []  # (expiry, key) of charged keys
         self._sweep_loop: asyncio.AbstractEventLoop | None = None
 
     def _MemoryStorage__schedule_expiry(self) -> None:  # limits' hook, called on every hit
-        """Run ``limits``' sweep of idle buckets on the event loop, every ``SWEEP_S``.
+        """Sweep expired buckets on the event loop, every ``SWEEP_S``.
 
-        ``limits`` starts a thread for it whenever the previous one has ended (every
-        10 ms under traffic): the thread start blocks the caller until the OS runs
-        it, and the sweep would race the loop's own calls. On the loop it is one
-        timer per ``SWEEP_S`` and never concurrent with a hit. Outside a running
-        loop, ``limits``' own thread.
+        ``limits`` starts a sweep thread whenever the previous one has ended (every
+        10 ms under traffic), which blocks the caller until the OS runs it, races
+        the loop's own calls and passes over every bucket. On the loop it is one
+        timer per ``SWEEP_S``, never concurrent with a hit, and walks the expiry
+        queue only. Outside a running loop, ``limits``' own thread.
         """
         try:
             loop = asyncio.get_running_loop()
@@ -85,53 +93,80 @@ class _BudgetedMemory(SyncMemoryStorage):
             loop.call_later(SWEEP_S, self._sweep)
 
     def _sweep(self) -> None:
-        self._sweep_loop = None
-        self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+        # instead of limits' sweep (a pass over every bucket): the expiry queue, so a
+        # sweep's work is what expired, at most REFUND_BATCH buckets per loop turn
+        loop, self._sweep_loop = self._sweep_loop, None
+        self.refund_expired(REFUND_BATCH)
+        if self._charged and loop is not None and not loop.is_closed():
+            # charged buckets give their bytes back when they expire, traffic or not;
+            # more expired than one batch: the rest on the next loop turn
+            self._sweep_loop = loop
+            more = bool(self._expiring) and self._expiring[0][0] <= time.time()
+            loop.call_later(0 if more else SWEEP_S, self._sweep)
 
-    def _admit(self, key: str) -> None:
+    def _live_until(self, key: str) -> float:
+        events = self.events.get(key)
+        newest = events[0].expiry if events else 0.0  # a moving window's newest entry
+        return max(newest, self.expirations.get(key, 0.0))
+
+    def refund_expired(self, limit: int | None = None) -> int:
+        """Refund the charged buckets ``limits`` has let expire (at most ``limit``);
+        how many."""
+        wall = time.time()
+        queue, refunded = self._expiring, 0
+        while queue and queue[0][0] <= wall and (limit is None or refunded < limit):
+            _, key = heapq.heappop(queue)
+            charge = self._charged.get(key)
+            if charge is None:
+                continue
+            live_until = self._live_until(key)
+            if live_until > wall:  # used again since: a later window
+                events = self.events.get(key)
+                if events:  # a moving window: drop its expired entries (newest first)
+                    del events[bisect.bisect_left(events, -wall, key=lambda e: -e.expiry):]
+                heapq.heappush(queue, (live_until, key))
+                continue
+            self.clear(key)
+            del self._charged[key]
+            self.budget.refund(*charge)
+            refunded += 1
+        return refunded
+
+    def _admit(self, key: str) -> bool:
+        """Charge a bucket ``key`` creates; True when it is new (queue it once created)."""
         if key in self._charged:
-            return
+            return False
         ctx = current_context.get()
         tenant = (ctx.tenant_id if ctx is not None else None) or "default"
         size = BUCKET_OVERHEAD + 2 * len(key)
         try:
             self.budget.charge(tenant, size, "a rate-limit bucket")
         except BudgetExceeded:
-            if not self._reconcile():
+            if not self.refund_expired(REFUND_BATCH):
                 raise
             self.budget.charge(tenant, size, "a rate-limit bucket")
         self._charged[key] = (tenant, size)
-
-    def _reconcile(self) -> bool:
-        """Refund buckets ``limits`` has expired; False when it ran less than 1 s ago."""
-        now = time.monotonic()
-        if now - self._reconciled < 1.0:
-            return False
-        self._reconciled = now
-        wall = time.time()
-        for key, (tenant, size) in list(self._charged.items()):
-            events = self.events.get(key)
-            if events and events[0].expiry > wall:
-                continue  # a moving window with live entries
-            if self.expirations.get(key, 0) > wall:
-                continue
-            self.clear(key)
-            del self._charged[key]
-            self.budget.refund(tenant, size)
         return True
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
-        self._admit(key)
-        return super().incr(key, expiry, amount)
+        new = self._admit(key)
+        count = super().incr(key, expiry, amount)
+        if new:
+            heapq.heappush(self._expiring, (self._live_until(key), key))
+        return count
 
     def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
-        self._admit(key)
-        return super().acquire_entry(key, limit, expiry, amount)
+        new = self._admit(key)
+        acquired = super().acquire_entry(key, limit, expiry, amount)
+        if new:
+            heapq.heappush(self._expiring, (self._live_until(key), key))
+        return acquired
 
     def reset(self) -> int | None:
         for tenant, size in self._charged.values():
             self.budget.refund(tenant, size)
         self._charged.clear()
+        self._expiring.clear()
         return super().reset()
 
 
@@ -166,9 +201,9 @@ class BudgetedMemoryStorage(Storage, MovingWindowSupport, SlidingWindowCounterSu
     memory storage schedules one whenever the previous has run, i.e. per request
     under a server, and each scans every bucket). Each call completes without
     yielding to the event loop, so it is atomic with respect to other requests;
-    ``limits`` guards each bucket with a lock and expires idle buckets in its own
-    timer thread. The hot path (:class:`FixedWindowQuota`) calls ``memory``
-    without a coroutine.
+    ``limits`` guards each bucket with a lock; expired buckets are removed (and
+    refunded) from an expiry queue on the event loop. The hot path
+    (:class:`FixedWindowQuota`) calls ``memory`` without a coroutine.
     """
 
     STORAGE_SCHEME = ["async+budgeted-memory"]
@@ -182,10 +217,6 @@ class BudgetedMemoryStorage(Storage, MovingWindowSupport, SlidingWindowCounterSu
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
         return ValueError
-
-    async def _reconcile(self) -> bool:
-        """Refund buckets ``limits`` has expired; False when it ran less than 1 s ago."""
-        return self.memory._reconcile()
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         return self.memory.incr(key, expiry, amount)
