@@ -33,7 +33,7 @@ demo: $(BIN)/.installed-all
 	$(BIN)/aduib-asgi demo --host $(HOST) --port $(PORT) $(DEMO_ARGS)
 
 ## The demo over HTTPS with client certificates (throwaway trustme CA in $(TLS_DIR)).
-demo-tls: $(BIN)/.installed-test
+demo-tls: $(BIN)/.installed-all
 	$(BIN)/python -m aduib_asgi.demo.certs $(TLS_DIR) --host $(HOST) --port $(TLS_PORT)
 	$(BIN)/aduib-asgi demo --host $(HOST) --port $(TLS_PORT) \
 		--tls-cert $(TLS_DIR)/server.pem --tls-key $(TLS_DIR)/server.key \
