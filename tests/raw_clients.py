@@ -60,14 +60,14 @@ def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def open_ws(url: str, body: bytes) -> socket.socket:
-    """Handshake on ``/rpc/ws`` and send ``body`` as the request; the socket, frames unread."""
-    host, port = _addr(url)
-    sock = socket.create_connection((host, port), timeout=30)
+def ws_handshake(sock: socket.socket, host: str, path: str = WS_PATH,
+                 extra_headers: str = "") -> bytes:
+    """A WebSocket opening handshake on ``sock``; the 101 response head (byte by byte:
+    nothing after it is consumed). ConnectionError when refused or closed."""
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET {WS_PATH} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+    sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+                  f"Sec-WebSocket-Version: 13\r\n{extra_headers}\r\n").encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(1)
@@ -76,6 +76,14 @@ def open_ws(url: str, body: bytes) -> socket.socket:
         head += chunk
     if not head.startswith(b"HTTP/1.1 101"):
         raise ConnectionError(head.decode("latin-1"))
+    return head
+
+
+def open_ws(url: str, body: bytes) -> socket.socket:
+    """Handshake on ``/rpc/ws`` and send ``body`` as the request; the socket, frames unread."""
+    host, port = _addr(url)
+    sock = socket.create_connection((host, port), timeout=30)
+    ws_handshake(sock, host)
     sock.sendall(ws_frame(body))
     return sock
 

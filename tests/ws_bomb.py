@@ -7,7 +7,6 @@ else as ``size`` plain bytes. :func:`rss_mb` reads a process's resident set.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import socket
@@ -15,6 +14,8 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass
+
+from tests.raw_clients import ws_handshake
 
 
 def rss_mb(pid: int) -> float:
@@ -104,19 +105,8 @@ def bomb(port: int, connections: int, size: int, *, path: str = "/aduib_rpc/v2/r
         try:
             s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
             socks.append(s)
-            key = base64.b64encode(os.urandom(16)).decode()
-            s.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                       "Sec-WebSocket-Version: 13\r\n"
-                       "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n").encode())
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise OSError("closed during the handshake")
-                head += chunk
-            if not head.startswith(b"HTTP/1.1 101"):
-                raise OSError(head[:200].decode("latin-1"))
+            head = ws_handshake(s, "127.0.0.1", path,
+                                "Sec-WebSocket-Extensions: permessage-deflate\r\n")
             r.deflate = b"permessage-deflate" in head.lower()
             payload = compressed if r.deflate else b"\0" * size
             with contextlib.suppress(OSError):  # the server may close before reading all
