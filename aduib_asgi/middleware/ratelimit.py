@@ -59,6 +59,11 @@ _LEGACY_RESET = b"ratelimit-reset"
 _X_TENANT = b"x-tenant-id"
 _CACHE_MAX = 4096
 _REMAINING = operator.itemgetter(1)
+_ceil = math.ceil
+
+
+def _no_memory() -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,7 @@ class _Compiled:
     """A policy with everything precomputed for the hot path."""
 
     __slots__ = ("amount", "by_client_only", "by_tenant_only", "cost", "item", "key_by", "name",
-                 "policy", "policy_header", "rl_prefix", "window")
+                 "policy", "policy_header", "rl_prefix", "tenant_keys", "window")
 
     def __init__(self, policy: RateLimitPolicy) -> None:
         self.policy = policy
@@ -192,6 +197,8 @@ class _Compiled:
         self.by_tenant_only = policy.key_by == ("tenant",)
         self.policy_header = f'"{policy.name}";q={self.amount};w={self.window}'.encode("latin-1")
         self.rl_prefix = f'"{policy.name}";r='.encode("latin-1")
+        #: ``ctx.tenant_id`` -> storage key, for a policy keyed by tenant alone
+        self.tenant_keys: dict[str, str] = {}
 
 
 def _escape(value: str) -> str:
@@ -341,6 +348,8 @@ class RateLimitMiddleware:
     @limiter.setter
     def limiter(self, limiter: RateLimiter) -> None:
         self.quota = quota_for(limiter)
+        #: The quota's synchronous memory storage, looked up per hit (None: await the hit)
+        self._memory_of: Callable[[], Any] = getattr(self.quota, "memory", _no_memory)
         # in-process storage cannot hang: no timeout scope on its hot path
         self.timeout: float | None = (
             None if is_memory(limiter.storage) else self.storage_timeout)
@@ -362,6 +371,21 @@ class RateLimitMiddleware:
             if len(self._match) < _CACHE_MAX:
                 self._match[key] = found
         return found
+
+    def _key(self, p: _Compiled, scope: Scope | None, ctx: RequestContext) -> str:
+        """The storage key of ``p``'s bucket for this request (``item.key_for(*ids)``);
+        for a policy partitioned by tenant alone, remembered per tenant."""
+        tenant = ctx.tenant_id
+        if tenant is not None and p.by_tenant_only:
+            key = p.tenant_keys.get(tenant)
+            if key is None:
+                key = p.item.key_for(*self._identifiers(p, scope, ctx))
+                keys = p.tenant_keys
+                if len(keys) >= _CACHE_MAX:
+                    keys.clear()
+                keys[tenant] = key
+            return key
+        return p.item.key_for(*self._identifiers(p, scope, ctx))
 
     def _identifiers(self, p: _Compiled, scope: Scope | None, ctx: RequestContext,
                      method: str | None = None) -> tuple[str, ...]:
@@ -452,9 +476,15 @@ class RateLimitMiddleware:
             return
         if self.timeout is None and len(policies) == 1:  # in-process storage, one policy
             p = policies[0]
-            ids = (p.name, _tenant(ctx)) if p.by_tenant_only else self._identifiers(p, scope, ctx)
+            memory = self._memory_of()
             try:
-                ok, remaining, reset = await self.quota.hit(p.item, ids, p.cost)
+                if memory is not None:  # memory:// fixed window: no coroutine, cached key
+                    ok, remaining, reset, now = self.quota.hit_memory(  # type: ignore[attr-defined]
+                        memory, p.item, self._key(p, scope, ctx), p.cost)
+                else:
+                    ok, remaining, reset = await self.quota.hit(
+                        p.item, self._identifiers(p, scope, ctx), p.cost)
+                    now = time.time()
             except BudgetExceeded as exc:  # no room for another bucket of this tenant
                 await _refuse(scope, send, exc, ctx)
                 return
@@ -464,7 +494,7 @@ class RateLimitMiddleware:
             if self._degraded:
                 self._recovered()
             refused = None if ok else p
-            after = math.ceil(reset - time.time())
+            after = _ceil(reset - now)
             if after < 1:  # never invite a retry before the window resets
                 after = 0 if ok else 1
             ctx.response_headers += ((_RATELIMIT_POLICY, p.policy_header),

@@ -149,8 +149,10 @@ class _BudgetedMemory(SyncMemoryStorage):
         return True
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        if key in self._charged:  # a charged bucket (the usual hit): limits' own incr
+            return _LIMITS_INCR(self, key, expiry, amount)
         new = self._admit(key)
-        count = super().incr(key, expiry, amount)
+        count = _LIMITS_INCR(self, key, expiry, amount)
         if new:
             heapq.heappush(self._expiring, (self._live_until(key), key))
         return count
@@ -190,6 +192,9 @@ def _unwrap_rewrapped(cls: type, base: type) -> None:
 
 
 _unwrap_rewrapped(_BudgetedMemory, SyncMemoryStorage)
+#: limits' own ``MemoryStorage.incr`` (with its error translator), called without
+#: building a ``super()`` proxy per hit.
+_LIMITS_INCR = SyncMemoryStorage.incr
 
 
 class BudgetedMemoryStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
@@ -302,30 +307,59 @@ class FixedWindowQuota(WindowQuota):
         self.remember = is_memory(limiter.storage)
         self._resets: dict[str, list[Any]] = {}  # key -> [reset, last count]
 
+    def memory(self) -> _BudgetedMemory | None:
+        """The synchronous ``memory://`` storage when hits need no await (else None).
+
+        Read per call: a limiter's storage may be replaced.
+        """
+        storage = self.limiter.storage
+        return storage.memory if type(storage) is BudgetedMemoryStorage else None
+
+    def hit_memory(self, memory: _BudgetedMemory, item: RateLimitItem, key: str,
+                   cost: int) -> tuple[bool, int, float, float]:
+        """:meth:`hit` on :meth:`memory`, without a coroutine, for the storage ``key``
+        (``item.key_for(*ids)``): (admitted, remaining, reset, now as epoch seconds)."""
+        count: int = memory.incr(key, item.get_expiry(), cost)
+        now = time.time()
+        amount = item.amount
+        reset = self._remembered(key, count, cost, now)
+        if reset is None:
+            reset = self._remember(key, count, float(memory.get_expiry(key)))
+        return count <= amount, amount - count if count < amount else 0, reset, now
+
     async def hit(self, item: RateLimitItem, ids: tuple[str, ...],
                   cost: int) -> tuple[bool, int, float]:
-        storage: Any = self.limiter.storage
         key = item.key_for(*ids)
-        memory = storage.memory if type(storage) is BudgetedMemoryStorage else None
-        if memory is not None:  # limits' synchronous memory storage: no coroutine
-            count: int = memory.incr(key, item.get_expiry(), cost)
-        else:
-            count = await storage.incr(key, item.get_expiry(), amount=cost)
+        memory = self.memory()
+        if memory is not None:  # limits' synchronous memory storage: no await
+            ok, remaining, reset, _ = self.hit_memory(memory, item, key, cost)
+            return ok, remaining, reset
+        storage: Any = self.limiter.storage
+        count: int = await storage.incr(key, item.get_expiry(), amount=cost)
         amount = item.amount
         remaining = amount - count if count < amount else 0
         if not self.remember:
             return count <= amount, remaining, float(await storage.get_expiry(key))
+        known = self._remembered(key, count, cost, time.time())
+        if known is None:
+            known = self._remember(key, count, float(await storage.get_expiry(key)))
+        return count <= amount, remaining, known
+
+    def _remembered(self, key: str, count: int, cost: int, now: float) -> float | None:
+        """The remembered reset of ``key`` while it holds (same window), else None."""
         known = self._resets.get(key)
-        if known is not None and count != cost and count > known[1] and known[0] > time.time():
+        if known is not None and count != cost and count > known[1] and known[0] > now:
             known[1] = count  # same window: the remembered reset holds
-            return count <= amount, remaining, known[0]
-        reset = float(memory.get_expiry(key) if memory is not None
-                      else await storage.get_expiry(key))
+            reset: float = known[0]
+            return reset
+        return None
+
+    def _remember(self, key: str, count: int, reset: float) -> float:
         resets = self._resets
         if len(resets) >= self.max_cached and key not in resets:
             resets.clear()
         resets[key] = [reset, count]
-        return count <= amount, remaining, reset
+        return reset
 
 
 def quota_for(limiter: RateLimiter) -> WindowQuota:
