@@ -197,8 +197,9 @@ class _Compiled:
         self.by_tenant_only = policy.key_by == ("tenant",)
         self.policy_header = f'"{policy.name}";q={self.amount};w={self.window}'.encode("latin-1")
         self.rl_prefix = f'"{policy.name}";r='.encode("latin-1")
-        #: ``ctx.tenant_id`` -> storage key, for a policy keyed by tenant alone
-        self.tenant_keys: dict[str, str] = {}
+        #: ``ctx.tenant_id`` (else the raw ``X-Tenant-ID``, or None) -> storage key, for a
+        #: policy keyed by tenant alone
+        self.tenant_keys: dict[str | bytes | None, str] = {}
 
 
 def _escape(value: str) -> str:
@@ -374,18 +375,20 @@ class RateLimitMiddleware:
 
     def _key(self, p: _Compiled, scope: Scope | None, ctx: RequestContext) -> str:
         """The storage key of ``p``'s bucket for this request (``item.key_for(*ids)``);
-        for a policy partitioned by tenant alone, remembered per tenant."""
+        for a policy partitioned by tenant alone, remembered per tenant (``ctx.tenant_id``,
+        else the raw ``X-Tenant-ID``)."""
+        if not p.by_tenant_only:
+            return p.item.key_for(*self._identifiers(p, scope, ctx))
         tenant = ctx.tenant_id
-        if tenant is not None and p.by_tenant_only:
-            key = p.tenant_keys.get(tenant)
-            if key is None:
-                key = p.item.key_for(*self._identifiers(p, scope, ctx))
-                keys = p.tenant_keys
-                if len(keys) >= _CACHE_MAX:
-                    keys.clear()
-                keys[tenant] = key
-            return key
-        return p.item.key_for(*self._identifiers(p, scope, ctx))
+        by = tenant if tenant is not None else ctx.header(_X_TENANT)
+        keys = p.tenant_keys
+        key = keys.get(by)
+        if key is None:
+            key = p.item.key_for(p.name, _tenant(ctx))
+            if len(keys) >= _CACHE_MAX:
+                keys.clear()
+            keys[by] = key
+        return key
 
     def _identifiers(self, p: _Compiled, scope: Scope | None, ctx: RequestContext,
                      method: str | None = None) -> tuple[str, ...]:

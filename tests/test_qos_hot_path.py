@@ -1,0 +1,175 @@
+"""The QoS layers' hot-path shortcuts decide and report exactly what the general path does.
+
+Speed is measured in benchmarks/ (``ab_ref.py``, ``ratelimit_idempotency.py``);
+these tests pin down that each shortcut is invisible: same verdicts, same
+storage keys, same headers and errors.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+from limits import parse
+
+from aduib_asgi.middleware import ratelimit as rl_module
+from aduib_asgi.middleware.errors import ErrorMappingMiddleware
+from aduib_asgi.middleware.ratelimit import RateLimitMiddleware, RateLimitPolicy, make_limiter
+from aduib_asgi.middleware.tenant import TenantScopeMiddleware
+from aduib_asgi.stack import Layer, build_stack
+from aduib_asgi.storage.ratelimit import FixedWindowQuota, quota_for
+from tests.conftest import RPC, client_for, envelope
+from tests.rl_idem_helpers import EnvelopeLayer, Services
+
+pytestmark = pytest.mark.anyio
+
+PING = "rpc.v2/Limited/ping"
+
+
+class CountingStorage:
+    """Counts the calls a limiter makes to its storage (wraps a real limits storage)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return await attr(*args, **kwargs)
+
+        return call
+
+
+# -- rate limit: the memory:// fixed window without a coroutine -------------------------
+
+async def test_memory_hit_without_a_coroutine_is_the_awaited_hit() -> None:
+    """hit_memory and hit, interleaved on one bucket: one count, limits' own window."""
+    limiter = make_limiter("memory://", "fixed-window")
+    quota = quota_for(limiter)
+    assert isinstance(quota, FixedWindowQuota)
+    memory = quota.memory()
+    assert memory is not None
+    item = parse("4/10 seconds")
+    key = item.key_for("p", "acme")
+    seen = []
+    for i in range(6):
+        if i % 2:
+            before = time.time()
+            ok, remaining, reset, now = quota.hit_memory(memory, item, key, 1)
+            assert before <= now <= time.time()
+        else:
+            ok, remaining, reset = await quota.hit(item, ("p", "acme"), 1)
+        own_reset, own_remaining = await limiter.get_window_stats(item, "p", "acme")
+        assert (remaining, reset) == (own_remaining, own_reset)
+        seen.append(ok)
+    assert seen == [True, True, True, True, False, False]
+    assert memory.storage[key] == 6  # limits' own counter, one bucket
+
+
+async def test_a_replaced_storage_is_awaited_as_before() -> None:
+    """The synchronous shortcut is looked up per hit: a storage swapped in is used."""
+    limiter = make_limiter("memory://", "fixed-window")
+    quota = quota_for(limiter)
+    assert isinstance(quota, FixedWindowQuota)
+    counting = CountingStorage(limiter.storage)
+    limiter.storage = counting  # type: ignore[assignment]
+    assert quota.memory() is None
+    item = parse("5/minute")
+    assert (await quota.hit(item, ("p", "acme"), 1))[:2] == (True, 4)
+    assert counting.calls == ["incr", "get_expiry"]
+
+
+def tenant_rate_app(services: Services, **rl: Any) -> Any:
+    rl.setdefault("policies", [RateLimitPolicy("ping", "3/10 seconds", methods=(PING,))])
+    return build_stack(services.dispatcher(), [
+        Layer.of(ErrorMappingMiddleware),
+        Layer.of(EnvelopeLayer),
+        Layer.of(TenantScopeMiddleware, pattern=r"[ -~]{1,64}"),
+        Layer.of(RateLimitMiddleware, **rl),
+    ])
+
+
+async def ping(client: httpx.AsyncClient, tenant: str) -> httpx.Response:
+    return await client.post(RPC, json=envelope(PING, {}), headers={"x-tenant-id": tenant})
+
+
+async def test_tenant_keys_are_limits_own_keys_per_tenant() -> None:
+    """A policy keyed by tenant remembers each tenant's storage key: limits' key_for
+    of (policy, escaped tenant), one bucket per tenant, quotas apart."""
+    app = tenant_rate_app(Services())
+    layer = _layer(app, RateLimitMiddleware)
+    async with client_for(app) as client:
+        got = {t: [] for t in ("acme", "a/b%c")}
+        for _ in range(4):
+            for tenant in got:
+                resp = await ping(client, tenant)
+                got[tenant].append((resp.status_code, resp.headers["ratelimit"].split(";t=")[0]))
+    expected = [(200, '"ping";r=2'), (200, '"ping";r=1'), (200, '"ping";r=0'),
+                (429, '"ping";r=0')]
+    assert got == {"acme": expected, "a/b%c": expected}
+    p = layer.policies[0]
+    assert p.tenant_keys == {
+        "acme": p.policy.item.key_for("ping", "acme"),
+        "a/b%c": p.policy.item.key_for("ping", "a%2Fb%25c"),
+    }
+    memory = layer.limiter.storage.memory  # type: ignore[attr-defined]
+    assert {k: memory.storage[k] for k in p.tenant_keys.values()} == \
+        dict.fromkeys(p.tenant_keys.values(), 4)
+
+
+async def test_tenant_keys_without_a_tenant_layer_follow_the_header() -> None:
+    """Without a tenant layer the partition is the raw X-Tenant-ID ("default" when
+    absent or empty): the remembered keys are still limits' keys of the escaped tenant."""
+    from tests.test_ratelimit import rpc_app
+
+    app = rpc_app(Services())
+    layer = _layer(app, RateLimitMiddleware)
+    async with client_for(app) as client:
+        shared = [await client.post(RPC, json=envelope(PING, {}), headers=h)
+                  for h in ({}, {"x-tenant-id": "default"}, {"x-tenant-id": ""})]
+        other = await ping(client, "a/b")
+        again = await ping(client, "a/b")
+    assert [r.headers["ratelimit"].split(";t=")[0] for r in shared] == \
+        ['"ping";r=2', '"ping";r=1', '"ping";r=0']
+    assert [r.headers["ratelimit"].split(";t=")[0] for r in (other, again)] == \
+        ['"ping";r=2', '"ping";r=1']
+    p = layer.policies[0]
+    default = p.policy.item.key_for("ping", "default")
+    assert p.tenant_keys == {None: default, b"default": default, b"": default,
+                             b"a/b": p.policy.item.key_for("ping", "a%2Fb")}
+
+
+async def test_the_tenant_key_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rl_module, "_CACHE_MAX", 3)
+    app = tenant_rate_app(Services())
+    layer = _layer(app, RateLimitMiddleware)
+    async with client_for(app) as client:
+        for i in range(10):
+            resp = await ping(client, f"t{i}")
+            assert resp.status_code == 200 and resp.headers["ratelimit"].startswith('"ping";r=2')
+    assert 1 <= len(layer.policies[0].tenant_keys) <= 3
+
+
+async def test_a_storage_replaced_on_the_layer_s_limiter_is_used() -> None:
+    app = tenant_rate_app(Services())
+    layer = _layer(app, RateLimitMiddleware)
+    counting = CountingStorage(layer.limiter.storage)
+    layer.limiter.storage = counting  # type: ignore[assignment]
+    async with client_for(app) as client:
+        for r in (2, 1):
+            resp = await ping(client, "acme")
+            assert resp.headers["ratelimit"].startswith(f'"ping";r={r};t=')
+    assert counting.calls[0] == "incr" and counting.calls.count("incr") == 2
+
+
+def _layer(app: Any, cls: type) -> Any:
+    while not isinstance(app, cls):
+        app = app.app
+    return app
