@@ -106,7 +106,7 @@ async def test_tenant_keys_are_limits_own_keys_per_tenant() -> None:
     app = tenant_rate_app(Services())
     layer = _layer(app, RateLimitMiddleware)
     async with client_for(app) as client:
-        got = {t: [] for t in ("acme", "a/b%c")}
+        got: dict[str, list[tuple[int, str]]] = {t: [] for t in ("acme", "a/b%c")}
         for _ in range(4):
             for tenant in got:
                 resp = await ping(client, tenant)
@@ -119,7 +119,7 @@ async def test_tenant_keys_are_limits_own_keys_per_tenant() -> None:
         "acme": p.policy.item.key_for("ping", "acme"),
         "a/b%c": p.policy.item.key_for("ping", "a%2Fb%25c"),
     }
-    memory = layer.limiter.storage.memory  # type: ignore[attr-defined]
+    memory = layer.limiter.storage.memory
     assert {k: memory.storage[k] for k in p.tenant_keys.values()} == \
         dict.fromkeys(p.tenant_keys.values(), 4)
 
@@ -161,7 +161,7 @@ async def test_a_storage_replaced_on_the_layer_s_limiter_is_used() -> None:
     app = tenant_rate_app(Services())
     layer = _layer(app, RateLimitMiddleware)
     counting = CountingStorage(layer.limiter.storage)
-    layer.limiter.storage = counting  # type: ignore[assignment]
+    layer.limiter.storage = counting
     async with client_for(app) as client:
         for r in (2, 1):
             resp = await ping(client, "acme")
