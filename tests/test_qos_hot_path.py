@@ -173,3 +173,63 @@ def _layer(app: Any, cls: type) -> Any:
     while not isinstance(app, cls):
         app = app.app
     return app
+
+
+# -- auth: one decision, registration options before pattern rules ----------------------
+
+def _decision(layer: Any, identity: Any, method: str | None, path: str = "/rpc",
+              spec: Any = None) -> Any:
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.errors import RpcError
+    from aduib_asgi.models import parse_method
+
+    ctx = RequestContext()
+    ctx.method = method
+    if spec is not None:
+        ctx.extras["aduib.method_spec"] = spec
+    parts = parse_method(method) if method is not None else None
+    try:
+        return layer._decide(identity, ctx, method, parts[0] if parts else None, path)
+    except RpcError as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("with_registry", [True, False])
+def test_auth_decision_table(with_registry: bool) -> None:
+    """Roles and scopes: a method's registration options win over the pattern rules,
+    which apply to methods without the option and to plain paths; nothing configured
+    admits anonymous callers with nothing required."""
+    from aduib_asgi.auth import Identity
+    from aduib_asgi.dispatcher import MethodRegistry
+    from aduib_asgi.middleware.auth import AuthMiddleware
+
+    async def f(data: Any) -> None:
+        return None
+
+    registry = MethodRegistry()
+    own = registry.register("rpc.v2/Ops/own", f, roles=["admin"], scopes=["w"])
+    plain = registry.register("rpc.v2/Ops/plain", f, timeout_ms=5)
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    layer = AuthMiddleware(app, rules={"rpc.v2/Ops/*": ["ops"], "/admin": ["root"]},
+                           scope_rules={"rpc.v2/Ops/*": ["r"]},
+                           registry=registry if with_registry else None)
+    bare = AuthMiddleware(app)
+    admin = Identity("a", roles=("admin",), scopes=("w",))
+    ops = Identity("o", roles=("ops",), scopes=("r",))
+    # the spec is known through the registry, or (dispatcher, WebSocket) ctx.extras
+    spec_own = None if with_registry else own
+    spec_plain = None if with_registry else plain
+    assert _decision(layer, admin, own.method, spec=spec_own) == (("admin",), ("w",))
+    assert _decision(layer, ops, own.method, spec=spec_own) == 3011  # options win
+    assert _decision(layer, None, own.method, spec=spec_own) == 3000
+    assert _decision(layer, ops, plain.method, spec=spec_plain) == (("ops",), ("r",))
+    assert _decision(layer, admin, plain.method, spec=spec_plain) == 3011
+    assert _decision(layer, ops, "rpc.v2/Ops/unknown") == (("ops",), ("r",))
+    assert _decision(layer, None, None, "/admin") == 3000  # a plain path's rule
+    assert _decision(layer, ops, None, "/other") == (None, None)
+    assert _decision(bare, None, own.method, spec=own) == 3000  # options without a registry
+    assert _decision(bare, None, plain.method, spec=plain) == (None, None)
+    assert _decision(bare, None, None) == (None, None)
+    assert _decision(bare, ops, "rpc.v2/Ops/unknown") == (None, None)

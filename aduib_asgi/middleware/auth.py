@@ -120,7 +120,8 @@ class AuthMiddleware:
     ) -> None:
         creds: Credentials | None = None
         required: tuple[str, ...] | None = None
-        _redact_payload(ctx)  # credentials are read from the envelope (a SecretStr)
+        if isinstance(ctx.payload, dict):  # credentials are read from the envelope (a SecretStr)
+            _redact_payload(ctx)
         try:
             if self._mtls:
                 cert = client_certificate(scope)
@@ -187,32 +188,6 @@ class AuthMiddleware:
             return Credentials("mtls", None, "tls")
         return None
 
-    def _method_options(self, ctx: RequestContext,
-                        method: str | None = None) -> Mapping[str, Any] | None:
-        """The registration options of ``method`` (default: the request's), when known."""
-        if method is None:
-            method = ctx.method
-            if method is None:
-                return None
-        spec = ctx.extras.get(METHOD_SPEC_KEY)
-        if (spec is None or spec.method != method) and self.registry is not None:
-            spec = self.registry.get(method)
-        options: Mapping[str, Any] | None = getattr(spec, "options", None)
-        return options
-
-    @staticmethod
-    def _required(options: Mapping[str, Any] | None, key: str,
-                  rules: PatternTable[tuple[str, ...]] | None, method: str | None,
-                  service: str | None, path: str | None) -> tuple[str, ...] | None:
-        """Roles or scopes needed: the method's registration option, else the pattern rules."""
-        if options:
-            value = options.get(key)
-            if value is not None:
-                return tuple(value)
-        if rules is None:
-            return None
-        return rules.get(method, service, path)
-
     def _decide(self, identity: Identity | None, ctx: RequestContext, method: str | None,
                 service: str | None, path: str | None, *, tenants: bool = True,
                 ) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
@@ -220,9 +195,25 @@ class AuthMiddleware:
         it, and its path) or for a method named later: registration options before
         pattern rules, ``require_auth`` with its anonymous allowlist, tenant binding,
         roles, scopes. Raises the refusal; returns the (roles, scopes) required."""
-        options = self._method_options(ctx, method)
-        roles = self._required(options, "roles", self._role_table, method, service, path)
-        scopes = self._required(options, "scopes", self._scope_table, method, service, path)
+        options: Mapping[str, Any] | None = None
+        if method is not None:  # the method's registration options, when known
+            spec = ctx.extras.get(METHOD_SPEC_KEY)
+            if (spec is None or spec.method != method) and self.registry is not None:
+                spec = self.registry.get(method)
+            if spec is not None:
+                options = getattr(spec, "options", None)
+        roles = scopes = None
+        if options:  # registration options before pattern rules
+            value = options.get("roles")
+            if value is not None:
+                roles = tuple(value)
+            value = options.get("scopes")
+            if value is not None:
+                scopes = tuple(value)
+        if roles is None and self._role_table is not None:
+            roles = self._role_table.get(method, service, path)
+        if scopes is None and self._scope_table is not None:
+            scopes = self._scope_table.get(method, service, path)
         if identity is None:
             if roles or scopes or (self.require_auth and not self._anonymous.get(
                     method, service, path)):
