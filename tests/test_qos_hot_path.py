@@ -233,3 +233,41 @@ def test_auth_decision_table(with_registry: bool) -> None:
     assert _decision(bare, None, plain.method, spec=plain) == (None, None)
     assert _decision(bare, None, None) == (None, None)
     assert _decision(bare, ops, "rpc.v2/Ops/unknown") == (None, None)
+
+
+# -- deadline: the budget of a request that names none ----------------------------------
+
+def test_deadline_budget_sources_are_read_per_request() -> None:
+    """No configured default: no deadline, no call into the defaults; the public
+    attributes changed at run time still count on the next request."""
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.middleware.deadline import DeadlineMiddleware
+    from aduib_asgi.models import RpcRequest
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    layer = DeadlineMiddleware(app)
+    scope = {"type": "http", "path": "/rpc"}
+
+    def budget(payload: Any = None, header: bytes | None = None) -> float | None:
+        ctx = RequestContext(raw_headers=[(b"x-timeout-ms", header)] if header else [])
+        ctx.method, ctx.service = "rpc.v2/T/t", "T"
+        ctx.payload = payload
+        ctx.envelope = RpcRequest.model_validate(
+            {"aduib_rpc": "2.0", "id": "1", "method": "rpc.v2/T/t"})
+        return layer._budget_ms(ctx, scope)
+
+    assert budget() is None
+    assert budget({"data": 1}) is None
+    assert budget({"meta": {"timeout_ms": 700}}) == 700.0
+    assert budget({"meta": {"timeout_ms": 700}}, b"300") == 300.0
+    assert budget({"meta": "bad"}) is None
+    layer.method_timeouts["T"] = 250  # a per-service default added at run time
+    assert budget() == 250.0
+    assert budget({"meta": {"timeout_ms": 900}}) == 900.0
+    layer.method_timeouts.clear()
+    layer.default_timeout_ms = 100
+    assert budget() == 100.0
+    layer.max_timeout_ms = 50
+    assert budget() == 50.0

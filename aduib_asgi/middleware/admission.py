@@ -230,7 +230,8 @@ class AdmissionMiddleware:
                 await self.app(scope, receive, send)
             finally:
                 shutdown.end()
-                self._release(plan, tenant)
+                if plan:  # the tenant's bulkhead is in the plan when there is one
+                    self._release(plan, tenant)
             return
         try:
             responder = _AdmissionResponder(send)

@@ -121,16 +121,19 @@ class DeadlineMiddleware:
             qos = env.qos
             if qos is not None and qos.timeout_ms:
                 budget = _as_ms(qos.timeout_ms)
-            meta = _meta_timeout(ctx.payload)
-            if meta is not None and (budget is None or meta < budget):
-                budget = meta
+            payload = ctx.payload
+            if isinstance(payload, dict) and "meta" in payload:  # a 2.0.1 client's
+                meta = _meta_timeout(payload)
+                if meta is not None and (budget is None or meta < budget):
+                    budget = meta
         raw = ctx.header(self._header)
         if raw is not None:
             hdr = _header_timeout(raw)
             if hdr is not None and (budget is None or hdr < budget):
                 budget = hdr
         if budget is None:
-            budget = self._default_for(ctx, scope)
+            budget = (self._default_for(ctx, scope) if self.method_timeouts or self.registry
+                      is not None else self.default_timeout_ms)
         cap = self.max_timeout_ms
         if cap is not None and budget is not None and budget > cap:
             budget = cap
