@@ -50,19 +50,19 @@ class CountingStorage:
 # -- rate limit: the memory:// fixed window without a coroutine -------------------------
 
 async def test_memory_hit_without_a_coroutine_is_the_awaited_hit() -> None:
-    """hit_memory and hit, interleaved on one bucket: one count, limits' own window."""
+    """hit_now and hit, interleaved on one bucket: one count, limits' own window."""
     limiter = make_limiter("memory://", "fixed-window")
     quota = quota_for(limiter)
     assert isinstance(quota, FixedWindowQuota)
-    memory = quota.memory()
-    assert memory is not None
     item = parse("4/10 seconds")
     key = item.key_for("p", "acme")
     seen = []
     for i in range(6):
         if i % 2:
             before = time.time()
-            ok, remaining, reset, now = quota.hit_memory(memory, item, key, 1)
+            done = quota.hit_now(item, key, 1)
+            assert done is not None
+            ok, remaining, reset, now = done
             assert before <= now <= time.time()
         else:
             ok, remaining, reset = await quota.hit(item, ("p", "acme"), 1)
@@ -70,7 +70,7 @@ async def test_memory_hit_without_a_coroutine_is_the_awaited_hit() -> None:
         assert (remaining, reset) == (own_remaining, own_reset)
         seen.append(ok)
     assert seen == [True, True, True, True, False, False]
-    assert memory.storage[key] == 6  # limits' own counter, one bucket
+    assert limiter.storage.memory.storage[key] == 6  # type: ignore[attr-defined]
 
 
 async def test_a_replaced_storage_is_awaited_as_before() -> None:
@@ -80,10 +80,33 @@ async def test_a_replaced_storage_is_awaited_as_before() -> None:
     assert isinstance(quota, FixedWindowQuota)
     counting = CountingStorage(limiter.storage)
     limiter.storage = counting  # type: ignore[assignment]
-    assert quota.memory() is None
     item = parse("5/minute")
+    assert quota.hit_now(item, item.key_for("p", "acme"), 1) is None
+    assert counting.calls == []
     assert (await quota.hit(item, ("p", "acme"), 1))[:2] == (True, 4)
     assert counting.calls == ["incr", "get_expiry"]
+
+
+@pytest.mark.parametrize("wrap", [True, False])
+async def test_memory_storage_errors_are_translated_as_limits_does(wrap: bool) -> None:
+    """limits' methods are called without their error translator only when it would
+    re-raise as is: with ``wrap_exceptions`` a storage error is still a StorageError."""
+    from limits.errors import StorageError
+
+    from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage
+
+    class Broken(dict[str, int]):
+        def get(self, *args: Any) -> Any:
+            raise ValueError("broken")
+
+    storage = BudgetedMemoryStorage(wrap_exceptions=wrap)
+    assert await storage.incr("k", 60) == 1
+    storage.memory.storage = Broken()  # type: ignore[assignment]
+    for call in (lambda: storage.memory.incr("k", 60), lambda: storage.memory.get("k")):
+        with pytest.raises(StorageError if wrap else ValueError):
+            call()
+    with pytest.raises(StorageError if wrap else ValueError):
+        await storage.incr("k", 60)
 
 
 def tenant_rate_app(services: Services, **rl: Any) -> Any:

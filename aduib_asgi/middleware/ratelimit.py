@@ -62,9 +62,6 @@ _REMAINING = operator.itemgetter(1)
 _ceil = math.ceil
 
 
-def _no_memory() -> None:
-    return None
-
 
 @dataclass(frozen=True)
 class RateLimitPolicy:
@@ -183,7 +180,7 @@ class _Compiled:
     """A policy with everything precomputed for the hot path."""
 
     __slots__ = ("amount", "by_client_only", "by_tenant_only", "cost", "item", "key_by", "name",
-                 "policy", "policy_header", "rl_prefix", "tenant_keys", "window")
+                 "policy", "policy_field", "policy_header", "rl_prefix", "tenant_keys", "window")
 
     def __init__(self, policy: RateLimitPolicy) -> None:
         self.policy = policy
@@ -196,6 +193,7 @@ class _Compiled:
         self.by_client_only = policy.key_by == ("client",)
         self.by_tenant_only = policy.key_by == ("tenant",)
         self.policy_header = f'"{policy.name}";q={self.amount};w={self.window}'.encode("latin-1")
+        self.policy_field = (_RATELIMIT_POLICY, self.policy_header)
         self.rl_prefix = f'"{policy.name}";r='.encode("latin-1")
         #: ``ctx.tenant_id`` (else the raw ``X-Tenant-ID``, or None) -> storage key, for a
         #: policy keyed by tenant alone
@@ -349,8 +347,9 @@ class RateLimitMiddleware:
     @limiter.setter
     def limiter(self, limiter: RateLimiter) -> None:
         self.quota = quota_for(limiter)
-        #: The quota's synchronous memory storage, looked up per hit (None: await the hit)
-        self._memory_of: Callable[[], Any] = getattr(self.quota, "memory", _no_memory)
+        #: A fixed window's hit without a coroutine (None when it has none: await the hit)
+        self._hit_now: Callable[..., tuple[bool, int, float, float] | None] | None = getattr(
+            self.quota, "hit_now", None)
         # in-process storage cannot hang: no timeout scope on its hot path
         self.timeout: float | None = (
             None if is_memory(limiter.storage) else self.storage_timeout)
@@ -479,11 +478,12 @@ class RateLimitMiddleware:
             return
         if self.timeout is None and len(policies) == 1:  # in-process storage, one policy
             p = policies[0]
-            memory = self._memory_of()
+            hit_now = self._hit_now
             try:
-                if memory is not None:  # memory:// fixed window: no coroutine, cached key
-                    ok, remaining, reset, now = self.quota.hit_memory(  # type: ignore[attr-defined]
-                        memory, p.item, self._key(p, scope, ctx), p.cost)
+                # memory:// fixed window: no coroutine, the bucket's key remembered
+                done = hit_now(p.item, self._key(p, scope, ctx), p.cost) if hit_now else None
+                if done is not None:
+                    ok, remaining, reset, now = done
                 else:
                     ok, remaining, reset = await self.quota.hit(
                         p.item, self._identifiers(p, scope, ctx), p.cost)
@@ -500,7 +500,7 @@ class RateLimitMiddleware:
             after = _ceil(reset - now)
             if after < 1:  # never invite a retry before the window resets
                 after = 0 if ok else 1
-            ctx.response_headers += ((_RATELIMIT_POLICY, p.policy_header),
+            ctx.response_headers += (p.policy_field,
                                      (_RATELIMIT, b"%s%d;t=%d" % (p.rl_prefix, remaining, after)))
         else:
             try:

@@ -23,6 +23,8 @@ import asyncio
 import bisect
 import heapq
 import time
+from collections.abc import Callable
+from types import MethodType
 from typing import Any
 
 from limits import RateLimitItem
@@ -45,6 +47,9 @@ __all__ = ["BudgetedMemoryStorage", "FixedWindowQuota", "WindowQuota", "is_memor
 SWEEP_S = 1.0
 #: Expired buckets refunded per loop turn at most (a mass expiry is spread over turns).
 REFUND_BATCH = 1000
+#: limits' own ``MemoryStorage.incr`` (with its error translator), called without
+#: building a ``super()`` proxy per hit.
+_LIMITS_INCR = SyncMemoryStorage.incr
 #: Bytes charged per bucket on top of twice its key (counter, expiry and lock entries,
 #: the charge record and its expiry-queue entry: ~520 bytes measured, key included).
 BUCKET_OVERHEAD = 512
@@ -73,6 +78,13 @@ class _BudgetedMemory(SyncMemoryStorage):
         self._charged: dict[str, tuple[str, int]] = {}  # key -> (tenant, bytes)
         self._expiring: list[tuple[float, str]] = []  # (expiry, key) of charged keys
         self._sweep_loop: asyncio.AbstractEventLoop | None = None
+        # limits' error translator only re-raises what it catches unless it wraps
+        # exceptions: then every hit (incr, and the get it makes) calls limits' own
+        # methods without it, one frame less each
+        self._incr: Callable[..., int] = _LIMITS_INCR
+        if not self.wrap_exceptions:
+            self._incr = _unwrapped(_LIMITS_INCR)
+            self.get = MethodType(_unwrapped(SyncMemoryStorage.get), self)  # type: ignore[method-assign]
 
     def _MemoryStorage__schedule_expiry(self) -> None:  # limits' hook, called on every hit
         """Sweep expired buckets on the event loop, every ``SWEEP_S``.
@@ -150,9 +162,9 @@ class _BudgetedMemory(SyncMemoryStorage):
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         if key in self._charged:  # a charged bucket (the usual hit): limits' own incr
-            return _LIMITS_INCR(self, key, expiry, amount)
+            return self._incr(self, key, expiry, amount)
         new = self._admit(key)
-        count = _LIMITS_INCR(self, key, expiry, amount)
+        count = self._incr(self, key, expiry, amount)
         if new:
             heapq.heappush(self._expiring, (self._live_until(key), key))
         return count
@@ -192,9 +204,12 @@ def _unwrap_rewrapped(cls: type, base: type) -> None:
 
 
 _unwrap_rewrapped(_BudgetedMemory, SyncMemoryStorage)
-#: limits' own ``MemoryStorage.incr`` (with its error translator), called without
-#: building a ``super()`` proxy per hit.
-_LIMITS_INCR = SyncMemoryStorage.incr
+
+
+def _unwrapped(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``f`` without limits' error translator (``functools.wraps`` sets ``__wrapped__``)."""
+    inner: Callable[..., Any] = getattr(f, "__wrapped__", f)
+    return inner
 
 
 class BudgetedMemoryStorage(Storage, MovingWindowSupport, SlidingWindowCounterSupport):
@@ -307,18 +322,18 @@ class FixedWindowQuota(WindowQuota):
         self.remember = is_memory(limiter.storage)
         self._resets: dict[str, list[Any]] = {}  # key -> [reset, last count]
 
-    def memory(self) -> _BudgetedMemory | None:
-        """The synchronous ``memory://`` storage when hits need no await (else None).
+    def hit_now(self, item: RateLimitItem, key: str,
+                cost: int) -> tuple[bool, int, float, float] | None:
+        """:meth:`hit` without a coroutine on the ``memory://`` storage (None on any
+        other: await :meth:`hit`), for the storage ``key`` (``item.key_for(*ids)``):
+        (admitted, remaining, reset, now as epoch seconds).
 
-        Read per call: a limiter's storage may be replaced.
+        The storage is read per call: a limiter's storage may be replaced.
         """
         storage = self.limiter.storage
-        return storage.memory if type(storage) is BudgetedMemoryStorage else None
-
-    def hit_memory(self, memory: _BudgetedMemory, item: RateLimitItem, key: str,
-                   cost: int) -> tuple[bool, int, float, float]:
-        """:meth:`hit` on :meth:`memory`, without a coroutine, for the storage ``key``
-        (``item.key_for(*ids)``): (admitted, remaining, reset, now as epoch seconds)."""
+        if type(storage) is not BudgetedMemoryStorage:
+            return None
+        memory = storage.memory
         count: int = memory.incr(key, item.get_expiry(), cost)
         now = time.time()
         amount = item.amount
@@ -330,10 +345,9 @@ class FixedWindowQuota(WindowQuota):
     async def hit(self, item: RateLimitItem, ids: tuple[str, ...],
                   cost: int) -> tuple[bool, int, float]:
         key = item.key_for(*ids)
-        memory = self.memory()
-        if memory is not None:  # limits' synchronous memory storage: no await
-            ok, remaining, reset, _ = self.hit_memory(memory, item, key, cost)
-            return ok, remaining, reset
+        now = self.hit_now(item, key, cost)
+        if now is not None:  # limits' synchronous memory storage: no await
+            return now[:3]
         storage: Any = self.limiter.storage
         count: int = await storage.incr(key, item.get_expiry(), amount=cost)
         amount = item.amount
