@@ -1,0 +1,153 @@
+"""A/B of layers' own request handlers, this checkout against a git ref, in one process.
+
+A layer's not-triggered path costs a fraction of a µs, below what a whole-request
+A/B (``ab_ref.py``: ~20-80 µs per call) resolves on a shared machine. This script
+times only the handler a layer's ``__call__`` hands the request to (``_handle`` or
+``_http``), with the scope and context **the bench's default stack gives it** (one
+request is run through the stack and the context is copied at each layer's
+entrance) and a no-op inner app, against a no-op handler (the floor). The ref's
+package is exported as in ``ab_ref.py`` (``aduib_ref``); both versions run in
+finely interleaved rounds (forward, then backward). Per layer: the minimum and
+median µs per call of each version over the floor, and the difference::
+
+    .venv/bin/python benchmarks/ab_handlers.py                         # main vs here
+    .venv/bin/python benchmarks/ab_handlers.py --ref HEAD~2 --layers ratelimit,auth
+
+It leaves out everything around the handler (``__call__``, ``run_with_context``,
+the send wrappers, the rest of the stack): read it next to ``ab_ref.py``'s
+whole-request figures, never instead of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import importlib
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from ab_ref import REF_PKG, export_ref
+
+DEFAULT_LAYERS = "auth,ratelimit,deadline,admission,idempotency"
+
+
+async def _noop(scope: Any, receive: Any, send: Any) -> None:
+    return None
+
+
+async def _floor(scope: Any, receive: Any, send: Any, ctx: Any) -> None:
+    await _noop(scope, receive, send)
+
+
+class _Capture:
+    """Copies the context (and scope) a layer is called with, then calls the layer."""
+
+    def __init__(self, inner: Any, key: str, into: dict[str, Any], context_key: str) -> None:
+        self.inner, self.key, self.into, self.context_key = inner, key, into, context_key
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        ctx = scope.get(self.context_key)
+        if ctx is not None and self.key not in self.into:
+            c = copy.copy(ctx)
+            c.extras = dict(ctx.extras)
+            c.response_headers = list(ctx.response_headers)
+            self.into[self.key] = (dict(scope), c, self.inner)
+        await self.inner(scope, receive, send)
+
+
+async def _handlers(pkg: str, names: list[str]) -> dict[str, tuple[Any, Any, Any]]:
+    """Per layer name: (handler, scope, context) as the default stack of ``pkg`` has them."""
+    from aduib_asgi.bench.driver import Exchange
+
+    cases = importlib.import_module(pkg + ".bench.cases")
+    context_key = importlib.import_module(pkg + ".context").CONTEXT_KEY
+    runner = cases._stack_build()
+    captured: dict[str, Any] = {}
+    outer = runner.app
+    while hasattr(outer, "app"):
+        inner = outer.app
+        name = getattr(inner, "layer_name", None)
+        if name in names:
+            outer.app = _Capture(inner, name, captured, context_key)
+        outer = inner
+    ex = Exchange(runner._body_msg)
+    await runner.app(dict(runner._tmpl), ex.receive, ex.send)
+    out = {}
+    for name in names:
+        if name not in captured:
+            raise SystemExit(f"{pkg}: layer {name!r} is not in the default stack")
+        scope, ctx, layer = captured[name]
+        layer.app = _noop
+        handler = getattr(layer, "_handle", None) or layer._http
+        out[name] = (handler, scope, ctx)
+    return out
+
+
+async def _timed(handler: Any, scope: Any, ctx: Any, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        ctx.response_headers = []
+        await handler(scope, None, None, ctx)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+async def run(names: list[str], rounds: int, calls: int, ref: str) -> None:
+    cases: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+    for pkg in (REF_PKG, "aduib_asgi"):
+        found = await _handlers(pkg, names)
+        for name in names:
+            cases[(pkg, name)] = found[name]
+        _, scope, ctx = found[names[0]]
+        cases[(pkg, "floor")] = (_floor, scope, ctx)
+    keys = list(cases)
+    for key in keys:  # warm up
+        await _timed(*cases[key], calls)
+    samples: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+    for i in range(rounds):
+        for key in keys if i % 2 == 0 else reversed(keys):
+            samples[key].append(await _timed(*cases[key], calls))
+    low = {k: min(v) for k, v in samples.items()}
+    mid = {k: statistics.median(v) for k, v in samples.items()}
+    print(f"{rounds} interleaved rounds of {calls} calls; µs per call over a no-op handler "
+          f"(the same version's), min (median)")
+    print(f"  {'no-op handler':14s} {ref}: {low[(REF_PKG, 'floor')]:.3f} "
+          f"({mid[(REF_PKG, 'floor')]:.3f})  this checkout: "
+          f"{low[('aduib_asgi', 'floor')]:.3f} ({mid[('aduib_asgi', 'floor')]:.3f})")
+    for name in names:
+        a_low = low[(REF_PKG, name)] - low[(REF_PKG, "floor")]
+        b_low = low[("aduib_asgi", name)] - low[("aduib_asgi", "floor")]
+        a_mid = mid[(REF_PKG, name)] - mid[(REF_PKG, "floor")]
+        b_mid = mid[("aduib_asgi", name)] - mid[("aduib_asgi", "floor")]
+        print(f"  {name:14s} {ref}: +{a_low:.3f} (+{a_mid:.3f})  this checkout: "
+              f"+{b_low:.3f} (+{b_mid:.3f})  difference {b_low - a_low:+.3f} "
+              f"({b_mid - a_mid:+.3f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ref", default="main", help="git ref to compare with (main)")
+    parser.add_argument("--layers", default=DEFAULT_LAYERS)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--calls", type=int, default=2000, help="calls per round")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        export_ref(args.ref, pathlib.Path(tmp))
+        sys.path.insert(0, tmp)
+        try:
+            import uvloop
+        except ImportError:
+            runner_loop = asyncio.run
+        else:
+            runner_loop = uvloop.run
+        runner_loop(run([n for n in args.layers.split(",") if n], args.rounds, args.calls,
+                        args.ref))
+
+
+if __name__ == "__main__":
+    main()
