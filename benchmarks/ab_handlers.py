@@ -5,13 +5,16 @@ A/B (``ab_ref.py``: ~20-80 µs per call) resolves on a shared machine. This scri
 times only the handler a layer's ``__call__`` hands the request to (``_handle`` or
 ``_http``), with the scope and context **the bench's default stack gives it** (one
 request is run through the stack and the context is copied at each layer's
-entrance) and a no-op inner app, against a no-op handler (the floor). The ref's
+entrance) and a no-op inner app (``--inner respond``: one that sends a response
+start and body through the layer's send wrapper), against a handler that only
+calls the same inner app (the floor). The ref's
 package is exported as in ``ab_ref.py`` (``aduib_ref``); both versions run in
 finely interleaved rounds (forward, then backward). Per layer: the minimum and
 median µs per call of each version over the floor, and the difference::
 
     .venv/bin/python benchmarks/ab_handlers.py                         # main vs here
     .venv/bin/python benchmarks/ab_handlers.py --ref HEAD~2 --layers ratelimit,auth
+    .venv/bin/python benchmarks/ab_handlers.py --app demo --layers auth,deadline,circuit
 
 It leaves out everything around the handler (``__call__``, ``run_with_context``,
 the send wrappers, the rest of the stack): read it next to ``ab_ref.py``'s
@@ -41,8 +44,21 @@ async def _noop(scope: Any, receive: Any, send: Any) -> None:
     return None
 
 
-async def _floor(scope: Any, receive: Any, send: Any, ctx: Any) -> None:
-    await _noop(scope, receive, send)
+_START = {"type": "http.response.start", "status": 200, "headers": []}
+_BODY = {"type": "http.response.body", "body": b"{}", "more_body": False}
+
+
+async def _responding(scope: Any, receive: Any, send: Any) -> None:
+    """An inner app that answers (through the layer's send wrapper, if any)."""
+    await send(_START)
+    await send(_BODY)
+
+
+async def _drop(message: Any) -> None:
+    return None
+
+
+INNER = {"noop": _noop, "respond": _responding}
 
 
 class _Capture:
@@ -61,13 +77,15 @@ class _Capture:
         await self.inner(scope, receive, send)
 
 
-async def _handlers(pkg: str, names: list[str]) -> dict[str, tuple[Any, Any, Any]]:
-    """Per layer name: (handler, scope, context) as the default stack of ``pkg`` has them."""
+async def _handlers(pkg: str, names: list[str], app: str = "stack",
+                    inner_app: Any = _noop) -> dict[str, tuple[Any, Any, Any]]:
+    """Per layer name: (handler, scope, context) as the default stack (or the demo app)
+    of ``pkg`` has them."""
     from aduib_asgi.bench.driver import Exchange
 
     cases = importlib.import_module(pkg + ".bench.cases")
     context_key = importlib.import_module(pkg + ".context").CONTEXT_KEY
-    runner = cases._stack_build()
+    runner = cases._demo_build() if app == "demo" else cases._stack_build()
     captured: dict[str, Any] = {}
     outer = runner.app
     while hasattr(outer, "app"):
@@ -81,9 +99,9 @@ async def _handlers(pkg: str, names: list[str]) -> dict[str, tuple[Any, Any, Any
     out = {}
     for name in names:
         if name not in captured:
-            raise SystemExit(f"{pkg}: layer {name!r} is not in the default stack")
+            raise SystemExit(f"{pkg}: layer {name!r} is not in the {app} app")
         scope, ctx, layer = captured[name]
-        layer.app = _noop
+        layer.app = inner_app
         handler = getattr(layer, "_handle", None) or layer._http
         out[name] = (handler, scope, ctx)
     return out
@@ -93,18 +111,24 @@ async def _timed(handler: Any, scope: Any, ctx: Any, n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
         ctx.response_headers = []
-        await handler(scope, None, None, ctx)
+        await handler(scope, None, _drop, ctx)
     return (time.perf_counter() - t0) / n * 1e6
 
 
-async def run(names: list[str], rounds: int, calls: int, ref: str) -> None:
+async def run(names: list[str], rounds: int, calls: int, ref: str, app: str,
+              inner: str = "noop") -> None:
+    inner_app = INNER[inner]
+
+    async def floor(scope: Any, receive: Any, send: Any, ctx: Any) -> None:
+        await inner_app(scope, receive, send)
+
     cases: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
     for pkg in (REF_PKG, "aduib_asgi"):
-        found = await _handlers(pkg, names)
+        found = await _handlers(pkg, names, app, inner_app)
         for name in names:
             cases[(pkg, name)] = found[name]
         _, scope, ctx = found[names[0]]
-        cases[(pkg, "floor")] = (_floor, scope, ctx)
+        cases[(pkg, "floor")] = (floor, scope, ctx)
     keys = list(cases)
     for key in keys:  # warm up
         await _timed(*cases[key], calls)
@@ -114,9 +138,9 @@ async def run(names: list[str], rounds: int, calls: int, ref: str) -> None:
             samples[key].append(await _timed(*cases[key], calls))
     low = {k: min(v) for k, v in samples.items()}
     mid = {k: statistics.median(v) for k, v in samples.items()}
-    print(f"{rounds} interleaved rounds of {calls} calls; µs per call over a no-op handler "
-          f"(the same version's), min (median)")
-    print(f"  {'no-op handler':14s} {ref}: {low[(REF_PKG, 'floor')]:.3f} "
+    print(f"{app}, inner app {inner}: {rounds} interleaved rounds of {calls} calls; µs per "
+          f"call over a handler that only calls the inner app (same version's), min (median)")
+    print(f"  {'floor':14s} {ref}: {low[(REF_PKG, 'floor')]:.3f} "
           f"({mid[(REF_PKG, 'floor')]:.3f})  this checkout: "
           f"{low[('aduib_asgi', 'floor')]:.3f} ({mid[('aduib_asgi', 'floor')]:.3f})")
     for name in names:
@@ -133,6 +157,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", default="main", help="git ref to compare with (main)")
     parser.add_argument("--layers", default=DEFAULT_LAYERS)
+    parser.add_argument("--app", choices=("stack", "demo"), default="stack",
+                        help="the bench's default stack, or the demo app (every layer)")
+    parser.add_argument("--inner", choices=sorted(INNER), default="noop",
+                        help="the inner app: returns at once, or answers (two sends "
+                             "through the layer's send wrapper)")
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--calls", type=int, default=2000, help="calls per round")
     args = parser.parse_args()
@@ -146,7 +175,7 @@ def main() -> None:
         else:
             runner_loop = uvloop.run
         runner_loop(run([n for n in args.layers.split(",") if n], args.rounds, args.calls,
-                        args.ref))
+                        args.ref, args.app, args.inner))
 
 
 if __name__ == "__main__":

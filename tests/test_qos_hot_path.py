@@ -294,3 +294,37 @@ def test_deadline_budget_sources_are_read_per_request() -> None:
     assert budget() == 100.0
     layer.max_timeout_ms = 50
     assert budget() == 50.0
+
+
+# -- admission: one object is the request's cancel scope and its progress ---------------
+
+async def test_admission_responder_is_the_cancel_scope_and_tracks_progress() -> None:
+    import asyncio
+
+    from aduib_asgi.middleware.admission import _AdmissionResponder
+    from aduib_asgi.qos.shutdown import ShutdownController
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    shutdown = ShutdownController(grace_s=0.0)
+    responder = _AdmissionResponder(send)
+    reached = False
+    with responder:
+        shutdown.enter(responder)
+        await responder({"type": "http.response.start", "status": 200, "headers": []})
+        await responder({"type": "http.response.body", "body": b"a", "more_body": True})
+        assert (responder.started, responder.finished) == (True, False)
+        assert shutdown.abort_in_flight() == 1  # cancels the request's task natively
+        try:
+            await asyncio.sleep(1)
+        finally:
+            shutdown.exit(responder)
+        reached = True
+    assert not reached and responder.cancelled_caught  # caught at the scope's exit
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    await responder({"type": "http.response.body", "body": b"", "more_body": False})
+    assert responder.finished and sent == ["http.response.start", "http.response.body",
+                                           "http.response.body"]

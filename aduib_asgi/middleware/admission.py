@@ -25,7 +25,7 @@ from aduib_asgi.errors import RpcError
 from aduib_asgi.gate import ADMISSION, defer, lifespan_gate
 from aduib_asgi.models import parse_method
 from aduib_asgi.qos.bulkhead import UNBOUNDED, Bulkhead, Rejected
-from aduib_asgi.qos.interrupt import end_interrupted, send_tracked
+from aduib_asgi.qos.interrupt import end_interrupted, note_progress
 from aduib_asgi.qos.keys import METHOD_SPEC_KEY, method_spec
 from aduib_asgi.qos.metrics import record_rejection
 from aduib_asgi.qos.shutdown import ShutdownController
@@ -235,16 +235,17 @@ class AdmissionMiddleware:
             return
         try:
             responder = _AdmissionResponder(send)
-            with responder.cancel_scope:
+            with responder:
                 shutdown.enter(responder)
                 try:
                     await self.app(scope, receive, responder)
                 finally:
                     shutdown.exit(responder)
-            if responder.cancel_scope.cancelled_caught:
+            if responder.cancelled_caught:
                 await self._aborted(scope, send, ctx, responder)
         finally:
-            self._release(plan, tenant)
+            if plan:
+                self._release(plan, tenant)
 
     def _release(self, plan: tuple[Bulkhead, ...], tenant: Bulkhead | None) -> None:
         for b in plan:
@@ -491,22 +492,19 @@ def _service_of(method: str) -> str | None:
     return parts[0] if parts is not None else None
 
 
-class _AdmissionResponder:
-    """An in-flight request: its cancel scope (for shutdown aborts), and whether
-    the response started / finished."""
+class _AdmissionResponder(TaskCancelScope):
+    """An in-flight request: its cancel scope (for shutdown aborts: native task
+    cancellation on asyncio, as an anyio ``CancelScope`` per request costs several µs
+    for the rare request a shutdown ends), and whether the response started / finished."""
 
-    __slots__ = ("cancel_scope", "finished", "send", "started")
+    __slots__ = ("finished", "send", "started")
 
     def __init__(self, send: Send) -> None:
+        TaskCancelScope.__init__(self)
         self.send = send
         self.started = False
         self.finished = False
-        # native task cancellation on asyncio: an anyio CancelScope per request
-        # costs several µs for the rare request a shutdown ends
-        self.cancel_scope = TaskCancelScope()
-
-    def cancel(self) -> None:
-        self.cancel_scope.cancel()
 
     async def __call__(self, message: Message) -> None:
-        await send_tracked(self, message)
+        note_progress(self, message)
+        await self.send(message)

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
-from aduib_asgi.qos.interrupt import end_interrupted, send_tracked
+from aduib_asgi.qos.interrupt import end_interrupted, note_progress
 from aduib_asgi.qos.keys import lookup, method_spec
 from aduib_asgi.qos.task_scope import TaskCancelScope
 from aduib_asgi.qos.timer import DeadlineTimer, Timed
@@ -260,4 +260,5 @@ class DeadlineScope(Timed):
             # every await raises once cancelled): code that swallowed the task's
             # cancellation is stopped here, and the layer answers 5003
             raise asyncio.CancelledError
-        await send_tracked(self, message)
+        note_progress(self, message)
+        await self.send(message)

@@ -11,7 +11,7 @@ from aduib_asgi.errors import RpcError
 from aduib_asgi.middleware.errors import STREAM_ABORT_KEY
 from aduib_asgi.responses import send_error
 
-__all__ = ["ResponseProgress", "end_interrupted", "send_tracked"]
+__all__ = ["ResponseProgress", "end_interrupted", "note_progress", "send_tracked"]
 
 
 class ResponseProgress(Protocol):
@@ -27,13 +27,18 @@ class _Tracked(Protocol):
     finished: bool
 
 
-async def send_tracked(wrapper: _Tracked, message: Message) -> None:
-    """Forward ``message`` through ``wrapper.send``, recording the response's progress."""
+def note_progress(progress: ResponseProgress, message: Message) -> None:
+    """Record in ``progress`` whether ``message`` starts or finishes the response."""
     t = message["type"]
     if t == "http.response.start":
-        wrapper.started = True
+        progress.started = True
     elif t == "http.response.body" and not message.get("more_body", False):
-        wrapper.finished = True
+        progress.finished = True
+
+
+async def send_tracked(wrapper: _Tracked, message: Message) -> None:
+    """Forward ``message`` through ``wrapper.send``, recording the response's progress."""
+    note_progress(wrapper, message)
     await wrapper.send(message)
 
 
