@@ -62,7 +62,6 @@ _REMAINING = operator.itemgetter(1)
 _ceil = math.ceil
 
 
-
 @dataclass(frozen=True)
 class RateLimitPolicy:
     """A named quota: ``limit`` in ``limits`` notation ("3/10 seconds", "100 per minute").
