@@ -28,6 +28,7 @@ __all__ = [
     "build_stack",
     "check_order",
     "dispatcher_facts",
+    "fuse",
     "layer_class",
 ]
 
@@ -161,10 +162,27 @@ def build_stack(app: ASGIApp, layers: Iterable[Layer | tuple[type, dict[str, Any
     return app
 
 
+def fuse(app: ASGIApp) -> ASGIApp:
+    """Link layers assembled by hand as :func:`build_stack` links its own: from
+    ``app`` down ``.app``, each layer that declares its context handlers calls the
+    next one's directly. Stops at the first app that declares nothing. Returns
+    ``app``; answers stay the same (only frames are saved)."""
+    node: Any = app
+    while _declares(node):
+        nxt = node.app
+        _link_next(node)
+        node = nxt
+    return app
+
+
+def _declares(layer: Any) -> bool:
+    cls = type(layer)
+    return hasattr(cls, "context_methods") or hasattr(cls, "context_routes")
+
+
 def _link_next(layer: Any) -> None:
     """Point ``layer.app`` at a link to the next layer's handlers, if both take part."""
-    cls = type(layer)
-    if not hasattr(cls, "context_methods") and not hasattr(cls, "context_routes"):
+    if not _declares(layer):
         return  # a layer that declares nothing (maybe not ours): its ``app`` is left alone
     routes = context_routes(layer.app)
     if routes:
@@ -193,7 +211,8 @@ class _DispatcherFacts:
         self.registry = getattr(dispatcher, "registry", None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" or scope["type"] == "websocket":
+        t = scope["type"]
+        if t == "http" or t == "websocket":
             scope[STREAM_FRAMING_DEFAULT_KEY] = self.streaming.default_framing
             scope[REGISTRY_KEY] = self.registry
             if self.server_id is not None:

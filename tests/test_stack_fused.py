@@ -524,3 +524,42 @@ def test_fused_build_links_every_declared_layer_and_nested_none() -> None:
     assert [n.app.layer_name for n in linked] == TARGET  # the facts wrapper links errors
     assert not [n for n in _walk(nested) if callable(n) and hasattr(n, "__qualname__")
                 and str(n.__qualname__).startswith("context_link(")]
+
+
+def test_fuse_links_layers_built_by_hand_and_answers_alike() -> None:
+    from aduib_asgi.stack import fuse
+
+    hand = Build("hand", TARGET)
+    before = [type(n).__name__ for n in _walk(hand.app)]
+    fuse(hand.app)
+    after = [n for n in _walk(hand.app)
+             if not str(getattr(n, "__qualname__", "")).startswith("context_link(")]
+    assert [type(n).__name__ for n in after] == before  # the same layers, in order
+    assert len(_walk(hand.app)) == len(before) + len(TARGET)  # facts..idempotency linked
+    fuse(hand.app)  # a second time changes nothing
+    assert len(_walk(hand.app)) == len(before) + len(TARGET)
+
+
+@pytest.mark.parametrize("case", ["success", "auth: bad token", "idempotency: replay",
+                                  "handler error (500)"])
+async def test_fuse_answers_alike(case: str) -> None:
+    from aduib_asgi.stack import fuse
+
+    hand = Build("hand", FULL)
+    fused = Build("hand", FULL)
+    fuse(fused.app)
+    assert await _run_http(fused, case) == await _run_http(hand, case)
+
+
+async def test_demo_inner_layers_are_linked() -> None:
+    from aduib_asgi.demo import DemoConfig, build_demo_app
+
+    app = build_demo_app(DemoConfig(env="prod"))
+    names = [getattr(n, "__qualname__", type(n).__name__) for n in _walk(app)]
+    # the snapshot's layers sit behind ReloadableApp; the long-lived inner ones are walked here
+    manager = app.config_manager  # type: ignore[attr-defined]
+    current = manager.app.current[0]
+    chain = [str(getattr(n, "__qualname__", "")) for n in _walk(current)]
+    for layer in ("DeadlineMiddleware", "AdmissionMiddleware", "IdempotencyMiddleware",
+                  "CircuitBreakerMiddleware"):
+        assert f"context_link({layer})" in chain, (layer, chain, names)
