@@ -169,7 +169,7 @@ def fuse(app: ASGIApp) -> ASGIApp:
     ``app``; answers stay the same (only frames are saved)."""
     node: Any = app
     while _declares(node):
-        nxt = node.app
+        nxt = getattr(node, "app", None)
         _link_next(node)
         node = nxt
     return app
@@ -182,8 +182,8 @@ def _declares(layer: Any) -> bool:
 
 def _link_next(layer: Any) -> None:
     """Point ``layer.app`` at a link to the next layer's handlers, if both take part."""
-    if not _declares(layer):
-        return  # a layer that declares nothing (maybe not ours): its ``app`` is left alone
+    if not _declares(layer) or not hasattr(layer, "app"):
+        return  # declares nothing (maybe not ours), or is the app: ``app`` is left alone
     routes = context_routes(layer.app)
     if routes:
         layer.app = context_link(layer.app, routes)

@@ -369,6 +369,7 @@ def _instances() -> list[tuple[str, Any]]:
     from aduib_asgi.observability.access import AccessLogMiddleware
 
     out.append(("metrics", MetricsMiddleware(_leaf)))
+    out.append(("dispatcher", RpcDispatcher(registry)))
     return [*out, ("access", AccessLogMiddleware(_leaf))]
 
 
@@ -521,7 +522,9 @@ def test_fused_build_links_every_declared_layer_and_nested_none() -> None:
     nested = Build("nested", TARGET).app
     linked = [n for n in _walk(fused) if getattr(n, "__qualname__", "").startswith(
         "context_link(")]
-    assert [n.app.layer_name for n in linked] == TARGET  # the facts wrapper links errors
+    # the facts wrapper links errors, idempotency the dispatcher
+    assert [getattr(n.app, "layer_name", type(n.app).__name__) for n in linked] == [
+        *TARGET, "RpcDispatcher"]
     assert not [n for n in _walk(nested) if callable(n) and hasattr(n, "__qualname__")
                 and str(n.__qualname__).startswith("context_link(")]
 
@@ -535,9 +538,9 @@ def test_fuse_links_layers_built_by_hand_and_answers_alike() -> None:
     after = [n for n in _walk(hand.app)
              if not str(getattr(n, "__qualname__", "")).startswith("context_link(")]
     assert [type(n).__name__ for n in after] == before  # the same layers, in order
-    assert len(_walk(hand.app)) == len(before) + len(TARGET)  # facts..idempotency linked
+    assert len(_walk(hand.app)) == len(before) + len(TARGET) + 1  # facts..idempotency linked
     fuse(hand.app)  # a second time changes nothing
-    assert len(_walk(hand.app)) == len(before) + len(TARGET)
+    assert len(_walk(hand.app)) == len(before) + len(TARGET) + 1
 
 
 @pytest.mark.parametrize("case", ["success", "auth: bad token", "idempotency: replay",
