@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import copy
 import importlib
+import itertools
 import pathlib
 import statistics
 import sys
@@ -62,7 +63,7 @@ INNER = {"noop": _noop, "respond": _responding}
 
 
 class _Capture:
-    """Copies the context (and scope) a layer is called with, then calls the layer."""
+    """Copies the context (and scope) the next layer is called with, then calls it."""
 
     def __init__(self, inner: Any, key: str, into: dict[str, Any], context_key: str) -> None:
         self.inner, self.key, self.into, self.context_key = inner, key, into, context_key
@@ -73,8 +74,20 @@ class _Capture:
             c = copy.copy(ctx)
             c.extras = dict(ctx.extras)
             c.response_headers = list(ctx.response_headers)
-            self.into[self.key] = (dict(scope), c, self.inner)
+            self.into[self.key] = (dict(scope), c)
         await self.inner(scope, receive, send)
+
+
+def _layers(app: Any) -> list[Any]:
+    """The layers of a stack, outermost first (through ``build_stack``'s fused links,
+    whose ``app`` is the layer they call)."""
+    found = []
+    node = app
+    while node is not None:
+        if getattr(node, "layer_name", None) is not None:
+            found.append(node)
+        node = getattr(node, "app", None)
+    return found
 
 
 async def _handlers(pkg: str, names: list[str], app: str = "stack",
@@ -87,20 +100,19 @@ async def _handlers(pkg: str, names: list[str], app: str = "stack",
     context_key = importlib.import_module(pkg + ".context").CONTEXT_KEY
     runner = cases._demo_build() if app == "demo" else cases._stack_build()
     captured: dict[str, Any] = {}
-    outer = runner.app
-    while hasattr(outer, "app"):
-        inner = outer.app
-        name = getattr(inner, "layer_name", None)
-        if name in names:
-            outer.app = _Capture(inner, name, captured, context_key)
-        outer = inner
+    layers = _layers(runner.app)
+    for outer, inner in itertools.pairwise(layers):
+        if inner.layer_name in names:  # the outer layer hands the request on to it
+            outer.app = _Capture(outer.app, inner.layer_name, captured, context_key)
     ex = Exchange(runner._body_msg)
     await runner.app(dict(runner._tmpl), ex.receive, ex.send)
+    by_name = {layer.layer_name: layer for layer in layers}
     out = {}
     for name in names:
         if name not in captured:
             raise SystemExit(f"{pkg}: layer {name!r} is not in the {app} app")
-        scope, ctx, layer = captured[name]
+        scope, ctx = captured[name]
+        layer = by_name[name]
         layer.app = inner_app
         handler = getattr(layer, "_handle", None) or layer._http
         out[name] = (handler, scope, ctx)
