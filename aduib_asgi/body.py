@@ -17,8 +17,8 @@ from starlette.types import Message, Receive
 from aduib_asgi.auth.rbac import authorize_method
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
-from aduib_asgi.models import RpcRequest, parse_method
-from aduib_asgi.models.envelope import stamped_metadata
+from aduib_asgi.models import RpcRequest
+from aduib_asgi.models.envelope import split_valid_method, stamp_metadata
 from aduib_asgi.versioning.compat import prepare_payload
 
 __all__ = [
@@ -105,8 +105,8 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False,
         raise RpcError(1002, "The request envelope must be an object",
                        details=[{"type": "type_error", "field": "", "reason": "not an object"}])
     payload = prepare_payload(ctx, payload, v1=v1)  # v1 upgrade hook (versioning.compat)
-    try:
-        env = RpcRequest.model_validate(payload)
+    try:  # what RpcRequest.model_validate(payload) does, without its Python frame
+        env = RpcRequest.__pydantic_validator__.validate_python(payload)
     except ValidationError as exc:
         rid = _readable_id(payload)
         if rid is not None:
@@ -116,15 +116,13 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False,
     ctx.envelope = env
     ctx.payload = payload
     ctx.request_id = env.id
-    ctx.method = env.method
-    parts = parse_method(env.method)
-    if parts is not None:
-        ctx.service, ctx.handler = parts
+    method = ctx.method = env.method
+    ctx.service, ctx.handler = split_valid_method(method)
     if env.qos is not None:
         ctx.priority = int(env.qos.priority)
     md = env.metadata
     if md is None:  # the server fills timestamp_ms when absent (PROTOCOL.md section 2)
-        env.metadata = stamped_metadata(ctx.timestamp_ms)
+        stamp_metadata(env, ctx.timestamp_ms)
     else:
         if md.timestamp_ms is None:
             md.timestamp_ms = ctx.timestamp_ms
@@ -139,5 +137,5 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False,
     # front, the v1 endpoint): its rules now apply. ``authorize=False``: the caller
     # passes the gate (aduib_asgi.gate), which applies them after the tenant.
     if authorize:
-        authorize_method(ctx, env.method)
+        authorize_method(ctx, method)
     return env

@@ -97,3 +97,89 @@ def test_budgeted_storage_still_counts_and_charges() -> None:
             await storage.incr("k2" * 100, 60)
 
     asyncio.run(main())
+
+
+def test_the_unary_calls_task_is_asyncios_current_task_on_both_loops() -> None:
+    """The cancel registration's task lookup is ``asyncio.current_task()`` (None outside
+    a running asyncio loop, where a ``CancelScope`` is used instead)."""
+    from aduib_asgi.streaming.endpoints import _asyncio_task
+
+    async def check() -> None:
+        assert _asyncio_task() is asyncio.current_task() is not None
+
+        async def own() -> object:
+            return _asyncio_task()
+
+        other = asyncio.ensure_future(own())
+        assert await other is other  # another task sees itself
+
+    asyncio.run(check())
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(check())
+    assert _asyncio_task() is None
+
+
+_BAD_AND_GOOD_ENVELOPES: list[object] = [
+    {"aduib_rpc": "2.0", "id": "a", "method": "rpc.v2/Echo/echo", "data": {"x": 1}},
+    {"method": "rpc.v2/Echo/echo"},
+    {"aduib_rpc": None, "id": None, "method": "rpc.v2/S.v-1/h_2-x"},
+    {"aduib_rpc": "2.0", "id": 7, "method": "rpc.v2/Echo/echo", "extra": [1, 2]},
+    {"aduib_rpc": "2.0"},
+    {"aduib_rpc": 2, "method": "rpc.v2/Echo/echo"},
+    {"aduib_rpc": "two", "method": "rpc.v2/Echo/echo"},
+    {"method": 5},
+    {"method": "rpc.v2/Echo"},
+    {"method": "rpc.v2/Echo/echo\n"},
+    {"method": "rpc.v2/" + "a" * 300 + "/b"},
+    {"method": "rpc.v2/Echo/echo", "data": [1]},
+    {"method": "rpc.v2/Echo/echo", "id": True},
+    {"method": "rpc.v2/Echo/echo", "id": {"x": 1}},
+    {"method": "rpc.v2/Echo/echo", "supported_versions": ["2.0", "x"]},
+    {"method": "rpc.v2/Echo/echo", "trace_context": {"trace_id": "bad"}},
+    {"method": "rpc.v2/Echo/echo", "metadata": {"timestamp_ms": "soon", "headers": None}},
+    {"method": "rpc.v2/Echo/echo", "qos": {"priority": 9, "timeout_ms": -1}},
+    {"method": "rpc.v2/Echo/echo", "qos": {"retry": {"max_attempts": 0}}, "meta": 3},
+]
+
+
+@pytest.mark.parametrize("payload", _BAD_AND_GOOD_ENVELOPES)
+def test_envelope_validation_by_the_core_validator_equals_model_validate(payload: object) -> None:
+    """parse_envelope calls ``RpcRequest.__pydantic_validator__.validate_python``: the
+    same model, or the same errors, as ``RpcRequest.model_validate``."""
+    from pydantic import ValidationError
+
+    from aduib_asgi.errors import details_from_validation
+    from aduib_asgi.models import RpcRequest
+
+    def run(fn: object) -> object:
+        try:
+            env = fn(payload)  # type: ignore[operator]
+        except ValidationError as exc:
+            return ("error", exc.json(include_url=False), details_from_validation(exc))
+        dumped = env.model_dump()
+        dumped.pop("id") if isinstance(payload, dict) and not payload.get("id") else None
+        return ("ok", dumped, env.model_fields_set)
+
+    assert run(RpcRequest.__pydantic_validator__.validate_python) == \
+        run(RpcRequest.model_validate)
+
+
+@pytest.mark.parametrize("method", ["rpc.v2/Echo/echo", "rpc.v2/S.v-1/h_2-x", "rpc.v2/_/_",
+                                    "rpc.v2/a.b.c/D-e"])
+def test_split_valid_method_equals_the_regex_groups(method: str) -> None:
+    from aduib_asgi.models import parse_method
+    from aduib_asgi.models.envelope import split_valid_method
+
+    assert split_valid_method(method) == parse_method(method)
+
+
+def test_stamp_metadata_equals_assigning_the_field() -> None:
+    from aduib_asgi.models import RpcRequest
+    from aduib_asgi.models.envelope import stamp_metadata
+
+    fast = RpcRequest.model_validate({"method": "rpc.v2/Echo/echo", "id": "x"})
+    slow = RpcRequest.model_validate({"method": "rpc.v2/Echo/echo", "id": "x"})
+    stamp_metadata(fast, 42)
+    slow.metadata = stamped_metadata(42)
+    assert fast == slow and fast.model_fields_set == slow.model_fields_set
+    assert fast.model_dump_json(exclude_unset=True) == slow.model_dump_json(exclude_unset=True)

@@ -211,7 +211,9 @@ class RpcDispatcher:
     # -- endpoints -----------------------------------------------------------------
 
     async def _unary(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
-        env = await self.read_envelope(receive, ctx)
+        env = ctx.envelope  # read by a layer in front, or by the cancel registration
+        if env is None:
+            env = await self.read_envelope(receive, ctx)
         spec = self.registry.resolve(env.method, ctx=ctx)  # version ranges, deprecation
         if spec.streaming:
             raise RpcError(2000, f"{env.method} is a streaming method; call it on /v2/rpc/stream")

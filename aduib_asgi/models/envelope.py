@@ -129,6 +129,21 @@ def stamped_metadata(timestamp_ms: int) -> RequestMetadata:
     return md
 
 
+def stamp_metadata(env: RpcRequest, timestamp_ms: int) -> None:
+    """``env.metadata = stamped_metadata(timestamp_ms)``, set as ``BaseModel.__setattr__``
+    sets a field (no validation on assignment): the value, and the name in the fields set."""
+    env.__dict__["metadata"] = stamped_metadata(timestamp_ms)
+    env.__pydantic_fields_set__.add("metadata")
+
+
+def split_valid_method(method: str) -> tuple[str, str]:
+    """(service, handler) of a method name that already matched :data:`METHOD_PATTERN`
+    (e.g. a validated ``RpcRequest.method``): neither part can contain ``/``, so a split
+    gives :func:`parse_method`'s groups without a second regex match."""
+    _, service, handler = method.split("/")
+    return service, handler
+
+
 class Pagination(_Model):
     total: int | None = None
     page: int | None = None
@@ -233,7 +248,7 @@ class RpcRequest(_Model):
     @field_validator("aduib_rpc", mode="before")
     @classmethod
     def _version(cls, v: Any) -> Any:
-        if v is None:
+        if v is None or v == "2.0":
             return "2.0"
         if isinstance(v, str) and not _VERSION.match(v):
             raise ValueError("aduib_rpc must be a MAJOR.MINOR version string")
