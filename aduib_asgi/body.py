@@ -36,12 +36,18 @@ class ClientDisconnected(Exception):
     """The client went away before the request body was complete."""
 
 
-async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY) -> bytes:
-    """Receive the whole body, failing with 2004 (413) as soon as it passes ``limit``."""
+async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY,
+                    first: Message | None = None) -> bytes:
+    """Receive the whole body, failing with 2004 (413) as soon as it passes ``limit``.
+
+    ``first``: a message already received from ``receive`` (read before the rest).
+    """
     chunks: list[bytes] = []
     total = 0
+    message = first
     while True:
-        message = await receive()
+        if message is None:
+            message = await receive()
         mtype = message["type"]
         if mtype == "http.request":
             chunk = message.get("body", b"")
@@ -54,6 +60,7 @@ async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY) -> bytes
                 break
         elif mtype == "http.disconnect":
             raise ClientDisconnected()
+        message = None
     if len(chunks) == 1:
         return chunks[0]
     return b"".join(chunks)

@@ -183,3 +183,121 @@ def test_stamp_metadata_equals_assigning_the_field() -> None:
     slow.metadata = stamped_metadata(42)
     assert fast == slow and fast.model_fields_set == slow.model_fields_set
     assert fast.model_dump_json(exclude_unset=True) == slow.model_dump_json(exclude_unset=True)
+
+
+def test_inflight_calls_sharing_an_id_are_each_cancelled_and_removed_alone() -> None:
+    """Entries under one (tenant, id) form a chain: a cancel reaches every call of that
+    caller under the id (and only that caller's), and removing any one — first,
+    middle, last, or one never registered — leaves the others and the counts right."""
+    from aduib_asgi.streaming.inflight import InflightRegistry
+
+    class Call:
+        def __init__(self) -> None:
+            self.reasons: list[str | None] = []
+
+        def cancel(self, reason: str | None = None) -> None:
+            self.reasons.append(reason)
+
+    def ctx(principal: str) -> RequestContext:
+        c = RequestContext(request_id="same")
+        c.tenant_id = "t"
+        c.principal = principal
+        return c
+
+    for remove_order in ([0, 1, 2], [1, 0, 2], [2, 1, 0], [1, 2, 0]):
+        reg = InflightRegistry()
+        calls = [Call() for _ in range(3)]
+        owners = ["p", "q", "p"]
+        keys = [reg.register(ctx(o), c) for o, c in zip(owners, calls, strict=True)]
+        assert len(reg) == 3 and "same" in reg and reg._tenants == {"t": 3}
+        assert reg.cancel_local("t", "t\x1fp:p", "same", "why") is True
+        assert [c.reasons for c in calls] == [["why"], [], ["why"]]
+        reg.unregister(keys[0], Call())  # not registered: nothing changes
+        assert len(reg) == 3
+        for done, i in enumerate(remove_order, start=1):
+            reg.unregister(keys[i], calls[i])
+            assert len(reg) == 3 - done
+            left = [j for j in range(3) if j not in remove_order[:done]]
+            for c in calls:
+                c.reasons.clear()
+            reg.cancel_local("t", "t\x1fp:p", "same")
+            reg.cancel_local("t", "t\x1fp:q", "same")
+            assert [bool(c.reasons) for c in calls] == [j in left for j in range(3)]
+        assert len(reg) == 0 and reg._calls == {} and reg._tenants == {}
+        assert reg.cancel_local("t", "t\x1fp:p", "same") is False
+
+
+def test_an_empty_request_id_is_registered_as_it_is() -> None:
+    from aduib_asgi.streaming.inflight import InflightRegistry
+
+    class Call:
+        def cancel(self, reason: str | None = None) -> None:
+            return None
+
+    reg = InflightRegistry()
+    c = RequestContext(request_id="")
+    assert reg.register(c, Call()) == ("default", "")
+    c2 = RequestContext()
+    key = reg.register(c2, Call())
+    assert key == ("default", c2.request_id) and c2.request_id  # a fresh id was minted
+
+
+_BODY_SEQUENCES: list[list[Message]] = [
+    [{"type": "http.request", "body": b'{"a": 1}', "more_body": False}],
+    [{"type": "http.request", "body": b'{"a": 1}'}],
+    [{"type": "http.request", "body": b'{"a"', "more_body": True},
+     {"type": "http.request", "body": b": 1}", "more_body": False}],
+    [{"type": "http.request", "more_body": True},
+     {"type": "http.request", "body": b'{"a": 1}', "more_body": False}],
+    [{"type": "http.request", "body": b"", "more_body": False}],
+    [{"type": "http.request"}],
+    [{"type": "http.request", "body": b'{"a": "' + b"x" * 64 + b'"}', "more_body": False}],
+    [{"type": "http.request", "body": b"[1,", "more_body": True},
+     {"type": "http.request", "body": b"2" * 64 + b"]", "more_body": False}],
+    [{"type": "http.disconnect"}],
+    [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}],
+    [{"type": "http.unknown"}, {"type": "http.request", "body": b"[1]", "more_body": False}],
+]
+
+
+@pytest.mark.parametrize("messages", _BODY_SEQUENCES)
+def test_the_dispatchers_one_message_body_equals_read_body(messages: list[Message]) -> None:
+    """read_payload takes a body sent in one message as it is, and leaves everything else
+    (more chunks, a disconnect, a body past the limit) to read_body: same payload, or
+    the same error, as reading the body with read_body alone."""
+    from aduib_asgi.body import ClientDisconnected, read_body
+    from aduib_asgi.codecs import JSON
+    from aduib_asgi.dispatcher import RpcDispatcher
+    from aduib_asgi.errors import RpcError
+
+    def receiver() -> Receive:
+        it = iter(messages)
+
+        async def receive() -> Message:
+            return next(it)
+
+        return receive
+
+    def outcome(exc: BaseException) -> object:
+        if isinstance(exc, RpcError):
+            return ("rpc", exc.code, exc.message, exc.http_status)
+        return type(exc).__name__
+
+    async def via_dispatcher() -> object:
+        ctx = RequestContext(raw_headers=[(b"content-type", b"application/json")])
+        try:
+            return ("ok", await RpcDispatcher(max_body_size=40).read_payload(receiver(), ctx),
+                    ctx.body)
+        except (RpcError, ClientDisconnected) as exc:
+            return outcome(exc)
+
+    async def via_read_body() -> object:
+        try:
+            body = await read_body(receiver(), limit=40)
+            if not body:
+                raise RpcError(1002, "Empty request body")
+            return ("ok", JSON.decode(body), body)
+        except (RpcError, ClientDisconnected) as exc:
+            return outcome(exc)
+
+    assert asyncio.run(via_dispatcher()) == asyncio.run(via_read_body())

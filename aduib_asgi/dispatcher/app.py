@@ -181,7 +181,12 @@ class RpcDispatcher:
                 not ctype.lower().startswith(b"application/json"):
             raise RpcError(1003, f"Unsupported Content-Type {ctype.decode('latin-1')!r}",
                            http_status=415, headers={"Accept-Post": "application/json"})
-        body = await read_body(receive, limit=self.max_body_size)
+        limit = self.max_body_size
+        message = await receive()  # servers pass a small body in one message: take it as is
+        body = message.get("body", b"") if message["type"] == "http.request" and \
+            not message.get("more_body", False) else None
+        if body is None or len(body) > limit:  # the rest, a disconnect, or 413: read_body's
+            body = await read_body(receive, limit=limit, first=message)
         ctx.body = body
         codec = ctx.request_codec or JSON
         if not body:
@@ -191,10 +196,11 @@ class RpcDispatcher:
 
     async def read_envelope(self, receive: Receive, ctx: RequestContext) -> RpcRequest:
         """The validated request envelope (parsed once; reused when a layer did it)."""
-        if ctx.envelope is not None:
-            return ctx.envelope
-        payload = await self.read_payload(receive, ctx)
-        return parse_envelope(ctx, payload)  # also applies an auth layer's late check
+        env = ctx.envelope
+        if env is not None:
+            return env
+        # also applies an auth layer's late check
+        return parse_envelope(ctx, await self.read_payload(receive, ctx))
 
     async def call_unary(self, spec: MethodSpec, env: RpcRequest, ctx: RequestContext) -> Any:
         """Run a unary handler (sync ones in a worker thread) and return its result."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
@@ -157,14 +158,28 @@ if sys.version_info >= (3, 12):  # asyncio.current_task is implemented in C
             return asyncio.current_task()
         except RuntimeError:
             return None
-else:  # 3.11: what asyncio.current_task() does, without its Python frame and exception
+else:
+    # 3.11: asyncio.current_task() asks for the running loop, and the running loop is
+    # checked against getpid() — a system call, ~1 µs of a unary call here. The loop
+    # seen running in this thread is remembered instead: while it is running here, it
+    # is this thread's running loop (one per thread), and ``_current_tasks`` (the table
+    # asyncio's C tasks keep, {loop: task in its step}) names the task in its step.
     _current_tasks: dict[Any, asyncio.Task[Any]] = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
     _running_loop = asyncio.events._get_running_loop
+    _seen = threading.local()
 
     def _asyncio_task() -> asyncio.Task[Any] | None:
         """The running asyncio task, or None on another event loop (trio)."""
+        tasks = _current_tasks
+        if len(tasks) == 1:  # no other thread's loop is in a task step right now
+            task = tasks.get(getattr(_seen, "loop", None))
+            if task is not None:
+                return task
         loop = _running_loop()
-        return _current_tasks.get(loop) if loop is not None else None
+        if loop is None:
+            return None
+        _seen.loop = loop
+        return tasks.get(loop)
 
 
 class StreamingEndpoints:

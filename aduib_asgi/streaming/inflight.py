@@ -58,22 +58,20 @@ class CancelBus(Protocol):
                             reason: str | None) -> bool: ...
 
 
-class _Entry:
-    """A running call and what tells whose it is (the owner's scope, computed only
-    when a cancel asks: registering costs no string building). Calls that share
-    a (tenant, id) key are chained through ``next``."""
+#: A running call: (call, its context, its ASGI scope, the next entry under the same
+#: key or None). A tuple, not an object: registering is one tuple and two dict inserts.
+#: Whose a call is (``caller_scope``) is worked out only when a cancel asks.
+_Entry = tuple[Cancellable, RequestContext, "Scope | None", "_Entry | None"]
 
-    __slots__ = ("call", "ctx", "next", "scope")
 
-    def __init__(self, call: Cancellable, ctx: RequestContext, scope: Scope | None,
-                 next_: _Entry | None) -> None:
-        self.call = call
-        self.ctx = ctx
-        self.scope = scope
-        self.next = next_
-
-    def owner(self) -> str:
-        return caller_scope(self.ctx, self.scope)
+def _without(entry: _Entry | None, call: Cancellable) -> tuple[_Entry | None, bool]:
+    """The chain ``entry`` without ``call`` (rebuilt up to it), and whether it was there."""
+    if entry is None:
+        return None, False
+    if entry[0] is call:
+        return entry[3], True
+    rest, found = _without(entry[3], call)
+    return ((entry[0], entry[1], entry[2], rest) if found else entry), found
 
 
 class InflightRegistry:
@@ -99,54 +97,57 @@ class InflightRegistry:
         tenant = ctx.tenant_id or tenant_of(ctx)
         tenants = self._tenants
         n = tenants.get(tenant, 0)
-        if n >= self.max_per_tenant or self._size >= self.max_total:
+        size = self._size
+        if n >= self.max_per_tenant or size >= self.max_total:
             raise RpcError(5021, "Too many running calls"
                            + (f" for tenant {tenant!r}" if n >= self.max_per_tenant else ""),
                            headers={"Retry-After": "1"},
                            details=[{"type": "admission", "reason": "in-flight registry full",
                                      "metadata": {"limit": "inflight", "retry_after_s": 1}}])
-        rid = ctx.request_id
-        key = (tenant, rid if rid is not None else ctx.ensure_request_id())
+        key = (tenant, ctx.request_id or ctx.ensure_request_id())  # "" stays ""
         calls = self._calls
-        calls[key] = _Entry(call, ctx, scope, calls.get(key))
+        calls[key] = (call, ctx, scope, calls.get(key))
         tenants[tenant] = n + 1
-        self._size += 1
+        self._size = size + 1
         return key
 
     def unregister(self, key: InflightKey, call: Cancellable) -> None:
         """Forget ``call``."""
         calls = self._calls
         entry = calls.get(key)
-        prev: _Entry | None = None
-        while entry is not None and entry.call is not call:
-            prev, entry = entry, entry.next
         if entry is None:
             return
-        if prev is not None:
-            prev.next = entry.next
-        elif entry.next is not None:
-            calls[key] = entry.next
+        if entry[0] is call:  # the usual case: the only call under its id
+            rest = entry[3]
         else:
+            rest, found = _without(entry[3], call)
+            if not found:
+                return
+            rest = (entry[0], entry[1], entry[2], rest)
+        if rest is None:
             del calls[key]
+        else:
+            calls[key] = rest
         self._size -= 1
         tenant = key[0]
-        n = self._tenants.get(tenant, 1) - 1
+        tenants = self._tenants
+        n = tenants.get(tenant, 1) - 1
         if n > 0:
-            self._tenants[tenant] = n
+            tenants[tenant] = n
         else:
-            self._tenants.pop(tenant, None)
+            tenants.pop(tenant, None)
 
     def cancel_local(self, tenant: str, owner: str, request_id: str,
                      reason: str | None = None) -> bool:
         """Cancel the calls ``request_id`` of caller scope ``owner`` running here."""
         entry = self._calls.get((tenant, request_id))
-        found: list[_Entry] = []
+        found: list[Cancellable] = []
         while entry is not None:
-            if entry.owner() == owner:
-                found.append(entry)
-            entry = entry.next
-        for e in found:
-            e.call.cancel(reason[:MAX_REASON] if reason is not None else None)
+            if caller_scope(entry[1], entry[2]) == owner:
+                found.append(entry[0])
+            entry = entry[3]
+        for call in found:
+            call.cancel(reason[:MAX_REASON] if reason is not None else None)
         return bool(found)
 
     def cancel(self, ctx: RequestContext, request_id: str, reason: str | None = None,
