@@ -114,9 +114,30 @@ def test_the_unary_calls_task_is_asyncios_current_task_on_both_loops() -> None:
         assert await other is other  # another task sees itself
 
     asyncio.run(check())
+    asyncio.run(check())  # a new loop in the same thread: the remembered one is stale
     uvloop = pytest.importorskip("uvloop")
     uvloop.run(check())
     assert _asyncio_task() is None
+
+    # Another thread's loop in a task step at the same time: still our own task.
+    import threading
+
+    in_step, release = threading.Event(), threading.Event()
+
+    async def busy() -> None:
+        in_step.set()
+        release.wait(10)  # blocks inside the step (releases the GIL)
+
+    other = threading.Thread(target=asyncio.run, args=(busy(),))
+    other.start()
+    try:
+        assert in_step.wait(10)
+        asyncio.run(check())
+        uvloop.run(check())
+        assert _asyncio_task() is None
+    finally:
+        release.set()
+        other.join(10)
 
 
 _BAD_AND_GOOD_ENVELOPES: list[object] = [
@@ -301,3 +322,21 @@ def test_the_dispatchers_one_message_body_equals_read_body(messages: list[Messag
             return outcome(exc)
 
     assert asyncio.run(via_dispatcher()) == asyncio.run(via_read_body())
+
+
+def test_the_method_check_remembers_at_most_its_bound_of_valid_names() -> None:
+    from pydantic import ValidationError
+
+    from aduib_asgi.models import RpcRequest
+    from aduib_asgi.models import envelope as models
+
+    bound = models._MAX_VALID_METHODS
+    for i in range(bound + 50):
+        RpcRequest.model_validate({"method": f"rpc.v2/Flood/m{i}"})
+    assert len(models._VALID_METHODS) <= bound
+    for bad in ("rpc.v2/Flood/m1\n", "rpc.v2/Flood", "rpc.v2/" + "a" * 300 + "/b", "x/y/z"):
+        with pytest.raises(ValidationError):
+            RpcRequest.model_validate({"method": bad})
+    assert RpcRequest.model_validate({"method": "rpc.v2/Fresh/name"}).method == \
+        "rpc.v2/Fresh/name"
+    assert RpcRequest.model_validate({"method": "rpc.v2/Flood/m1"}).method == "rpc.v2/Flood/m1"

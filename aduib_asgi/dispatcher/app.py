@@ -66,6 +66,8 @@ class DocumentedRoute:
 
 def to_jsonable(value: Any) -> Any:
     """Handler results as JSON-like values (pydantic models dumped in JSON mode)."""
+    if value.__class__ is dict:  # the usual result, as it is
+        return value
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude_none=True)
     if isinstance(value, list | tuple) and value and isinstance(value[0], BaseModel):
@@ -147,14 +149,15 @@ class RpcDispatcher:
         if self.server_id is not None:
             ctx.server_id = self.server_id
         route = self._routes.get(scope["path"])
+        method = scope["method"]
         try:
             if route is None:
                 raise RpcError(4000, f"No endpoint at {scope['path']}")
-            if scope["method"] not in route.methods:
-                raise RpcError(2000, f"Method {scope['method']} not allowed",
+            if method not in route.methods:
+                raise RpcError(2000, f"Method {method} not allowed",
                                headers={"Allow": route.allow_header.decode()}, http_status=405)
-            await route.endpoint(scope, receive,
-                                 _HeadSend(send) if scope["method"] == "HEAD" else send, ctx)
+            await route.endpoint(scope, receive, _HeadSend(send) if method == "HEAD" else send,
+                                 ctx)
         except ClientDisconnected:
             return
         except Exception as exc:

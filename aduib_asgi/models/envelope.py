@@ -216,6 +216,13 @@ class RpcErrorModel(_Model):
     debug: DebugInfo | None = None
 
 
+#: Method names that passed the ``method`` check, so that a name seen before costs a set
+#: lookup rather than a regex match. Bounded: past the bound names are checked every time
+#: (whatever a client sends, at most this many names of at most 256 characters are kept).
+_VALID_METHODS: set[str] = set()
+_MAX_VALID_METHODS = 1024
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -257,8 +264,12 @@ class RpcRequest(_Model):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
+        if v in _VALID_METHODS:
+            return v
         if len(v) > 256 or not METHOD_PATTERN.match(v):
             raise ValueError("method must have the form rpc.v2/{service}/{handler}")
+        if len(_VALID_METHODS) < _MAX_VALID_METHODS:
+            _VALID_METHODS.add(v)
         return v
 
     @field_validator("supported_versions")
