@@ -230,7 +230,7 @@ def test_inflight_calls_sharing_an_id_are_each_cancelled_and_removed_alone() -> 
         calls = [Call() for _ in range(3)]
         owners = ["p", "q", "p"]
         keys = [reg.register(ctx(o), c) for o, c in zip(owners, calls, strict=True)]
-        assert len(reg) == 3 and "same" in reg and reg._tenants == {"t": 3}
+        assert len(reg) == 3 and "same" in reg and reg._tenants is None  # not counted yet
         assert reg.cancel_local("t", "t\x1fp:p", "same", "why") is True
         assert [c.reasons for c in calls] == [["why"], [], ["why"]]
         reg.unregister(keys[0], Call())  # not registered: nothing changes
@@ -244,7 +244,7 @@ def test_inflight_calls_sharing_an_id_are_each_cancelled_and_removed_alone() -> 
             reg.cancel_local("t", "t\x1fp:p", "same")
             reg.cancel_local("t", "t\x1fp:q", "same")
             assert [bool(c.reasons) for c in calls] == [j in left for j in range(3)]
-        assert len(reg) == 0 and reg._calls == {} and reg._tenants == {}
+        assert len(reg) == 0 and reg._calls == {} and reg._tenants is None
         assert reg.cancel_local("t", "t\x1fp:p", "same") is False
 
 
@@ -257,10 +257,10 @@ def test_an_empty_request_id_is_registered_as_it_is() -> None:
 
     reg = InflightRegistry()
     c = RequestContext(request_id="")
-    assert reg.register(c, Call()) == ("default", "")
+    assert reg.register(c, Call()) == ""
     c2 = RequestContext()
     key = reg.register(c2, Call())
-    assert key == ("default", c2.request_id) and c2.request_id  # a fresh id was minted
+    assert key == c2.request_id and c2.request_id  # a fresh id was minted
 
 
 _BODY_SEQUENCES: list[list[Message]] = [
@@ -340,3 +340,104 @@ def test_the_method_check_remembers_at_most_its_bound_of_valid_names() -> None:
     assert RpcRequest.model_validate({"method": "rpc.v2/Fresh/name"}).method == \
         "rpc.v2/Fresh/name"
     assert RpcRequest.model_validate({"method": "rpc.v2/Flood/m1"}).method == "rpc.v2/Flood/m1"
+
+
+class _ReferenceRegistry:
+    """The in-flight registry's rules, written plainly: calls keyed by (tenant, id),
+    counted per tenant at every registration (what InflightRegistry must equal)."""
+
+    def __init__(self, max_per_tenant: int, max_total: int) -> None:
+        self.calls: dict[tuple[str, str], list[tuple[object, RequestContext]]] = {}
+        self.max_per_tenant, self.max_total = max_per_tenant, max_total
+
+    def register(self, ctx: RequestContext, call: object) -> str | None:
+        from aduib_asgi.identity import tenant_of
+
+        tenant = tenant_of(ctx)
+        n = sum(len(v) for (t, _), v in self.calls.items() if t == tenant)
+        size = sum(len(v) for v in self.calls.values())
+        if n >= self.max_per_tenant or size >= self.max_total:
+            return "Too many running calls" + (
+                f" for tenant {tenant!r}" if n >= self.max_per_tenant else "")
+        self.calls.setdefault((tenant, ctx.ensure_request_id()), []).insert(0, (call, ctx))
+        return None
+
+    def unregister(self, call: object) -> None:
+        for key, chain in list(self.calls.items()):
+            for i, (c, _) in enumerate(chain):
+                if c is call:
+                    del chain[i]
+                    if not chain:
+                        del self.calls[key]
+                    return
+
+    def cancel(self, tenant: str, owner: str, rid: str) -> list[object]:
+        from aduib_asgi.identity import caller_scope
+
+        return [c for c, ctx in self.calls.get((tenant, rid), [])
+                if caller_scope(ctx, None) == owner]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.calls.values())
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize(("max_per_tenant", "max_total"), [(4, 9), (3, 100), (10, 5), (1, 3),
+                                                             (6, 6)])
+def test_the_inflight_registry_equals_its_reference_rules(seed: int, max_per_tenant: int,
+                                                          max_total: int) -> None:
+    """Random registrations, removals and cancels (shared ids across tenants and
+    callers, bounds reached and left again): the same refusals with the same messages,
+    sizes and cancelled calls as the plain rules — whether or not calls are being
+    counted per tenant at that moment."""
+    import random
+
+    from aduib_asgi.errors import RpcError
+    from aduib_asgi.streaming.inflight import InflightRegistry
+
+    class Call:
+        def __init__(self) -> None:
+            self.cancelled = 0
+
+        def cancel(self, reason: str | None = None) -> None:
+            self.cancelled += 1
+
+    rnd = random.Random(seed)
+    reg = InflightRegistry(max_per_tenant=max_per_tenant, max_total=max_total)
+    ref = _ReferenceRegistry(max_per_tenant, max_total)
+    running: list[tuple[Call, str]] = []
+    for _ in range(400):
+        op = rnd.random()
+        if op < 0.55:
+            ctx = RequestContext(request_id=rnd.choice(["a", "b", "c", None]),
+                                 raw_headers=[(b"x-tenant-id", rnd.choice([b"t1", b"t2"]))])
+            if rnd.random() < 0.3:
+                ctx.tenant_id = rnd.choice(["t1", "t3"])
+            ctx.principal = rnd.choice(["p", "q"])
+            call = Call()
+            expected = ref.register(ctx, call)
+            try:
+                key = reg.register(ctx, call)
+            except RpcError as exc:
+                assert exc.code == 5021 and exc.message == expected
+            else:
+                assert expected is None
+                running.append((call, key))
+        elif op < 0.9 and running:
+            call, key = running.pop(rnd.randrange(len(running)))
+            reg.unregister(key, call)
+            ref.unregister(call)
+        else:
+            tenant, principal = rnd.choice(["t1", "t2", "t3"]), rnd.choice(["p", "q"])
+            rid = rnd.choice(["a", "b", "c"])
+            owner = f"{tenant}\x1fp:{principal}"
+            want = ref.cancel(tenant, owner, rid)
+            before = [c.cancelled for c, _ in running]
+            assert reg.cancel_local(tenant, owner, rid) is bool(want)
+            hit = [c for (c, _), b in zip(running, before, strict=True) if c.cancelled > b]
+            assert sorted(map(id, hit)) == sorted(map(id, want))
+        assert len(reg) == len(ref)
+        assert all((rid in reg) == any(k[1] == rid for k in ref.calls) for rid in "abc")
+    for call, key in running:
+        reg.unregister(key, call)
+    assert len(reg) == 0 and reg._calls == {}

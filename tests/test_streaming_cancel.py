@@ -336,4 +336,4 @@ async def test_unary_cancel_before_and_after_the_handler_on_one_registry() -> No
         r = await c.post(CANCEL, json={"id": "done-1"}, headers={"x-tenant": "t1"})
         assert r.status_code == 404 and r.json()["error"]["code"] == 4000
     inflight = dispatcher.streaming.inflight
-    assert len(inflight) == 0 and inflight._tenants == {} and inflight._calls == {}
+    assert len(inflight) == 0 and not inflight._tenants and inflight._calls == {}
