@@ -441,3 +441,25 @@ def test_the_inflight_registry_equals_its_reference_rules(seed: int, max_per_ten
     for call, key in running:
         reg.unregister(key, call)
     assert len(reg) == 0 and reg._calls == {}
+
+
+def test_a_long_chain_under_one_id_is_unregistered_from_any_position() -> None:
+    """Thousands of calls under one request id (clients choose ids): removing the oldest,
+    a middle one and the newest neither recurses nor loses another entry."""
+    from aduib_asgi.streaming.inflight import InflightRegistry
+
+    class Call:
+        def cancel(self, reason: str | None = None) -> None:
+            return None
+
+    reg = InflightRegistry(max_per_tenant=100_000)
+    calls = [Call() for _ in range(5000)]
+    keys = [reg.register(RequestContext(request_id="1"), c) for c in calls]
+    for i in (0, 2500, 4999, 1):
+        reg.unregister(keys[i], calls[i])
+    assert len(reg) == 4996
+    chain, e = [], reg._calls["1"]
+    while e is not None:
+        chain.append(e[0])
+        e = e[3]
+    assert chain == [c for i, c in enumerate(calls) if i not in (0, 1, 2500, 4999)][::-1]

@@ -69,15 +69,19 @@ _Entry = tuple[Cancellable, RequestContext, "Scope | None", "_Entry | None", "st
 
 
 def _without(entry: _Entry | None, call: Cancellable) -> tuple[_Entry | None, _Entry | None]:
-    """The chain ``entry`` without ``call`` (rebuilt up to it), and the removed entry."""
-    if entry is None:
-        return None, None
-    if entry[0] is call:
-        return entry[3], entry
-    rest, removed = _without(entry[3], call)
-    if removed is None:
+    """The chain ``entry`` without ``call`` (rebuilt up to it), and the removed entry.
+    Iterative: a chain is as long as the calls running under one id."""
+    before: list[_Entry] = []
+    e = entry
+    while e is not None and e[0] is not call:
+        before.append(e)
+        e = e[3]
+    if e is None:
         return entry, None
-    return (entry[0], entry[1], entry[2], rest, entry[4]), removed
+    rest = e[3]
+    for p in reversed(before):
+        rest = (p[0], p[1], p[2], rest, p[4])
+    return rest, e
 
 
 def _full(tenant: str | None, n: int, max_per_tenant: int) -> RpcError:
