@@ -107,6 +107,10 @@ class RequestMetadata(_Model):
 
 _new_model = object.__new__
 _set_attr = object.__setattr__
+# BaseModel's slots, set through their descriptors (what object.__setattr__ finds for them)
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 _MD_STATIC = {n: f.default for n, f in RequestMetadata.model_fields.items()
               if f.default_factory is None}
 _MD_FACTORIES = tuple((n, f.default_factory) for n, f in RequestMetadata.model_fields.items()
@@ -123,9 +127,9 @@ def stamped_metadata(timestamp_ms: int) -> RequestMetadata:
     values["timestamp_ms"] = timestamp_ms
     md = _new_model(RequestMetadata)
     _set_attr(md, "__dict__", values)
-    _set_attr(md, "__pydantic_fields_set__", {"timestamp_ms"})
-    _set_attr(md, "__pydantic_extra__", None)
-    _set_attr(md, "__pydantic_private__", None)
+    _set_fields_set(md, {"timestamp_ms"})
+    _set_extra(md, None)
+    _set_private(md, None)
     return md
 
 
