@@ -261,6 +261,7 @@ def test_an_empty_request_id_is_registered_as_it_is() -> None:
     c2 = RequestContext()
     key = reg.register(c2, Call())
     assert key == c2.request_id and c2.request_id  # a fresh id was minted
+    assert "" in reg and key in reg and 5 not in reg and [1] not in reg
 
 
 _BODY_SEQUENCES: list[list[Message]] = [

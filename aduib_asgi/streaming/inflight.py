@@ -221,4 +221,4 @@ class InflightRegistry:
         return self._size
 
     def __contains__(self, request_id: object) -> bool:
-        return request_id in self._calls
+        return isinstance(request_id, str) and request_id in self._calls
