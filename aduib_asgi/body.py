@@ -9,6 +9,7 @@ replayed by :func:`replay_receive`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -66,11 +67,6 @@ async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY,
     return b"".join(chunks)
 
 
-def replay_receive(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that yields ``body`` once, then defers to the real one."""
-    return _Replay(body, receive)
-
-
 class _Replay:
     """Per-request ``receive`` of :func:`replay_receive`."""
 
@@ -86,6 +82,11 @@ class _Replay:
             return await self.receive()
         self.body = None
         return {"type": "http.request", "body": body, "more_body": False}
+
+
+#: ``replay_receive(body, receive)``: a ``receive`` that yields ``body`` once, then
+#: defers to the real one (the class itself: no wrapper call per request).
+replay_receive: Callable[[bytes, Receive], Receive] = _Replay
 
 
 def _readable_id(payload: Any) -> str | None:

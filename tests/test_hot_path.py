@@ -464,3 +464,18 @@ def test_a_long_chain_under_one_id_is_unregistered_from_any_position() -> None:
         chain.append(e[0])
         e = e[3]
     assert chain == [c for i, c in enumerate(calls) if i not in (0, 1, 2500, 4999)][::-1]
+
+
+def test_replay_receive_yields_the_body_once_then_the_real_receive() -> None:
+    from aduib_asgi.body import replay_receive
+
+    async def real() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def main() -> list[Message]:
+        r = replay_receive(b"abc", real)
+        return [await r(), await r(), await r()]
+
+    assert asyncio.run(main()) == [
+        {"type": "http.request", "body": b"abc", "more_body": False},
+        {"type": "http.disconnect"}, {"type": "http.disconnect"}]
