@@ -149,10 +149,10 @@ class RpcDispatcher:
         if self.server_id is not None:
             ctx.server_id = self.server_id
         route = self._routes.get(scope["path"])
-        method = scope["method"]
         try:
             if route is None:
                 raise RpcError(4000, f"No endpoint at {scope['path']}")
+            method = scope["method"]
             if method not in route.methods:
                 raise RpcError(2000, f"Method {method} not allowed",
                                headers={"Allow": route.allow_header.decode()}, http_status=405)
