@@ -225,7 +225,8 @@ class CompressionMiddleware:
             if rx is None or rx.error is None or responder.started:
                 raise
         finally:
-            responder.close()  # pooled codec contexts go back, even for an abandoned stream
+            if responder.encoder is not None:  # pooled codec contexts go back, even for
+                responder.close()  # an abandoned stream
             if rx is not None:
                 rx.close()
         if rx is not None and rx.error is not None and not responder.started:
