@@ -527,6 +527,7 @@ class _Responder:
         status = message["status"]
         if self.coding is None or status < 200 or status in _NO_CODING_STATUSES:
             return _PASS
+        mw = self.mw
         ctype = b""
         small = False
         kept: list[tuple[bytes, bytes]] = []
@@ -534,7 +535,7 @@ class _Responder:
             name = h[0].lower()
             if name == b"content-length":
                 value = h[1]
-                small = value.isdigit() and int(value) < self.mw.minimum_size
+                small = value.isdigit() and int(value) < mw.minimum_size
                 continue
             if name == b"content-type":
                 ctype = h[1]
@@ -548,7 +549,9 @@ class _Responder:
                     name == b"cache-control" and b"no-transform" in h[1].lower()):
                 return _PASS
             kept.append(h)
-        kind = self.mw._media_kind(ctype)
+        kind = mw._media.get(ctype)
+        if kind is None:
+            kind = mw._media_kind(ctype)
         if kind == _EXCLUDED:
             return _PASS
         self.kept = kept
