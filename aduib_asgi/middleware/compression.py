@@ -63,7 +63,6 @@ _VARY = (b"vary", b"Accept-Encoding")
 #: Statuses whose response is never content-coded: no body (204, 205, 304) or a
 #: part of the representation (206, whose Content-Range counts unencoded bytes).
 _NO_CODING_STATUSES = frozenset({204, 205, 206, 304})
-_RECODED_HEADERS = frozenset({b"content-length", b"content-encoding"})
 _FILE_SENDS = frozenset({"http.response.pathsend", "http.response.zerocopysend"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CACHE_LIMIT = 512
