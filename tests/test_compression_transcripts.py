@@ -129,8 +129,9 @@ class _Seed:
 class _InnerVary:
     """An inner layer asking for a Vary of its own (as the content layer does)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, more: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.app = app
+        self.more = more
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await run_with_context(self._call, scope, receive, send)
@@ -138,6 +139,8 @@ class _InnerVary:
     async def _call(self, scope: Scope, receive: Receive, send: Send,
                     ctx: RequestContext) -> None:
         ctx.add_response_header(b"vary", b"Accept")
+        for h in self.more:
+            ctx.add_response_header(*h)
         await self.app(scope, receive, send)
 
 
@@ -197,8 +200,10 @@ async def transcript(shape: str, encoding: str | None, where: str, method: str) 
     app: ASGIApp = _app(shape, metadata)
     if "inner-vary" in where:
         app = _InnerVary(app)
+    elif "inner-extra" in where:
+        app = _InnerVary(app, ((b"x-a", b"1"), (b"vary", b"Origin")))
     app = CompressionMiddleware(app, minimum_size=64, max_body_size=10_000)
-    if where != "alone" and where != "inner-vary":
+    if where not in ("alone", "inner-vary", "inner-extra"):
         app = _Seed(app, [(b"x-request-id", b"r-1"), (b"vary", b"Origin")]
                     if "headers" in where else [])
     headers = [(b"host", b"t")]
@@ -283,6 +288,20 @@ async def test_every_case_matches_its_recorded_transcript() -> None:
     diff = [k for k in recorded if got[k] != recorded[k]]
     assert not diff, "\n".join(f"{k}:\n  recorded {recorded[k]}\n  now      {got[k]}"
                                for k in diff[:5])
+
+
+@pytest.mark.anyio
+async def test_as_the_contexts_creator_the_layer_emits_its_headers_as_the_creator_would(
+        ) -> None:
+    """Alone, the layer creates the context and does the creator's header emitter's work
+    in its own responder (no call of the emitter per message): every case answers as
+    when an outer layer creates the context and its emitter merges the headers."""
+    for shape in [*SHAPES, *REQUESTS]:
+        for encoding in ENCODINGS:
+            for method in METHODS:
+                alone = await transcript(shape, encoding, "inner-extra", method)
+                outer = await transcript(shape, encoding, "outer+inner-extra", method)
+                assert alone == outer, (shape, encoding, method)
 
 
 @pytest.mark.anyio

@@ -34,7 +34,13 @@ from aduib_asgi.compression import (
     TooLarge,
     available_codings,
 )
-from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
+from aduib_asgi.context import (
+    CONTEXT_KEY,
+    RequestContext,
+    emitter_parts,
+    run_with_context,
+    with_response_headers,
+)
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import send_error
 
@@ -274,11 +280,12 @@ class _MetadataChoice:
     full :class:`_Responder` take over.
     """
 
-    __slots__ = ("ctx", "defer", "mw", "send", "target")
+    __slots__ = ("ctx", "defer", "emits", "mw", "send", "target")
 
     def __init__(self, send: Send, mw: CompressionMiddleware, ctx: RequestContext,
                  defer: bool) -> None:
-        self.send = send
+        # The context creator's header emitter: its work is done here, one call less.
+        self.send, self.emits = emitter_parts(send)
         self.mw = mw
         self.ctx = ctx
         self.defer = defer
@@ -290,8 +297,14 @@ class _MetadataChoice:
             if message["type"] != "http.response.start":
                 return self.send(message)
             coding = self.mw.from_metadata(self.ctx)
-            target = self.send if coding is None else _Responder(
-                self.send, self.mw, coding, None, False, self.ctx, False, self.defer)
+            emits = self.emits
+            if coding is None:
+                self.target = self.send
+                if emits is not None and emits.response_headers:
+                    message = with_response_headers(message, emits)
+                return self.send(message)
+            target = _Responder(self.send, self.mw, coding, None, False, self.ctx, False,
+                                self.defer, emits)
             self.target = target
         return target(message)
 
@@ -445,8 +458,8 @@ class _Responder:
     passed through is the inner ``send``'s own coroutine (no frame of ours).
     """
 
-    __slots__ = ("app_vary", "coding", "ctx", "defer", "encoder", "kept", "lazy", "mode", "mw",
-                 "rx", "send", "sse", "start", "started")
+    __slots__ = ("app_vary", "coding", "ctx", "defer", "emits", "encoder", "kept", "lazy",
+                 "mode", "mw", "rx", "send", "sse", "start", "started")
 
     def __init__(
         self,
@@ -458,8 +471,15 @@ class _Responder:
         ctx: RequestContext,
         lazy: bool = False,
         defer: bool = False,
+        emits: RequestContext | None = None,
     ) -> None:
+        # ``emits``: the context whose response headers this responder merges into the
+        # start it sends, doing the work of that context creator's header emitter (given
+        # when ``send`` is already the server's; found when ``send`` is the emitter).
+        if emits is None:
+            send, emits = emitter_parts(send)
         self.send = send
+        self.emits = emits
         # The server can send files (pathsend/zerocopysend): an event stream's start
         # waits for its first message, which may be a file sent as it is.
         self.defer = defer
@@ -516,7 +536,15 @@ class _Responder:
                 return self._send_coded(message, None)
             self.mode = _PASS
             self.kept = None
+            return self.send(self._emitted(message))
         return self.send(message)
+
+    def _emitted(self, start: Message) -> Message:
+        """``start`` as the context's creator would send it (when this responder emits)."""
+        emits = self.emits
+        if emits is not None and emits.response_headers:
+            return with_response_headers(start, emits)
+        return start
 
     def _mode_for(self, message: Message) -> int:
         """_PASS (leave alone), _STREAM (event stream) or _HELD (wait for the body).
@@ -582,7 +610,7 @@ class _Responder:
                 headers.append(_VARY)
                 pending.clear()
                 self.app_vary = None  # (moved: see _unsent)
-        return {**start, "headers": headers}
+        return self._emitted({**start, "headers": headers})
 
     def _unsent(self) -> None:
         """The coded start was not sent: an outer error response still gets its Vary."""
@@ -604,7 +632,7 @@ class _Responder:
         assert start is not None
         self.kept = None
         self.started = True
-        await self.send(start)
+        await self.send(self._emitted(start))
         await self.send(message)
 
     async def _whole_body(self, message: Message) -> None:
@@ -618,7 +646,7 @@ class _Responder:
         if len(body) < mw.minimum_size and not self.sse:
             self.kept = None
             self.started = True
-            await self.send(start)
+            await self.send(self._emitted(start))
             await self.send(message)
             return
         if len(body) < mw.thread_threshold:
