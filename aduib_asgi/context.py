@@ -388,10 +388,18 @@ def context_link(layer: Any, routes: Mapping[str, ContextHandler]) -> Callable[.
     receive, send)`` does; the returned callable's ``app`` is ``layer``, so code
     that follows ``.app`` down a stack still finds every layer.
     """
-    get = dict(routes).get
+    http = routes.get("http")
+    websocket = routes.get("websocket")
+    other = {t: h for t, h in routes.items() if t != "http" and t != "websocket"}
 
     def link(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        handler = get(scope["type"])
+        t = scope["type"]  # compared, not looked up: the common types cost no call
+        if t == "http":
+            handler = http
+        elif t == "websocket":
+            handler = websocket
+        else:
+            handler = other.get(t)
         if handler is None:
             result: Awaitable[None] = layer(scope, receive, send)
             return result

@@ -615,3 +615,18 @@ async def test_a_subclass_that_overrides_call_is_not_bypassed() -> None:
     assert "context_link(OwnHandler)" in [str(getattr(n, "__qualname__", "")) for n in _walk(app)]
     sent = await http(app, "POST", RPC, _env("rpc.v2/Echo/echo", {"a": 1}), (JSON,))
     assert sent[0]["status"] == 200 and seen == ["handler"]
+
+
+async def test_link_routes_any_declared_scope_type() -> None:
+    seen: list[str] = []
+
+    async def handler(scope: Any, receive: Any, send: Any, ctx: RequestContext) -> None:
+        seen.append(scope["type"])
+
+    async def layer(scope: Any, receive: Any, send: Any) -> None:
+        seen.append("layer:" + scope["type"])
+
+    link = context_link(layer, {"custom": handler, "http": handler})
+    for t in ("custom", "http", "websocket", "lifespan"):
+        await link({"type": t, CONTEXT_KEY: RequestContext()}, None, None)
+    assert seen == ["custom", "http", "layer:websocket", "layer:lifespan"]
