@@ -35,7 +35,7 @@ __all__ = ["ORIGINAL_TYPE_KEY", "ContentNegotiationMiddleware"]
 #: ``ctx.extras`` key holding the request's media type when the body was transcoded to JSON.
 ORIGINAL_TYPE_KEY = "aduib.content.original_type"
 
-_VARY = (b"vary", b"Accept")
+_VARY_NAME, _VARY_VALUE = b"vary", b"Accept"
 _ANY = b"*/*"
 #: Accept ranges served by streaming endpoints, not by a codec: never a 406.
 _STREAM_RANGES = ("text/event-stream", "text/*")
@@ -163,7 +163,7 @@ class ContentNegotiationMiddleware:
         media: str | None = None
         extra: str | None = None
         if ctype is not None:
-            req_codec, media, extra = self._type(ctype)
+            req_codec, media, extra = self._types.get(ctype) or self._type(ctype)
         envelope = path in self.envelope_paths and scope["method"] == "POST"
         strict = envelope or self.strict or path.startswith(self.rpc_prefix)
         if not strict and req_codec is None and extra is None:
@@ -181,7 +181,7 @@ class ContentNegotiationMiddleware:
             resp = self.response_codec(accept, req_codec)
             ctx.accept = self._accept_list(accept)
         ctx.response_codec = resp or JSON  # errors from here on are encoded in it
-        ctx.add_response_header(*_VARY)
+        ctx.add_response_header(_VARY_NAME, _VARY_VALUE)
         ctx.request_codec = req_codec
         ctx.content_type = media
 
