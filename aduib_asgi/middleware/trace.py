@@ -93,7 +93,7 @@ def new_span_id() -> str:
 def _new_ids() -> tuple[str, str]:
     """A new trace id and span id from one random draw (neither all zero)."""
     v = getrandbits(192)
-    while not (v >> 64 and v & _MASK64):
+    while not (v > _MASK64 and v & _MASK64):
         v = getrandbits(192)
     h = v.to_bytes(24, "big").hex()
     return h[:32], h[32:]
@@ -225,22 +225,24 @@ class TracePropagationMiddleware:
                 parent_tid = _hex128(remote.trace_id)
             if parent_tid is None:
                 v = getrandbits(192)
-                if v >> 64 and v & _MASK64:
+                if v > _MASK64 and v & _MASK64:  # neither half all zero (the usual draw)
                     h = v.to_bytes(24, "big").hex()
-                    ctx.trace_id, ctx.span_id = h[:32], h[32:]
+                    tid, sid = h[:32], h[32:]
                 else:
-                    ctx.trace_id, ctx.span_id = _new_ids()
+                    tid, sid = _new_ids()
             else:
-                ctx.trace_id, ctx.span_id = parent_tid, new_span_id()
+                tid, sid = parent_tid, new_span_id()
+            ctx.trace_id = tid
+            ctx.span_id = sid
             ctx.parent_span_id = parent_sid
             ctx.sampled = sampled
             ctx.trace_baggage = bag
             if state:
                 ctx.tracestate = state.to_header()
             if self._response_header is not None:
-                ctx.add_response_header(self._response_header, (
-                    f"00-{ctx.trace_id}-{ctx.span_id}-{'01' if sampled else '00'}"
-                ).encode("latin-1"))
+                flags = "01" if sampled else "00"
+                ctx.add_response_header(self._response_header,
+                                        f"00-{tid}-{sid}-{flags}".encode("latin-1"))
             if self.metrics is None:
                 return self.app(scope, receive, send)
             return self._observe(scope, receive, send, ctx, None, None, "")
@@ -298,9 +300,9 @@ class TracePropagationMiddleware:
         if state:
             ctx.tracestate = state.to_header()
         if self._response_header is not None:
-            ctx.add_response_header(self._response_header, (
-                f"00-{ctx.trace_id}-{ctx.span_id}-{'01' if sampled else '00'}"
-            ).encode("latin-1"))
+            flags = "01" if sampled else "00"
+            ctx.add_response_header(self._response_header,
+                                    f"00-{ctx.trace_id}-{ctx.span_id}-{flags}".encode("latin-1"))
         return span, trace.set_span_in_context(span, parent), name
 
     async def _observe(
