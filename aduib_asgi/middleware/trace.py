@@ -345,18 +345,22 @@ class TracePropagationMiddleware:
 
 def _finish_span(span: trace.Span, ctx: RequestContext, name: str, status: int | None,
                  label: str | None) -> None:
+    """The attributes learnt while the request ran, in one ``set_attributes`` call; end."""
+    attrs: dict[str, Any] = {}
     if label is not None and label != name:
         span.update_name(label)  # the envelope was decoded further in
-        span.set_attribute("rpc.method", label)
+        attrs["rpc.method"] = label
         if ctx.service is not None:
-            span.set_attribute("rpc.service", ctx.service)
+            attrs["rpc.service"] = ctx.service
     if ctx.tenant_id is not None:
-        span.set_attribute("aduib.tenant_id", ctx.tenant_id)
+        attrs["aduib.tenant_id"] = ctx.tenant_id
     if status is not None:
-        span.set_attribute("http.response.status_code", status)
+        attrs["http.response.status_code"] = status
     code = error_code(ctx)
     if code is not None:
-        span.set_attribute("rpc.aduib_rpc.error_code", code)
+        attrs["rpc.aduib_rpc.error_code"] = code
+    if attrs:
+        span.set_attributes(attrs)
     if (code is not None and code >= 5000) or (status is not None and status >= 500):
         span.set_status(Status(StatusCode.ERROR))
     span.end()
