@@ -8,14 +8,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from starlette.types import Receive, Scope, Send
 
 from aduib_asgi import codecs as codecs_module
 from aduib_asgi.codecs import default_registry
-from aduib_asgi.context import RequestContext
+from aduib_asgi.context import CONTEXT_KEY, RequestContext
+from aduib_asgi.errors import RpcError
 from aduib_asgi.middleware import trace as trace_module
 from aduib_asgi.middleware.content import ContentNegotiationMiddleware
 from aduib_asgi.middleware.tenant import (
@@ -27,6 +31,8 @@ from aduib_asgi.middleware.tenant import (
 )
 from aduib_asgi.middleware.trace import TracePropagationMiddleware
 from aduib_asgi.middleware.version import VersionNegotiationMiddleware
+from aduib_asgi.observability.metrics import RpcMetrics
+from aduib_asgi.responses import send_error
 from aduib_asgi.stack import Layer
 from tests.conftest import RPC, client_for
 from tests.obs_helpers import call, rpc_app
@@ -159,6 +165,41 @@ async def test_sdk_span_sees_the_app_exception(
     assert span.attributes is not None
     assert span.attributes["rpc.aduib_rpc.error_code"] == 5000
     assert [e.name for e in span.events] == ["exception"]
+
+
+async def test_sdk_span_dropped_by_the_sampler_still_propagates_and_records_the_code(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """A non-recording span: no status wrapper, no attributes; ids, header and the error
+    code (read by the circuit breaker further in) as with a recording one."""
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        await send_error(scope, send, RpcError(4001, "no such method"), ctx=scope[CONTEXT_KEY])
+
+    ctx, sent = await _run(TracePropagationMiddleware(refuse, tracer_provider=provider),
+                           _scope())
+    assert exporter.get_finished_spans() == ()
+    assert sent[0]["status"] == 404
+    assert ctx.extras["aduib.error_code"] == 4001
+    assert ctx.sampled is False and ctx.trace_id is not None and ctx.span_id is not None
+    assert _traceresponse(sent) == f"00-{ctx.trace_id}-{ctx.span_id}-00"
+    assert b'"trace_id":"' + ctx.trace_id.encode() in sent[1]["body"]
+
+
+async def test_sdk_span_dropped_by_the_sampler_still_feeds_the_metrics_status() -> None:
+    reader = InMemoryMetricReader()
+    metrics = RpcMetrics(MeterProvider(metric_readers=[reader]))
+    layer = TracePropagationMiddleware(_plain, tracer_provider=TracerProvider(sampler=ALWAYS_OFF),
+                                       metrics=metrics)
+    await _run(layer, _scope())
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+              if m.name == "rpc.server.duration" for p in m.data.data_points]
+    assert [p.attributes["http.response.status_code"] for p in points] == [200]
+    assert metrics.active.value == 0
 
 
 # -- tenant: the overrides contextvar is set only when it changes --------------------

@@ -315,29 +315,38 @@ class TracePropagationMiddleware:
         current: Context | None,
         name: str,
     ) -> None:
-        """Run the app with the span current; finish the span and record metrics."""
+        """Run the app with the span current; finish the span and record metrics.
+
+        The response status is watched only for whoever reads it: a recording span
+        (its status attribute) or the metrics. A span the sampler dropped records
+        nothing, so it only ends.
+        """
         m = self.metrics
-        watch_error_code(ctx)
-        responder = StatusResponder(send)
+        watch_error_code(ctx)  # also read by layers further in (the circuit breaker)
+        recording = span if span is not None and span.is_recording() else None
+        responder = StatusResponder(send) if recording is not None or m is not None else None
         token = otel_context.attach(current) if current is not None else None
         if m is not None:
             m.active.add(1)
         try:
-            await self.app(scope, receive, responder)
+            await self.app(scope, receive, send if responder is None else responder)
         except Exception as exc:
             record_exception(ctx, exc)
-            if span is not None:
-                span.record_exception(exc)
+            if recording is not None:
+                recording.record_exception(exc)
             raise
         finally:
             if token is not None:
                 otel_context.detach(token)
-            if span is not None:
-                _finish_span(span, ctx, name, responder.status,
+            status = None if responder is None else responder.status
+            if recording is not None:
+                _finish_span(recording, ctx, name, status,
                              method_label(ctx, scope.get(REGISTRY_KEY)))
+            elif span is not None:
+                span.end()
             if m is not None:
                 m.active.add(-1)
-                record_request(m, ctx, responder.status, scope.get(REGISTRY_KEY))
+                record_request(m, ctx, status, scope.get(REGISTRY_KEY))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(app={self.app!r})"
