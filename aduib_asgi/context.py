@@ -33,10 +33,15 @@ __all__ = [
     "SERVER_ID",
     "SERVER_ID_KEY",
     "SERVER_VERSION",
+    "ContextHandler",
     "RequestContext",
+    "context_link",
+    "context_routes",
     "current_context",
+    "emitter_parts",
     "get_context",
     "run_with_context",
+    "with_response_headers",
 ]
 
 CONTEXT_KEY = "aduib.context"
@@ -266,9 +271,23 @@ class _HeaderEmitter:
         t = message["type"]
         if (t == "http.response.start" or t == "websocket.http.response.start") \
                 and self.ctx.response_headers:
-            message = {**message, "headers": _merged(message.get("headers", ()),
-                                                     self.ctx.response_headers)}
+            message = with_response_headers(message, self.ctx)
         await self.send(message)
+
+
+def emitter_parts(send: Send) -> tuple[Send, RequestContext | None]:
+    """``(send, ctx)``: the server's ``send`` and the context when ``send`` is the
+    context creator's header emitter (a responder wrapping it may do the emitter's
+    work itself, with :func:`with_response_headers`, and save a call per message);
+    else ``(send, None)``."""
+    if type(send) is _HeaderEmitter:
+        return send.send, send.ctx
+    return send, None
+
+
+def with_response_headers(message: Message, ctx: RequestContext) -> Message:
+    """A response start ``message`` with ``ctx.response_headers`` merged in."""
+    return {**message, "headers": _merged(message.get("headers", ()), ctx.response_headers)}
 
 
 def _merged(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -277,6 +296,11 @@ def _merged(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
     Tokens keep their first spelling and order, case-insensitively deduplicated;
     ``*`` alone stands for all. One ``Vary`` in all is a plain append.
     """
+    for h in extra:
+        if h[0] == b"vary":
+            break
+    else:  # the common case: nothing to merge
+        return [*headers, *extra]
     out = list(headers)
     varies: list[bytes] = []
     for h in extra:
@@ -351,3 +375,50 @@ async def _run_creating(
         await handler(scope, receive, _HeaderEmitter(ctx, send), ctx)
     finally:
         current_context.reset(token)
+
+
+def context_link(layer: Any, routes: Mapping[str, ContextHandler]) -> Callable[..., Any]:
+    """``layer`` as the layer outside it calls it in a stack that ``build_stack`` fused.
+
+    ``routes`` (scope type -> the handler the layer's ``__call__`` runs with the
+    context for it, see :func:`context_routes`) are called here directly: no
+    ``__call__`` coroutine and no ``run_with_context`` frame per layer. Any other
+    scope type goes to ``layer`` itself. Exactly what ``await layer(scope,
+    receive, send)`` does; the returned callable's ``app`` is ``layer``, so code
+    that follows ``.app`` down a stack still finds every layer.
+    """
+    get = dict(routes).get
+
+    def link(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        handler = get(scope["type"])
+        if handler is None:
+            result: Awaitable[None] = layer(scope, receive, send)
+            return result
+        ctx: RequestContext | None = scope.get(CONTEXT_KEY)
+        if ctx is not None:
+            return handler(scope, receive, send, ctx)
+        return _run_creating(handler, scope, receive, send)
+
+    link.app = layer  # type: ignore[attr-defined]
+    link.__qualname__ = f"context_link({type(layer).__name__})"
+    return link
+
+
+def context_routes(layer: Any) -> dict[str, ContextHandler]:
+    """What ``layer`` runs with the request context, per scope type (empty: not declared).
+
+    A layer declares it in its class: ``context_methods = {"http": "_http", ...}``
+    names, for each scope type its ``__call__`` answers with exactly
+    ``run_with_context(self.<method>, scope, receive, send)``, that method; a layer
+    whose choice depends on its configuration defines ``context_routes(self)``
+    instead (returning the bound methods, or ``{}``). Scope types left out are
+    always handled by the layer's ``__call__``.
+    """
+    custom = getattr(type(layer), "context_routes", None)
+    if callable(custom):
+        routes: dict[str, ContextHandler] = custom(layer)
+        return routes
+    names: Mapping[str, str] | None = getattr(type(layer), "context_methods", None)
+    if not names:
+        return {}
+    return {t: getattr(layer, name) for t, name in names.items()}

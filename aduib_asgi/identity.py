@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -196,6 +197,8 @@ class ClientIdentityMiddleware:
     """
 
     layer_name = "identity"
+    #: runs no handler with the context; calls ``app`` for every scope (aduib_asgi.stack)
+    context_methods: ClassVar[dict[str, str]] = {}
 
     def __init__(self, app: ASGIApp, *, trusted_proxies: Iterable[str] = ()) -> None:
         self.app = app

@@ -58,7 +58,7 @@ from aduib_asgi.observability.metrics import (
     prometheus_meter_provider,
 )
 from aduib_asgi.qos import BreakerSettings, ShutdownController
-from aduib_asgi.stack import Layer, build_stack, check_order, dispatcher_facts
+from aduib_asgi.stack import Layer, build_stack, check_order, dispatcher_facts, fuse
 from aduib_asgi.storage import idempotency_store_from_url
 from aduib_asgi.storage.budget import DEFAULT_PER_TENANT, DEFAULT_TOTAL, ByteBudget
 from aduib_asgi.streaming.cancel_bus import install_cancel_bus
@@ -240,6 +240,7 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
     for layer in reversed(inner_layers):  # built once: their state outlives reloads
         inner = layer.cls(inner, **layer.kwargs)
         built.append(inner)
+    fuse(inner)  # linked as build_stack links the layers it builds
     admission = next(b for b in built if isinstance(b, AdmissionMiddleware))
     metrics = RpcMetrics(meter_provider)
     storage = _ratelimit_storage(config.redis_url, budget)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio.to_thread
 from pydantic import BaseModel
@@ -79,6 +79,9 @@ class RpcDispatcher:
     Other parts of the package add endpoints with :meth:`add_route` (streaming,
     cancel, WebSocket, tasks, health, capabilities, v1).
     """
+
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_http", "websocket": "_websocket"}
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -58,6 +58,8 @@ class AdmissionMiddleware:
     """
 
     layer_name = "admission"
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_http"}
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -69,6 +69,8 @@ class AuthMiddleware:
     """Authenticate with the configured authenticators, then apply role rules."""
 
     layer_name = "auth"
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_handle", "websocket": "_handle"}
 
     def __init__(
         self,

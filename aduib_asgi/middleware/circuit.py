@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -56,6 +56,8 @@ class CircuitBreakerMiddleware:
     """
 
     layer_name = "circuit"
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_http"}
 
     def __init__(
         self,

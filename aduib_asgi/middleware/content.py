@@ -13,6 +13,7 @@ replayed; a JSON-only inner app can be given non-JSON bodies transcoded to JSON.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+from typing import ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -60,6 +61,8 @@ class ContentNegotiationMiddleware:
     """
 
     layer_name = "content"
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_http"}
 
     def __init__(
         self,

@@ -21,7 +21,7 @@ import asyncio
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -89,6 +89,8 @@ class DeadlineMiddleware:
     """
 
     layer_name = "deadline"
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_http"}
 
     def __init__(
         self,

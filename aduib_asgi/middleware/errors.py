@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.context import (
+    RequestContext,
+    emitter_parts,
+    run_with_context,
+    with_response_headers,
+)
 from aduib_asgi.http_errors import MAX_MAPPED_BODY, error_from_response, is_mappable
 from aduib_asgi.logsafe import safe
 from aduib_asgi.responses import can_deny_websocket, deny_websocket, send_error
@@ -35,6 +41,8 @@ class ErrorMappingMiddleware:
     """
 
     layer_name = "errors"
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_http", "websocket": "_websocket"}
 
     def __init__(self, app: ASGIApp, *, debug: bool = False,
                  map_http_errors: bool = True) -> None:
@@ -120,12 +128,17 @@ class _HandshakeTracker:
 
 class _ErrorResponder:
     """Tracks whether the response started; holds back a complete 500, and a small
-    plain HTTP error response (to map it), until the app returns."""
+    plain HTTP error response (to map it), until the app returns.
 
-    __slots__ = ("finished", "held", "held_bytes", "map_errors", "mappable", "send", "started")
+    Wrapping the context creator's header emitter (the error layer outermost), it
+    sends to the server itself and merges ``ctx.response_headers`` into the start
+    as the emitter would: one call per message less."""
+
+    __slots__ = ("ctx", "finished", "held", "held_bytes", "map_errors", "mappable", "send",
+                 "started")
 
     def __init__(self, send: Send, map_errors: bool = False) -> None:
-        self.send = send
+        self.send, self.ctx = emitter_parts(send)
         self.map_errors = map_errors
         self.started = False
         self.finished = False
@@ -152,6 +165,9 @@ class _ErrorResponder:
                 self.held_bytes = 0
                 return
             self.started = True
+            ctx = self.ctx
+            if ctx is not None and ctx.response_headers:
+                message = with_response_headers(message, ctx)
         elif t == "http.response.body" and not message.get("more_body", False):
             self.finished = True
         await self.send(message)
@@ -170,6 +186,9 @@ class _ErrorResponder:
         for message in held:
             if message["type"] == "http.response.start":
                 self.started = True
+                ctx = self.ctx
+                if ctx is not None and ctx.response_headers:
+                    message = with_response_headers(message, ctx)
             elif not message.get("more_body", False):
                 self.finished = True
             await self.send(message)

@@ -15,7 +15,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -152,6 +152,8 @@ class IdempotencyMiddleware:
     """
 
     layer_name = "idempotency"
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_handle"}
 
     def __init__(
         self,
@@ -207,6 +209,9 @@ class IdempotencyMiddleware:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send,
                       ctx: RequestContext) -> None:
+        if scope["method"] in _SAFE_METHODS:  # as ``__call__`` (reached here when fused)
+            await self.app(scope, receive, send)
+            return
         env = ctx.envelope
         raw_key: str | None = None
         from_header = False

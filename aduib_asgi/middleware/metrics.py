@@ -16,7 +16,7 @@ from typing import Any
 from opentelemetry.metrics import MeterProvider
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aduib_asgi.context import REGISTRY_KEY, RequestContext, run_with_context
+from aduib_asgi.context import REGISTRY_KEY, ContextHandler, RequestContext, run_with_context
 from aduib_asgi.observability.metrics import (
     PrometheusApp,
     RpcMetrics,
@@ -52,6 +52,11 @@ class MetricsMiddleware:
             self._exposition = PrometheusApp(registry)
         self.metrics = metrics if metrics is not None else RpcMetrics(
             meter_provider, tenant_attribute=tenant_attribute)
+
+    def context_routes(self) -> dict[str, ContextHandler]:
+        """What ``__call__`` runs with the context (aduib_asgi.stack fuses); with an
+        exposition endpoint, ``__call__`` itself (it tells the endpoint apart)."""
+        return {} if self._exposition is not None else {"http": self._handle}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

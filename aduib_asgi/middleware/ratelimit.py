@@ -26,7 +26,7 @@ from limits.aio.strategies import STRATEGIES, RateLimiter
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.context import ContextHandler, RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.extras import require
 from aduib_asgi.gate import RATE, defer
@@ -344,6 +344,13 @@ class RateLimitMiddleware:
         # in-process storage cannot hang: no timeout scope on its hot path
         self.timeout: float | None = (
             None if is_memory(limiter.storage) else self.storage_timeout)
+
+    def context_routes(self) -> dict[str, ContextHandler]:
+        """What ``__call__`` runs with the context (aduib_asgi.stack fuses): nothing
+        without policies, and ``__call__`` itself when it publishes trusted proxies."""
+        if not self.policies or self._publish_trusted:
+            return {}
+        return {"http": self._handle, "websocket": self._handle}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]

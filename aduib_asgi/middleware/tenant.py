@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -82,6 +82,8 @@ class TenantScopeMiddleware:
     """
 
     layer_name = "tenant"
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_handle", "websocket": "_handle"}
 
     def __init__(
         self,

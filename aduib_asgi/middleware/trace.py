@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping
 from random import getrandbits
 from time import monotonic
-from typing import Any
+from typing import Any, ClassVar
 
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
@@ -131,6 +131,8 @@ class TracePropagationMiddleware:
     """
 
     layer_name = "trace"
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_handle", "websocket": "_handle"}
 
     def __init__(
         self,

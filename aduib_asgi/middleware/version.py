@@ -17,6 +17,7 @@ A request with neither header passes through untouched.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
+from typing import ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -51,6 +52,8 @@ class VersionNegotiationMiddleware:
     """
 
     layer_name = "version"
+    #: scope type -> the method ``__call__`` runs with the context (aduib_asgi.stack fuses)
+    context_methods: ClassVar[dict[str, str]] = {"http": "_handle", "websocket": "_handle"}
 
     def __init__(
         self,

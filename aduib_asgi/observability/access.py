@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,6 +62,8 @@ class AccessLogMiddleware:
     """Write one access log line per HTTP request or WebSocket connection."""
 
     layer_name = "access"
+    #: runs no handler with the context; calls ``app`` for every scope (aduib_asgi.stack)
+    context_methods: ClassVar[dict[str, str]] = {}
 
     def __init__(self, app: ASGIApp, *, json_format: bool = False,
                  log: logging.Logger | None = None) -> None:
