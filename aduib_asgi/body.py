@@ -9,6 +9,7 @@ replayed by :func:`replay_receive`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,8 +18,8 @@ from starlette.types import Message, Receive
 from aduib_asgi.auth.rbac import authorize_method
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
-from aduib_asgi.models import RpcRequest, parse_method
-from aduib_asgi.models.envelope import stamped_metadata
+from aduib_asgi.models import RpcRequest
+from aduib_asgi.models.envelope import split_valid_method, stamp_metadata
 from aduib_asgi.versioning.compat import prepare_payload
 
 __all__ = [
@@ -36,12 +37,18 @@ class ClientDisconnected(Exception):
     """The client went away before the request body was complete."""
 
 
-async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY) -> bytes:
-    """Receive the whole body, failing with 2004 (413) as soon as it passes ``limit``."""
+async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY,
+                    first: Message | None = None) -> bytes:
+    """Receive the whole body, failing with 2004 (413) as soon as it passes ``limit``.
+
+    ``first``: a message already received from ``receive`` (read before the rest).
+    """
     chunks: list[bytes] = []
     total = 0
+    message = first
     while True:
-        message = await receive()
+        if message is None:
+            message = await receive()
         mtype = message["type"]
         if mtype == "http.request":
             chunk = message.get("body", b"")
@@ -54,14 +61,10 @@ async def read_body(receive: Receive, *, limit: int = DEFAULT_MAX_BODY) -> bytes
                 break
         elif mtype == "http.disconnect":
             raise ClientDisconnected()
+        message = None
     if len(chunks) == 1:
         return chunks[0]
     return b"".join(chunks)
-
-
-def replay_receive(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that yields ``body`` once, then defers to the real one."""
-    return _Replay(body, receive)
 
 
 class _Replay:
@@ -79,6 +82,11 @@ class _Replay:
             return await self.receive()
         self.body = None
         return {"type": "http.request", "body": body, "more_body": False}
+
+
+#: ``replay_receive(body, receive)``: a ``receive`` that yields ``body`` once, then
+#: defers to the real one (the class itself: no wrapper call per request).
+replay_receive: Callable[[bytes, Receive], Receive] = _Replay
 
 
 def _readable_id(payload: Any) -> str | None:
@@ -105,8 +113,8 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False,
         raise RpcError(1002, "The request envelope must be an object",
                        details=[{"type": "type_error", "field": "", "reason": "not an object"}])
     payload = prepare_payload(ctx, payload, v1=v1)  # v1 upgrade hook (versioning.compat)
-    try:
-        env = RpcRequest.model_validate(payload)
+    try:  # what RpcRequest.model_validate(payload) does, without its Python frame
+        env = RpcRequest.__pydantic_validator__.validate_python(payload)
     except ValidationError as exc:
         rid = _readable_id(payload)
         if rid is not None:
@@ -116,15 +124,13 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False,
     ctx.envelope = env
     ctx.payload = payload
     ctx.request_id = env.id
-    ctx.method = env.method
-    parts = parse_method(env.method)
-    if parts is not None:
-        ctx.service, ctx.handler = parts
+    method = ctx.method = env.method
+    ctx.service, ctx.handler = split_valid_method(method)
     if env.qos is not None:
         ctx.priority = int(env.qos.priority)
     md = env.metadata
     if md is None:  # the server fills timestamp_ms when absent (PROTOCOL.md section 2)
-        env.metadata = stamped_metadata(ctx.timestamp_ms)
+        stamp_metadata(env, ctx.timestamp_ms)
     else:
         if md.timestamp_ms is None:
             md.timestamp_ms = ctx.timestamp_ms
@@ -139,5 +145,5 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False,
     # front, the v1 endpoint): its rules now apply. ``authorize=False``: the caller
     # passes the gate (aduib_asgi.gate), which applies them after the tenant.
     if authorize:
-        authorize_method(ctx, env.method)
+        authorize_method(ctx, method)
     return env

@@ -132,9 +132,10 @@ def build_envelope(
     if ctx is not None:
         if ctx.negotiated_version is not None:
             env["negotiated_version"] = ctx.negotiated_version
-        trace = ctx.trace_context()
-        if trace is not None:
-            env["trace_context"] = trace
+        if ctx.trace_id is not None:  # else trace_context() is None
+            trace = ctx.trace_context()
+            if trace is not None:
+                env["trace_context"] = trace
         env["metadata"] = ctx.response_metadata()
         shaper: EnvelopeShaper | None = ctx.extras.get(_SHAPER_KEY)
         if shaper is not None:
@@ -208,7 +209,9 @@ def _status_headers(error: RpcError, headers: list[tuple[bytes, bytes]]) -> None
 
 def encode_envelope(ctx: RequestContext | None, env: dict[str, Any]) -> tuple[bytes, bytes]:
     """Encode ``env`` in the negotiated codec: (body, content-type header value)."""
-    codec = response_codec(ctx)
+    codec = ctx.response_codec if ctx is not None else None  # response_codec(ctx)
+    if codec is None:
+        codec = JSON
     try:
         return codec.encode(env), codec.content_type_header
     except Exception:  # a codec that cannot carry this value: fall back to JSON

@@ -14,10 +14,14 @@ same rounds, and for the default stack its cost over the dispatcher.
 Cases: ``dispatcher``, ``stack`` (the bench's default stack), ``demo``
 (``build_demo_app``), and ``layer:NAME:I`` (case ``I`` of the bench's layer
 cases for ``NAME``, in a stack behind the context seed), which also reports
-the layer's cost over a context seed + no-op layer of the same version::
+the layer's cost over a context seed + no-op layer of the same version, and
+``compress:CODING[:SIZE]`` (the bench's ``compress-20k``/``-1m`` case of our
+layer, alone on the big route), which reports its cost over the uncompressed
+route and over the raw codec call, both timed in the same rounds::
 
     .venv/bin/python benchmarks/ab_ref.py                      # main vs here
     .venv/bin/python benchmarks/ab_ref.py --ref HEAD~3 --cases dispatcher,layer:deadline:1
+    .venv/bin/python benchmarks/ab_ref.py --cases compress:zstd,compress:br,compress:gzip
 """
 
 from __future__ import annotations
@@ -83,6 +87,17 @@ def build(pkg: str, case: str) -> Any:
         return cases._starlette_runner(
             lambda: [cases._mw(apps.ContextSeed), cases._mw(apps.NoopLayer)],
             layers.echo_request())()
+    if case.startswith(("compress:", "big-route:", "raw:")):
+        kind, codec, size = _parts(case)
+        if kind == "big-route":
+            return cases._starlette_runner(list, cases._big_request(size, None), big=True)()
+        if kind == "raw":
+            data = apps_big(pkg, size)
+            fn = cases.raw_codec(codec, layers.CODEC_LEVELS.get(codec))
+            return driver.CallRunner(lambda: fn(data))
+        found = [c for c in layers.layer_cases("compression", cases._load_layer("compression"))
+                 if c.group == f"compress-{size}" and c.codec == codec]
+        return cases._layer_build("compression", found[0], alone=True)()
     if case.startswith("layer:"):
         _, name, index = case.split(":")
         found = [c for c in layers.layer_cases(name, cases._load_layer(name))
@@ -91,10 +106,25 @@ def build(pkg: str, case: str) -> Any:
     raise SystemExit(f"unknown case {case!r}")
 
 
+def _parts(case: str) -> tuple[str, str, str]:
+    """``kind:coding[:size]`` (size "20k" unless given)."""
+    kind, codec, *rest = case.split(":")
+    return kind, codec, rest[0] if rest else "20k"
+
+
+def apps_big(pkg: str, size: str) -> bytes:
+    """The big route's body of ``size`` ("20k", "1m")."""
+    apps = importlib.import_module(pkg + ".bench.apps")
+    body: bytes = apps.big_body(apps.BIG_SIZES[size])
+    return body
+
+
 async def timed(runner: Any, n: int) -> float:
-    """µs per call of ``n`` calls (the driver's request loop)."""
+    """µs per call of ``n`` calls (the driver's request loop, or the raw codec call)."""
     from aduib_asgi.bench.driver import Exchange
 
+    if not hasattr(runner, "app"):
+        return await runner.round(n) / n * 1e6
     app, tmpl, body = runner.app, runner._tmpl, runner._body_msg
     t0 = time.perf_counter()
     for _ in range(n):
@@ -110,6 +140,10 @@ async def run(case_names: list[str], rounds: int, calls: int, ref: str) -> None:
             runners[(pkg, case)] = build(pkg, case)
             if case.startswith("layer:") and (pkg, "seed-noop") not in runners:
                 runners[(pkg, "seed-noop")] = build(pkg, "seed-noop")
+            if case.startswith("compress:"):
+                _, codec, size = _parts(case)
+                for extra in (f"big-route:-:{size}", f"raw:{codec}:{size}"):
+                    runners.setdefault(("", extra), build("aduib_asgi", extra))
     for key, runner in runners.items():
         problem = await runner.check()
         if problem is not None:
@@ -136,6 +170,13 @@ async def run(case_names: list[str], rounds: int, calls: int, ref: str) -> None:
                          f"(+{mid[k] - mid[(pkg, 'dispatcher')]:.2f})")
             if case.startswith("layer:"):
                 line += f"  over seed + no-op +{low[k] - low[(pkg, 'seed-noop')]:.2f}"
+            if case.startswith("compress:"):
+                _, codec, size = _parts(case)
+                route, raw = ("", f"big-route:-:{size}"), ("", f"raw:{codec}:{size}")
+                over, over_mid = low[k] - low[route], mid[k] - mid[route]
+                line += (f"  over the route +{over:.2f} (+{over_mid:.2f}) = raw codec "
+                         f"{low[raw]:.2f} ({mid[raw]:.2f}) + {over - low[raw]:.2f} "
+                         f"(+{over_mid - mid[raw]:.2f})")
             print(line)
 
 

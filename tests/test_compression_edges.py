@@ -312,3 +312,44 @@ def test_vary_fields_from_several_layers_become_one() -> None:
     assert _merged([], [(b"vary", b"Accept"), (b"vary", b"accept")]) == [(b"vary", b"Accept")]
     assert _merged([(b"VARY", b"origin, *")], [(b"vary", b"Accept")]) == [(b"vary", b"*")]
     assert _merged([(b"x", b"1")], [(b"y", b"2")]) == [(b"x", b"1"), (b"y", b"2")]
+
+
+@pytest.mark.anyio
+async def test_an_error_rendered_outside_after_a_refused_coded_start_keeps_the_vary() -> None:
+    """The coded start carries the layer's Vary itself (nothing left for the context's
+    creator to merge); if sending it fails, the Vary goes back to the context, so an
+    error response rendered further out still has it."""
+    from aduib_asgi.context import RequestContext, run_with_context
+
+    sent: list[Message] = []
+
+    async def server_send(message: Message) -> None:
+        sent.append(message)
+
+    async def outer(scope: Scope, receive: Receive, send: Send) -> None:
+        async def handler(scope: Scope, receive: Receive, send: Send,
+                          ctx: RequestContext) -> None:
+            async def refusing(message: Message) -> None:
+                if message["type"] == "http.response.start" and message["status"] == 200:
+                    assert (b"vary", b"Accept-Encoding") in message["headers"]
+                    assert ctx.response_headers == []  # moved into the start: no merge
+                    raise RuntimeError("refused by a layer further out")
+                await send(message)
+
+            try:
+                await inner(scope, receive, refusing)
+            except RuntimeError:
+                await send({"type": "http.response.start", "status": 500, "headers": []})
+                await send({"type": "http.response.body", "body": b"failed"})
+
+        await run_with_context(handler, scope, receive, send)
+
+    inner = CompressionMiddleware(app_of(200, [(b"content-type", b"text/plain")], body(BODY)))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    await outer({"type": "http", "method": "GET", "path": "/", "query_string": b"",
+                 "headers": [(b"accept-encoding", b"gzip")]}, receive, server_send)
+    assert sent[0]["status"] == 500
+    assert start_headers(sent)[b"vary"] == [b"Accept-Encoding"]

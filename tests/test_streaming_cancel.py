@@ -276,3 +276,64 @@ async def test_ten_thousand_calls_leave_the_inflight_registry_empty() -> None:
             sent = await _asgi_call(app, path, body)
             assert sent[0]["status"] in (200, 404)
     assert len(inflight) == 0
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["asyncio-task", "cancel-scope"])
+async def test_a_unary_call_cancelled_while_its_response_is_sent_sends_no_second_response(
+        native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once ``http.response.start`` went out, a cancel ends the call without a 4011
+    (a second response start would break the connection); the canceller still gets 200."""
+    if not native:
+        from aduib_asgi.streaming import endpoints
+
+        monkeypatch.setattr(endpoints, "_asyncio_task", lambda: None)
+    reg = MethodRegistry()
+
+    async def quick(data: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    reg.register("rpc.v2/C/quick", quick)
+    dispatcher = RpcDispatcher(reg)
+    sent: list[Message] = []
+    started = anyio.Event()
+    body = json.dumps(envelope("rpc.v2/C/quick", {}, id="late-1")).encode()
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:  # a slow client: the start waits on the socket
+        sent.append(message)
+        if message["type"] == "http.response.start":
+            started.set()
+            await anyio.sleep(math.inf)
+
+    scope = {"type": "http", "method": "POST", "path": RPC, "query_string": b"",
+             "client": ("127.0.0.1", 123),  # httpx's ASGI transport's: the same caller
+             "headers": [(b"content-type", b"application/json")]}
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dispatcher, scope, receive, send)
+            await started.wait()
+            assert "late-1" in dispatcher.streaming.inflight
+            async with client_for(dispatcher) as c:
+                r = await c.post(CANCEL, json={"id": "late-1"})
+            assert r.status_code == 200 and r.json()["result"] == {"id": "late-1",
+                                                                   "canceled": True}
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert sent[0]["status"] == 200
+    assert len(dispatcher.streaming.inflight) == 0
+
+
+async def test_unary_cancel_before_and_after_the_handler_on_one_registry() -> None:
+    """A finished unary call is no longer cancellable (404), a running one is (200, then
+    409 4011 for the call); the registry's per-tenant counts return to zero."""
+    probe = Probe()
+    app, dispatcher = make_app(probe)
+    async with client_for(app) as c:
+        r = await c.post(RPC, json=envelope("rpc.v2/C/sleep", {"s": 0}, id="done-1"),
+                         headers={"x-tenant": "t1"})
+        assert r.status_code == 200 and r.json()["result"] == {"slept": 0}
+        r = await c.post(CANCEL, json={"id": "done-1"}, headers={"x-tenant": "t1"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == 4000
+    inflight = dispatcher.streaming.inflight
+    assert len(inflight) == 0 and not inflight._tenants and inflight._calls == {}

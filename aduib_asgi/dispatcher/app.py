@@ -66,6 +66,8 @@ class DocumentedRoute:
 
 def to_jsonable(value: Any) -> Any:
     """Handler results as JSON-like values (pydantic models dumped in JSON mode)."""
+    if value.__class__ is dict:  # the usual result, as it is
+        return value
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude_none=True)
     if isinstance(value, list | tuple) and value and isinstance(value[0], BaseModel):
@@ -153,11 +155,12 @@ class RpcDispatcher:
         try:
             if route is None:
                 raise RpcError(4000, f"No endpoint at {scope['path']}")
-            if scope["method"] not in route.methods:
-                raise RpcError(2000, f"Method {scope['method']} not allowed",
+            method = scope["method"]
+            if method not in route.methods:
+                raise RpcError(2000, f"Method {method} not allowed",
                                headers={"Allow": route.allow_header.decode()}, http_status=405)
-            await route.endpoint(scope, receive,
-                                 _HeadSend(send) if scope["method"] == "HEAD" else send, ctx)
+            await route.endpoint(scope, receive, _HeadSend(send) if method == "HEAD" else send,
+                                 ctx)
         except ClientDisconnected:
             return
         except Exception as exc:
@@ -184,7 +187,12 @@ class RpcDispatcher:
                 not ctype.lower().startswith(b"application/json"):
             raise RpcError(1003, f"Unsupported Content-Type {ctype.decode('latin-1')!r}",
                            http_status=415, headers={"Accept-Post": "application/json"})
-        body = await read_body(receive, limit=self.max_body_size)
+        limit = self.max_body_size
+        message = await receive()  # servers pass a small body in one message: take it as is
+        body = message.get("body", b"") if message["type"] == "http.request" and \
+            not message.get("more_body", False) else None
+        if body is None or len(body) > limit:  # the rest, a disconnect, or 413: read_body's
+            body = await read_body(receive, limit=limit, first=message)
         ctx.body = body
         codec = ctx.request_codec or JSON
         if not body:
@@ -194,10 +202,11 @@ class RpcDispatcher:
 
     async def read_envelope(self, receive: Receive, ctx: RequestContext) -> RpcRequest:
         """The validated request envelope (parsed once; reused when a layer did it)."""
-        if ctx.envelope is not None:
-            return ctx.envelope
-        payload = await self.read_payload(receive, ctx)
-        return parse_envelope(ctx, payload)  # also applies an auth layer's late check
+        env = ctx.envelope
+        if env is not None:
+            return env
+        # also applies an auth layer's late check
+        return parse_envelope(ctx, await self.read_payload(receive, ctx))
 
     async def call_unary(self, spec: MethodSpec, env: RpcRequest, ctx: RequestContext) -> Any:
         """Run a unary handler (sync ones in a worker thread) and return its result."""
@@ -214,7 +223,9 @@ class RpcDispatcher:
     # -- endpoints -----------------------------------------------------------------
 
     async def _unary(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
-        env = await self.read_envelope(receive, ctx)
+        env = ctx.envelope  # read by a layer in front, or by the cancel registration
+        if env is None:
+            env = await self.read_envelope(receive, ctx)
         spec = self.registry.resolve(env.method, ctx=ctx)  # version ranges, deprecation
         if spec.streaming:
             raise RpcError(2000, f"{env.method} is a streaming method; call it on /v2/rpc/stream")

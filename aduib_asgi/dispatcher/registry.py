@@ -317,7 +317,7 @@ class MethodRegistry:
         if ctx is None:
             ctx = current_context.get()
         spec = variants[0]
-        if len(variants) > 1 or spec.versioned:
+        if len(variants) > 1 or spec.since_key is not None or spec.removed_key is not None:
             if version is None and ctx is not None:
                 version = ctx.negotiated_version or (
                     ctx.envelope.aduib_rpc if ctx.envelope is not None else None)

@@ -18,7 +18,7 @@ complete body is compressed in one call, in a worker thread from
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import ClassVar
 
 import anyio.to_thread
@@ -34,7 +34,13 @@ from aduib_asgi.compression import (
     TooLarge,
     available_codings,
 )
-from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
+from aduib_asgi.context import (
+    CONTEXT_KEY,
+    RequestContext,
+    emitter_parts,
+    run_with_context,
+    with_response_headers,
+)
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import send_error
 
@@ -64,10 +70,10 @@ _VARY = (b"vary", b"Accept-Encoding")
 #: Statuses whose response is never content-coded: no body (204, 205, 304) or a
 #: part of the representation (206, whose Content-Range counts unencoded bytes).
 _NO_CODING_STATUSES = frozenset({204, 205, 206, 304})
-_RECODED_HEADERS = frozenset({b"content-length", b"content-encoding"})
 _FILE_SENDS = frozenset({"http.response.pathsend", "http.response.zerocopysend"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _CACHE_LIMIT = 512
+_UNKNOWN: object = object()  # (not cached yet)
 
 #: Default ``thread_threshold``. A thread hop costs ~50-100 µs (more on a busy
 #: machine) while 1 MiB takes 0.1-8 ms to compress depending on codec and data,
@@ -119,6 +125,7 @@ class CompressionMiddleware:
         supported = ", ".join([*self.codings, "identity"])
         self._accept_encoding = supported
         self._choices: dict[bytes, Coding | None] = {}
+        self._media: dict[bytes, int] = {}  # Content-Type value -> _CODABLE/_EXCLUDED/_SSE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -157,11 +164,14 @@ class CompressionMiddleware:
     # -- request -------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+        header = ctx.header
+        ae = header(b"accept-encoding")
         coding: Coding | None = None
-        ae = ctx.header(b"accept-encoding")
         if ae is not None:
-            ctx.add_response_header(*_VARY)
-            coding = self.choose(ae)
+            ctx.add_response_header(b"vary", b"Accept-Encoding")
+            coding = self._choices.get(ae, _UNKNOWN)  # type: ignore[arg-type]
+            if coding is _UNKNOWN:
+                coding = self.choose(ae)
             if coding is not None:
                 ctx.response_encoding = coding.name
         # No Accept-Encoding: an envelope's metadata.compression (decoded further in)
@@ -169,7 +179,8 @@ class CompressionMiddleware:
         method = scope.get("method")  # (required by ASGI; not every caller sets it)
         lazy = ae is None and method == "POST"
         rx: _DecodingReceive | _CountingReceive | None = None
-        ce = ctx.header(b"content-encoding")
+        ce = header(b"content-encoding")
+        length = header(b"content-length")
         if ce is not None and (name := ce.strip().lower()) not in (b"identity", b""):
             coding_name = name.decode("latin-1")
             decoding = self.codings.get("gzip" if coding_name == "x-gzip" else coding_name)
@@ -179,7 +190,6 @@ class CompressionMiddleware:
                     http_status=415, headers={"Accept-Encoding": self._accept_encoding},
                 ), ctx=ctx)
                 return
-            length = ctx.header(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_size:
                 # compressed input is capped too (skippable frames decode to nothing)
                 await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
@@ -189,14 +199,12 @@ class CompressionMiddleware:
                 h for h in scope["headers"]
                 if h[0] != b"content-encoding" and h[0] != b"content-length"
             ]}
-        else:
-            length = ctx.header(b"content-length")
-            if length is not None:
-                if length.isdigit() and int(length) > self.max_body_size:
-                    await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
-                    return
-            elif method in _BODY_METHODS:
-                rx = _CountingReceive(receive, self.max_body_size)
+        elif length is not None:
+            if length.isdigit() and int(length) > self.max_body_size:
+                await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
+                return
+        elif method in _BODY_METHODS:
+            rx = _CountingReceive(receive, self.max_body_size)
         if coding is None and rx is None:
             if lazy:  # the common case: no coding unless the envelope asks for one
                 ext = scope.get("extensions") or ()
@@ -218,20 +226,38 @@ class CompressionMiddleware:
                               if k != "http.response.zerocopysend"}
                 scope = {**scope, "extensions": extensions}
             defer = not _FILE_SENDS.isdisjoint(extensions)
-        responder = _Responder(send, self, coding, rx, method == "HEAD",
-                               ctx if lazy else None, defer)
+        responder = _Responder(send, self, coding, rx, method == "HEAD", ctx, lazy, defer)
         try:
             await self.app(scope, rx if rx is not None else receive, responder)
         except Exception:
             if rx is None or rx.error is None or responder.started:
                 raise
         finally:
-            responder.close()  # pooled codec contexts go back, even for an abandoned stream
+            if responder.encoder is not None:  # pooled codec contexts go back, even for
+                responder.close()  # an abandoned stream
             if rx is not None:
                 rx.close()
         if rx is not None and rx.error is not None and not responder.started:
             await send_error(scope, send, rx.error, ctx=ctx)
 
+
+    def _media_kind(self, content_type: bytes) -> int:
+        """_CODABLE, _EXCLUDED or _SSE for a response ``Content-Type`` value. Cached per value."""
+        kind = self._media.get(content_type)
+        if kind is not None:
+            return kind
+        media = content_type.lower().split(b";", 1)[0].strip()
+        if media in self.excluded or (media.startswith(self.excluded_prefixes)
+                                      and media not in _NOT_EXCLUDED):
+            kind = _EXCLUDED
+        elif media == b"text/event-stream":
+            kind = _SSE
+        else:
+            kind = _CODABLE
+        if len(self._media) >= _CACHE_LIMIT:
+            self._media.clear()
+        self._media[content_type] = kind
+        return kind
 
     def from_metadata(self, ctx: RequestContext) -> Coding | None:
         """The coding named by the envelope's ``metadata.compression`` (None: identity)."""
@@ -254,27 +280,33 @@ class _MetadataChoice:
     full :class:`_Responder` take over.
     """
 
-    __slots__ = ("ctx", "defer", "mw", "send", "target")
+    __slots__ = ("ctx", "defer", "emits", "mw", "send", "target")
 
     def __init__(self, send: Send, mw: CompressionMiddleware, ctx: RequestContext,
                  defer: bool) -> None:
-        self.send = send
+        # The context creator's header emitter: its work is done here, one call less.
+        self.send, self.emits = emitter_parts(send)
         self.mw = mw
         self.ctx = ctx
         self.defer = defer
         self.target: Send | None = None
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
         target = self.target
         if target is None:
             if message["type"] != "http.response.start":
-                await self.send(message)
-                return
+                return self.send(message)
             coding = self.mw.from_metadata(self.ctx)
-            target = self.send if coding is None else _Responder(
-                self.send, self.mw, coding, None, False, None, self.defer)
+            emits = self.emits
+            if coding is None:
+                self.target = self.send
+                if emits is not None and emits.response_headers:
+                    message = with_response_headers(message, emits)
+                return self.send(message)
+            target = _Responder(self.send, self.mw, coding, None, False, self.ctx, False,
+                                self.defer, emits)
             self.target = target
-        await target(message)
+        return target(message)
 
 
 def _excluded(types: Iterable[str]) -> tuple[frozenset[bytes], tuple[bytes, ...]]:
@@ -410,14 +442,24 @@ class _CountingReceive:
 
 
 # Response modes.
-_HELD, _PASS, _STREAM = 0, 1, 2
+_HELD, _PASS, _STREAM, _START = 0, 1, 2, 3
+# Response media kinds.
+_CODABLE, _EXCLUDED, _SSE = 0, 1, 2
+
+
+async def _nothing() -> None:
+    return None
 
 
 class _Responder:
-    """Wraps ``send``: compresses the response, or passes it through untouched."""
+    """Wraps ``send``: compresses the response, or passes it through untouched.
 
-    __slots__ = ("coding", "ctx", "defer", "encoder", "head", "mode", "mw", "rx", "send",
-                 "sse", "start", "started")
+    ``__call__`` is a plain function returning the awaitable to await: a message
+    passed through is the inner ``send``'s own coroutine (no frame of ours).
+    """
+
+    __slots__ = ("app_vary", "coding", "ctx", "defer", "emits", "encoder", "kept", "lazy",
+                 "mode", "mw", "rx", "send", "sse", "start", "started")
 
     def __init__(
         self,
@@ -426,134 +468,199 @@ class _Responder:
         coding: Coding | None,
         rx: _DecodingReceive | _CountingReceive | None,
         head: bool,
-        ctx: RequestContext | None = None,
+        ctx: RequestContext,
+        lazy: bool = False,
         defer: bool = False,
+        emits: RequestContext | None = None,
     ) -> None:
+        # ``emits``: the context whose response headers this responder merges into the
+        # start it sends, doing the work of that context creator's header emitter (given
+        # when ``send`` is already the server's; found when ``send`` is the emitter).
+        if emits is None:
+            send, emits = emitter_parts(send)
         self.send = send
+        self.emits = emits
         # The server can send files (pathsend/zerocopysend): an event stream's start
         # waits for its first message, which may be a file sent as it is.
         self.defer = defer
         self.sse = False
-        self.ctx = ctx  # set: choose from metadata.compression when the response starts
+        self.ctx = ctx
+        self.lazy = lazy  # choose from metadata.compression when the response starts
         self.mw = mw
         self.coding = coding
         self.rx = rx
-        self.head = head
-        self.mode = _PASS
+        self.mode = _PASS if head else _START
         self.start: Message | None = None
+        self.kept: list[tuple[bytes, bytes]] | None = None  # the held start's other headers
+        self.app_vary: bool | None = False  # None: our Vary moved into the coded start
         self.encoder: Encoder | None = None
         self.started = False
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
         rx = self.rx
         if rx is not None and rx.error is not None and not self.started:
-            return  # the body was refused: the layer renders its own error
+            return _nothing()  # the body was refused: the layer renders its own error
         mode = self.mode
+        t = message["type"]
         if mode == _HELD:
-            if message["type"] == "http.response.body":
+            if t == "http.response.body":
                 if message.get("more_body", False):
-                    await self._begin_stream(message)
-                else:
-                    await self._whole_body(message)
-                return
-            if message["type"] == "http.response.start":
+                    return self._begin_stream(message)
+                return self._whole_body(message)
+            if t == "http.response.start":
                 raise RuntimeError("http.response.start sent twice")
-            self.mode = _PASS
-            start, self.start = self.start, None
-            assert start is not None
-            self.started = True
-            await self.send(start)
-            await self.send(message)
-        elif mode == _STREAM and message["type"] == "http.response.body":
-            await self._stream_body(message)
-        elif mode == _STREAM and message["type"] in _FILE_SENDS:
-            # (only when the scope did not offer the extension: the server would fail too)
-            raise RuntimeError(f"{message['type']} after a content-coded response start")
-        elif message["type"] == "http.response.start":
+            return self._release(message)
+        if mode == _STREAM:
+            if t == "http.response.body":
+                return self._stream_body(message)
+            if t in _FILE_SENDS:
+                # (only when the scope did not offer the extension: the server would fail too)
+                raise RuntimeError(f"{t} after a content-coded response start")
+        if t == "http.response.start":
             if self.started:
                 raise RuntimeError("http.response.start sent twice")
-            if self.ctx is not None:
+            if self.lazy:
+                self.lazy = False
                 self.coding = self.mw.from_metadata(self.ctx)
-                self.ctx = None
-            mode = self._mode_for(message)
+            mode = self._mode_for(message) if mode == _START else _PASS
             if mode == _HELD:
                 self.mode = _HELD
                 self.start = message
-                return
+                return _nothing()
+            self.started = True
             if mode == _STREAM:
                 # Streamed by nature: commit now so the client sees the headers at once.
                 self.mode = _STREAM
                 assert self.coding is not None
                 self.encoder = self.coding.encoder()
-                message = self._encoded_start(message, None)
-            self.started = True
-            await self.send(message)
-        else:
-            await self.send(message)
+                return self._send_coded(message, None)
+            self.mode = _PASS
+            self.kept = None
+            return self.send(self._emitted(message))
+        return self.send(message)
+
+    def _emitted(self, start: Message) -> Message:
+        """``start`` as the context's creator would send it (when this responder emits)."""
+        emits = self.emits
+        if emits is not None and emits.response_headers:
+            return with_response_headers(start, emits)
+        return start
 
     def _mode_for(self, message: Message) -> int:
         """_PASS (leave alone), _STREAM (event stream) or _HELD (wait for the body).
 
-        Header names are compared case-insensitively (ASGI asks for lower case;
-        not every app complies).
+        One pass over the headers: besides the mode it keeps, for a coded start,
+        every header but ``Content-Length``/``Content-Encoding`` (``kept``) and
+        whether the app sent a ``Vary``. Header names are compared
+        case-insensitively (ASGI asks for lower case; not every app complies).
         """
         status = message["status"]
-        if self.coding is None or self.head or status < 200 or status in _NO_CODING_STATUSES:
+        if self.coding is None or status < 200 or status in _NO_CODING_STATUSES:
             return _PASS
+        mw = self.mw
         ctype = b""
         small = False
-        for name, value in message.get("headers", ()):
-            name = name.lower()
-            if name == b"content-encoding":
-                if value.lower().replace(b"identity", b"").strip(b" ,\t"):
+        kept: list[tuple[bytes, bytes]] = []
+        for h in message.get("headers", ()):
+            name = h[0].lower()
+            if name == b"content-length":
+                value = h[1]
+                small = value.isdigit() and int(value) < mw.minimum_size
+                continue
+            if name == b"content-type":
+                ctype = h[1]
+            elif name == b"content-encoding":
+                if h[1].lower().replace(b"identity", b"").strip(b" ,\t"):
                     return _PASS  # already coded (a list of only "identity" is no coding)
-            elif name == b"content-range":  # a part of the representation: never re-encoded
+                continue
+            elif name == b"vary":
+                self.app_vary = True
+            elif name == b"content-range" or (  # a part of the representation: never re-coded
+                    name == b"cache-control" and b"no-transform" in h[1].lower()):
                 return _PASS
-            elif name == b"content-type":
-                ctype = value.lower()
-            elif name == b"cache-control":
-                if b"no-transform" in value.lower():
-                    return _PASS
-            elif name == b"content-length":
-                small = value.isdigit() and int(value) < self.mw.minimum_size
-        media = ctype.split(b";", 1)[0].strip()
-        mw = self.mw
-        if media in mw.excluded or (media.startswith(mw.excluded_prefixes)
-                                    and media not in _NOT_EXCLUDED):
+            kept.append(h)
+        kind = mw._media.get(ctype)
+        if kind is None:
+            kind = mw._media_kind(ctype)
+        if kind == _EXCLUDED:
             return _PASS
-        if media == b"text/event-stream":  # an event stream: coded whatever its size
+        self.kept = kept
+        if kind == _SSE:  # an event stream: coded whatever its size
             self.sse = True
             return _HELD if self.defer else _STREAM
         return _PASS if small else _HELD
 
-    def _encoded_start(self, message: Message, length: int | None) -> Message:
-        assert self.coding is not None
-        headers = [h for h in message.get("headers", ())
-                   if h[0].lower() not in _RECODED_HEADERS]
+    def _coded_start(self, start: Message, length: int | None) -> Message:
+        """``start`` content-coded: the kept headers, the coding, the new length.
+
+        The one start message is built here. The ``Vary`` this layer asked the
+        context for goes into it directly when nothing else is pending there
+        and the app sent none (the same field: the context's creator then has
+        nothing to merge); otherwise the creator merges it, as for any layer.
+        """
+        headers = self.kept
+        assert headers is not None and self.coding is not None
+        self.kept = None
         headers.append(self.coding.content_encoding)
         if length is not None:
             headers.append((b"content-length", b"%d" % length))
-        return {**message, "headers": headers}
+        if not self.app_vary:
+            pending = self.ctx.response_headers
+            if len(pending) == 1 and pending[0] == _VARY:
+                headers.append(_VARY)
+                pending.clear()
+                self.app_vary = None  # (moved: see _unsent)
+        return self._emitted({**start, "headers": headers})
+
+    def _unsent(self) -> None:
+        """The coded start was not sent: an outer error response still gets its Vary."""
+        if self.app_vary is None and _VARY not in self.ctx.response_headers:
+            self.ctx.response_headers.append(_VARY)
+
+    async def _send_coded(self, start: Message, length: int | None) -> None:
+        message = self._coded_start(start, length)
+        try:
+            await self.send(message)
+        except BaseException:
+            self._unsent()
+            raise
+
+    async def _release(self, message: Message) -> None:
+        """A held start followed by something else than a body: send both as they are."""
+        self.mode = _PASS
+        start, self.start = self.start, None
+        assert start is not None
+        self.kept = None
+        self.started = True
+        await self.send(self._emitted(start))
+        await self.send(message)
 
     async def _whole_body(self, message: Message) -> None:
         """The complete body in one message: one compress call, a known length."""
         start, self.start = self.start, None
-        assert start is not None and self.coding is not None
+        coding = self.coding
+        assert start is not None and coding is not None
         self.mode = _PASS
         body: bytes = message.get("body", b"")
-        if len(body) < self.mw.minimum_size and not self.sse:
+        mw = self.mw
+        if len(body) < mw.minimum_size and not self.sse:
+            self.kept = None
             self.started = True
-            await self.send(start)
+            await self.send(self._emitted(start))
             await self.send(message)
             return
-        if len(body) < self.mw.thread_threshold:
-            data = self.coding.compress(body)
+        if len(body) < mw.thread_threshold:
+            data = coding.compress(body)
         else:
-            data = await anyio.to_thread.run_sync(self.coding.compress, body)
+            data = await anyio.to_thread.run_sync(coding.compress, body)
         self.started = True
         # With trailers the length is not declared (the body is sent as it comes).
-        length = None if start.get("trailers", False) else len(data)
-        await self.send(self._encoded_start(start, length))
+        coded = self._coded_start(start, None if start.get("trailers", False) else len(data))
+        try:
+            await self.send(coded)
+        except BaseException:
+            self._unsent()
+            raise
         await self.send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def _begin_stream(self, message: Message) -> None:
@@ -563,7 +670,7 @@ class _Responder:
         self.mode = _STREAM
         self.encoder = self.coding.encoder()
         self.started = True
-        await self.send(self._encoded_start(start, None))
+        await self._send_coded(start, None)
         await self._stream_body(message)
 
     async def _stream_body(self, message: Message) -> None:

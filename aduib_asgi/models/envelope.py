@@ -107,6 +107,10 @@ class RequestMetadata(_Model):
 
 _new_model = object.__new__
 _set_attr = object.__setattr__
+# BaseModel's slots, set through their descriptors (what object.__setattr__ finds for them)
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 _MD_STATIC = {n: f.default for n, f in RequestMetadata.model_fields.items()
               if f.default_factory is None}
 _MD_FACTORIES = tuple((n, f.default_factory) for n, f in RequestMetadata.model_fields.items()
@@ -123,10 +127,25 @@ def stamped_metadata(timestamp_ms: int) -> RequestMetadata:
     values["timestamp_ms"] = timestamp_ms
     md = _new_model(RequestMetadata)
     _set_attr(md, "__dict__", values)
-    _set_attr(md, "__pydantic_fields_set__", {"timestamp_ms"})
-    _set_attr(md, "__pydantic_extra__", None)
-    _set_attr(md, "__pydantic_private__", None)
+    _set_fields_set(md, {"timestamp_ms"})
+    _set_extra(md, None)
+    _set_private(md, None)
     return md
+
+
+def stamp_metadata(env: RpcRequest, timestamp_ms: int) -> None:
+    """``env.metadata = stamped_metadata(timestamp_ms)``, set as ``BaseModel.__setattr__``
+    sets a field (no validation on assignment): the value, and the name in the fields set."""
+    env.__dict__["metadata"] = stamped_metadata(timestamp_ms)
+    env.__pydantic_fields_set__.add("metadata")
+
+
+def split_valid_method(method: str) -> tuple[str, str]:
+    """(service, handler) of a method name that already matched :data:`METHOD_PATTERN`
+    (e.g. a validated ``RpcRequest.method``): neither part can contain ``/``, so a split
+    gives :func:`parse_method`'s groups without a second regex match."""
+    _, service, handler = method.split("/")
+    return service, handler
 
 
 class Pagination(_Model):
@@ -201,6 +220,13 @@ class RpcErrorModel(_Model):
     debug: DebugInfo | None = None
 
 
+#: Method names that passed the ``method`` check, so that a name seen before costs a set
+#: lookup rather than a regex match. Bounded: past the bound names are checked every time
+#: (whatever a client sends, at most this many names of at most 256 characters are kept).
+_VALID_METHODS: set[str] = set()
+_MAX_VALID_METHODS = 1024
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -233,7 +259,7 @@ class RpcRequest(_Model):
     @field_validator("aduib_rpc", mode="before")
     @classmethod
     def _version(cls, v: Any) -> Any:
-        if v is None:
+        if v is None or v == "2.0":
             return "2.0"
         if isinstance(v, str) and not _VERSION.match(v):
             raise ValueError("aduib_rpc must be a MAJOR.MINOR version string")
@@ -242,8 +268,12 @@ class RpcRequest(_Model):
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
+        if v in _VALID_METHODS:
+            return v
         if len(v) > 256 or not METHOD_PATTERN.match(v):
             raise ValueError("method must have the form rpc.v2/{service}/{handler}")
+        if len(_VALID_METHODS) < _MAX_VALID_METHODS:
+            _VALID_METHODS.add(v)
         return v
 
     @field_validator("supported_versions")

@@ -3,14 +3,17 @@
 A cancel request only reaches calls of the same caller
 (:func:`aduib_asgi.identity.caller_scope`: tenant and principal, and for
 anonymous callers their client address); any other call's id is simply unknown
-(404). Entries are kept by tenant and request id; whose a call is is worked out
-only when a cancel asks, so registering a call costs a dict insert. Every entry
-is removed when its call ends.
+(404). Entries are kept by request id; whose a call is (its tenant and caller
+scope) is worked out only when a cancel asks, so registering a call costs a
+dict insert. Every entry is removed when its call ends.
 
 The registry is bounded: at most ``max_per_tenant`` running calls per tenant and
 ``max_total`` in all (defaults 10,000 and 100,000, roughly 300 bytes each); a
 call past a bound is refused with 429 / 5021 and ``Retry-After`` before it runs,
-and never displaces another caller's entry.
+and never displaces another caller's entry. Calls are counted per tenant only
+while at least ``max_per_tenant`` calls run in all (below that no tenant can be
+at its bound): the counts are taken from the entries when the total reaches it,
+kept while it stays above half of it, and dropped below.
 
 With a :class:`CancelBus` attached (:mod:`aduib_asgi.streaming.cancel_bus`), a
 cancel for an id not running here is offered to the other instances sharing
@@ -37,8 +40,9 @@ __all__ = [
     "InflightRegistry",
 ]
 
-#: (tenant, request id)
-InflightKey = tuple[str, str]
+#: What :meth:`InflightRegistry.register` returns for :meth:`~InflightRegistry.unregister`
+#: (the request id).
+InflightKey = str
 DEFAULT_MAX_INFLIGHT = 100_000
 DEFAULT_MAX_INFLIGHT_PER_TENANT = 10_000
 #: A cancel reason longer than this is cut (it is echoed in the cancelled call's answer).
@@ -58,22 +62,34 @@ class CancelBus(Protocol):
                             reason: str | None) -> bool: ...
 
 
-class _Entry:
-    """A running call and what tells whose it is (the owner's scope, computed only
-    when a cancel asks: registering costs no string building). Calls that share
-    a (tenant, id) key are chained through ``next``."""
+#: A running call: (call, its context, its ASGI scope, the next entry under the same
+#: request id or None, its tenant while calls are counted per tenant, else None).
+#: A tuple, not an object: registering is one tuple and one dict insert.
+_Entry = tuple[Cancellable, RequestContext, "Scope | None", "_Entry | None", "str | None"]
 
-    __slots__ = ("call", "ctx", "next", "scope")
 
-    def __init__(self, call: Cancellable, ctx: RequestContext, scope: Scope | None,
-                 next_: _Entry | None) -> None:
-        self.call = call
-        self.ctx = ctx
-        self.scope = scope
-        self.next = next_
+def _without(entry: _Entry | None, call: Cancellable) -> tuple[_Entry | None, _Entry | None]:
+    """The chain ``entry`` without ``call`` (rebuilt up to it), and the removed entry.
+    Iterative: a chain is as long as the calls running under one id."""
+    before: list[_Entry] = []
+    e = entry
+    while e is not None and e[0] is not call:
+        before.append(e)
+        e = e[3]
+    if e is None:
+        return entry, None
+    rest = e[3]
+    for p in reversed(before):
+        rest = (p[0], p[1], p[2], rest, p[4])
+    return rest, e
 
-    def owner(self) -> str:
-        return caller_scope(self.ctx, self.scope)
+
+def _full(tenant: str | None, n: int, max_per_tenant: int) -> RpcError:
+    return RpcError(5021, "Too many running calls"
+                    + (f" for tenant {tenant!r}" if n >= max_per_tenant else ""),
+                    headers={"Retry-After": "1"},
+                    details=[{"type": "admission", "reason": "in-flight registry full",
+                              "metadata": {"limit": "inflight", "retry_after_s": 1}}])
 
 
 class InflightRegistry:
@@ -83,9 +99,10 @@ class InflightRegistry:
 
     def __init__(self, *, max_per_tenant: int = DEFAULT_MAX_INFLIGHT_PER_TENANT,
                  max_total: int = DEFAULT_MAX_INFLIGHT) -> None:
-        # (tenant, request id) -> the calls running under that id (a chain, usually one)
-        self._calls: dict[InflightKey, _Entry] = {}
-        self._tenants: dict[str, int] = {}
+        # request id -> the calls running under that id (a chain, usually one)
+        self._calls: dict[str, _Entry] = {}
+        # tenant -> its running calls, while counted (see the module docstring), else None
+        self._tenants: dict[str, int] | None = None
         self._size = 0
         self.max_per_tenant = max_per_tenant
         self.max_total = max_total
@@ -94,59 +111,91 @@ class InflightRegistry:
 
     def register(self, ctx: RequestContext, call: Cancellable,
                  scope: Scope | None = None) -> InflightKey:
-        """Record ``call`` under the request's tenant and id; pass the key to
-        :meth:`unregister`. Raises 5021 (429) at a bound."""
-        tenant = ctx.tenant_id or tenant_of(ctx)
-        tenants = self._tenants
-        n = tenants.get(tenant, 0)
-        if n >= self.max_per_tenant or self._size >= self.max_total:
-            raise RpcError(5021, "Too many running calls"
-                           + (f" for tenant {tenant!r}" if n >= self.max_per_tenant else ""),
-                           headers={"Retry-After": "1"},
-                           details=[{"type": "admission", "reason": "in-flight registry full",
-                                     "metadata": {"limit": "inflight", "retry_after_s": 1}}])
-        rid = ctx.request_id
-        key = (tenant, rid if rid is not None else ctx.ensure_request_id())
+        """Record ``call`` under the request's id; pass the key to :meth:`unregister`.
+        Raises 5021 (429) at a bound."""
+        size = self._size
+        counts = self._tenants
+        tenant = None
+        if counts is not None or size >= self.max_per_tenant:
+            if counts is None:
+                counts = self._count()
+            tenant = ctx.tenant_id or tenant_of(ctx)
+            n = counts.get(tenant, 0)
+            if n >= self.max_per_tenant or size >= self.max_total:
+                raise _full(tenant, n, self.max_per_tenant)
+            counts[tenant] = n + 1
+        elif size >= self.max_total:  # below max_per_tenant in all: no tenant is at its bound
+            raise _full(None, 0, self.max_per_tenant)
+        rid = ctx.request_id or ctx.ensure_request_id()  # "" stays ""
         calls = self._calls
-        calls[key] = _Entry(call, ctx, scope, calls.get(key))
-        tenants[tenant] = n + 1
-        self._size += 1
-        return key
+        calls[rid] = (call, ctx, scope, calls.get(rid), tenant)
+        self._size = size + 1
+        return rid
+
+    def _count(self) -> dict[str, int]:
+        """Start counting calls per tenant: each entry's tenant, from its context."""
+        counts: dict[str, int] = {}
+        for rid, entry in list(self._calls.items()):
+            chain: list[_Entry] = []
+            e: _Entry | None = entry
+            while e is not None:
+                chain.append(e)
+                e = e[3]
+            rebuilt: _Entry | None = None
+            for call, ctx, scope, _, tenant in reversed(chain):
+                if tenant is None:
+                    tenant = ctx.tenant_id or tenant_of(ctx)
+                counts[tenant] = counts.get(tenant, 0) + 1
+                rebuilt = (call, ctx, scope, rebuilt, tenant)
+            assert rebuilt is not None
+            self._calls[rid] = rebuilt
+        self._tenants = counts
+        return counts
 
     def unregister(self, key: InflightKey, call: Cancellable) -> None:
         """Forget ``call``."""
         calls = self._calls
         entry = calls.get(key)
-        prev: _Entry | None = None
-        while entry is not None and entry.call is not call:
-            prev, entry = entry, entry.next
         if entry is None:
             return
-        if prev is not None:
-            prev.next = entry.next
-        elif entry.next is not None:
-            calls[key] = entry.next
+        removed: _Entry | None
+        if entry[0] is call:  # the usual case: the only call under its id
+            rest, removed = entry[3], entry
         else:
+            rest, removed = _without(entry, call)
+            if removed is None:
+                return
+        if rest is None:
             del calls[key]
-        self._size -= 1
-        tenant = key[0]
-        n = self._tenants.get(tenant, 1) - 1
-        if n > 0:
-            self._tenants[tenant] = n
         else:
-            self._tenants.pop(tenant, None)
+            calls[key] = rest
+        size = self._size = self._size - 1
+        counts = self._tenants
+        if counts is not None:
+            if size < self.max_per_tenant // 2:
+                self._tenants = None  # far from any tenant's bound: stop counting
+                return
+            tenant = removed[4]
+            assert tenant is not None  # counted entries carry their tenant
+            n = counts.get(tenant, 1) - 1
+            if n > 0:
+                counts[tenant] = n
+            else:
+                counts.pop(tenant, None)
 
     def cancel_local(self, tenant: str, owner: str, request_id: str,
                      reason: str | None = None) -> bool:
-        """Cancel the calls ``request_id`` of caller scope ``owner`` running here."""
-        entry = self._calls.get((tenant, request_id))
-        found: list[_Entry] = []
+        """Cancel the calls ``request_id`` of caller scope ``owner`` in ``tenant`` running
+        here."""
+        entry = self._calls.get(request_id)
+        found: list[Cancellable] = []
         while entry is not None:
-            if entry.owner() == owner:
-                found.append(entry)
-            entry = entry.next
-        for e in found:
-            e.call.cancel(reason[:MAX_REASON] if reason is not None else None)
+            ctx = entry[1]
+            if (entry[4] or tenant_of(ctx)) == tenant and caller_scope(ctx, entry[2]) == owner:
+                found.append(entry[0])
+            entry = entry[3]
+        for call in found:
+            call.cancel(reason[:MAX_REASON] if reason is not None else None)
         return bool(found)
 
     def cancel(self, ctx: RequestContext, request_id: str, reason: str | None = None,
@@ -172,4 +221,4 @@ class InflightRegistry:
         return self._size
 
     def __contains__(self, request_id: object) -> bool:
-        return any(k[1] == request_id for k in self._calls)
+        return isinstance(request_id, str) and request_id in self._calls

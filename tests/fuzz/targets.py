@@ -199,6 +199,26 @@ class _Stack:
 
         self.app = build_demo_app(DemoConfig(env="prod"))
         self.loop = asyncio.new_event_loop()
+        self._lifespan = self._start()  # as a server would: task workers, health monitor
+
+    def _start(self) -> asyncio.Task[None]:
+        """Run the app's lifespan startup; the lifespan task stays for the stack's life."""
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def run() -> None:
+            scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+            await self.app(scope, events.get, answers.put)
+
+        async def start() -> asyncio.Task[None]:
+            task = asyncio.ensure_future(run())
+            await events.put({"type": "lifespan.startup"})
+            answer = await asyncio.wait_for(answers.get(), REQUEST_TIMEOUT_S)
+            if answer["type"] != "lifespan.startup.complete":
+                raise RuntimeError(f"the demo app did not start: {answer}")
+            return task
+
+        return self.loop.run_until_complete(start())
 
     def request(self, scope: dict[str, Any], body: bytes) -> tuple[int, bytes]:
         messages = [{"type": "http.request", "body": body, "more_body": False}]

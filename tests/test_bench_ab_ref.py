@@ -1,0 +1,34 @@
+"""benchmarks/ab_ref.py's compression cases build and answer as the bench's do (no timing)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+AB = Path(__file__).resolve().parent.parent / "benchmarks" / "ab_ref.py"
+
+
+def _module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("ab_ref", AB)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("codec", ["zstd", "gzip"])
+async def test_a_compress_case_times_our_layer_the_plain_route_and_the_raw_codec(
+        codec: str) -> None:
+    ab = _module()
+    assert ab._parts(f"compress:{codec}") == ("compress", codec, "20k")
+    assert ab._parts("raw:br:1m") == ("raw", "br", "1m")
+    ours = ab.build("aduib_asgi", f"compress:{codec}")
+    assert await ours.check() is None  # answered 200 with Content-Encoding: codec
+    route = ab.build("aduib_asgi", "big-route:-:20k")
+    assert await route.check() is None
+    raw = ab.build("aduib_asgi", f"raw:{codec}:20k")
+    assert await ab.timed(raw, 2) > 0 and await ab.timed(ours, 2) > 0
