@@ -38,6 +38,7 @@ __all__ = [
     "context_link",
     "context_routes",
     "current_context",
+    "declaring_class",
     "emitter_parts",
     "get_context",
     "run_with_context",
@@ -387,10 +388,18 @@ def context_link(layer: Any, routes: Mapping[str, ContextHandler]) -> Callable[.
     receive, send)`` does; the returned callable's ``app`` is ``layer``, so code
     that follows ``.app`` down a stack still finds every layer.
     """
-    get = dict(routes).get
+    http = routes.get("http")
+    websocket = routes.get("websocket")
+    other = {t: h for t, h in routes.items() if t != "http" and t != "websocket"}
 
     def link(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        handler = get(scope["type"])
+        t = scope["type"]  # compared, not looked up: the common types cost no call
+        if t == "http":
+            handler = http
+        elif t == "websocket":
+            handler = websocket
+        else:
+            handler = other.get(t)
         if handler is None:
             result: Awaitable[None] = layer(scope, receive, send)
             return result
@@ -414,6 +423,9 @@ def context_routes(layer: Any) -> dict[str, ContextHandler]:
     instead (returning the bound methods, or ``{}``). Scope types left out are
     always handled by the layer's ``__call__``.
     """
+    owner = declaring_class(type(layer))
+    if owner is None:
+        return {}
     custom = getattr(type(layer), "context_routes", None)
     if callable(custom):
         routes: dict[str, ContextHandler] = custom(layer)
@@ -422,3 +434,18 @@ def context_routes(layer: Any) -> dict[str, ContextHandler]:
     if not names:
         return {}
     return {t: getattr(layer, name) for t, name in names.items()}
+
+
+def declaring_class(cls: type) -> type | None:
+    """The class whose ``__call__`` ``cls`` runs, if that class also declares its
+    context handlers (``context_methods`` or ``context_routes`` in its own body).
+
+    A subclass that overrides ``__call__`` without declaring again is not fused
+    (its own ``__call__`` always runs); one that overrides a handler is, with its
+    handler.
+    """
+    for k in cls.__mro__:
+        own = vars(k)
+        if "__call__" in own:
+            return k if ("context_methods" in own or "context_routes" in own) else None
+    return None

@@ -16,7 +16,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aduib_asgi.context import REGISTRY_KEY, SERVER_ID_KEY, context_link, context_routes
+from aduib_asgi.context import (
+    REGISTRY_KEY,
+    SERVER_ID_KEY,
+    context_link,
+    context_routes,
+    declaring_class,
+)
 from aduib_asgi.responses import STREAM_FRAMING_DEFAULT_KEY
 
 __all__ = [
@@ -176,8 +182,7 @@ def fuse(app: ASGIApp) -> ASGIApp:
 
 
 def _declares(layer: Any) -> bool:
-    cls = type(layer)
-    return hasattr(cls, "context_methods") or hasattr(cls, "context_routes")
+    return declaring_class(type(layer)) is not None
 
 
 def _link_next(layer: Any) -> None:

@@ -28,6 +28,7 @@ from aduib_asgi.context import (
     _merged,
     context_link,
     context_routes,
+    run_with_context,
 )
 from aduib_asgi.demo.security import demo_auth_options
 from aduib_asgi.demo.services import register_demo_services
@@ -417,6 +418,12 @@ async def test_link_without_a_context_creates_it_like_the_layer() -> None:
         def __init__(self, app: ASGIApp) -> None:
             self.app = app
 
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                await run_with_context(self._http, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+
         async def _http(self, scope: Any, receive: Any, send: Any, ctx: RequestContext) -> None:
             seen.append((scope[CONTEXT_KEY] is ctx, current_context.get() is ctx))
             await self.app(scope, receive, send)
@@ -427,8 +434,8 @@ async def test_link_without_a_context_creates_it_like_the_layer() -> None:
     await link(scope, None, None)
     assert seen == [(True, True)] and scope["reached"] and current_context.get() is None
     lifespan: dict[str, Any] = {"type": "lifespan"}
-    with pytest.raises(TypeError):  # not declared: the layer's own __call__ (Probe has none)
-        await link(lifespan, None, None)
+    await link(lifespan, None, None)  # not declared: the layer's own __call__
+    assert lifespan["reached"] and CONTEXT_KEY not in lifespan and len(seen) == 1
 
 
 async def test_foreign_layer_in_between_is_left_alone_and_stack_stays_walkable() -> None:
@@ -566,3 +573,60 @@ async def test_demo_inner_layers_are_linked() -> None:
     for layer in ("DeadlineMiddleware", "AdmissionMiddleware", "IdempotencyMiddleware",
                   "CircuitBreakerMiddleware"):
         assert f"context_link({layer})" in chain, (layer, chain, names)
+
+
+async def test_a_subclass_that_overrides_call_is_not_bypassed() -> None:
+    """A user's subclass with its own ``__call__`` (and no declaration of its own)
+    is called through it in a fused stack; one that only overrides a handler is
+    fused with that handler."""
+    from aduib_asgi.context import declaring_class
+
+    seen: list[str] = []
+    version_cls = layer_class("version")
+    tenant_cls = layer_class("tenant")
+
+    class Watched(version_cls):  # type: ignore[misc, valid-type]
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            seen.append("call")
+            await super().__call__(scope, receive, send)
+
+    class OwnHandler(tenant_cls):  # type: ignore[misc, valid-type]
+        async def _handle(self, scope: Any, receive: Any, send: Any,
+                          ctx: RequestContext) -> None:
+            seen.append("handler")
+            await super()._handle(scope, receive, send, ctx)
+
+    assert declaring_class(Watched) is None and context_routes(Watched(_leaf)) == {}
+    assert declaring_class(OwnHandler) is tenant_cls
+    registry = MethodRegistry()
+    register_demo_services(registry)
+    app = build_stack(RpcDispatcher(registry), [
+        Layer(layer_class("errors"), {}), Layer(layer_class("content"), {}),
+        Layer(Watched, {}), Layer(OwnHandler, {"default": "default"})])
+    sent = await http(app, "POST", RPC, _env("rpc.v2/Echo/echo", {"a": 1}), (JSON,))
+    assert sent[0]["status"] == 200 and seen == ["call", "handler"]
+    chain = [str(getattr(n, "__qualname__", "")) for n in _walk(app)]
+    assert "context_link(Watched)" not in chain  # and its own ``app`` is left alone:
+    assert type(next(n for n in _walk(app) if type(n) is Watched).app) is OwnHandler
+    seen.clear()
+    app = build_stack(RpcDispatcher(registry), [
+        Layer(layer_class("errors"), {}), Layer(layer_class("content"), {}),
+        Layer(OwnHandler, {"default": "default"})])
+    assert "context_link(OwnHandler)" in [str(getattr(n, "__qualname__", "")) for n in _walk(app)]
+    sent = await http(app, "POST", RPC, _env("rpc.v2/Echo/echo", {"a": 1}), (JSON,))
+    assert sent[0]["status"] == 200 and seen == ["handler"]
+
+
+async def test_link_routes_any_declared_scope_type() -> None:
+    seen: list[str] = []
+
+    async def handler(scope: Any, receive: Any, send: Any, ctx: RequestContext) -> None:
+        seen.append(scope["type"])
+
+    async def layer(scope: Any, receive: Any, send: Any) -> None:
+        seen.append("layer:" + scope["type"])
+
+    link = context_link(layer, {"custom": handler, "http": handler})
+    for t in ("custom", "http", "websocket", "lifespan"):
+        await link({"type": t, CONTEXT_KEY: RequestContext()}, None, None)
+    assert seen == ["custom", "http", "layer:websocket", "layer:lifespan"]

@@ -159,7 +159,8 @@ class _ErrorResponder:
             return
         if t == "http.response.start":
             status = message["status"]
-            self.mappable = self.map_errors and is_mappable(status, message.get("headers", ()))
+            self.mappable = status >= 400 and self.map_errors and is_mappable(
+                status, message.get("headers", ()))
             if status == 500 or self.mappable:
                 self.held = [message]
                 self.held_bytes = 0
