@@ -12,6 +12,7 @@ replayed; a JSON-only inner app can be given non-JSON bodies transcoded to JSON.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -35,7 +36,7 @@ __all__ = ["ORIGINAL_TYPE_KEY", "ContentNegotiationMiddleware"]
 #: ``ctx.extras`` key holding the request's media type when the body was transcoded to JSON.
 ORIGINAL_TYPE_KEY = "aduib.content.original_type"
 
-_VARY = (b"vary", b"Accept")
+_VARY_NAME, _VARY_VALUE = b"vary", b"Accept"
 _ANY = b"*/*"
 #: Accept ranges served by streaming endpoints, not by a codec: never a 406.
 _STREAM_RANGES = ("text/event-stream", "text/*")
@@ -87,7 +88,8 @@ class ContentNegotiationMiddleware:
         self.strict = strict
         self.transcode = transcode
         self._accept_post = ", ".join(self.registry.media_types())
-        self._types: dict[bytes, tuple[Codec | None, str]] = {}
+        # Content-Type value -> (codec or None, media type, extra that would provide it)
+        self._types: dict[bytes, tuple[Codec | None, str, str | None]] = {}
         self._choices: dict[tuple[bytes, str | None], Codec | None] = {}
         self._accepts: dict[bytes, list[str]] = {}
 
@@ -101,10 +103,15 @@ class ContentNegotiationMiddleware:
 
     def request_type(self, content_type: bytes) -> tuple[Codec | None, str]:
         """(codec or None, media type) for a ``Content-Type`` value."""
+        codec, media, _ = self._type(content_type)
+        return codec, media
+
+    def _type(self, content_type: bytes) -> tuple[Codec | None, str, str | None]:
+        """(codec or None, media type, the extra that would provide it) for a ``Content-Type``."""
         hit = self._types.get(content_type)
         if hit is None:
             media = media_type_of(content_type.decode("latin-1"))
-            hit = (self.registry.get(media), media)
+            hit = (self.registry.get(media), media, self.registry.missing(media))
             if len(self._types) >= _CACHE_LIMIT:
                 self._types.clear()
             self._types[content_type] = hit
@@ -147,25 +154,29 @@ class ContentNegotiationMiddleware:
 
     # -- request -------------------------------------------------------------------
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+    def _http(self, scope: Scope, receive: Receive, send: Send,
+              ctx: RequestContext) -> Awaitable[None]:
+        """Negotiate; the awaitable that decodes the body and runs the app (or refuses).
+
+        Not a coroutine itself: a request with nothing to decode costs no frame here.
+        """
         path: str = scope["path"]
         ctype = ctx.header(b"content-type")
         req_codec: Codec | None = None
         media: str | None = None
+        extra: str | None = None
         if ctype is not None:
-            req_codec, media = self.request_type(ctype)
+            req_codec, media, extra = self._types.get(ctype) or self._type(ctype)
         envelope = path in self.envelope_paths and scope["method"] == "POST"
         strict = envelope or self.strict or path.startswith(self.rpc_prefix)
-        if not strict and req_codec is None and (media is None or
-                                                 self.registry.missing(media) is None):
+        if not strict and req_codec is None and extra is None:
             # Not triggered: a plain app's request with nothing for us to decode.
             # Its responses are its own; only errors rendered further in use the
             # negotiated codec (no Vary: the layer changes nothing the app sends).
             accept = ctx.header(b"accept")
             if accept is not None:
                 ctx.response_codec = self.response_codec(accept, None) or JSON
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         accept = ctx.header(b"accept")
         if accept is None:
             resp: Codec | None = req_codec or JSON
@@ -173,89 +184,72 @@ class ContentNegotiationMiddleware:
             resp = self.response_codec(accept, req_codec)
             ctx.accept = self._accept_list(accept)
         ctx.response_codec = resp or JSON  # errors from here on are encoded in it
-        ctx.add_response_header(*_VARY)
+        ctx.add_response_header(_VARY_NAME, _VARY_VALUE)
         ctx.request_codec = req_codec
         ctx.content_type = media
 
         if ctype is not None and req_codec is None:
-            assert media is not None
-            extra = self.registry.missing(media)
             if extra is not None:
-                await self._reject(scope, send, ctx, RpcError(
+                return self._reject(scope, send, ctx, RpcError(
                     1003, f"{media} needs the aduib-asgi[{extra}] extra, which is not installed",
                     http_status=415, headers={"Accept-Post": self._accept_post}))
-                return
             if strict:
-                await self._reject(scope, send, ctx, RpcError(
+                return self._reject(scope, send, ctx, RpcError(
                     1003, f"Unsupported Content-Type {media!r}; supported: {self._accept_post}",
                     http_status=415, headers={"Accept-Post": self._accept_post}))
-                return
         if resp is None and strict:
-            await self._reject(scope, send, ctx, RpcError(
+            return self._reject(scope, send, ctx, RpcError(
                 1003, f"None of the accepted media types is supported; supported: "
                       f"{self._accept_post}", http_status=406))
-            return
 
         if envelope:
-            await self._envelope(scope, receive, send, ctx, req_codec or JSON, accept)
-        elif req_codec is not None:
-            await self._payload(scope, receive, send, ctx, req_codec, media)
-        else:
-            await self.app(scope, receive, send)
+            return self._decode(scope, receive, send, ctx, req_codec or JSON, accept, media, True)
+        if req_codec is not None:
+            if getattr(req_codec, "envelope_only", False):
+                return self._reject(scope, send, ctx, RpcError(
+                    1003, f"{req_codec.media_type} carries RPC envelopes only", http_status=415,
+                    headers={"Accept-Post": self._accept_post}))
+            return self._decode(scope, receive, send, ctx, req_codec, accept, media, False)
+        return self.app(scope, receive, send)
 
     async def _reject(self, scope: Scope, send: Send, ctx: RequestContext, err: RpcError) -> None:
         await send_error(scope, send, err, ctx=ctx)
 
-    async def _read(self, scope: Scope, receive: Receive, send: Send,
-                    ctx: RequestContext) -> bytes | None:
+    async def _decode(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
+                      codec: Codec, accept: bytes | None, media: str | None,
+                      envelope: bool) -> None:
+        """Read the body (bounded) and decode it: the request ``envelope``, validated, or
+        else a value for ``ctx.payload``. Then run the app with the body replayed."""
+        v1 = envelope and scope["path"] == self._v1_path
+        if v1:
+            install_v1_shaper(ctx)  # errors while decoding are v1-shaped too
         try:
             body = await read_body(receive, limit=self.max_body_size)
         except ClientDisconnected:
-            return None
+            return
         except RpcError as exc:
             await send_error(scope, send, exc, ctx=ctx)
-            return None
+            return
         ctx.body = body
-        return body
-
-    async def _envelope(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
-                        codec: Codec, accept: bytes | None) -> None:
-        v1 = scope["path"] == self._v1_path
-        if v1:
-            install_v1_shaper(ctx)  # errors while decoding are v1-shaped too
-        body = await self._read(scope, receive, send, ctx)
-        if body is None:
-            return
-        try:
-            if not body:
-                raise RpcError(1002, "Empty request body")
-            payload = codec.decode(body)
-            env = parse_envelope(ctx, payload, v1=v1)
-            if (accept is None or accept == _ANY) and env.metadata is not None \
-                    and env.metadata.accept:
-                chosen = self._from_metadata(env.metadata.accept, ctx.request_codec)
-                ctx.accept = list(env.metadata.accept)
-                if chosen is None:
-                    raise RpcError(1003, "None of metadata.accept is supported; supported: "
-                                   f"{self._accept_post}", http_status=406)
-                ctx.response_codec = chosen
-        except RpcError as exc:
-            await send_error(scope, send, exc, ctx=ctx)
-            return
-        await self.app(scope, replay_receive(body, receive), send)
-
-    async def _payload(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
-                       codec: Codec, media: str | None) -> None:
-        decode = getattr(codec, "decode_value", None)
-        if getattr(codec, "envelope_only", False):
-            await self._reject(scope, send, ctx, RpcError(
-                1003, f"{codec.media_type} carries RPC envelopes only", http_status=415,
-                headers={"Accept-Post": self._accept_post}))
-            return
-        body = await self._read(scope, receive, send, ctx)
-        if body is None:
-            return
-        if body:
+        if envelope:
+            try:
+                if not body:
+                    raise RpcError(1002, "Empty request body")
+                payload = codec.decode(body)
+                env = parse_envelope(ctx, payload, v1=v1)
+                if (accept is None or accept == _ANY) and env.metadata is not None \
+                        and env.metadata.accept:
+                    chosen = self._from_metadata(env.metadata.accept, ctx.request_codec)
+                    ctx.accept = list(env.metadata.accept)
+                    if chosen is None:
+                        raise RpcError(1003, "None of metadata.accept is supported; supported: "
+                                       f"{self._accept_post}", http_status=406)
+                    ctx.response_codec = chosen
+            except RpcError as exc:
+                await send_error(scope, send, exc, ctx=ctx)
+                return
+        elif body:
+            decode = getattr(codec, "decode_value", None)
             try:
                 ctx.payload = (decode or codec.decode)(body)
             except RpcError as exc:

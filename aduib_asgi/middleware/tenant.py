@@ -16,7 +16,7 @@ are exposed as :func:`tenant_setting` and ``ctx.extras["aduib.tenant_config"]``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, ClassVar
 
@@ -110,6 +110,15 @@ class TenantScopeMiddleware:
     def bind(self, ctx: RequestContext, tenant: str | None) -> Callable[[], None]:
         """Make ``tenant`` the request's tenant (context, contextvars, overrides) until
         the returned release is called (in the same task)."""
+        token, ctoken = self._set(ctx, tenant)
+
+        def release() -> None:
+            _unset(token, ctoken)
+
+        return release
+
+    def _set(self, ctx: RequestContext, tenant: str | None) -> tuple[Any, Any]:
+        """Bind ``tenant``; the tokens that undo it (:func:`_unset`)."""
         ctx.tenant_id = tenant
         config = self.overrides.get(tenant, _EMPTY) if tenant is not None else _EMPTY
         if config:
@@ -117,13 +126,11 @@ class TenantScopeMiddleware:
         elif TENANT_CONFIG_KEY in ctx.extras:
             del ctx.extras[TENANT_CONFIG_KEY]
         token = current_tenant.set(tenant)
-        ctoken = _current_config.set(config)
-
-        def release() -> None:
-            _current_config.reset(ctoken)
-            current_tenant.reset(token)
-
-        return release
+        if config is _EMPTY:
+            outer = _current_config.get()
+            if outer is None or outer is _EMPTY:  # no overrides either way: nothing to set
+                return token, None
+        return token, _current_config.set(config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -161,28 +168,44 @@ class TenantScopeMiddleware:
                            details=[detail(f"must match {self._pattern}", field=field,
                                            type="value_error")])
 
-    async def _handle(
+    def _handle(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
-    ) -> None:
+    ) -> Awaitable[None]:
+        """Resolve the tenant; the awaitable that runs the app with it bound (or refuses).
+
+        Not a coroutine itself: with nothing to bind the layer adds no frame.
+        """
         try:
             tenant = self.resolve(ctx)
         except RpcError as exc:
-            if scope["type"] == "websocket":
-                await refuse_websocket(scope, send, exc, ctx=ctx)
-            else:
-                await send_error(scope, send, exc, ctx=ctx)
-            return
+            return self._refuse(scope, send, ctx, exc)
         if scope["type"] == "websocket":  # each message may name its tenant: the gate applies it
             defer(ctx, self._gate_check)
         if tenant is None and current_tenant.get() is None and _current_config.get() is None:
             ctx.tenant_id = None
-            await self.app(scope, receive, send)  # nothing to bind
-            return
-        release = self.bind(ctx, tenant)
+            return self.app(scope, receive, send)  # nothing to bind
+        return self._bound(scope, receive, send, ctx, tenant)
+
+    async def _bound(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
+                     tenant: str | None) -> None:
+        token, ctoken = self._set(ctx, tenant)
         try:
             await self.app(scope, receive, send)
         finally:
-            release()
+            _unset(token, ctoken)
+
+    async def _refuse(self, scope: Scope, send: Send, ctx: RequestContext,
+                      exc: RpcError) -> None:
+        if scope["type"] == "websocket":
+            await refuse_websocket(scope, send, exc, ctx=ctx)
+        else:
+            await send_error(scope, send, exc, ctx=ctx)
+
+
+def _unset(token: Any, ctoken: Any) -> None:
+    if ctoken is not None:
+        _current_config.reset(ctoken)
+    current_tenant.reset(token)
 
 
 class _TenantCheck:

@@ -16,7 +16,7 @@ header (``00-<trace_id>-<server span_id>-<flags>``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from random import getrandbits
 from time import monotonic
 from typing import Any, ClassVar
@@ -54,6 +54,24 @@ _TRACEPARENT = b"traceparent"
 _BAGGAGE = b"baggage"
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_SERVER = SpanKind.SERVER  # an Enum member looked up once, not per request
+_MASK64 = (1 << 64) - 1
+
+
+def _hex128(v: int) -> str:
+    """``f"{v:032x}"``, the fast way for an id in range (the OTel SDK's always are)."""
+    try:
+        return v.to_bytes(16, "big").hex()
+    except OverflowError:  # an id generator out of its range: as the format spells it
+        return f"{v:032x}"
+
+
+def _hex64(v: int) -> str:
+    """``f"{v:016x}"``, the fast way for an id in range."""
+    try:
+        return v.to_bytes(8, "big").hex()
+    except OverflowError:
+        return f"{v:016x}"
 
 
 def new_trace_id() -> str:
@@ -72,23 +90,25 @@ def new_span_id() -> str:
     return v.to_bytes(8, "big").hex()
 
 
-_MASK64 = (1 << 64) - 1
-
-
 def _new_ids() -> tuple[str, str]:
     """A new trace id and span id from one random draw (neither all zero)."""
     v = getrandbits(192)
-    while not (v >> 64 and v & _MASK64):
+    while not (v > _MASK64 and v & _MASK64):
         v = getrandbits(192)
     h = v.to_bytes(24, "big").hex()
     return h[:32], h[32:]
+
+
+#: The header names OTel's propagators ask for, as the context's header index keys them.
+_KEYS = {"traceparent": b"traceparent", "tracestate": b"tracestate", "baggage": b"baggage"}
 
 
 class _ContextGetter(Getter[RequestContext]):
     """Lets OTel propagators read request headers straight from the context."""
 
     def get(self, carrier: RequestContext, key: str) -> list[str] | None:
-        v = carrier.header(key.encode("latin-1"))
+        name = _KEYS.get(key)
+        v = carrier.header(key.encode("latin-1") if name is None else name)
         return None if v is None else [v.decode("latin-1")]
 
     def keys(self, carrier: RequestContext) -> list[str]:
@@ -130,6 +150,8 @@ class TracePropagationMiddleware:
             None if tracer_provider is None or _is_noop(tracer_provider)
             else tracer_provider.get_tracer("aduib_asgi", SERVER_VERSION)
         )
+        # Looking for a global SDK provider (none given): at most once a second.
+        self._global = tracer_provider is None
         self._recheck_at = 0.0
         self._response_header = response_header.lower().encode("latin-1") or None
         self._static_attrs: dict[str, Any] = {"rpc.system": "aduib_rpc",
@@ -145,7 +167,7 @@ class TracePropagationMiddleware:
 
     def _tracer_now(self) -> Tracer | None:
         tracer = self._tracer
-        if tracer is not None or self._provider is not None:
+        if tracer is not None or not self._global:
             return tracer
         now = monotonic()  # look for a global SDK provider at most once a second
         if now < self._recheck_at:
@@ -157,32 +179,42 @@ class TracePropagationMiddleware:
         self._tracer = provider.get_tracer("aduib_asgi", SERVER_VERSION)
         return self._tracer
 
-    async def _handle(
+    def _handle(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
-    ) -> None:
+    ) -> Awaitable[None]:
+        """Fill the context's trace ids; the awaitable that runs the app (under a span).
+
+        Not a coroutine itself: without an SDK and metrics the layer adds no frame.
+        """
+        tracer = self._tracer
+        if tracer is None and self._global and monotonic() >= self._recheck_at:
+            tracer = self._tracer_now()
         # -- the caller's trace: envelope first, then W3C headers ---------------------
         parent_tid: str | None = None
         parent_sid: str | None = None
         sampled = True
         state: TraceState | None = None
         bag: dict[str, str] | None = None
-        extracted: Context | None = None  # the propagator's context holding the remote parent
+        remote: SpanContext | None = None  # the header's parent, as the propagator read it
+        extracted: Context | None = None  # the propagator's context holding that parent
+        header = ctx.header
         env = ctx.envelope
         tc = env.trace_context if env is not None else None
         if tc is not None:
             parent_tid, parent_sid, sampled = tc.trace_id, tc.span_id, tc.sampled
             if tc.baggage:
                 bag = tc.baggage
-        elif ctx.header(_TRACEPARENT) is not None:
+        elif header(_TRACEPARENT) is not None:
             carried = self._tc.extract(ctx, getter=_GETTER)
             sc = trace.get_current_span(carried).get_span_context()
             if sc.is_valid:
-                parent_tid, parent_sid = f"{sc.trace_id:032x}", f"{sc.span_id:016x}"
+                remote = sc
+                parent_sid = _hex64(sc.span_id)
                 sampled = sc.trace_flags.sampled
                 state = sc.trace_state
                 if sc.trace_flags == (_SAMPLED if sampled else _NOT_SAMPLED):
-                    extracted = carried  # the parent _traced would build from the ids
-        if ctx.header(_BAGGAGE) is not None:
+                    extracted = carried  # the parent _start_span would build from the ids
+        if header(_BAGGAGE) is not None:
             found = otel_baggage.get_all(self._bg.extract(ctx, getter=_GETTER))
             if found:
                 merged = {k: str(v) for k, v in found.items()}
@@ -190,49 +222,54 @@ class TracePropagationMiddleware:
                     merged.update(bag)
                 bag = merged
 
-        tracer = self._tracer_now()
         if tracer is None:
+            if remote is not None:
+                parent_tid = _hex128(remote.trace_id)
             if parent_tid is None:
-                ctx.trace_id, ctx.span_id = _new_ids()
+                v = getrandbits(192)
+                if v > _MASK64 and v & _MASK64:  # neither half all zero (the usual draw)
+                    h = v.to_bytes(24, "big").hex()
+                    tid, sid = h[:32], h[32:]
+                else:
+                    tid, sid = _new_ids()
             else:
-                ctx.trace_id, ctx.span_id = parent_tid, new_span_id()
+                tid, sid = parent_tid, new_span_id()
+            ctx.trace_id = tid
+            ctx.span_id = sid
             ctx.parent_span_id = parent_sid
             ctx.sampled = sampled
             ctx.trace_baggage = bag
             if state:
                 ctx.tracestate = state.to_header()
-            self._add_header(ctx)
+            if self._response_header is not None:
+                flags = "01" if sampled else "00"
+                ctx.add_response_header(self._response_header,
+                                        f"00-{tid}-{sid}-{flags}".encode("latin-1"))
             if self.metrics is None:
-                await self.app(scope, receive, send)
-            else:
-                await self._observe(scope, receive, send, ctx, None, None, "")
-            return
-        await self._traced(tracer, scope, receive, send, ctx,
-                           parent_tid, parent_sid, sampled, state, bag, extracted)
+                return self.app(scope, receive, send)
+            return self._observe(scope, receive, send, ctx, None, None, "")
+        if remote is not None and extracted is None:
+            parent_tid = _hex128(remote.trace_id)
+        span, current, name = self._start_span(tracer, scope, ctx, parent_tid, parent_sid,
+                                               sampled, state, bag, extracted)
+        return self._observe(scope, receive, send, ctx, span, current, name)
 
-    def _add_header(self, ctx: RequestContext) -> None:
-        if self._response_header is not None:
-            flags = "01" if ctx.sampled else "00"
-            ctx.add_response_header(
-                self._response_header,
-                f"00-{ctx.trace_id}-{ctx.span_id}-{flags}".encode("latin-1"),
-            )
-
-    async def _traced(
+    def _start_span(
         self,
         tracer: Tracer,
         scope: Scope,
-        receive: Receive,
-        send: Send,
         ctx: RequestContext,
         parent_tid: str | None,
         parent_sid: str | None,
         sampled: bool,
         state: TraceState | None,
         bag: dict[str, str] | None,
-        extracted: Context | None = None,
-    ) -> None:
-        parent = Context()
+        extracted: Context | None,
+    ) -> tuple[trace.Span, Context, str]:
+        """Start the server span (child of the caller's); fill the context's trace ids.
+
+        Returns the span, the OTel context to make current, and the span's name.
+        """
         if extracted is not None:  # the propagator's context: the same remote parent
             parent = extracted
         elif parent_tid is not None and parent_sid is not None:
@@ -240,7 +277,9 @@ class TracePropagationMiddleware:
                 trace_id=int(parent_tid, 16), span_id=int(parent_sid, 16), is_remote=True,
                 trace_flags=_SAMPLED if sampled else _NOT_SAMPLED, trace_state=state,
             )
-            parent = trace.set_span_in_context(NonRecordingSpan(remote), parent)
+            parent = trace.set_span_in_context(NonRecordingSpan(remote), Context())
+        else:
+            parent = Context()
         if bag:
             for k, v in bag.items():
                 parent = otel_baggage.set_baggage(k, v, parent)
@@ -253,18 +292,20 @@ class TracePropagationMiddleware:
         if ctx.request_id is not None:
             attrs["aduib.request_id"] = ctx.request_id
         name = label or str(scope.get("method", "WEBSOCKET"))
-        span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+        span = tracer.start_span(name, context=parent, kind=_SERVER, attributes=attrs)
         sc = span.get_span_context()
-        ctx.trace_id = f"{sc.trace_id:032x}"
-        ctx.span_id = f"{sc.span_id:016x}"
+        ctx.trace_id = _hex128(sc.trace_id)
+        ctx.span_id = _hex64(sc.span_id)
         ctx.parent_span_id = parent_sid
-        ctx.sampled = sc.trace_flags.sampled
+        ctx.sampled = sampled = sc.trace_flags.sampled
         ctx.trace_baggage = bag
         if state:
             ctx.tracestate = state.to_header()
-        self._add_header(ctx)
-        await self._observe(scope, receive, send, ctx, span,
-                            trace.set_span_in_context(span, parent), name)
+        if self._response_header is not None:
+            flags = "01" if sampled else "00"
+            ctx.add_response_header(self._response_header,
+                                    f"00-{ctx.trace_id}-{ctx.span_id}-{flags}".encode("latin-1"))
+        return span, trace.set_span_in_context(span, parent), name
 
     async def _observe(
         self,
@@ -276,29 +317,38 @@ class TracePropagationMiddleware:
         current: Context | None,
         name: str,
     ) -> None:
-        """Run the app with the span current; finish the span and record metrics."""
+        """Run the app with the span current; finish the span and record metrics.
+
+        The response status is watched only for whoever reads it: a recording span
+        (its status attribute) or the metrics. A span the sampler dropped records
+        nothing, so it only ends.
+        """
         m = self.metrics
-        watch_error_code(ctx)
-        responder = StatusResponder(send)
+        watch_error_code(ctx)  # also read by layers further in (the circuit breaker)
+        recording = span if span is not None and span.is_recording() else None
+        responder = StatusResponder(send) if recording is not None or m is not None else None
         token = otel_context.attach(current) if current is not None else None
         if m is not None:
             m.active.add(1)
         try:
-            await self.app(scope, receive, responder)
+            await self.app(scope, receive, send if responder is None else responder)
         except Exception as exc:
             record_exception(ctx, exc)
-            if span is not None:
-                span.record_exception(exc)
+            if recording is not None:
+                recording.record_exception(exc)
             raise
         finally:
             if token is not None:
                 otel_context.detach(token)
-            if span is not None:
-                _finish_span(span, ctx, name, responder.status,
+            status = None if responder is None else responder.status
+            if recording is not None:
+                _finish_span(recording, ctx, name, status,
                              method_label(ctx, scope.get(REGISTRY_KEY)))
+            elif span is not None:
+                span.end()
             if m is not None:
                 m.active.add(-1)
-                record_request(m, ctx, responder.status, scope.get(REGISTRY_KEY))
+                record_request(m, ctx, status, scope.get(REGISTRY_KEY))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(app={self.app!r})"
@@ -306,18 +356,22 @@ class TracePropagationMiddleware:
 
 def _finish_span(span: trace.Span, ctx: RequestContext, name: str, status: int | None,
                  label: str | None) -> None:
+    """The attributes learnt while the request ran, in one ``set_attributes`` call; end."""
+    attrs: dict[str, Any] = {}
     if label is not None and label != name:
         span.update_name(label)  # the envelope was decoded further in
-        span.set_attribute("rpc.method", label)
+        attrs["rpc.method"] = label
         if ctx.service is not None:
-            span.set_attribute("rpc.service", ctx.service)
+            attrs["rpc.service"] = ctx.service
     if ctx.tenant_id is not None:
-        span.set_attribute("aduib.tenant_id", ctx.tenant_id)
+        attrs["aduib.tenant_id"] = ctx.tenant_id
     if status is not None:
-        span.set_attribute("http.response.status_code", status)
+        attrs["http.response.status_code"] = status
     code = error_code(ctx)
     if code is not None:
-        span.set_attribute("rpc.aduib_rpc.error_code", code)
+        attrs["rpc.aduib_rpc.error_code"] = code
+    if attrs:
+        span.set_attributes(attrs)
     if (code is not None and code >= 5000) or (status is not None and status >= 500):
         span.set_status(Status(StatusCode.ERROR))
     span.end()

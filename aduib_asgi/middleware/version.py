@@ -16,7 +16,7 @@ A request with neither header passes through untouched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -74,12 +74,16 @@ class VersionNegotiationMiddleware:
         else:
             await self.app(scope, receive, send)
 
-    async def _handle(
+    def _handle(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
-    ) -> None:
+    ) -> Awaitable[None]:
+        """Negotiate; the awaitable that runs the app (or sends the 1001 error).
+
+        Not a coroutine itself: a negotiated request costs the stack no frame here.
+        """
         ctx.extras[VERSIONS_KEY] = self.versions
+        env = ctx.envelope
         try:
-            env = ctx.envelope
             if env is not None:
                 if scope["path"] == self.v1_path and V1_KEY not in ctx.extras:
                     # Decoded as v2 by the content layer: upgrade it as the v1 endpoint says.
@@ -87,20 +91,23 @@ class VersionNegotiationMiddleware:
                 ctx.negotiated_version = self.versions.negotiate(
                     env.aduib_rpc, env.supported_versions)
             else:
-                self._from_headers(ctx)
+                listed = ctx.header(SUPPORTED_VERSIONS_HEADER)
+                spoken = ctx.header(VERSION_HEADER)
+                if listed is not None or spoken is not None:
+                    self._from_headers(ctx, listed, spoken)
         except RpcError as exc:
-            if scope["type"] == "websocket":
-                await refuse_websocket(scope, send, exc, ctx=ctx)
-            else:
-                await send_error(scope, send, exc, ctx=ctx)
-            return
-        await self.app(scope, receive, send)
+            return self._refuse(scope, send, ctx, exc)
+        return self.app(scope, receive, send)
 
-    def _from_headers(self, ctx: RequestContext) -> None:
-        listed = ctx.header(SUPPORTED_VERSIONS_HEADER)
-        spoken = ctx.header(VERSION_HEADER)
-        if listed is None and spoken is None:
-            return
+    async def _refuse(self, scope: Scope, send: Send, ctx: RequestContext,
+                      exc: RpcError) -> None:
+        if scope["type"] == "websocket":
+            await refuse_websocket(scope, send, exc, ctx=ctx)
+        else:
+            await send_error(scope, send, exc, ctx=ctx)
+
+    def _from_headers(self, ctx: RequestContext, listed: bytes | None,
+                      spoken: bytes | None) -> None:
         requested = None
         if listed is not None:
             requested = [v.strip() for v in listed.decode("latin-1").split(",") if v.strip()]
