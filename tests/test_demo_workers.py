@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -96,10 +97,15 @@ def test_two_workers_share_quotas_idempotency_and_tasks(redis_url: str,
 def test_workers_exit_gracefully_on_sigterm(redis_url: str, redis_server: RedisServer) -> None:
     """SIGTERM to the parent reaches each worker's graceful exit (readiness 503, drain),
     not only uvicorn's plain one."""
-    with running_demo("--workers", "2", "--redis", redis_url) as demo:
+    with running_demo("--workers", "2", "--redis", redis_url, "--log-level", "info") as demo:
         ping = {"aduib_rpc": "2.0", "id": "1", "method": "rpc.v2/Echo/echo", "data": {}}
         assert _post(demo.url + RPC, ping).status_code == 200
         assert len(_workers(demo.proc.pid)) == 2
+        # a worker still starting when SIGTERM comes has nothing to drain: wait for both
+        deadline = time.monotonic() + 60
+        while demo.output.count("Application startup complete.") < 2:
+            assert time.monotonic() < deadline, demo.output
+            time.sleep(0.05)
         assert demo.stop(signal.SIGTERM) == 0
     output = demo.output
     assert output.count("shutting down: readiness probe answers 503") == 2, output
