@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "encode_envelope",
     "error_envelope",
     "handshake_refused",
+    "refuse",
     "refuse_websocket",
     "send_envelope",
     "send_error",
@@ -319,6 +320,15 @@ async def deny_websocket(scope: Scope, send: Send, exc: BaseException, *,
     """Answer an unaccepted handshake with the error response (needs the extension)."""
     handshake_refused.set(True)
     return await send_error(scope, _DenialSend(send), exc, ctx=ctx)
+
+
+def refuse(scope: Scope, send: Send, error: RpcError, *,
+           ctx: RequestContext | None = None) -> Awaitable[Any]:
+    """Answer ``error`` before the app runs: a WebSocket handshake is refused
+    (:func:`refuse_websocket`), an HTTP request gets the error response."""
+    if scope["type"] == "websocket":
+        return refuse_websocket(scope, send, error, ctx=ctx)
+    return send_error(scope, send, error, ctx=ctx)
 
 
 async def refuse_websocket(scope: Scope, send: Send, error: RpcError, *,

@@ -50,7 +50,7 @@ from aduib_asgi.errors import RpcError
 from aduib_asgi.identity import client_address
 from aduib_asgi.models import parse_method
 from aduib_asgi.observability.audit import AuditEvent, AuditSink, LoggingAuditSink, now_ms
-from aduib_asgi.responses import refuse_websocket, send_error
+from aduib_asgi.responses import refuse
 
 __all__ = ["CLIENT_CERT_KEY", "METHOD_SPEC_KEY", "AuthMiddleware"]
 
@@ -266,10 +266,7 @@ class AuthMiddleware:
                       creds: Credentials | None) -> None:
         if 3000 <= error.code < 3010 and "WWW-Authenticate" not in error.headers:
             error.headers["WWW-Authenticate"] = self._challenge(error, creds)
-        if scope["type"] == "websocket":
-            await refuse_websocket(scope, send, error, ctx=ctx)
-            return
-        await send_error(scope, send, error, ctx=ctx)
+        await refuse(scope, send, error, ctx=ctx)
 
     def _challenge(self, error: RpcError, creds: Credentials | None) -> str:
         if error.code == 3000 or creds is None:

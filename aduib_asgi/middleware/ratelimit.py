@@ -32,7 +32,7 @@ from aduib_asgi.extras import require
 from aduib_asgi.gate import RATE, defer
 from aduib_asgi.identity import TRUSTED_PROXIES_KEY, TrustedProxies, client_address
 from aduib_asgi.logsafe import safe
-from aduib_asgi.responses import refuse_websocket, send_error
+from aduib_asgi.responses import refuse, refuse_websocket, send_error
 from aduib_asgi.storage.budget import BudgetExceeded
 from aduib_asgi.storage.ratelimit import BudgetedMemoryStorage, is_memory, quota_for
 from aduib_asgi.storage.redis_url import is_redis_url, limits_storage
@@ -223,12 +223,6 @@ def _client_id(ctx: RequestContext) -> str:
     return (md.client_id if md is not None else None) or "anonymous"
 
 
-async def _refuse(scope: Scope, send: Send, error: RpcError, ctx: RequestContext) -> None:
-    """Answer ``error`` (a WebSocket gets its error frame, then the close)."""
-    if scope["type"] == "websocket":
-        await refuse_websocket(scope, send, error, ctx=ctx)
-        return
-    await send_error(scope, send, error, ctx=ctx)
 
 
 def _client(scope: Scope | None, ctx: RequestContext) -> str:
@@ -495,7 +489,7 @@ class RateLimitMiddleware:
                         p.item, self._identifiers(p, scope, ctx), p.cost)
                     now = time.time()
             except BudgetExceeded as exc:  # no room for another bucket of this tenant
-                await _refuse(scope, send, exc, ctx)
+                await refuse(scope, send, exc, ctx=ctx)
                 return
             except Exception as exc:
                 await self._storage_failed(exc, scope, receive, send, ctx)
@@ -516,7 +510,7 @@ class RateLimitMiddleware:
                     refused, stats = await call_within(self.timeout, self._consume,
                                                        policies, scope, ctx)
             except BudgetExceeded as exc:  # no room for another bucket of this tenant
-                await _refuse(scope, send, exc, ctx)
+                await refuse(scope, send, exc, ctx=ctx)
                 return
             except Exception as exc:
                 await self._storage_failed(exc, scope, receive, send, ctx)
@@ -534,10 +528,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         error = self._refusal(refused, after)
-        if scope["type"] == "websocket":
-            await refuse_websocket(scope, send, error, ctx=ctx)
-            return
-        await send_error(scope, send, error, ctx=ctx)
+        await refuse(scope, send, error, ctx=ctx)
 
     @staticmethod
     def _refusal(refused: _Compiled, after: int) -> RpcError:

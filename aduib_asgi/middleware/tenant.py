@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError, detail
 from aduib_asgi.gate import TENANT, defer
-from aduib_asgi.responses import refuse_websocket, send_error
+from aduib_asgi.responses import refuse
 
 __all__ = [
     "DEFAULT_TENANT_PATTERN",
@@ -178,7 +178,7 @@ class TenantScopeMiddleware:
         try:
             tenant = self.resolve(ctx)
         except RpcError as exc:
-            return self._refuse(scope, send, ctx, exc)
+            return refuse(scope, send, exc, ctx=ctx)
         if scope["type"] == "websocket":  # each message may name its tenant: the gate applies it
             defer(ctx, self._gate_check)
         if tenant is None and current_tenant.get() is None and _current_config.get() is None:
@@ -193,13 +193,6 @@ class TenantScopeMiddleware:
             await self.app(scope, receive, send)
         finally:
             _unset(token, ctoken)
-
-    async def _refuse(self, scope: Scope, send: Send, ctx: RequestContext,
-                      exc: RpcError) -> None:
-        if scope["type"] == "websocket":
-            await refuse_websocket(scope, send, exc, ctx=ctx)
-        else:
-            await send_error(scope, send, exc, ctx=ctx)
 
 
 def _unset(token: Any, ctoken: Any) -> None:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from aduib_asgi.body import parse_envelope
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
-from aduib_asgi.responses import refuse_websocket, send_error
+from aduib_asgi.responses import refuse
 from aduib_asgi.versioning import DEFAULT_VERSIONS, VERSIONS_KEY, ServerVersions
 from aduib_asgi.versioning.compat import V1_KEY
 
@@ -96,15 +96,8 @@ class VersionNegotiationMiddleware:
                 if listed is not None or spoken is not None:
                     self._from_headers(ctx, listed, spoken)
         except RpcError as exc:
-            return self._refuse(scope, send, ctx, exc)
+            return refuse(scope, send, exc, ctx=ctx)
         return self.app(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, send: Send, ctx: RequestContext,
-                      exc: RpcError) -> None:
-        if scope["type"] == "websocket":
-            await refuse_websocket(scope, send, exc, ctx=ctx)
-        else:
-            await send_error(scope, send, exc, ctx=ctx)
 
     def _from_headers(self, ctx: RequestContext, listed: bytes | None,
                       spoken: bytes | None) -> None:
