@@ -24,7 +24,6 @@ whole-request figures, never instead of them.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import importlib
 import itertools
@@ -36,7 +35,7 @@ import time
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from ab_ref import REF_PKG, export_ref
+from ab_ref import REF_PKG, export_ref, run_loop
 
 DEFAULT_LAYERS = "auth,ratelimit,deadline,admission,idempotency"
 
@@ -180,14 +179,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         export_ref(args.ref, pathlib.Path(tmp))
         sys.path.insert(0, tmp)
-        try:
-            import uvloop
-        except ImportError:
-            runner_loop = asyncio.run
-        else:
-            runner_loop = uvloop.run
-        runner_loop(run([n for n in args.layers.split(",") if n], args.rounds, args.calls,
-                        args.ref, args.app, args.inner))
+        run_loop(run([n for n in args.layers.split(",") if n], args.rounds, args.calls,
+                     args.ref, args.app, args.inner))
 
 
 if __name__ == "__main__":

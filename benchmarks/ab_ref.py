@@ -180,6 +180,16 @@ async def run(case_names: list[str], rounds: int, calls: int, ref: str) -> None:
             print(line)
 
 
+def run_loop(main: Any) -> None:
+    """Run the coroutine ``main`` on uvloop when it is installed (as the bench does)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", default="main", help="git ref to compare with (main)")
@@ -190,14 +200,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         export_ref(args.ref, pathlib.Path(tmp))
         sys.path.insert(0, tmp)
-        try:
-            import uvloop
-        except ImportError:
-            runner_loop = asyncio.run
-        else:
-            runner_loop = uvloop.run
-        runner_loop(run([c for c in args.cases.split(",") if c], args.rounds, args.calls,
-                        args.ref))
+        run_loop(run([c for c in args.cases.split(",") if c], args.rounds, args.calls,
+                      args.ref))
 
 
 if __name__ == "__main__":
