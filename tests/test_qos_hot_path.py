@@ -22,29 +22,13 @@ from aduib_asgi.stack import Layer, build_stack
 from aduib_asgi.storage.ratelimit import FixedWindowQuota, quota_for
 from tests.conftest import RPC, client_for, envelope
 from tests.rl_idem_helpers import EnvelopeLayer, Services
+from tests.test_ratelimit_windows import CountingStorage
 
 pytestmark = pytest.mark.anyio
 
 PING = "rpc.v2/Limited/ping"
 
 
-class CountingStorage:
-    """Counts the calls a limiter makes to its storage (wraps a real limits storage)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.calls: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if not callable(attr):
-            return attr
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(name)
-            return await attr(*args, **kwargs)
-
-        return call
 
 
 # -- rate limit: the memory:// fixed window without a coroutine -------------------------
