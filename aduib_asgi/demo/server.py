@@ -110,6 +110,10 @@ class DemoConfig:
     readiness_interval_s: float = 2.0
     #: Access log rendering when the configuration has no ``[log]`` section.
     log_json: bool = False
+    #: One access log line per call when the configuration has no ``[log]`` section
+    #: (``--no-access-log``: False). Off, the access layer is left out of the stack
+    #: (a ``[log] access = true`` snapshot puts it back).
+    access_log: bool = True
     #: Level of the package's loggers when the configuration has no ``[log]``
     #: section (None: leave logging alone).
     log_level: str | None = None
@@ -149,7 +153,7 @@ def outer_layers(config: RuntimeConfig, demo: DemoConfig, *, registry: MethodReg
     compression = config.compression
     log = config.log
     layers = []
-    if log is None or log.access:
+    if log.access if log is not None else demo.access_log:
         json_format = log.format == "json" if log is not None else demo.log_json
         layers.append(Layer.of(AccessLogMiddleware, json_format=json_format))
     policies = demo_policies(registry, config)
