@@ -293,7 +293,8 @@ class TracePropagationMiddleware:
             for k, v in bag.items():
                 parent = otel_baggage.set_baggage(k, v, parent)
         attrs = dict(self._static_attrs)
-        label = method_label(ctx, scope.get(REGISTRY_KEY))  # never a client-chosen name
+        # never a client-chosen name; no method known yet (nothing decoded it): no label
+        label = None if ctx.method is None else method_label(ctx, scope.get(REGISTRY_KEY))
         if label is not None:
             attrs["rpc.method"] = label
             if ctx.service is not None:
@@ -332,8 +333,8 @@ class TracePropagationMiddleware:
             otel_context.detach(token)
             status = None if responder is None else responder.status
             if recording:
-                _finish_span(span, ctx, name, status,
-                             method_label(ctx, scope.get(REGISTRY_KEY)))
+                _finish_span(span, ctx, name, status, None if ctx.method is None
+                             else method_label(ctx, scope.get(REGISTRY_KEY)))
             else:
                 span.end()
             if m is not None:
