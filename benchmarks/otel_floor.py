@@ -21,7 +21,7 @@ interleaved rounds, each over a bare Starlette route (baseline):
 If a floor alone exceeds 15 % of the OTel middleware's cost, no layer that does that
 work can meet the target::
 
-    .venv/bin/python benchmarks/otel_floor.py [--rounds 60]
+    .venv/bin/python benchmarks/otel_floor.py [--rounds 60] [--cpu]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -69,9 +70,10 @@ def sdk_floor() -> Any:
     return CallRunner(one)
 
 
-def layer_floor(protocol: bool) -> Callable[[Any], Any]:
+def layer_floor(protocol: bool, sdk: bool = True) -> Callable[[Any], Any]:
     """A pure-ASGI layer making only the SDK's calls (``protocol``: plus the request
-    context, its ids and the ``traceresponse`` header, as the protocol asks)."""
+    context, its ids and the ``traceresponse`` header, as the protocol asks; not
+    ``sdk``: the same layer without them — the header read and the status watch)."""
     from opentelemetry import context as otel_context
     from opentelemetry import trace
     from opentelemetry.propagators.textmap import Getter
@@ -107,29 +109,57 @@ def layer_floor(protocol: bool) -> Callable[[Any], Any]:
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             if protocol:
                 await run_with_context(self._handle, scope, receive, send)
-            else:
-                await self._handle(scope, receive, send, None)
+                return
+            if not sdk:  # the layer's own plumbing: read the header, watch the status
+                getter.get(scope["headers"], "traceparent")
+                seen = 0
 
-        async def _handle(self, scope: Any, receive: Any, send: Any,
-                          ctx: RequestContext | None) -> None:
+                async def watched(message: Any) -> None:
+                    nonlocal seen
+                    if message["type"] == "http.response.start":
+                        seen = message["status"]
+                    await send(message)
+
+                await self.app(scope, receive, watched)
+                return
+            # the SDK's calls alone, in this one coroutine
             parent = propagator.extract(scope["headers"], getter=getter)
             span = tracer.start_span("rpc.v2/Echo/echo", context=parent, kind=server,
                                      attributes=attrs)
-            if ctx is not None:
-                sc = span.get_span_context()
-                ctx.trace_id = tid = sc.trace_id.to_bytes(16, "big").hex()
-                ctx.span_id = sid = sc.span_id.to_bytes(8, "big").hex()
-                ctx.response_headers.append((b"traceresponse",
-                                             f"00-{tid}-{sid}-01".encode("latin-1")))
-                send, _ = emitter_parts(send)  # the creator's header emission: done below
             status = 0
 
             async def watch(message: Any) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
-                    if ctx is not None:
-                        message = with_response_headers(message, ctx)
+                await send(message)
+
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+            try:
+                await self.app(scope, receive, watch)
+            finally:
+                otel_context.detach(token)
+                span.set_attribute("http.response.status_code", status)
+                span.end()
+
+        async def _handle(self, scope: Any, receive: Any, send: Any,
+                          ctx: RequestContext) -> None:
+            parent = propagator.extract(scope["headers"], getter=getter)
+            span = tracer.start_span("rpc.v2/Echo/echo", context=parent, kind=server,
+                                     attributes=attrs)
+            sc = span.get_span_context()
+            ctx.trace_id = tid = sc.trace_id.to_bytes(16, "big").hex()
+            ctx.span_id = sid = sc.span_id.to_bytes(8, "big").hex()
+            ctx.response_headers.append((b"traceresponse",
+                                         f"00-{tid}-{sid}-01".encode("latin-1")))
+            send, _ = emitter_parts(send)  # the creator's header emission: done below
+            status = 0
+
+            async def watch(message: Any) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    message = with_response_headers(message, ctx)
                 await send(message)
 
             token = otel_context.attach(trace.set_span_in_context(span, parent))
@@ -143,7 +173,25 @@ def layer_floor(protocol: bool) -> Callable[[Any], Any]:
     return Floor
 
 
-async def main(rounds: int) -> None:
+async def timed(runner: Any, n: int, clock: Callable[[], float]) -> float:
+    """µs per call of ``n`` calls of ``runner`` (as ``benchmarks/ab_ref.py`` times them)."""
+    from aduib_asgi.bench.driver import Exchange
+
+    if not hasattr(runner, "app"):
+        func = runner.func
+        t0 = clock()
+        for _ in range(n):
+            func()
+        return (clock() - t0) / n * 1e6
+    app, tmpl, body = runner.app, runner._tmpl, runner._body_msg
+    t0 = clock()
+    for _ in range(n):
+        ex = Exchange(body)
+        await app(dict(tmpl), ex.receive, ex.send)
+    return (clock() - t0) / n * 1e6
+
+
+async def main(rounds: int, clock: Callable[[], float]) -> None:
     from starlette.middleware import Middleware
 
     from aduib_asgi.bench.layers import echo_request
@@ -154,6 +202,8 @@ async def main(rounds: int) -> None:
     runners = {k: by_id[v].build() for k, v in names.items()}
     request = echo_request(*TRACEPARENT.items())
     runners["layer"] = AsgiRunner(starlette_app([Middleware(layer_floor(False))]), request)
+    runners["plumbing"] = AsgiRunner(starlette_app([Middleware(layer_floor(False, sdk=False))]),
+                                     request)
     runners["protocol"] = AsgiRunner(starlette_app([Middleware(layer_floor(True))]), request)
     runners["floor"] = sdk_floor()
     for k, r in runners.items():
@@ -165,14 +215,15 @@ async def main(rounds: int) -> None:
     keys = list(runners)
     for i in range(rounds):
         for k in keys if i % 2 == 0 else reversed(keys):
-            samples[k].append(await runners[k].round(100) / 100 * 1e6)
+            samples[k].append(await timed(runners[k], 100, clock))
     route = samples["route"]
 
     def over(k: str) -> float:  # median of the per-round differences to the route
         return statistics.median(o - b for o, b in zip(samples[k], route, strict=True))
 
     otel = over("otel")
-    print(f"{rounds} interleaved rounds; µs per request (medians; paired over the route)")
+    what = "CPU time" if clock is time.thread_time else "wall time"
+    print(f"{rounds} interleaved rounds, {what}; µs per request (medians; paired over the route)")
     print(f"  bare Starlette route                          {statistics.median(route):8.2f}")
     print(f"  opentelemetry-instrumentation-asgi, over it   {otel:+8.2f}")
     print(f"  our trace layer (SDK, alone), over it         {over('ours'):+8.2f}"
@@ -182,6 +233,8 @@ async def main(rounds: int) -> None:
           f"   = {floor / otel:.0%} of OTel's (floor of any layer's SDK work)")
     print(f"  those calls in a pure-ASGI layer, over it     {over('layer'):+8.2f}"
           f"   = {over('layer') / otel:.0%} of OTel's (floor of any tracing layer)")
+    print(f"  that layer without the SDK calls, over it     {over('plumbing'):+8.2f}"
+          f"   (the SDK's calls in a request: {over('layer') - over('plumbing'):.2f})")
     print(f"  + request context, ids, traceresponse         {over('protocol'):+8.2f}"
           f"   = {over('protocol') / otel:.0%} of OTel's (floor of this protocol's layer)")
 
@@ -189,9 +242,12 @@ async def main(rounds: int) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--cpu", action="store_true",
+                   help="time rounds by this thread's CPU time, not wall time")
     args = p.parse_args()
+    clock = time.thread_time if args.cpu else time.perf_counter
     try:
         import uvloop
-        uvloop.run(main(args.rounds))
+        uvloop.run(main(args.rounds, clock))
     except ImportError:
-        asyncio.run(main(args.rounds))
+        asyncio.run(main(args.rounds, clock))
