@@ -215,11 +215,13 @@ class TracePropagationMiddleware:
             sc = trace.get_current_span(carried).get_span_context()
             if sc.is_valid:
                 remote = sc
-                parent_sid = _hex64(sc.span_id)
-                sampled = sc.trace_flags.sampled
+                # the propagator parsed 16 hex digits: in range, no fallback needed
+                parent_sid = sc.span_id.to_bytes(8, "big").hex()
+                flags = sc.trace_flags
+                sampled = bool(flags & _SAMPLED)  # TraceFlags.sampled, without the call
                 state = sc.trace_state
-                if sc.trace_flags == (_SAMPLED if sampled else _NOT_SAMPLED):
-                    extracted = carried  # the parent _start_span would build from the ids
+                if flags == (_SAMPLED if sampled else _NOT_SAMPLED):
+                    extracted = carried  # the parent _traced would build from the ids
         if header(_BAGGAGE) is not None:
             found = otel_baggage.get_all(self._bg.extract(ctx, getter=_GETTER))
             if found:
