@@ -223,8 +223,17 @@ class ContentNegotiationMiddleware:
         v1 = envelope and scope["path"] == self._v1_path
         if v1:
             install_v1_shaper(ctx)  # errors while decoding are v1-shaped too
+        limit = self.max_body_size
         try:
-            body = await read_body(receive, limit=self.max_body_size)
+            # Servers pass a small body in one message: taken as it is, without
+            # read_body's coroutine (which reads the rest, a disconnect, or 413).
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body = message.get("body", b"")
+                if len(body) > limit:
+                    body = await read_body(receive, limit=limit, first=message)
+            else:
+                body = await read_body(receive, limit=limit, first=message)
         except ClientDisconnected:
             return
         except RpcError as exc:

@@ -1,0 +1,153 @@
+"""Shortcuts of the fourth round on the protocol layers' hot paths (issue 18): each is
+checked against the general path it skips."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from typing import Any
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from aduib_asgi import body as body_module
+from aduib_asgi.body import ClientDisconnected, parse_envelope, read_body
+from aduib_asgi.codecs import JSON
+from aduib_asgi.context import CONTEXT_KEY, RequestContext
+from aduib_asgi.errors import RpcError
+from aduib_asgi.middleware.content import ContentNegotiationMiddleware
+from aduib_asgi.versioning import VERSIONS_KEY, ServerVersions
+from aduib_asgi.versioning.compat import prepare_payload
+
+# -- content: a body in one message is taken as it is ----------------------------------
+
+_BODY_SEQUENCES: list[list[Message]] = [
+    [{"type": "http.request", "body": b'{"a": 1}', "more_body": False}],
+    [{"type": "http.request", "body": b'{"a": 1}'}],
+    [{"type": "http.request", "body": b'{"a"', "more_body": True},
+     {"type": "http.request", "body": b": 1}", "more_body": False}],
+    [{"type": "http.request", "more_body": True},
+     {"type": "http.request", "body": b'{"a": 1}', "more_body": False}],
+    [{"type": "http.request", "body": b"", "more_body": False}],
+    [{"type": "http.request"}],
+    [{"type": "http.request", "body": b'{"a": "' + b"x" * 64 + b'"}', "more_body": False}],
+    [{"type": "http.request", "body": b"[1,", "more_body": True},
+     {"type": "http.request", "body": b"2" * 64 + b"]", "more_body": False}],
+    [{"type": "http.disconnect"}],
+    [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}],
+    [{"type": "http.unknown"}, {"type": "http.request", "body": b"[1]", "more_body": False}],
+]
+
+
+def _receiver(messages: list[Message]) -> Receive:
+    it = iter(messages)
+
+    async def receive() -> Message:
+        return next(it)
+
+    return receive
+
+
+async def _through_content(messages: list[Message]) -> object:
+    """What the content layer makes of the body (a JSON POST outside the envelope paths)."""
+    seen: dict[str, Any] = {}
+    sent: list[Message] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = scope[CONTEXT_KEY]
+        seen["payload"], seen["body"] = ctx.payload, ctx.body
+        seen["replayed"] = await receive()
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    layer = ContentNegotiationMiddleware(inner, max_body_size=40)
+    scope = {"type": "http", "method": "POST", "path": "/plain",
+             "headers": [(b"content-type", b"application/json")]}
+    await layer(scope, _receiver(messages), send)
+    if sent:
+        return ("error", sent[0]["status"], JSON.decode(sent[1]["body"])["error"]["code"])
+    if not seen:
+        return "disconnected"
+    replayed = seen["replayed"]
+    assert replayed == {"type": "http.request", "body": seen["body"], "more_body": False}
+    return ("ok", seen["payload"], seen["body"])
+
+
+async def _through_read_body(messages: list[Message]) -> object:
+    """The same with read_body alone (what the layer did before)."""
+    try:
+        body = await read_body(_receiver(messages), limit=40)
+    except ClientDisconnected:
+        return "disconnected"
+    except RpcError as exc:
+        return ("error", exc.http_status, exc.code)
+    return ("ok", JSON.decode(body) if body else None, body)
+
+
+@pytest.mark.parametrize("messages", _BODY_SEQUENCES)
+def test_the_content_layers_one_message_body_equals_read_body(messages: list[Message]) -> None:
+    assert asyncio.run(_through_content(messages)) == asyncio.run(_through_read_body(messages))
+
+
+# -- parse_envelope: the version hook is skipped only where it does nothing -------------
+
+_PAYLOADS: list[dict[str, Any]] = [
+    {"method": "rpc.v2/Echo/echo"},
+    {"aduib_rpc": "2.0", "id": "a", "method": "rpc.v2/Echo/echo", "data": {"x": 1}},
+    {"aduib_rpc": None, "method": "rpc.v2/Echo/echo"},
+    {"aduib_rpc": "1.0", "id": 7, "method": "Echo.echo", "meta": {"stream": "1"}},
+    {"aduib_rpc": "2.00", "method": "rpc.v2/Echo/echo"},
+    {"aduib_rpc": "3.0", "method": "rpc.v2/Echo/echo"},
+    {"aduib_rpc": "x.y", "id": "bad", "method": "rpc.v2/Echo/echo"},
+    {"aduib_rpc": 2, "method": "rpc.v2/Echo/echo"},
+    {"method": "rpc.v2/Echo/echo", "supported_versions": ["2.0", "1.0"]},
+    {"method": "rpc.v2/Echo/echo", "supported_versions": None},
+    {"method": "rpc.v2/Echo/echo", "supported_versions": ["9.9"]},
+    {"method": "rpc.v2/Echo/echo", "supported_versions": "2.0"},
+]
+
+
+def _contexts() -> list[tuple[str, RequestContext]]:
+    plain = RequestContext()
+    layer_first = RequestContext()  # the version layer ran before anyone decoded
+    layer_first.extras[VERSIONS_KEY] = ServerVersions()
+    negotiated = RequestContext()
+    negotiated.extras[VERSIONS_KEY] = ServerVersions(("2.0",))
+    negotiated.negotiated_version = "2.0"
+    only_three = RequestContext()
+    only_three.extras[VERSIONS_KEY] = ServerVersions(("3.0",))
+    return [("plain", plain), ("layer-first", layer_first), ("negotiated", negotiated),
+            ("only-3.0", only_three)]
+
+
+def _state(ctx: RequestContext) -> object:
+    return (ctx.request_id, ctx.negotiated_version, sorted(ctx.extras))
+
+
+@pytest.mark.parametrize("v1", [False, True])
+@pytest.mark.parametrize("payload", _PAYLOADS)
+def test_the_version_hook_is_skipped_only_where_it_changes_nothing(
+        payload: dict[str, Any], v1: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def counting(ctx: RequestContext, payload: dict[str, Any], *, v1: bool = False) -> Any:
+        calls.append(1)
+        return prepare_payload(ctx, payload, v1=v1)
+
+    monkeypatch.setattr(body_module, "prepare_payload", counting)
+    for _, ctx in _contexts():
+        calls.clear()
+        probe = copy.deepcopy(ctx)
+        with contextlib.suppress(RpcError):
+            parse_envelope(ctx, copy.deepcopy(payload), v1=v1)
+        if calls:
+            continue
+        # Skipped: the hook itself, on the same context and payload, is a no-op.
+        given = copy.deepcopy(payload)
+        before = _state(probe)
+        assert prepare_payload(probe, given, v1=v1) is given
+        assert given == payload and _state(probe) == before
+    if v1 or payload.get("aduib_rpc", "2.0") != "2.0":
+        assert calls, "a v1 or non-2.0 envelope always goes through the hook"
