@@ -151,3 +151,90 @@ def test_the_version_hook_is_skipped_only_where_it_changes_nothing(
         assert given == payload and _state(probe) == before
     if v1 or payload.get("aduib_rpc", "2.0") != "2.0":
         assert calls, "a v1 or non-2.0 envelope always goes through the hook"
+
+
+# -- tenant: ids that matched the pattern are remembered, bounded ---------------------
+
+
+def _tenant_ctx(header: str | None = None, tenant_id: str | None = None) -> RequestContext:
+    from aduib_asgi.models import RpcRequest
+
+    headers = [] if header is None else [(b"x-tenant-id", header.encode("latin-1"))]
+    ctx = RequestContext(raw_headers=headers)
+    if tenant_id is not None:
+        ctx.envelope = RpcRequest.model_validate(
+            {"method": "rpc.v2/Echo/echo", "metadata": {"tenant_id": tenant_id}})
+    return ctx
+
+
+def test_tenant_ids_that_matched_are_remembered_up_to_the_bound() -> None:
+    from aduib_asgi.middleware import tenant as tenant_module
+    from aduib_asgi.middleware.tenant import TenantScopeMiddleware
+
+    layer = TenantScopeMiddleware(_noop_app, pattern=r"[a-z0-9]{1,300}")
+    for i in range(tenant_module._MAX_VALID + 50):
+        assert layer.resolve(_tenant_ctx(header=f"t{i}")) == f"t{i}"
+    assert len(layer._valid) == tenant_module._MAX_VALID
+    # past the bound, a new id is still matched (and refused when it does not match)
+    assert layer.resolve(_tenant_ctx(header="fresh")) == "fresh"
+    with pytest.raises(RpcError) as bad:
+        layer.resolve(_tenant_ctx(header="Not/Valid"))
+    assert bad.value.code == 2003
+    assert "Not/Valid" not in layer._valid
+
+
+def test_long_or_invalid_tenant_ids_are_never_remembered() -> None:
+    from aduib_asgi.middleware.tenant import TenantScopeMiddleware
+
+    layer = TenantScopeMiddleware(_noop_app, pattern=r"[a-z]{1,400}")
+    long_id = "a" * 300
+    for _ in range(2):
+        assert layer.resolve(_tenant_ctx(tenant_id=long_id)) == long_id
+    assert long_id not in layer._valid
+    for _ in range(2):  # an invalid id is refused every time, with the same error
+        with pytest.raises(RpcError) as bad:
+            layer.resolve(_tenant_ctx(tenant_id="UPPER"))
+        assert bad.value.code == 2003
+        assert bad.value.details[0]["field"] == "metadata.tenant_id"
+    assert not layer._valid
+
+
+async def _noop_app(scope: Scope, receive: Receive, send: Send) -> None:
+    return None
+
+
+@pytest.mark.parametrize("required", [False, True])
+@pytest.mark.parametrize("default", [None, "dflt"])
+@pytest.mark.parametrize(("header", "tenant_id"), [
+    (None, None), ("acme", None), (None, "acme"), ("acme", "acme"), ("acme", "other"),
+    ("bad/id", None), (None, "bad/id"),
+])
+def test_the_tenant_layer_binds_what_resolve_says(
+        required: bool, default: str | None, header: str | None, tenant_id: str | None) -> None:
+    """The layer's shortcut for a request that names no tenant gives resolve()'s answer."""
+    from aduib_asgi.middleware.tenant import TenantScopeMiddleware, get_tenant
+
+    seen: list[object] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append((scope[CONTEXT_KEY].tenant_id, get_tenant()))
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    layer = TenantScopeMiddleware(inner, required=required, default=default)
+    try:
+        expected: object = layer.resolve(_tenant_ctx(header, tenant_id))
+        expected = (expected, expected)
+    except RpcError as exc:
+        expected = exc.code
+    ctx = _tenant_ctx(header, tenant_id)
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": ctx.raw_headers,
+             CONTEXT_KEY: ctx}
+    asyncio.run(layer(scope, _receiver([]), send))
+    if isinstance(expected, int):
+        assert not seen and JSON.decode(sent[1]["body"])["error"]["code"] == expected
+    else:
+        assert seen == [expected] and not sent

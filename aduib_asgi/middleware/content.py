@@ -26,7 +26,7 @@ from aduib_asgi.body import (
 )
 from aduib_asgi.codecs import JSON, Codec, CodecRegistry, default_registry
 from aduib_asgi.codecs.negotiation import choose_codec, media_type_of, parse_qlist
-from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import send_error
 from aduib_asgi.versioning.compat import install_v1_shaper
@@ -97,7 +97,11 @@ class ContentNegotiationMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await run_with_context(self._http, scope, receive, send)
+        ctx = scope.get(CONTEXT_KEY)  # run_with_context, without its call when it exists
+        if ctx is not None:
+            await self._http(scope, receive, send, ctx)
+        else:
+            await run_with_context(self._http, scope, receive, send)
 
     # -- negotiation (cached per header value) ---------------------------------------
 
