@@ -36,7 +36,8 @@ __all__ = ["ORIGINAL_TYPE_KEY", "ContentNegotiationMiddleware"]
 #: ``ctx.extras`` key holding the request's media type when the body was transcoded to JSON.
 ORIGINAL_TYPE_KEY = "aduib.content.original_type"
 
-_VARY_NAME, _VARY_VALUE = b"vary", b"Accept"
+#: ``Vary: Accept``, asked for on every response this layer negotiates.
+_VARY = (b"vary", b"Accept")
 _ANY = b"*/*"
 #: Accept ranges served by streaming endpoints, not by a codec: never a 406.
 _STREAM_RANGES = ("text/event-stream", "text/*")
@@ -188,7 +189,7 @@ class ContentNegotiationMiddleware:
             resp = self.response_codec(accept, req_codec)
             ctx.accept = self._accept_list(accept)
         ctx.response_codec = resp or JSON  # errors from here on are encoded in it
-        ctx.add_response_header(_VARY_NAME, _VARY_VALUE)
+        ctx.response_headers.append(_VARY)  # ctx.add_response_header, without its call
         ctx.request_codec = req_codec
         ctx.content_type = media
 

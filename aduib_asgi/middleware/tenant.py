@@ -212,8 +212,10 @@ class TenantScopeMiddleware:
         token, ctoken = self._set(ctx, tenant)
         try:
             await self.app(scope, receive, send)
-        finally:
-            _unset(token, ctoken)
+        finally:  # _unset(token, ctoken), without its call
+            if ctoken is not None:
+                _current_config.reset(ctoken)
+            current_tenant.reset(token)
 
 
 def _unset(token: Any, ctoken: Any) -> None:
