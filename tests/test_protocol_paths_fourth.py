@@ -238,3 +238,84 @@ def test_the_tenant_layer_binds_what_resolve_says(
         assert not seen and JSON.decode(sent[1]["body"])["error"]["code"] == expected
     else:
         assert seen == [expected] and not sent
+
+
+# -- dispatcher: an async handler's call is the handler's own coroutine ---------------
+
+
+def test_call_unary_of_an_async_handler_is_the_handlers_own_coroutine() -> None:
+    from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
+    from aduib_asgi.models import RpcRequest
+    from aduib_asgi.qos.retry import RetryingCall
+
+    async def echo(data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+    reg = MethodRegistry()
+    reg.register("rpc.v2/Echo/echo", echo)
+    dispatcher = RpcDispatcher(reg)
+    assert isinstance(dispatcher.call_unary, RetryingCall)  # the retry hook wraps it
+    env = RpcRequest.model_validate({"method": "rpc.v2/Echo/echo", "data": {"a": 1}})
+    call = dispatcher.call_unary(reg.resolve("rpc.v2/Echo/echo"), env, RequestContext())
+    assert call.cr_code is echo.__code__  # type: ignore[attr-defined]
+    assert asyncio.run(_await(call)) == {"a": 1}
+
+
+async def _await(call: Any) -> Any:
+    return await call
+
+
+class _Point:
+    """A pydantic result model (built lazily: pydantic is imported by the dispatcher)."""
+
+    @staticmethod
+    def model() -> Any:
+        from pydantic import BaseModel
+
+        class Point(BaseModel):
+            x: int
+            y: int | None = None
+
+        return Point
+
+
+@pytest.mark.parametrize("sync", [False, True])
+@pytest.mark.parametrize("retry", [False, True])
+def test_model_results_and_bad_params_answer_as_before(sync: bool, retry: bool) -> None:
+    """Results are made JSON-like after the (retried) call, params errors are still 2001."""
+    import httpx
+
+    from aduib_asgi.dispatcher import MethodRegistry, RpcDispatcher
+
+    point = _Point.model()
+    attempts: list[int] = []
+
+    def flaky(data: Any) -> Any:
+        attempts.append(1)
+        if retry and len(attempts) == 1:
+            raise RpcError(5003)  # retryable
+        return [point(x=data.x), point(x=2, y=3)]
+
+    async def flaky_async(data: Any) -> Any:
+        return flaky(data)
+
+    reg = MethodRegistry()
+    reg.register("rpc.v2/P/get", flaky if sync else flaky_async, input_model=point,
+                 idempotent=True)
+    qos = {"qos": {"retry": {"max_attempts": 3, "initial_delay_ms": 0}}} if retry else {}
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=RpcDispatcher(reg))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            ok = await c.post("/aduib_rpc/v2/rpc", json={
+                "method": "rpc.v2/P/get", "data": {"x": 1}, **qos})
+            bad = await c.post("/aduib_rpc/v2/rpc", json={
+                "method": "rpc.v2/P/get", "data": {"x": "no"}, **qos})
+        return ok, bad
+
+    ok, bad = asyncio.run(main())
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["result"] == [{"x": 1}, {"x": 2, "y": 3}]
+    assert len(attempts) == (2 if retry else 1)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == 2001
+    assert [d["field"] for d in bad.json()["error"]["details"]] == ["data.x"]
