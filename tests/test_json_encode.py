@@ -135,3 +135,23 @@ def test_the_fast_path_is_taken_for_an_envelope() -> None:
     env = {"aduib_rpc": "2.0", "id": "r", "status": "success", "result": {"n": 1},
            "metadata": {"timestamp_ms": 1, "server_id": "s"}}
     assert JSON.encode(env) == codecs_module.orjson.dumps(env) == _reference(env)
+
+
+@pytest.mark.parametrize("items", [1, 50, 5000])
+def test_the_encoded_body_holds_no_more_memory_than_its_bytes(items: int) -> None:
+    """orjson's own result keeps its (over-sized) buffer; the codec's holds only the output
+    (what a server may keep alive while a slow socket drains)."""
+    import sys
+    import tracemalloc
+
+    value = {"result": ["x" * 100] * items}
+    JSON.encode(value)
+    tracemalloc.start()
+    try:
+        level = tracemalloc.get_traced_memory()[0]
+        body = JSON.encode(value)
+        held = tracemalloc.get_traced_memory()[0] - level
+    finally:
+        tracemalloc.stop()
+    assert body == _reference(value)
+    assert held <= sys.getsizeof(body) + 64

@@ -66,9 +66,13 @@ _ORJSON_OPTIONS = 0 if orjson is None else (
 
 def _fast_json(value: Any) -> bytes:
     try:
-        return orjson.dumps(value, option=_ORJSON_OPTIONS)
+        out = orjson.dumps(value, option=_ORJSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError: a type it leaves to pydantic-core
         return _pydantic_json(value)
+    # orjson's bytes keep its whole buffer (at least 4 KB, up to ~3x the output) for as
+    # long as the body lives (a server may hold it while the socket drains): keep a copy
+    # of just the output (~0.3 us for an envelope, ~45 us per MB; still far faster).
+    return bytes(memoryview(out))
 
 
 class JsonCodec:
