@@ -166,7 +166,7 @@ class RequestContext:
         # Decisions layers left for where the method is named (aduib_asgi.gate).
         self.deferred: list[Any] | None = None
         self.started: float = time.monotonic()
-        self.timestamp_ms: int = int(time.time() * 1000)
+        self.timestamp_ms: int = time.time_ns() // 1_000_000
         self.extras: dict[str, Any] = {}
 
     # -- helpers -----------------------------------------------------------------
@@ -268,12 +268,14 @@ class _HeaderEmitter:
         self.ctx = ctx
         self.send = send
 
-    async def __call__(self, message: Message) -> None:
-        t = message["type"]
-        if (t == "http.response.start" or t == "websocket.http.response.start") \
-                and self.ctx.response_headers:
-            message = with_response_headers(message, self.ctx)
-        await self.send(message)
+    def __call__(self, message: Message) -> Awaitable[None]:
+        # A plain function returning the inner send's awaitable: a message costs
+        # no coroutine frame of ours.
+        if self.ctx.response_headers:
+            t = message["type"]
+            if t == "http.response.start" or t == "websocket.http.response.start":
+                return self.send(with_response_headers(message, self.ctx))
+        return self.send(message)
 
 
 def emitter_parts(send: Send) -> tuple[Send, RequestContext | None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aduib_asgi.context import RequestContext
 
 
@@ -24,3 +26,53 @@ def test_deadline_only_tightens() -> None:
     assert ctx.deadline == first
     remaining = ctx.remaining_ms()
     assert remaining is not None and 0 < remaining <= 1000
+
+
+def test_timestamp_is_the_wall_clock_in_whole_ms_at_creation() -> None:
+    import time
+
+    before = int(time.time() * 1000)
+    ctx = RequestContext()
+    after = int(time.time() * 1000)
+    assert type(ctx.timestamp_ms) is int
+    assert before <= ctx.timestamp_ms <= after + 1
+    assert ctx.started <= time.monotonic()
+
+
+def _emitting(ctx: RequestContext) -> tuple[list[Any], Any]:
+    from aduib_asgi.context import _HeaderEmitter
+
+    sent: list[Any] = []
+
+    class Awaited:
+        def __await__(self) -> Any:
+            return iter(())
+
+    def send(message: Any) -> Any:
+        sent.append(message)
+        return Awaited()
+
+    return sent, _HeaderEmitter(ctx, send)
+
+
+def test_emitter_merges_pending_headers_into_every_kind_of_response_start() -> None:
+    ctx = RequestContext()
+    ctx.add_response_header(b"x-a", b"1")
+    sent, emit = _emitting(ctx)
+    body = {"type": "http.response.body", "body": b"x"}
+    for t in ("http.response.start", "websocket.http.response.start"):
+        emit({"type": t, "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    emit(body)
+    assert [m["headers"] for m in sent[:2]] == [[(b"content-type", b"text/plain"),
+                                                  (b"x-a", b"1")]] * 2
+    assert sent[2] is body
+
+
+def test_emitter_returns_the_inner_sends_awaitable_and_passes_messages_as_they_are() -> None:
+    """No coroutine of the emitter's own per message; nothing pending: the start is untouched."""
+    ctx = RequestContext()
+    sent, emit = _emitting(ctx)
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    result = emit(start)
+    assert type(result).__name__ == "Awaited"
+    assert sent == [start] and sent[0] is start
