@@ -17,6 +17,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from time import monotonic as _monotonic
+from time import time_ns as _time_ns
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Receive, Scope, Send
@@ -37,10 +39,12 @@ __all__ = [
     "RequestContext",
     "context_link",
     "context_routes",
+    "create_context",
     "current_context",
     "declaring_class",
     "emitter_parts",
     "get_context",
+    "header_emitter",
     "run_with_context",
     "with_response_headers",
 ]
@@ -165,8 +169,8 @@ class RequestContext:
         self.cancel_reason: str | None = None
         # Decisions layers left for where the method is named (aduib_asgi.gate).
         self.deferred: list[Any] | None = None
-        self.started: float = time.monotonic()
-        self.timestamp_ms: int = time.time_ns() // 1_000_000
+        self.started: float = _monotonic()
+        self.timestamp_ms: int = _time_ns() // 1_000_000
         self.extras: dict[str, Any] = {}
 
     # -- helpers -----------------------------------------------------------------
@@ -361,18 +365,36 @@ def run_with_context(
     return _run_creating(handler, scope, receive, send)
 
 
-async def _run_creating(
-    handler: ContextHandler, scope: Scope, receive: Receive, send: Send
-) -> None:
+def create_context(scope: Scope) -> RequestContext:
+    """A new context for the request of ``scope``, stored in it (``scope[CONTEXT_KEY]``).
+
+    What the context's creator does before it binds :data:`current_context` (and
+    resets it when the request is over) and emits ``ctx.response_headers``
+    (:func:`header_emitter`, or its own responder): for a layer that creates the
+    context itself instead of through :func:`run_with_context`.
+    """
     headers = scope.get("headers")
     if headers is not None and type(headers) is not list:
         # ASGI allows any iterable: read it once, and let the app see the same list
         headers = scope["headers"] = list(headers)
-    ctx = RequestContext(raw_headers=headers)
+    ctx = RequestContext(None, headers)  # (positional: a cheaper call)
     sid = scope.get(SERVER_ID_KEY)  # a dispatcher's configured id (published by build_stack)
     if sid is not None:
         ctx.server_id = sid
     scope[CONTEXT_KEY] = ctx
+    return ctx
+
+
+def header_emitter(ctx: RequestContext, send: Send) -> Send:
+    """``send`` wrapped to merge ``ctx.response_headers`` into the response start:
+    what the context's creator passes inward (see :func:`emitter_parts`)."""
+    return _HeaderEmitter(ctx, send)
+
+
+async def _run_creating(
+    handler: ContextHandler, scope: Scope, receive: Receive, send: Send
+) -> None:
+    ctx = create_context(scope)
     token = current_context.set(ctx)
     try:
         await handler(scope, receive, _HeaderEmitter(ctx, send), ctx)

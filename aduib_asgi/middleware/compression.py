@@ -37,8 +37,10 @@ from aduib_asgi.compression import (
 from aduib_asgi.context import (
     CONTEXT_KEY,
     RequestContext,
+    create_context,
+    current_context,
     emitter_parts,
-    run_with_context,
+    header_emitter,
     with_response_headers,
 )
 from aduib_asgi.errors import RpcError
@@ -132,10 +134,17 @@ class CompressionMiddleware:
             await self.app(scope, receive, send)
             return
         ctx: RequestContext | None = scope.get(CONTEXT_KEY)
-        if ctx is None:
-            await run_with_context(self._http, scope, receive, send)
-        else:
+        if ctx is not None:
             await self._http(scope, receive, send, ctx)
+            return
+        # Alone: the context is created here, as run_with_context would (one frame
+        # less); ``_http`` finds the emitter and does its work in its own responder.
+        ctx = create_context(scope)
+        token = current_context.set(ctx)
+        try:
+            await self._http(scope, receive, header_emitter(ctx, send), ctx)
+        finally:
+            current_context.reset(token)
 
     # -- negotiation ---------------------------------------------------------------
 
@@ -163,7 +172,17 @@ class CompressionMiddleware:
 
     # -- request -------------------------------------------------------------------
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+    def _http(self, scope: Scope, receive: Receive, send: Send,
+              ctx: RequestContext) -> Awaitable[None]:
+        """The request with the context (what a fused stack calls)."""
+        send, emits = emitter_parts(send)
+        return self._serve(scope, receive, send, ctx, emits)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
+                     emits: RequestContext | None) -> None:
+        """``emits``: the context whose ``response_headers`` this layer merges into the
+        response start itself (it created the context, or ``send`` was its creator's
+        emitter, unwrapped); None: ``send`` is any other layer's."""
         header = ctx.header
         ae = header(b"accept-encoding")
         coding: Coding | None = None
@@ -185,14 +204,15 @@ class CompressionMiddleware:
             coding_name = name.decode("latin-1")
             decoding = self.codings.get("gzip" if coding_name == "x-gzip" else coding_name)
             if decoding is None:
-                await send_error(scope, send, RpcError(
+                await send_error(scope, _out(send, emits), RpcError(
                     1004, f"Unsupported Content-Encoding {ce.decode('latin-1')!r}",
                     http_status=415, headers={"Accept-Encoding": self._accept_encoding},
                 ), ctx=ctx)
                 return
             if length is not None and length.isdigit() and int(length) > self.max_body_size:
                 # compressed input is capped too (skippable frames decode to nothing)
-                await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
+                await send_error(scope, _out(send, emits), _too_large(self.max_body_size),
+                                 ctx=ctx)
                 return
             rx = _DecodingReceive(receive, decoding, self.max_body_size)
             scope = {**scope, "headers": [
@@ -201,21 +221,23 @@ class CompressionMiddleware:
             ]}
         elif length is not None:
             if length.isdigit() and int(length) > self.max_body_size:
-                await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
+                await send_error(scope, _out(send, emits), _too_large(self.max_body_size),
+                                 ctx=ctx)
                 return
         elif method in _BODY_METHODS:
             rx = _CountingReceive(receive, self.max_body_size)
         if coding is None and rx is None:
             if lazy:  # the common case: no coding unless the envelope asks for one
                 ext = scope.get("extensions") or ()
-                choice = _MetadataChoice(send, self, ctx, not _FILE_SENDS.isdisjoint(ext))
+                choice = _MetadataChoice(send, emits, self, ctx,
+                                         not _FILE_SENDS.isdisjoint(ext))
                 try:
                     await self.app(scope, receive, choice)
                 finally:
                     if isinstance(choice.target, _Responder):
                         choice.target.close()
             else:
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, _out(send, emits))
             return
         extensions = scope.get("extensions")
         defer = False
@@ -226,7 +248,8 @@ class CompressionMiddleware:
                               if k != "http.response.zerocopysend"}
                 scope = {**scope, "extensions": extensions}
             defer = not _FILE_SENDS.isdisjoint(extensions)
-        responder = _Responder(send, self, coding, rx, method == "HEAD", ctx, lazy, defer)
+        responder = _Responder(send, emits, self, coding, rx, method == "HEAD", ctx, lazy,
+                               defer)
         try:
             await self.app(scope, rx if rx is not None else receive, responder)
         except Exception:
@@ -238,7 +261,7 @@ class CompressionMiddleware:
             if rx is not None:
                 rx.close()
         if rx is not None and rx.error is not None and not responder.started:
-            await send_error(scope, send, rx.error, ctx=ctx)
+            await send_error(scope, _out(send, emits), rx.error, ctx=ctx)
 
 
     def _media_kind(self, content_type: bytes) -> int:
@@ -282,10 +305,11 @@ class _MetadataChoice:
 
     __slots__ = ("ctx", "defer", "emits", "mw", "send", "target")
 
-    def __init__(self, send: Send, mw: CompressionMiddleware, ctx: RequestContext,
-                 defer: bool) -> None:
-        # The context creator's header emitter: its work is done here, one call less.
-        self.send, self.emits = emitter_parts(send)
+    def __init__(self, send: Send, emits: RequestContext | None, mw: CompressionMiddleware,
+                 ctx: RequestContext, defer: bool) -> None:
+        # ``emits``: the context creator's header emitter's work is done here.
+        self.send = send
+        self.emits = emits
         self.mw = mw
         self.ctx = ctx
         self.defer = defer
@@ -303,10 +327,16 @@ class _MetadataChoice:
                 if emits is not None and emits.response_headers:
                     message = with_response_headers(message, emits)
                 return self.send(message)
-            target = _Responder(self.send, self.mw, coding, None, False, self.ctx, False,
-                                self.defer, emits)
+            target = _Responder(self.send, emits, self.mw, coding, None, False, self.ctx,
+                                False, self.defer)
             self.target = target
         return target(message)
+
+
+def _out(send: Send, emits: RequestContext | None) -> Send:
+    """``send`` for a message this layer does not build itself: through the header
+    emitter when this layer does the context creator's emitting."""
+    return send if emits is None else header_emitter(emits, send)
 
 
 def _excluded(types: Iterable[str]) -> tuple[frozenset[bytes], tuple[bytes, ...]]:
@@ -464,6 +494,7 @@ class _Responder:
     def __init__(
         self,
         send: Send,
+        emits: RequestContext | None,
         mw: CompressionMiddleware,
         coding: Coding | None,
         rx: _DecodingReceive | _CountingReceive | None,
@@ -471,13 +502,9 @@ class _Responder:
         ctx: RequestContext,
         lazy: bool = False,
         defer: bool = False,
-        emits: RequestContext | None = None,
     ) -> None:
         # ``emits``: the context whose response headers this responder merges into the
-        # start it sends, doing the work of that context creator's header emitter (given
-        # when ``send`` is already the server's; found when ``send`` is the emitter).
-        if emits is None:
-            send, emits = emitter_parts(send)
+        # start it sends, doing the work of that context creator's header emitter.
         self.send = send
         self.emits = emits
         # The server can send files (pathsend/zerocopysend): an event stream's start
