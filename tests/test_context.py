@@ -76,3 +76,27 @@ def test_emitter_returns_the_inner_sends_awaitable_and_passes_messages_as_they_a
     result = emit(start)
     assert type(result).__name__ == "Awaited"
     assert sent == [start] and sent[0] is start
+
+
+def test_create_context_is_what_the_creator_stores_in_the_scope() -> None:
+    from aduib_asgi.context import CONTEXT_KEY, SERVER_ID, SERVER_ID_KEY, create_context
+
+    scope: dict[str, Any] = {"type": "http", "headers": ((b"x-a", b"1"),)}
+    ctx = create_context(scope)
+    assert scope[CONTEXT_KEY] is ctx
+    assert type(scope["headers"]) is list and ctx.raw_headers is scope["headers"]
+    assert ctx.header(b"x-a") == b"1" and ctx.server_id == SERVER_ID
+    named = create_context({"type": "http", "headers": [], SERVER_ID_KEY: "node-7"})
+    assert named.server_id == "node-7" and named.raw_headers == []
+
+
+def test_header_emitter_is_found_by_emitter_parts() -> None:
+    from aduib_asgi.context import emitter_parts, header_emitter
+
+    ctx = RequestContext()
+
+    async def send(message: Any) -> None:
+        return None
+
+    assert emitter_parts(header_emitter(ctx, send)) == (send, ctx)
+    assert emitter_parts(send) == (send, None)
