@@ -138,11 +138,12 @@ class CompressionMiddleware:
             await self._http(scope, receive, send, ctx)
             return
         # Alone: the context is created here, as run_with_context would (one frame
-        # less); ``_http`` finds the emitter and does its work in its own responder.
+        # less), and this layer does its creator's header emitting itself: what
+        # ``_http`` runs when ``send`` is the creator's emitter, without one.
         ctx = create_context(scope)
         token = current_context.set(ctx)
         try:
-            await self._http(scope, receive, header_emitter(ctx, send), ctx)
+            await self._serve(scope, receive, send, ctx, ctx)
         finally:
             current_context.reset(token)
 
@@ -187,7 +188,7 @@ class CompressionMiddleware:
         ae = header(b"accept-encoding")
         coding: Coding | None = None
         if ae is not None:
-            ctx.add_response_header(b"vary", b"Accept-Encoding")
+            ctx.response_headers.append(_VARY)  # (what add_response_header does)
             coding = self._choices.get(ae, _UNKNOWN)  # type: ignore[arg-type]
             if coding is _UNKNOWN:
                 coding = self.choose(ae)
@@ -477,8 +478,14 @@ _HELD, _PASS, _STREAM, _START = 0, 1, 2, 3
 _CODABLE, _EXCLUDED, _SSE = 0, 1, 2
 
 
-async def _nothing() -> None:
-    return None
+class _Done:
+    """An awaitable that is already done (cheaper to await than a new coroutine)."""
+
+    __slots__ = ()
+    __await__ = ().__iter__  # (a tuple's bound method: no self is passed)
+
+
+_DONE: Awaitable[None] = _Done()  # type: ignore[assignment]
 
 
 class _Responder:
@@ -526,7 +533,7 @@ class _Responder:
     def __call__(self, message: Message) -> Awaitable[None]:
         rx = self.rx
         if rx is not None and rx.error is not None and not self.started:
-            return _nothing()  # the body was refused: the layer renders its own error
+            return _DONE  # the body was refused: the layer renders its own error
         mode = self.mode
         t = message["type"]
         if mode == _HELD:
@@ -553,7 +560,7 @@ class _Responder:
             if mode == _HELD:
                 self.mode = _HELD
                 self.start = message
-                return _nothing()
+                return _DONE
             self.started = True
             if mode == _STREAM:
                 # Streamed by nature: commit now so the client sees the headers at once.
@@ -637,7 +644,10 @@ class _Responder:
                 headers.append(_VARY)
                 pending.clear()
                 self.app_vary = None  # (moved: see _unsent)
-        return self._emitted({**start, "headers": headers})
+        emits = self.emits  # (what _emitted does, inline)
+        if emits is not None and emits.response_headers:
+            return with_response_headers({**start, "headers": headers}, emits)
+        return {**start, "headers": headers}
 
     def _unsent(self) -> None:
         """The coded start was not sent: an outer error response still gets its Vary."""
