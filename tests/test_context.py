@@ -100,3 +100,15 @@ def test_header_emitter_is_found_by_emitter_parts() -> None:
 
     assert emitter_parts(header_emitter(ctx, send)) == (send, ctx)
     assert emitter_parts(send) == (send, None)
+
+
+def test_header_values_agree_with_header_before_and_after_the_map_exists() -> None:
+    raw = [(b"accept", b"a/b"), (b"x-one", b"1"), (b"accept", b"c/d"), (b"x-two", b"")]
+    names = (b"accept", b"x-two", b"missing", b"x-one")
+    scanned = RequestContext(raw_headers=raw).header_values(names)
+    mapped = RequestContext(raw_headers=raw)
+    expected = [mapped.header(n) for n in names]
+    assert scanned == expected == [b"a/b, c/d", b"", None, b"1"]
+    assert mapped.header_values(names) == expected
+    mapped.add_envelope_headers({"x-env": "e"})  # only the map has them
+    assert mapped.header_values((b"x-env",)) == [b"e"]

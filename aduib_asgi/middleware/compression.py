@@ -69,6 +69,7 @@ DEFAULT_EXCLUDED_TYPES: tuple[str, ...] = (
 _NOT_EXCLUDED = frozenset({b"image/svg+xml"})
 
 _VARY = (b"vary", b"Accept-Encoding")
+_REQUEST_HEADERS = (b"accept-encoding", b"content-encoding", b"content-length")
 #: Statuses whose response is never content-coded: no body (204, 205, 304) or a
 #: part of the representation (206, whose Content-Range counts unencoded bytes).
 _NO_CODING_STATUSES = frozenset({204, 205, 206, 304})
@@ -184,8 +185,7 @@ class CompressionMiddleware:
         """``emits``: the context whose ``response_headers`` this layer merges into the
         response start itself (it created the context, or ``send`` was its creator's
         emitter, unwrapped); None: ``send`` is any other layer's."""
-        header = ctx.header
-        ae = header(b"accept-encoding")
+        ae, ce, length = ctx.header_values(_REQUEST_HEADERS)
         coding: Coding | None = None
         if ae is not None:
             ctx.response_headers.append(_VARY)  # (what add_response_header does)
@@ -199,8 +199,6 @@ class CompressionMiddleware:
         method = scope.get("method")  # (required by ASGI; not every caller sets it)
         lazy = ae is None and method == "POST"
         rx: _DecodingReceive | _CountingReceive | None = None
-        ce = header(b"content-encoding")
-        length = header(b"content-length")
         if ce is not None and (name := ce.strip().lower()) not in (b"identity", b""):
             coding_name = name.decode("latin-1")
             decoding = self.codings.get("gzip" if coding_name == "x-gzip" else coding_name)
