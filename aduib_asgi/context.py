@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
@@ -232,16 +231,16 @@ class RequestContext:
         """Milliseconds left before the deadline (never negative), or None."""
         if self.deadline is None:
             return None
-        return max(0.0, (self.deadline - time.monotonic()) * 1000.0)
+        return max(0.0, (self.deadline - _monotonic()) * 1000.0)
 
     def set_deadline_ms(self, timeout_ms: float) -> None:
         """Tighten the deadline to ``timeout_ms`` from now (never loosen it)."""
-        deadline = time.monotonic() + timeout_ms / 1000.0
+        deadline = _monotonic() + timeout_ms / 1000.0
         if self.deadline is None or deadline < self.deadline:
             self.deadline = deadline
 
     def duration_ms(self) -> int:
-        return int((time.monotonic() - self.started) * 1000)
+        return int((_monotonic() - self.started) * 1000)
 
     def add_response_header(self, name: bytes, value: bytes) -> None:
         """Ask for a header on the final response (success or error)."""
