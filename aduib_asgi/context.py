@@ -196,7 +196,7 @@ class RequestContext:
         """
         m = self._header_map
         if m is not None:
-            return [m.get(n) for n in names]
+            return list(map(m.get, names))  # (no comprehension frame)
         out: list[bytes | None] = [None] * len(names)
         for k, v in self.raw_headers:
             if k in names:
