@@ -320,12 +320,32 @@ def _merged(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
     Tokens keep their first spelling and order, case-insensitively deduplicated;
     ``*`` alone stands for all. One ``Vary`` in all is a plain append.
     """
+    vary = None
     for h in extra:
         if h[0] == b"vary":
-            break
-    else:  # the common case: nothing to merge
-        return [*headers, *extra]
-    out = list(headers)
+            if vary is not None:
+                break  # several of ours: merged below
+            vary = h
+    else:
+        if vary is None:  # the common case: nothing to merge
+            return [*headers, *extra]
+        out = [*headers]
+        for name, _ in out:
+            if len(name) == 4 and name.lower() == b"vary":
+                break
+        else:  # one field of ours, none of the app's: ours goes last, as it is
+            for h in extra:
+                if h is not vary:
+                    out.append(h)
+            out.append(vary)
+            return out
+        return _merged_varies(out, extra)
+    return _merged_varies([*headers], extra)
+
+
+def _merged_varies(out: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
+                   ) -> list[tuple[bytes, bytes]]:
+    """:func:`_merged` when ``Vary`` fields must be merged (``out``: the app's headers)."""
     varies: list[bytes] = []
     for h in extra:
         if h[0] == b"vary":

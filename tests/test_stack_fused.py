@@ -668,3 +668,21 @@ async def test_fused_facts_wrapper_creates_the_context_for_the_first_layer() -> 
         await app(scope, None, send)
         assert scope[CONTEXT_KEY] is outer
     assert seen == [(True, "node-9"), (False, SERVER_ID)] * 2
+
+
+@pytest.mark.parametrize("headers,extra,expected", [
+    # one Vary of ours, none of the app's: ours goes last, as it is
+    ([(b"content-type", b"a")], [(b"vary", b"Accept"), (b"x-a", b"1")],
+     [(b"content-type", b"a"), (b"x-a", b"1"), (b"vary", b"Accept")]),
+    # the app's Vary (any case) takes ours in, in its place
+    ([(b"Vary", b"Origin"), (b"x-b", b"2")], [(b"vary", b"Accept"), (b"x-a", b"1")],
+     [(b"vary", b"Origin, Accept"), (b"x-b", b"2"), (b"x-a", b"1")]),
+    # two of ours: one field; the same pair twice: once
+    ([], [(b"vary", b"a"), (b"x-a", b"1"), (b"vary", b"b")],
+     [(b"x-a", b"1"), (b"vary", b"a, b")]),
+    ([], [(b"vary", b"Accept")] * 2, [(b"vary", b"Accept")]),
+    ([(b"vary", b"*")], [(b"vary", b"b")], [(b"vary", b"*")]),
+])
+def test_merged_places_vary_as_before(headers: Any, extra: list[Any], expected: Any) -> None:
+    assert _merged(headers, extra) == expected
+    assert _merged(iter(headers), extra) == expected  # any iterable, read once
