@@ -288,7 +288,8 @@ def _demo_app(settings: dict[str, Any], shutdown: Any, access_log: bool) -> Any:
     uvicorn_error.addFilter(CredentialHeaderFilter())
     # uvicorn's own records (an exception escaping the app) are escaped as well
     uvicorn_error.addFilter(RequestContextFilter())
-    return build_demo_app(DemoConfig(shutdown=shutdown, on_config=[handler.apply], **settings))
+    return build_demo_app(DemoConfig(shutdown=shutdown, on_config=[handler.apply],
+                                     access_log=access_log, **settings))
 
 
 def demo_worker_app() -> Any:

@@ -7,7 +7,11 @@ the server started in that directory so ``python -m`` imports it; same virtualen
 and from this checkout. Rounds
 alternate between them (forward, then backward); each round's demo req/s is
 divided by the bare route's in the same round, so the machine's speed cancels.
-Prints per server the median req/s and the median (range) of the per-round ratios::
+Prints per server the median req/s and the median (range) of the per-round ratios,
+and the server process's CPU time per request (Linux: ``/proc/PID/task/*/schedstat``,
+all threads) with the per-round ratio bare-route CPU / server CPU: the req/s ratio
+a CPU-bound server would reach, far steadier than req/s when other processes
+share the cores::
 
     .venv/bin/python benchmarks/ab_http.py [--ref main] [--rounds 6] [--seconds 5]
 """
@@ -15,6 +19,7 @@ Prints per server the median req/s and the median (range) of the per-round ratio
 from __future__ import annotations
 
 import argparse
+import glob
 import pathlib
 import statistics
 import subprocess
@@ -47,6 +52,19 @@ class _RefServer(_Server):
             http._repo_root = root  # type: ignore[assignment]
 
 
+def cpu_ns(pid: int) -> int | None:
+    """CPU time (ns) the process's threads have run, or None where /proc lacks it."""
+    total, found = 0, False
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[0])
+            found = True
+        except (OSError, ValueError, IndexError):
+            continue
+    return total if found else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ref", default="main")
@@ -74,22 +92,34 @@ def main() -> None:
                     raise SystemExit(f"{s.name}: {s.error}")
                 _builtin(s.url or "", 1.0, 4)  # warm-up
             rps: dict[str, list[float]] = {s.name: [] for s in servers}
+            cpu: dict[str, list[float]] = {s.name: [] for s in servers}
             for i in range(args.rounds):
                 for s in servers if i % 2 == 0 else list(reversed(servers)):
+                    pid = s.proc.pid if s.proc is not None else 0
+                    before = cpu_ns(pid)
                     out: dict[str, Any] = _builtin(s.url or "", args.seconds, args.connections)
+                    after = cpu_ns(pid)
                     if out.get("errors"):
                         raise SystemExit(f"{s.name}: {out['errors']} failed or non-2xx answers")
                     rps[s.name].append(float(out["rps"]))
+                    if before is not None and after is not None and out["rps"]:
+                        cpu[s.name].append((after - before) / 1e3 / (out["rps"] * args.seconds))
         finally:
             for s in servers:
                 s.stop()
-    bare = rps["bare-starlette"]
+    bare, bare_cpu = rps["bare-starlette"], cpu["bare-starlette"]
     print(f"{args.rounds} alternating rounds of {args.seconds:g} s, {args.connections} "
-          f"connections, built-in client; ratios are medians of per-round ratios to the bare route")
+          f"connections, built-in client; ratios are medians of per-round ratios to the bare "
+          f"route (range); CPU: server CPU µs per request, ratio = bare route's CPU / this one")
     for s in servers:
         ratios = [a / b for a, b in zip(rps[s.name], bare, strict=True)]
-        print(f"  {s.label:52s} {statistics.median(rps[s.name]):8.0f} req/s   "
-              f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+        line = (f"  {s.label:44s} {statistics.median(rps[s.name]):7.0f} req/s "
+                f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+        if len(cpu[s.name]) == len(bare_cpu) == args.rounds:
+            speed = [b / a for a, b in zip(cpu[s.name], bare_cpu, strict=True)]
+            line += (f" | CPU {statistics.median(cpu[s.name]):6.1f} µs/req "
+                     f"{statistics.median(speed):.2f}x ({min(speed):.2f}-{max(speed):.2f})")
+        print(line)
 
 
 if __name__ == "__main__":

@@ -170,6 +170,41 @@ def test_http_summary_medians_ranges_and_voided_servers() -> None:
     assert demo["vs_bare"] == 0.25
     assert out["bare-starlette"]["vs_starlette"] == 1.0
     assert "rps" not in out["demo-h11"] and "2 non-2xx" in out["demo-h11"]["reason"]
+    assert "cpu_us" not in demo and "cpu_vs_starlette" not in demo  # not measured
+
+
+def test_http_summary_cpu_per_request_ratios_pair_rounds() -> None:
+    from aduib_asgi.bench.http import summarise
+    from aduib_asgi.bench.targets import _http_bare
+
+    def rounds(rps: list[float], cpu: list[float]) -> list[dict[str, Any]]:
+        return [{"round": i, "rps": x, "p50_ms": 1.0, "p99_ms": 3.0, "errors": 0,
+                 "cpu_us": c} for i, (x, c) in enumerate(zip(rps, cpu, strict=True))]
+
+    servers = summarise([
+        {"name": "demo", "label": "d", "settings": "uvloop, httptools",
+         "rounds": rounds([500.0, 400.0, 600.0], [250.0, 300.0, 200.0])},
+        {"name": "bare-starlette", "label": "b", "settings": "uvloop, httptools",
+         "rounds": rounds([1000.0, 1000.0, 800.0], [150.0, 150.0, 160.0])},
+    ])
+    demo = {s["name"]: s for s in servers}["demo"]
+    # per round: 150/250, 150/300, 160/200 → 0.6, 0.5, 0.8
+    assert demo["cpu_us"] == 250.0 and demo["cpu_vs_starlette"] == 0.6
+    assert (demo["cpu_vs_starlette_min"], demo["cpu_vs_starlette_max"]) == (0.5, 0.8)
+    (row,) = _http_bare({"servers": servers})
+    expected = "server CPU per request: demo 250 µs vs bare 150 µs, 0.60× (0.50–0.80)"  # noqa: RUF001
+    assert expected in row["detail"]
+
+
+def test_cpu_ns_reads_this_process() -> None:
+    import os
+
+    from aduib_asgi.bench.http import cpu_ns
+
+    first = cpu_ns(os.getpid())
+    sum(i * i for i in range(200_000))
+    second = cpu_ns(os.getpid())
+    assert first is not None and second is not None and second > first
 
 
 def test_rpc_group_has_the_json_echo_yardstick_and_groups_filter() -> None:

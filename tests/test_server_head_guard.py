@@ -160,3 +160,57 @@ async def test_each_waiting_connection_times_out_at_its_own_deadline() -> None:
     assert tb.closed and tb.out.startswith(b"HTTP/1.1 408")
     a.connection_lost(None)
     b.connection_lost(None)
+
+
+async def test_a_head_completed_in_its_chunk_leaves_no_waiting_entry() -> None:
+    cls = guard()
+    proto, t = connect(cls)
+    assert proto in cls._waiting  # waiting for its first head since connect
+    for _ in range(3):
+        proto.data_received(head(200, b"z"))
+        assert proto not in cls._waiting
+        assert (await settle(t)).startswith(b"HTTP/1.1 200")
+        t.out.clear()
+    proto.connection_lost(None)
+    assert not cls._waiting
+
+
+async def test_a_later_head_that_stalls_times_out_from_its_first_byte() -> None:
+    cls = guard(timeout=1.0)
+    proto, t = connect(cls)
+    proto.data_received(head(200, b"z"))
+    assert (await settle(t)).startswith(b"HTTP/1.1 200")
+    t.out.clear()
+    await asyncio.sleep(0.7)  # idle keep-alive: no head clock runs
+    proto.data_received(b"POST / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+    assert proto in cls._waiting
+    await asyncio.sleep(0.5)  # 1.2 s after connect, 0.5 s into the head
+    assert not t.closed
+    for _ in range(400):
+        if t.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert t.closed and t.out.startswith(b"HTTP/1.1 408"), bytes(t.out)
+    proto.connection_lost(None)
+
+
+async def test_a_partial_head_pipelined_after_a_request_times_out() -> None:
+    cls = guard(timeout=1.0)
+    proto, t = connect(cls)
+    proto.data_received(head(200, b"z") + b"POST / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+    assert proto in cls._waiting
+    for _ in range(400):
+        if t.closed:
+            break
+        await asyncio.sleep(0.01)
+    out = bytes(t.out)
+    assert t.closed and out.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in out, out
+    proto.connection_lost(None)
+
+
+async def test_a_pipelined_partial_head_over_the_bound_closes_at_once() -> None:
+    cls = guard()
+    proto, t = connect(cls)
+    proto.data_received(head(200, b"z") + b"POST / HTTP/1.1\r\nX-Big: " + b"b" * (LIMIT + 10))
+    assert t.closed and proto not in cls._waiting  # not buffered up to the timeout
+    proto.connection_lost(None)

@@ -12,7 +12,11 @@ exists (``benchmarks/aduib_rpc_reference_server.py``). The load generator is
 ``wrk`` when installed, else a built-in asyncio HTTP/1.1 keep-alive client (on
 uvloop when installed). Each round loads every server once for a fixed time,
 forward then backward; ratios are taken per round (paired) and summarised by
-their median and range. Only loopback traffic, bounded in time (and, for the
+their median and range. Each round also reads the server process's CPU time
+(Linux: ``/proc/PID/task/*/schedstat``): CPU µs per request and the per-round
+ratio of the bare route's CPU per request to the server's - the req/s ratio a
+CPU-bound server would reach, far steadier than req/s when other processes
+share the cores. Only loopback traffic, bounded in time (and, for the
 built-in client, count).
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import glob
 import os
 import re
 import shutil
@@ -126,6 +131,19 @@ class _Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def cpu_ns(pid: int) -> int | None:
+    """CPU time (ns) the threads of process ``pid`` have run, or None without /proc."""
+    total, found = 0, False
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        found = True
+    return total if found else None
 
 
 # -- load generators -----------------------------------------------------------------------
@@ -325,10 +343,15 @@ def run_http(settings: HttpSettings, progress: Callable[[int], None] | None = No
         for r in range(settings.rounds):
             order = live if r % 2 == 0 else list(reversed(live))
             for s in order:
-                samples[s.name].append(
-                    {"round": r,
-                     **_load(loader, s.url or "", settings.round_seconds,
-                             settings.connections, lua)})
+                pid = s.proc.pid if s.proc is not None else 0
+                before = cpu_ns(pid)
+                row = {"round": r, **_load(loader, s.url or "", settings.round_seconds,
+                                           settings.connections, lua)}
+                after = cpu_ns(pid)
+                if before is not None and after is not None and row.get("rps"):
+                    row["cpu_us"] = (after - before) / 1e3 / (row["rps"]
+                                                              * settings.round_seconds)
+                samples[s.name].append(row)
                 if progress is not None:
                     progress(1)
     finally:
@@ -355,10 +378,19 @@ def _ratios(rows: list[dict[str, Any]], base: list[dict[str, Any]]) -> list[floa
             if x.get("rps") and by_round.get(x.get("round", i))]
 
 
+def _cpu_ratios(rows: list[dict[str, Any]], base: list[dict[str, Any]]) -> list[float]:
+    """Per round: the base's CPU per request / this server's (higher: cheaper)."""
+    by_round = {x.get("round", i): x["cpu_us"] for i, x in enumerate(base) if x.get("cpu_us")}
+    return [by_round[x.get("round", i)] / x["cpu_us"] for i, x in enumerate(rows)
+            if x.get("cpu_us") and by_round.get(x.get("round", i))]
+
+
 def summarise(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Medians per server and per-round ratios: ``vs_bare`` (the bare pure-ASGI app on
     the same loop and parser) and ``vs_starlette`` (the bare Starlette JSON echo route,
-    same settings), each with ``*_min``/``*_max`` over the rounds.
+    same settings), each with ``*_min``/``*_max`` over the rounds; with the server's
+    CPU time measured, ``cpu_us`` (median CPU µs per request) and ``cpu_vs_starlette``
+    (per-round ratios of the bare route's CPU per request to this server's).
 
     A server with a non-2xx answer in any round gets a ``reason`` and no figures.
     """
@@ -378,6 +410,9 @@ def summarise(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
             e["rps_max"] = max(x["rps"] for x in rows)
             e["p50_ms"] = statistics.median(x["p50_ms"] for x in rows)
             e["p99_ms"] = statistics.median(x["p99_ms"] for x in rows)
+            cpu = [x["cpu_us"] for x in rows if x.get("cpu_us")]
+            if cpu:
+                e["cpu_us"] = statistics.median(cpu)
         out.append(e)
     by_name = {e["name"]: e for e in out if e.get("rps")}
     bare = {"uvloop, httptools": "bare-shipped", REFERENCE_SETTINGS: "bare"}
@@ -394,6 +429,12 @@ def summarise(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if ratios:
                 e[key] = statistics.median(ratios)
                 e[f"{key}_min"], e[f"{key}_max"] = min(ratios), max(ratios)
+            if key == "vs_starlette":
+                ratios = _cpu_ratios(e["rounds"], base["rounds"])
+                if ratios:
+                    e["cpu_vs_starlette"] = statistics.median(ratios)
+                    e["cpu_vs_starlette_min"] = min(ratios)
+                    e["cpu_vs_starlette_max"] = max(ratios)
     return out
 
 

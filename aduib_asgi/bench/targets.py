@@ -230,6 +230,11 @@ def _http_bare(http: Mapping[str, Any] | None,
               f"{bare['rps']:.0f} req/s (medians, {demo.get('settings', '?')})")
     if ratios:
         detail += "; " + _spread(ratios)
+    if demo.get("cpu_vs_starlette") is not None and bare.get("cpu_us"):
+        detail += (f"; server CPU per request: demo {demo['cpu_us']:.0f} µs vs bare "
+                   f"{bare['cpu_us']:.0f} µs, {demo['cpu_vs_starlette']:.2f}× "
+                   f"({demo['cpu_vs_starlette_min']:.2f}–{demo['cpu_vs_starlette_max']:.2f}) "
+                   f"the rate (steadier than req/s on shared cores)")
     floor = servers.get("bare-shipped")
     if floor is not None and floor.get("rps") and floor.get("settings") == bare.get("settings"):
         ceiling = floor["rps"] / bare["rps"]

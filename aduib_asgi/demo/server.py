@@ -73,6 +73,9 @@ _PER = {"tenant": ("tenant",), "principal": ("principal",), "client": ("client",
 
 logger = logging.getLogger("aduib_asgi.demo")
 
+#: Durations the RPC metrics hold back before recording them through the SDK together.
+METRICS_BATCH = 64
+
 
 @dataclass
 class DemoConfig:
@@ -110,6 +113,10 @@ class DemoConfig:
     readiness_interval_s: float = 2.0
     #: Access log rendering when the configuration has no ``[log]`` section.
     log_json: bool = False
+    #: One access log line per call when the configuration has no ``[log]`` section
+    #: (``--no-access-log``: False). Off, the access layer is left out of the stack
+    #: (a ``[log] access = true`` snapshot puts it back).
+    access_log: bool = True
     #: Level of the package's loggers when the configuration has no ``[log]``
     #: section (None: leave logging alone).
     log_level: str | None = None
@@ -149,7 +156,7 @@ def outer_layers(config: RuntimeConfig, demo: DemoConfig, *, registry: MethodReg
     compression = config.compression
     log = config.log
     layers = []
-    if log is None or log.access:
+    if log.access if log is not None else demo.access_log:
         json_format = log.format == "json" if log is not None else demo.log_json
         layers.append(Layer.of(AccessLogMiddleware, json_format=json_format))
     policies = demo_policies(registry, config)
@@ -242,7 +249,8 @@ def build_demo_app(config: DemoConfig | None = None) -> ASGIApp:
         built.append(inner)
     fuse(inner)  # linked as build_stack links the layers it builds
     admission = next(b for b in built if isinstance(b, AdmissionMiddleware))
-    metrics = RpcMetrics(meter_provider)
+    # durations reach the SDK 64 at a time and at every scrape (RpcMetrics' batch)
+    metrics = RpcMetrics(meter_provider, batch=METRICS_BATCH)
     storage = _ratelimit_storage(config.redis_url, budget)
     demo = config
 

@@ -25,11 +25,13 @@ provider that exports to a prometheus-client registry (extra ``prometheus``).
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator
 from http import HTTPStatus
 from typing import Any
 
 from opentelemetry import metrics
+from opentelemetry.context import Context, get_current
 from opentelemetry.metrics import MeterProvider, Observation
 
 from aduib_asgi.context import SERVER_VERSION
@@ -59,6 +61,10 @@ _MAX_SERIES = DEFAULT_MAX_SERIES  # methods remembered by method_label
 _KNOWN_CODES = frozenset({0, *ERROR_TABLE})
 _KNOWN_STATUSES = frozenset(int(s) for s in HTTPStatus)
 _REJECTION_CODES = frozenset({5002, 5010, 5020, 5021})
+#: The context held-back durations are recorded in: it holds no span, so the
+#: exemplar filter decides as it did when each was held back (not empty: the SDK
+#: replaces an empty context with the current one).
+_NO_SPAN = Context({"aduib.metrics.batched": True})
 
 
 def is_rejection(code: int) -> bool:
@@ -85,6 +91,15 @@ class RpcMetrics:
     reported through OpenTelemetry *observable* instruments, which the SDK reads
     only when metrics are collected; only the duration histogram is recorded
     through the SDK per request (about 9 µs instead of 25 µs for all four).
+
+    ``batch=N`` (N > 1) holds durations back and records them through the SDK N at
+    a time, and whenever metrics are collected (before the SDK reads them), so a
+    scrape or an export sees every finished request; the SDK's code then runs hot
+    in the CPU caches (≈ half its cost per request inside a server). Only values
+    no exemplar can be taken from wait: with an SDK provider whose exemplar filter
+    is trace-based (the default) or always-off, a duration recorded while a sampled
+    span is current, and the first one of a label set (its series' start time),
+    are recorded at once; with any other provider or filter nothing waits.
     """
 
     def __init__(
@@ -94,9 +109,15 @@ class RpcMetrics:
         tenant_attribute: bool = False,
         max_series: int = DEFAULT_MAX_SERIES,
         max_tenants: int = DEFAULT_MAX_TENANTS,
+        batch: int = 0,
     ) -> None:
         provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
         meter = provider.get_meter("aduib_asgi", SERVER_VERSION)
+        self.batch = batch
+        #: (duration, attributes) held back; deque: appends and pops are thread-safe
+        #: (a collection may run in an exporter's thread)
+        self._pending: deque[tuple[float, dict[str, Any]]] = deque()
+        self._filter = _batch_filter(provider) if batch > 1 else None
         self.tenant_attribute = tenant_attribute
         self.max_series = max_series
         self.max_tenants = max_tenants
@@ -117,15 +138,31 @@ class RpcMetrics:
             "rpc.server.rejections", callbacks=[self._observe_rejections], unit="{request}",
             description="Refused requests by reason")
 
+    def flush(self) -> None:
+        """Record the durations held back (``batch``); collection calls it first."""
+        pending = self._pending
+        record = self.duration.record
+        while True:
+            try:
+                value, attrs = pending.popleft()
+            except IndexError:
+                return
+            record(value, attrs, context=_NO_SPAN)
+
+    # The SDK calls every observable callback of a collection before it reads the
+    # synchronous instruments: each flushes, whichever instrument a view keeps.
     def _observe_requests(self, options: Any) -> Iterator[Observation]:
+        self.flush()
         for key, count in list(self._requests.items()):
             yield Observation(count, dict(key))
 
     def _observe_rejections(self, options: Any) -> Iterator[Observation]:
+        self.flush()
         for (method, reason), count in list(self._rejections.items()):
             yield Observation(count, {"rpc.method": method, "reason": reason})
 
     def _observe_active(self, options: Any) -> Iterator[Observation]:
+        self.flush()
         yield Observation(self.active.value, {})
 
     def record(
@@ -143,14 +180,23 @@ class RpcMetrics:
             tenant = None
         cache_key = (method, code, status, tenant)
         cached = self._attrs.get(cache_key)
+        flt = self._filter
         if cached is None:
+            flt = None  # a new label set: its series starts now
             cached = self._labels(method, code, status, tenant)
             if len(self._attrs) < self.max_series:
                 self._attrs[cache_key] = cached
         attrs, key = cached
         requests = self._requests
         requests[key] = requests.get(key, 0) + 1
-        self.duration.record(duration_ms, attrs)
+        # the filter ignores the time: 0 stands for it
+        if flt is not None and not flt.should_sample(duration_ms, 0, attrs, get_current()):
+            pending = self._pending
+            pending.append((duration_ms, attrs))
+            if len(pending) >= self.batch:
+                self.flush()
+        else:
+            self.duration.record(duration_ms, attrs)
         if code and is_rejection(code):
             rkey = (method, error_spec(code).name.lower())  # names: the table's and ranges'
             self._rejections[rkey] = self._rejections.get(rkey, 0) + 1
@@ -176,6 +222,20 @@ class RpcMetrics:
             attrs = {k: OTHER for k in attrs}  # the overflow series
             key = tuple(attrs.items())
         return attrs, key
+
+
+def _batch_filter(provider: Any) -> Any:
+    """The exemplar filter of an SDK ``provider`` when it is one whose decision
+    depends on the context only (trace-based, always-off), else None."""
+    try:
+        from opentelemetry.sdk.metrics import (
+            AlwaysOffExemplarFilter,
+            TraceBasedExemplarFilter,
+        )
+    except ImportError:  # no SDK: nothing is recorded anyway
+        return None
+    flt = getattr(getattr(provider, "_sdk_config", None), "exemplar_filter", None)
+    return flt if type(flt) in (TraceBasedExemplarFilter, AlwaysOffExemplarFilter) else None
 
 
 _RESOLVED: set[str] = set()  # methods a registry resolved (bounded), for stacks without one

@@ -170,8 +170,16 @@ def _httptools_guard() -> type:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HttpToolsHeadGuard(HeadGuard, HttpToolsProtocol):
-        """HeadGuard for httptools: llhttp's callbacks mark a head's start and end."""
+        """HeadGuard for httptools: llhttp's callbacks mark a head's start and end.
 
+        A head that begins and completes within one chunk (every ordinary request)
+        never enters the waiting registry: a head that began in a chunk is
+        registered at the end of that chunk only if it is still incomplete, with
+        the clock of that chunk - the deadline it would have had from its first
+        byte.
+        """
+
+        #: A head began in the chunk being parsed and has not completed yet.
         _began_in_feed = False
         _feed_bytes = 0
 
@@ -179,27 +187,32 @@ def _httptools_guard() -> type:
             self._began_in_feed = False
             self._feed_bytes = len(data)
             super().data_received(data)
-            if self._head_waiting and not self.transport.is_closing():
-                # a head began in this chunk (count all of it: an upper bound) or before
-                self._head_bytes = len(data) if self._began_in_feed else (
-                    self._head_bytes + len(data))
+            if self._began_in_feed:  # began in this chunk, still incomplete
+                if not self.transport.is_closing():
+                    self._head_begin()  # (its clock runs already if it waits since connect)
+                    self._head_bytes = len(data)  # count all of it: an upper bound
+                    if self._head_bytes > self.max_head_bytes:
+                        self._refuse(431)
+            elif self._head_waiting and not self.transport.is_closing():
+                self._head_bytes += len(data)  # a head that began in an earlier chunk
                 if self._head_bytes > self.max_head_bytes:
                     self._refuse(431)
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._head_begin()
             self._began_in_feed = True
 
         def on_headers_complete(self) -> None:
-            self._head_end()
+            began = self._began_in_feed
+            self._began_in_feed = False
+            if self._head_waiting:  # waiting since connect, or begun in an earlier chunk
+                self._head_end()
             # The chunks that carried this head bound its size; only past the bound
             # is it measured: what uvicorn collected (URL, fields without the
             # whitespace around values, which nothing keeps) + "METHOD ",
             # " HTTP/1.1\r\n", ": " and CRLF per field, the blank line. No
             # per-field callback of ours runs for an ordinary request.
-            carried = self._feed_bytes if self._began_in_feed else (
-                self._head_bytes + self._feed_bytes)
+            carried = self._feed_bytes if began else self._head_bytes + self._feed_bytes
             if carried > self.max_head_bytes:
                 size = len(self.url) + len(self.parser.get_method()) + 14
                 for name, value in self.headers:
