@@ -312,3 +312,66 @@ async def test_admission_responder_is_the_cancel_scope_and_tracks_progress() -> 
     await responder({"type": "http.response.body", "body": b"", "more_body": False})
     assert responder.finished and sent == ["http.response.start", "http.response.body",
                                            "http.response.body"]
+
+
+# -- not triggered: the handler hands back the inner app's own awaitable ----------------
+
+class _Inner:
+    """An inner app that returns (not awaits) one awaitable per call, and records it."""
+
+    def __init__(self) -> None:
+        self.returned: list[Any] = []
+
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        async def run() -> None:
+            return None
+
+        awaitable = run()
+        self.returned.append(awaitable)
+        return awaitable
+
+
+def _not_triggered_layers(inner: _Inner) -> list[tuple[str, Any, Any]]:
+    """(name, handler, context) of each QoS layer on its not-triggered path."""
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.demo.security import demo_auth_options
+    from aduib_asgi.middleware.auth import AuthMiddleware
+    from aduib_asgi.middleware.deadline import DeadlineMiddleware
+    from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
+
+    def ctx() -> RequestContext:
+        return RequestContext(raw_headers=[(b"content-type", b"application/json")])
+
+    rate = RateLimitMiddleware(inner, policies=[RateLimitPolicy("p", "1000/minute")])
+    return [
+        ("deadline", DeadlineMiddleware(inner)._http, ctx()),
+        ("idempotency", IdempotencyMiddleware(inner)._handle, ctx()),
+        ("auth", AuthMiddleware(inner, **demo_auth_options(None))._handle, ctx()),
+        ("ratelimit (memory, admitted)", rate._handle, ctx()),
+    ]
+
+
+async def test_not_triggered_handlers_add_no_coroutine_of_their_own() -> None:
+    """Deadline without a budget, idempotency without a key, auth of an anonymous
+    caller with nothing required and a memory:// rate-limit admission return the
+    inner app's awaitable itself: no frame of theirs per request in a stack."""
+    inner = _Inner()
+    scope = {"type": "http", "method": "POST", "path": "/rpc", "headers": []}
+    for name, handler, ctx in _not_triggered_layers(inner):
+        got = handler(scope, None, None, ctx)
+        assert inner.returned and got is inner.returned[-1], name
+        await got
+
+
+async def test_rate_limit_admission_without_a_coroutine_still_reports() -> None:
+    """The admitted memory:// hit, handed back without a coroutine, has already
+    reported its quota (headers and metadata) when the inner app runs."""
+    inner = _Inner()
+    _, handler, ctx = _not_triggered_layers(inner)[-1]
+    scope = {"type": "http", "method": "POST", "path": "/rpc", "headers": []}
+    got = handler(scope, None, None, ctx)
+    assert got is inner.returned[-1]
+    await got
+    assert ctx.rate_limit is not None and ctx.rate_limit["limit"] == 1000
+    assert ctx.rate_limit["remaining"] == 999
+    assert [k for k, _ in ctx.response_headers] == [b"ratelimit-policy", b"ratelimit"]
