@@ -375,3 +375,96 @@ async def test_rate_limit_admission_without_a_coroutine_still_reports() -> None:
     assert ctx.rate_limit is not None and ctx.rate_limit["limit"] == 1000
     assert ctx.rate_limit["remaining"] == 999
     assert [k for k, _ in ctx.response_headers] == [b"ratelimit-policy", b"ratelimit"]
+
+
+def test_memory_hit_with_the_expiry_at_hand_is_the_same_hit() -> None:
+    """The layer passes each policy's window as the expiry: limits' own get_expiry()."""
+    from aduib_asgi.middleware.ratelimit import _Compiled
+
+    for limit in ("3/10 seconds", "100/minute", "5 per 2 hours", "1/day"):
+        p = _Compiled(RateLimitPolicy("p", limit))
+        assert p.window == p.item.get_expiry() == parse(limit).get_expiry()
+    limiter = make_limiter("memory://", "fixed-window")
+    quota = quota_for(limiter)
+    assert isinstance(quota, FixedWindowQuota)
+    item = parse("2/10 seconds")
+    got = [quota.hit_now(item, item.key_for("p", "a"), 1, 10) for _ in range(3)]
+    assert [g[:2] for g in got if g is not None] == [(True, 1), (True, 0), (False, 0)]
+    assert limiter.storage.memory.expirations[item.key_for("p", "a")] == got[0][2]  # type: ignore[attr-defined,index]
+
+
+async def test_auth_blanks_envelope_credentials_and_skips_payloads_without_metadata() -> None:
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.demo.security import demo_auth_options
+    from aduib_asgi.middleware.auth import REDACTED, AuthMiddleware
+
+    inner = _Inner()
+    layer = AuthMiddleware(inner, **demo_auth_options(None))
+    scope = {"type": "http", "method": "POST", "path": "/rpc", "headers": []}
+    plain = RequestContext()
+    plain.payload = {"aduib_rpc": "2.0", "id": "1", "data": {"credentials": "x"}}
+    await layer._handle(scope, None, None, plain)
+    assert plain.payload["data"] == {"credentials": "x"}  # not an envelope's metadata.auth
+    with_auth = RequestContext()
+    with_auth.payload = {"metadata": {"auth": {"scheme": "bearer", "credentials": "t0k"}}}
+    await layer._handle(scope, None, None, with_auth)  # no envelope parsed: anonymous
+    assert with_auth.payload["metadata"]["auth"]["credentials"] == REDACTED
+
+
+async def test_admission_counts_the_request_in_flight_until_it_ends() -> None:
+    """Without a controller that cancels, a request is counted in flight (what a drain
+    waits for) while the app runs, also when it fails."""
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.middleware.admission import AdmissionMiddleware
+
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(layer.shutdown.in_flight)
+        if scope.get("fail"):
+            raise RuntimeError("boom")
+
+    layer = AdmissionMiddleware(app)
+    assert not layer.shutdown.cancel_after_grace
+    scope = {"type": "http", "method": "POST", "path": "/rpc", "headers": []}
+    await layer._http(scope, None, None, RequestContext())
+    with pytest.raises(RuntimeError):
+        await layer._http({**scope, "fail": True}, None, None, RequestContext())
+    assert seen == [1, 1] and layer.shutdown.in_flight == 0
+
+
+async def test_a_closed_breaker_counts_each_outcome_and_an_open_one_refuses() -> None:
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.middleware.circuit import ERROR_CODE_KEY, CircuitBreakerMiddleware
+    from aduib_asgi.qos.breaker import BreakerSettings
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ctx = scope["aduib.context"]
+        if scope.get("fail"):
+            ctx.extras[ERROR_CODE_KEY] = 6000
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    layer = CircuitBreakerMiddleware(app, settings=BreakerSettings(min_requests=4,
+                                                                   failure_rate=0.5))
+    scope = {"type": "http", "method": "POST", "path": "/rpc", "headers": []}
+
+    async def call(fail: bool) -> None:
+        ctx = RequestContext()
+        await layer._http({**scope, "aduib.context": ctx, "fail": fail}, None, send, ctx)
+
+    await call(False)
+    await call(False)
+    breaker = layer.breaker("/rpc")
+    assert breaker is not None and breaker.counts() == (2, 0) and breaker.state == "closed"
+    await call(True)
+    await call(True)
+    assert breaker.state == "open"
+    sent.clear()
+    await call(False)
+    assert sent[0]["status"] == 503 and breaker.counts() == (4, 2)

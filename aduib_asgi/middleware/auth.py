@@ -127,8 +127,9 @@ class AuthMiddleware:
         no frame here (the inner app's own awaitable is handed back).
         """
         creds: Credentials | None = None
-        if isinstance(ctx.payload, dict):  # credentials are read from the envelope (a SecretStr)
-            _redact_payload(ctx)
+        payload = ctx.payload
+        if isinstance(payload, dict) and "metadata" in payload:
+            _redact_payload(ctx)  # credentials are read from the envelope (a SecretStr)
         try:
             if self._mtls:
                 cert = client_certificate(scope)

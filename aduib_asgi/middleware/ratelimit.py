@@ -487,7 +487,7 @@ class RateLimitMiddleware:
         p = policies[0]
         try:
             # memory:// fixed window: no coroutine, the bucket's key remembered
-            done = hit_now(p.item, self._key(p, scope, ctx), p.cost)
+            done = hit_now(p.item, self._key(p, scope, ctx), p.cost, p.window)
         except BudgetExceeded as exc:  # no room for another bucket of this tenant
             return refuse(scope, send, exc, ctx=ctx)
         except Exception as exc:
@@ -502,8 +502,13 @@ class RateLimitMiddleware:
             after = 0 if ok else 1
         ctx.response_headers += (p.policy_field,
                                  (_RATELIMIT, b"%s%d;t=%d" % (p.rl_prefix, remaining, after)))
-        return self._reported(scope, receive, send, ctx, p, remaining, reset, after,
-                              None if ok else p)
+        ctx.rate_limit = {"limit": p.amount, "remaining": remaining,
+                          "reset_at_ms": int(reset * 1000)}
+        if self.legacy_headers:
+            self._legacy(ctx, p, remaining, after)
+        if ok:
+            return self.app(scope, receive, send)
+        return refuse(scope, send, self._refusal(p, after), ctx=ctx)
 
     async def _charged(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
                        policies: tuple[_Compiled, ...]) -> None:
@@ -523,22 +528,21 @@ class RateLimitMiddleware:
         if self._degraded:
             self._recovered()
         p, remaining, reset, after = self._report(ctx, stats, refused, time.time())
-        await self._reported(scope, receive, send, ctx, p, remaining, reset, after, refused)
-
-    def _reported(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
-                  p: _Compiled, remaining: int, reset: float, after: int,
-                  refused: _Compiled | None) -> Awaitable[None]:
-        """``metadata.rate_limit`` (and the legacy headers) of the policy ``p`` reported;
-        the app's awaitable, or the refusal's."""
         ctx.rate_limit = {"limit": p.amount, "remaining": remaining,
                           "reset_at_ms": int(reset * 1000)}
         if self.legacy_headers:
-            ctx.add_response_header(_LEGACY_LIMIT, b"%d" % p.amount)
-            ctx.add_response_header(_LEGACY_REMAINING, b"%d" % remaining)
-            ctx.add_response_header(_LEGACY_RESET, b"%d" % after)
+            self._legacy(ctx, p, remaining, after)
         if refused is None:
-            return self.app(scope, receive, send)
-        return refuse(scope, send, self._refusal(refused, after), ctx=ctx)
+            await self.app(scope, receive, send)
+            return
+        await refuse(scope, send, self._refusal(refused, after), ctx=ctx)
+
+    @staticmethod
+    def _legacy(ctx: RequestContext, p: _Compiled, remaining: int, after: int) -> None:
+        """``RateLimit-Limit/Remaining/Reset`` of the reported policy ``p``."""
+        ctx.add_response_header(_LEGACY_LIMIT, b"%d" % p.amount)
+        ctx.add_response_header(_LEGACY_REMAINING, b"%d" % remaining)
+        ctx.add_response_header(_LEGACY_RESET, b"%d" % after)
 
     @staticmethod
     def _refusal(refused: _Compiled, after: int) -> RpcError:
