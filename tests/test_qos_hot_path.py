@@ -83,10 +83,14 @@ async def test_memory_storage_errors_are_translated_as_limits_does(wrap: bool) -
         def get(self, *args: Any) -> Any:
             raise ValueError("broken")
 
+    from limits.aio.strategies import FixedWindowRateLimiter
+
     storage = BudgetedMemoryStorage(wrap_exceptions=wrap)
+    quota = FixedWindowQuota(FixedWindowRateLimiter(storage))
     assert await storage.incr("k", 60) == 1
     storage.memory.storage = Broken()  # type: ignore[assignment]
-    for call in (lambda: storage.memory.incr("k", 60), lambda: storage.memory.get("k")):
+    for call in (lambda: storage.memory.incr("k", 60), lambda: storage.memory.get("k"),
+                 lambda: quota.hit_now(parse("5/minute"), "k", 1)):  # a charged bucket
         with pytest.raises(StorageError if wrap else ValueError):
             call()
     with pytest.raises(StorageError if wrap else ValueError):

@@ -335,11 +335,17 @@ class FixedWindowQuota(WindowQuota):
         if type(storage) is not BudgetedMemoryStorage:
             return None
         memory = storage.memory
-        count: int = memory.incr(key, item.get_expiry() if expiry is None else expiry, cost)
+        if expiry is None:
+            expiry = item.get_expiry()
+        count: int = (memory._incr(memory, key, expiry, cost) if key in memory._charged
+                      else memory.incr(key, expiry, cost))  # a charged bucket: limits' own incr
         now = time.time()
         amount = item.amount
-        reset = self._remembered(key, count, cost, now)
-        if reset is None:
+        known = self._resets.get(key)
+        if known is not None and count != cost and count > known[1] and known[0] > now:
+            known[1] = count  # same window: the remembered reset holds (_remembered)
+            reset: float = known[0]
+        else:
             reset = self._remember(key, count, float(memory.get_expiry(key)))
         return count <= amount, amount - count if count < amount else 0, reset, now
 
