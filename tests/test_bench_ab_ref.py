@@ -32,3 +32,20 @@ async def test_a_compress_case_times_our_layer_the_plain_route_and_the_raw_codec
     assert await route.check() is None
     raw = ab.build("aduib_asgi", f"raw:{codec}:20k")
     assert await ab.timed(raw, 2) > 0 and await ab.timed(ours, 2) > 0
+
+
+@pytest.mark.anyio
+async def test_cpu_clock_times_rounds_by_this_threads_cpu_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--cpu``: rounds timed by ``time.thread_time`` (a sleep in a call costs nothing)."""
+    import time
+
+    ab = _module()
+    assert ab.CLOCK is time.perf_counter
+    monkeypatch.setattr(ab, "CLOCK", time.thread_time)
+    from aduib_asgi.bench.driver import CallRunner
+
+    sleepy = CallRunner(lambda: time.sleep(0.02))
+    assert await ab.timed(sleepy, 3) < 15_000  # µs per call: far below the 20 ms slept
+    monkeypatch.setattr(ab, "CLOCK", time.perf_counter)
+    assert await ab.timed(sleepy, 3) >= 20_000

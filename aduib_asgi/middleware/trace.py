@@ -41,10 +41,16 @@ from opentelemetry.trace import (
     TraceState,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aduib_asgi.context import REGISTRY_KEY, SERVER_VERSION, RequestContext, run_with_context
-from aduib_asgi.middleware.metrics import StatusResponder
+from aduib_asgi.context import (
+    REGISTRY_KEY,
+    SERVER_VERSION,
+    RequestContext,
+    emitter_parts,
+    run_with_context,
+    with_response_headers,
+)
 from aduib_asgi.observability.metrics import RpcMetrics, method_label, record_request
 from aduib_asgi.observability.outcome import error_code, record_exception, watch_error_code
 
@@ -209,11 +215,13 @@ class TracePropagationMiddleware:
             sc = trace.get_current_span(carried).get_span_context()
             if sc.is_valid:
                 remote = sc
-                parent_sid = _hex64(sc.span_id)
-                sampled = sc.trace_flags.sampled
+                # the propagator parsed 16 hex digits: in range, no fallback needed
+                parent_sid = sc.span_id.to_bytes(8, "big").hex()
+                flags = sc.trace_flags
+                sampled = bool(flags & _SAMPLED)  # TraceFlags.sampled, without the call
                 state = sc.trace_state
-                if sc.trace_flags == (_SAMPLED if sampled else _NOT_SAMPLED):
-                    extracted = carried  # the parent _start_span would build from the ids
+                if flags == (_SAMPLED if sampled else _NOT_SAMPLED):
+                    extracted = carried  # the parent _traced would build from the ids
         if header(_BAGGAGE) is not None:
             found = otel_baggage.get_all(self._bg.extract(ctx, getter=_GETTER))
             if found:
@@ -242,22 +250,23 @@ class TracePropagationMiddleware:
             if state:
                 ctx.tracestate = state.to_header()
             if self._response_header is not None:
-                flags = "01" if sampled else "00"
-                ctx.add_response_header(self._response_header,
-                                        f"00-{tid}-{sid}-{flags}".encode("latin-1"))
+                ctx.response_headers.append((self._response_header, (
+                    f"00-{tid}-{sid}-01" if sampled else f"00-{tid}-{sid}-00"
+                ).encode("latin-1")))
             if self.metrics is None:
                 return self.app(scope, receive, send)
-            return self._observe(scope, receive, send, ctx, None, None, "")
+            return self._observe(scope, receive, send, ctx)
         if remote is not None and extracted is None:
             parent_tid = _hex128(remote.trace_id)
-        span, current, name = self._start_span(tracer, scope, ctx, parent_tid, parent_sid,
-                                               sampled, state, bag, extracted)
-        return self._observe(scope, receive, send, ctx, span, current, name)
+        return self._traced(tracer, scope, receive, send, ctx, parent_tid, parent_sid,
+                            sampled, state, bag, extracted)
 
-    def _start_span(
+    async def _traced(
         self,
         tracer: Tracer,
         scope: Scope,
+        receive: Receive,
+        send: Send,
         ctx: RequestContext,
         parent_tid: str | None,
         parent_sid: str | None,
@@ -265,10 +274,12 @@ class TracePropagationMiddleware:
         state: TraceState | None,
         bag: dict[str, str] | None,
         extracted: Context | None,
-    ) -> tuple[trace.Span, Context, str]:
-        """Start the server span (child of the caller's); fill the context's trace ids.
+    ) -> None:
+        """Run the app under the server span (child of the caller's); finish it.
 
-        Returns the span, the OTel context to make current, and the span's name.
+        Fills the context's trace ids from the span. The response status is watched
+        only for whoever reads it: a recording span (its status attribute) or the
+        metrics; a span the sampler dropped records nothing, so it only ends.
         """
         if extracted is not None:  # the propagator's context: the same remote parent
             parent = extracted
@@ -284,7 +295,8 @@ class TracePropagationMiddleware:
             for k, v in bag.items():
                 parent = otel_baggage.set_baggage(k, v, parent)
         attrs = dict(self._static_attrs)
-        label = method_label(ctx, scope.get(REGISTRY_KEY))  # never a client-chosen name
+        # never a client-chosen name; no method known yet (nothing decoded it): no label
+        label = None if ctx.method is None else method_label(ctx, scope.get(REGISTRY_KEY))
         if label is not None:
             attrs["rpc.method"] = label
             if ctx.service is not None:
@@ -294,69 +306,87 @@ class TracePropagationMiddleware:
         name = label or str(scope.get("method", "WEBSOCKET"))
         span = tracer.start_span(name, context=parent, kind=_SERVER, attributes=attrs)
         sc = span.get_span_context()
-        ctx.trace_id = _hex128(sc.trace_id)
-        ctx.span_id = _hex64(sc.span_id)
+        ctx.trace_id = tid = _hex128(sc.trace_id)
+        ctx.span_id = sid = _hex64(sc.span_id)
         ctx.parent_span_id = parent_sid
         ctx.sampled = sampled = sc.trace_flags.sampled
         ctx.trace_baggage = bag
         if state:
             ctx.tracestate = state.to_header()
         if self._response_header is not None:
-            flags = "01" if sampled else "00"
-            ctx.add_response_header(self._response_header,
-                                    f"00-{ctx.trace_id}-{ctx.span_id}-{flags}".encode("latin-1"))
-        return span, trace.set_span_in_context(span, parent), name
-
-    async def _observe(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        ctx: RequestContext,
-        span: trace.Span | None,
-        current: Context | None,
-        name: str,
-    ) -> None:
-        """Run the app with the span current; finish the span and record metrics.
-
-        The response status is watched only for whoever reads it: a recording span
-        (its status attribute) or the metrics. A span the sampler dropped records
-        nothing, so it only ends.
-        """
+            ctx.response_headers.append((self._response_header, (
+                f"00-{tid}-{sid}-01" if sampled else f"00-{tid}-{sid}-00"
+            ).encode("latin-1")))
         m = self.metrics
         watch_error_code(ctx)  # also read by layers further in (the circuit breaker)
-        recording = span if span is not None and span.is_recording() else None
-        responder = StatusResponder(send) if recording is not None or m is not None else None
-        token = otel_context.attach(current) if current is not None else None
+        recording = span.is_recording()
+        responder = _StatusResponder(send) if recording or m is not None else None
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
         if m is not None:
             m.active.add(1)
         try:
             await self.app(scope, receive, send if responder is None else responder)
         except Exception as exc:
             record_exception(ctx, exc)
-            if recording is not None:
-                recording.record_exception(exc)
+            if recording:
+                span.record_exception(exc)
             raise
         finally:
-            if token is not None:
-                otel_context.detach(token)
+            otel_context.detach(token)
             status = None if responder is None else responder.status
-            if recording is not None:
-                _finish_span(recording, ctx, name, status,
-                             method_label(ctx, scope.get(REGISTRY_KEY)))
-            elif span is not None:
+            if recording:
+                _finish_span(span, ctx, name, status, None if ctx.method is None
+                             else method_label(ctx, scope.get(REGISTRY_KEY)))
+            else:
                 span.end()
             if m is not None:
                 m.active.add(-1)
                 record_request(m, ctx, status, scope.get(REGISTRY_KEY))
 
+    async def _observe(self, scope: Scope, receive: Receive, send: Send,
+                       ctx: RequestContext) -> None:
+        """Without an SDK span: run the app and record the RPC server metrics."""
+        m = self.metrics
+        assert m is not None
+        watch_error_code(ctx)  # also read by layers further in (the circuit breaker)
+        responder = _StatusResponder(send)
+        m.active.add(1)
+        try:
+            await self.app(scope, receive, responder)
+        except Exception as exc:
+            record_exception(ctx, exc)
+            raise
+        finally:
+            m.active.add(-1)
+            record_request(m, ctx, responder.status, scope.get(REGISTRY_KEY))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(app={self.app!r})"
 
 
+class _StatusResponder:
+    """Remembers the response status; does the context creator's header emission
+    itself when it wraps it (one call per message less, as the error layer does)."""
+
+    __slots__ = ("ctx", "send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send, self.ctx = emitter_parts(send)
+        self.status: int | None = None
+
+    async def __call__(self, message: Message) -> None:
+        t = message["type"]
+        if t == "http.response.start" or t == "websocket.http.response.start":
+            self.status = message["status"]
+            ctx = self.ctx
+            if ctx is not None and ctx.response_headers:
+                message = with_response_headers(message, ctx)
+        await self.send(message)
+
+
 def _finish_span(span: trace.Span, ctx: RequestContext, name: str, status: int | None,
                  label: str | None) -> None:
-    """The attributes learnt while the request ran, in one ``set_attributes`` call; end."""
+    """The attributes learnt while the request ran, in one call; end the span."""
     attrs: dict[str, Any] = {}
     if label is not None and label != name:
         span.update_name(label)  # the envelope was decoded further in
@@ -365,13 +395,19 @@ def _finish_span(span: trace.Span, ctx: RequestContext, name: str, status: int |
             attrs["rpc.service"] = ctx.service
     if ctx.tenant_id is not None:
         attrs["aduib.tenant_id"] = ctx.tenant_id
+    code = error_code(ctx)
+    if code is None and not attrs:  # the usual request: its status alone
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
+        return
     if status is not None:
         attrs["http.response.status_code"] = status
-    code = error_code(ctx)
     if code is not None:
         attrs["rpc.aduib_rpc.error_code"] = code
-    if attrs:
-        span.set_attributes(attrs)
+    span.set_attributes(attrs)
     if (code is not None and code >= 5000) or (status is not None and status >= 500):
         span.set_status(Status(StatusCode.ERROR))
     span.end()
