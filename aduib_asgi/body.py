@@ -15,11 +15,12 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.types import Message, Receive
 
-from aduib_asgi.auth.rbac import authorize_method
+from aduib_asgi.auth.rbac import AUTHORIZE_KEY, authorize_method
 from aduib_asgi.context import RequestContext
 from aduib_asgi.errors import RpcError, details_from_validation
 from aduib_asgi.models import RpcRequest
 from aduib_asgi.models.envelope import split_valid_method, stamp_metadata
+from aduib_asgi.versioning import VERSIONS_KEY
 from aduib_asgi.versioning.compat import prepare_payload
 
 __all__ = [
@@ -112,7 +113,12 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False,
     if not isinstance(payload, dict):
         raise RpcError(1002, "The request envelope must be an object",
                        details=[{"type": "type_error", "field": "", "reason": "not an object"}])
-    payload = prepare_payload(ctx, payload, v1=v1)  # v1 upgrade hook (versioning.compat)
+    # The version hook (versioning.compat.prepare_payload): v1 upgrade, version members
+    # checked, negotiation when the version layer ran first. A v2 "2.0" envelope without
+    # ``supported_versions`` and nothing to negotiate passes it unchanged: not called.
+    if v1 or payload.get("aduib_rpc", "2.0") != "2.0" or "supported_versions" in payload \
+            or (ctx.negotiated_version is None and VERSIONS_KEY in ctx.extras):
+        payload = prepare_payload(ctx, payload, v1=v1)
     try:  # what RpcRequest.model_validate(payload) does, without its Python frame
         env = RpcRequest.__pydantic_validator__.validate_python(payload)
     except ValidationError as exc:
@@ -144,6 +150,6 @@ def parse_envelope(ctx: RequestContext, payload: Any, *, v1: bool = False,
     # Parsed after an auth layer ran (the dispatcher without a content layer in
     # front, the v1 endpoint): its rules now apply. ``authorize=False``: the caller
     # passes the gate (aduib_asgi.gate), which applies them after the tenant.
-    if authorize:
+    if authorize and AUTHORIZE_KEY in ctx.extras:
         authorize_method(ctx, method)
     return env

@@ -12,7 +12,10 @@ both also as a multiple of the bare Starlette JSON echo route measured in the
 same rounds, and for the default stack its cost over the dispatcher.
 
 Cases: ``dispatcher``, ``stack`` (the bench's default stack), ``demo``
-(``build_demo_app``), and ``layer:NAME:I`` (case ``I`` of the bench's layer
+(``build_demo_app``), ``upto:NAME`` (the default stack built up to layer ``NAME``, as
+the bench's profile ladder does; a case right after another ``upto:`` case also
+reports its cost over it: ``upto:errors,upto:content`` gives content's marginal
+cost in the fused stack), and ``layer:NAME:I`` (case ``I`` of the bench's layer
 cases for ``NAME``, in a stack behind the context seed), which also reports
 the layer's cost over a context seed + no-op layer of the same version, and
 ``compress:CODING[:SIZE]`` (the bench's ``compress-20k``/``-1m`` case of our
@@ -86,6 +89,9 @@ def build(pkg: str, case: str) -> Any:
         return cases._stack_build()
     if case == "demo":
         return cases._demo_build()
+    if case.startswith("upto:"):
+        steps = dict(importlib.import_module(pkg + ".bench.profile").layer_ladder())
+        return driver.AsgiRunner(steps[case.split(":", 1)[1]](), layers.echo_request())
     if case == "seed-noop":
         apps = importlib.import_module(pkg + ".bench.apps")
         return cases._starlette_runner(
@@ -169,7 +175,7 @@ async def run(case_names: list[str], rounds: int, calls: int, ref: str) -> None:
     print(f"{rounds} interleaved rounds of {calls} calls; µs per call, min (median); "
           f"x = multiple of the bare Starlette JSON route in the same rounds")
     print(f"  {'bare Starlette JSON route':34s} {ref_low:8.2f} ({ref_mid:.2f})")
-    for case in case_names:
+    for i, case in enumerate(case_names):
         for pkg, label in ((REF_PKG, ref), ("aduib_asgi", "this checkout")):
             k = (pkg, case)
             line = (f"  {case + ' @ ' + label:34s} {low[k]:8.2f} ({mid[k]:.2f})  "
@@ -179,6 +185,10 @@ async def run(case_names: list[str], rounds: int, calls: int, ref: str) -> None:
                          f"(+{mid[k] - mid[(pkg, 'dispatcher')]:.2f})")
             if case.startswith("layer:"):
                 line += f"  over seed + no-op +{low[k] - low[(pkg, 'seed-noop')]:.2f}"
+            if case.startswith("upto:") and i > 0 and case_names[i - 1].startswith("upto:"):
+                prev = (pkg, case_names[i - 1])
+                line += (f"  over {case_names[i - 1][5:]} +{low[k] - low[prev]:.2f} "
+                         f"(+{mid[k] - mid[prev]:.2f})")
             if case.startswith("compress:"):
                 _, codec, size = _parts(case)
                 route, raw = ("", f"big-route:-:{size}"), ("", f"raw:{codec}:{size}")

@@ -208,17 +208,19 @@ class RpcDispatcher:
         # also applies an auth layer's late check
         return parse_envelope(ctx, await self.read_payload(receive, ctx))
 
-    async def call_unary(self, spec: MethodSpec, env: RpcRequest, ctx: RequestContext) -> Any:
-        """Run a unary handler (sync ones in a worker thread) and return its result."""
+    def call_unary(self, spec: MethodSpec, env: RpcRequest,
+                   ctx: RequestContext) -> Awaitable[Any]:
+        """The call of a unary handler (sync ones in a worker thread): await it for the
+        handler's result (:func:`to_jsonable` makes it JSON-like). Bad ``data`` raises
+        2001 here. An async handler's own coroutine is returned: no frame of ours."""
         data = spec.parse_input(env.data)
         args = (data, ctx) if spec.takes_context else (data,)
         if spec.is_async:
-            result = await spec.func(*args)
-        else:
-            # A thread cannot be killed: on cancellation (deadline) it is abandoned and
-            # its result discarded (docs/qos.md).
-            result = await anyio.to_thread.run_sync(spec.func, *args, abandon_on_cancel=True)
-        return to_jsonable(result)
+            result: Awaitable[Any] = spec.func(*args)
+            return result
+        # A thread cannot be killed: on cancellation (deadline) it is abandoned and
+        # its result discarded (docs/qos.md).
+        return anyio.to_thread.run_sync(spec.func, *args, abandon_on_cancel=True)
 
     # -- endpoints -----------------------------------------------------------------
 
@@ -231,10 +233,10 @@ class RpcDispatcher:
             raise RpcError(2000, f"{env.method} is a streaming method; call it on /v2/rpc/stream")
         if ctx.deferred:  # layers in front could not see the method
             async with admit(ctx, env.method, scope):
-                result = await self.call_unary(spec, env, ctx)
+                result = to_jsonable(await self.call_unary(spec, env, ctx))
                 await send_envelope(send, ctx, build_envelope(ctx, result=result), 200)
             return
-        result = await self.call_unary(spec, env, ctx)
+        result = to_jsonable(await self.call_unary(spec, env, ctx))
         await send_envelope(send, ctx, build_envelope(ctx, result=result), 200)
 
 

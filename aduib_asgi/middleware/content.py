@@ -26,7 +26,7 @@ from aduib_asgi.body import (
 )
 from aduib_asgi.codecs import JSON, Codec, CodecRegistry, default_registry
 from aduib_asgi.codecs.negotiation import choose_codec, media_type_of, parse_qlist
-from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import send_error
 from aduib_asgi.versioning.compat import install_v1_shaper
@@ -36,7 +36,8 @@ __all__ = ["ORIGINAL_TYPE_KEY", "ContentNegotiationMiddleware"]
 #: ``ctx.extras`` key holding the request's media type when the body was transcoded to JSON.
 ORIGINAL_TYPE_KEY = "aduib.content.original_type"
 
-_VARY_NAME, _VARY_VALUE = b"vary", b"Accept"
+#: ``Vary: Accept``, asked for on every response this layer negotiates.
+_VARY = (b"vary", b"Accept")
 _ANY = b"*/*"
 #: Accept ranges served by streaming endpoints, not by a codec: never a 406.
 _STREAM_RANGES = ("text/event-stream", "text/*")
@@ -97,7 +98,11 @@ class ContentNegotiationMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await run_with_context(self._http, scope, receive, send)
+        ctx = scope.get(CONTEXT_KEY)  # run_with_context, without its call when it exists
+        if ctx is not None:
+            await self._http(scope, receive, send, ctx)
+        else:
+            await run_with_context(self._http, scope, receive, send)
 
     # -- negotiation (cached per header value) ---------------------------------------
 
@@ -184,7 +189,7 @@ class ContentNegotiationMiddleware:
             resp = self.response_codec(accept, req_codec)
             ctx.accept = self._accept_list(accept)
         ctx.response_codec = resp or JSON  # errors from here on are encoded in it
-        ctx.add_response_header(_VARY_NAME, _VARY_VALUE)
+        ctx.response_headers.append(_VARY)  # ctx.add_response_header, without its call
         ctx.request_codec = req_codec
         ctx.content_type = media
 
@@ -223,8 +228,17 @@ class ContentNegotiationMiddleware:
         v1 = envelope and scope["path"] == self._v1_path
         if v1:
             install_v1_shaper(ctx)  # errors while decoding are v1-shaped too
+        limit = self.max_body_size
         try:
-            body = await read_body(receive, limit=self.max_body_size)
+            # Servers pass a small body in one message: taken as it is, without
+            # read_body's coroutine (which reads the rest, a disconnect, or 413).
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body = message.get("body", b"")
+                if len(body) > limit:
+                    body = await read_body(receive, limit=limit, first=message)
+            else:
+                body = await read_body(receive, limit=limit, first=message)
         except ClientDisconnected:
             return
         except RpcError as exc:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
 from aduib_asgi.errors import RpcError, detail
 from aduib_asgi.gate import TENANT, defer
 from aduib_asgi.responses import refuse
@@ -48,6 +48,9 @@ _current_config: ContextVar[Mapping[str, Any] | None] = ContextVar(
     "aduib_tenant_config", default=None
 )
 _EMPTY: Mapping[str, Any] = {}
+#: Bounds of a layer's set of tenant ids known to match its pattern.
+_MAX_VALID = 1024
+_MAX_VALID_LENGTH = 256
 
 
 def get_tenant() -> str | None:
@@ -106,6 +109,9 @@ class TenantScopeMiddleware:
         self.default = default
         self.overrides: dict[str, Mapping[str, Any]] = dict(overrides or {})
         self._gate_check = _TenantCheck(self)
+        #: Tenant ids that matched ``pattern`` (bounded: past the bound, or for a value
+        #: longer than 256 characters, the pattern is matched every time).
+        self._valid: set[str] = set()
 
     def bind(self, ctx: RequestContext, tenant: str | None) -> Callable[[], None]:
         """Make ``tenant`` the request's tenant (context, contextvars, overrides) until
@@ -133,10 +139,15 @@ class TenantScopeMiddleware:
         return token, _current_config.set(config)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            await run_with_context(self._handle, scope, receive, send)
-        else:
+        t = scope["type"]
+        if t != "http" and t != "websocket":
             await self.app(scope, receive, send)
+            return
+        ctx = scope.get(CONTEXT_KEY)  # run_with_context, without its call when it exists
+        if ctx is not None:
+            await self._handle(scope, receive, send, ctx)
+        else:
+            await run_with_context(self._handle, scope, receive, send)
 
     def resolve(self, ctx: RequestContext) -> str | None:
         """The tenant of the request (raises RpcError 2002/2003)."""
@@ -163,10 +174,14 @@ class TenantScopeMiddleware:
         return self.default
 
     def _check(self, value: str, field: str) -> None:
+        if value in self._valid:
+            return
         if not self._match(value):
             raise RpcError(2003, "Invalid tenant id",
                            details=[detail(f"must match {self._pattern}", field=field,
                                            type="value_error")])
+        if len(self._valid) < _MAX_VALID and len(value) <= _MAX_VALID_LENGTH:
+            self._valid.add(value)
 
     def _handle(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
@@ -175,10 +190,16 @@ class TenantScopeMiddleware:
 
         Not a coroutine itself: with nothing to bind the layer adds no frame.
         """
-        try:
-            tenant = self.resolve(ctx)
-        except RpcError as exc:
-            return refuse(scope, send, exc, ctx=ctx)
+        env = ctx.envelope
+        md = env.metadata if env is not None else None
+        if (md is None or md.tenant_id is None) and not self.required \
+                and ctx.header(self._header) is None:
+            tenant = self.default  # nothing named: resolve's last step, without its call
+        else:
+            try:
+                tenant = self.resolve(ctx)
+            except RpcError as exc:
+                return refuse(scope, send, exc, ctx=ctx)
         if scope["type"] == "websocket":  # each message may name its tenant: the gate applies it
             defer(ctx, self._gate_check)
         if tenant is None and current_tenant.get() is None and _current_config.get() is None:
@@ -191,8 +212,10 @@ class TenantScopeMiddleware:
         token, ctoken = self._set(ctx, tenant)
         try:
             await self.app(scope, receive, send)
-        finally:
-            _unset(token, ctoken)
+        finally:  # _unset(token, ctoken), without its call
+            if ctoken is not None:
+                _current_config.reset(ctoken)
+            current_tenant.reset(token)
 
 
 def _unset(token: Any, ctoken: Any) -> None:

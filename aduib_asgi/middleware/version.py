@@ -22,7 +22,7 @@ from typing import ClassVar
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.body import parse_envelope
-from aduib_asgi.context import RequestContext, run_with_context
+from aduib_asgi.context import CONTEXT_KEY, RequestContext, run_with_context
 from aduib_asgi.errors import RpcError
 from aduib_asgi.responses import refuse
 from aduib_asgi.versioning import DEFAULT_VERSIONS, VERSIONS_KEY, ServerVersions
@@ -69,10 +69,15 @@ class VersionNegotiationMiddleware:
                         for v in self.versions.versions}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            await run_with_context(self._handle, scope, receive, send)
-        else:
+        t = scope["type"]
+        if t != "http" and t != "websocket":
             await self.app(scope, receive, send)
+            return
+        ctx = scope.get(CONTEXT_KEY)  # run_with_context, without its call when it exists
+        if ctx is not None:
+            await self._handle(scope, receive, send, ctx)
+        else:
+            await run_with_context(self._handle, scope, receive, send)
 
     def _handle(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
@@ -88,8 +93,11 @@ class VersionNegotiationMiddleware:
                 if scope["path"] == self.v1_path and V1_KEY not in ctx.extras:
                     # Decoded as v2 by the content layer: upgrade it as the v1 endpoint says.
                     env = parse_envelope(ctx, ctx.payload, v1=True)
-                ctx.negotiated_version = self.versions.negotiate(
-                    env.aduib_rpc, env.supported_versions)
+                requested = env.supported_versions
+                # The common case: no list, an exact server spelling (negotiate's first step)
+                version = self.versions.exact.get(env.aduib_rpc) if requested is None else None
+                ctx.negotiated_version = version if version is not None else \
+                    self.versions.negotiate(env.aduib_rpc, requested)
             else:
                 listed = ctx.header(SUPPORTED_VERSIONS_HEADER)
                 spoken = ctx.header(VERSION_HEADER)

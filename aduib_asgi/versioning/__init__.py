@@ -78,7 +78,7 @@ def version_error(message: str, *, field: str | None, reason: str,
 class ServerVersions:
     """The protocol versions a server supports, highest first, and the negotiation rule."""
 
-    __slots__ = ("_by_key", "_fast", "keys", "listing", "versions")
+    __slots__ = ("_by_key", "exact", "keys", "listing", "versions")
 
     def __init__(self, versions: Iterable[str] = DEFAULT_VERSIONS) -> None:
         by_key: dict[VersionKey, str] = {}
@@ -94,8 +94,9 @@ class ServerVersions:
         #: Server versions, highest first, in the server's own spelling.
         self.versions: tuple[str, ...] = tuple(by_key[k] for k in self.keys)
         self.listing = ", ".join(self.versions)
-        # Exact spellings answer without parsing (the hot path: "2.0").
-        self._fast: dict[str, str] = {v: v for v in self.versions}
+        #: The server's exact spellings (``{"2.0": "2.0", ...}``): a request naming one
+        #: of them, without ``supported_versions``, negotiates it (the hot path).
+        self.exact: dict[str, str] = {v: v for v in self.versions}
 
     @property
     def highest(self) -> str:
@@ -103,7 +104,7 @@ class ServerVersions:
 
     def supported(self, version: str) -> str | None:
         """The server's spelling of ``version`` if supported ("2.00" matches "2.0")."""
-        fast = self._fast.get(version)
+        fast = self.exact.get(version)
         if fast is not None:
             return fast
         key = parse_version(version)
@@ -120,7 +121,7 @@ class ServerVersions:
         if supported_versions is not None:
             return self._intersect(supported_versions)
         if isinstance(version, str):
-            fast = self._fast.get(version)  # the hot path: an exact server spelling
+            fast = self.exact.get(version)  # the hot path: an exact server spelling
             if fast is not None:
                 return fast
         if version is None:
