@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
+from time import monotonic as _monotonic
+from time import time_ns as _time_ns
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Receive, Scope, Send
@@ -37,10 +38,12 @@ __all__ = [
     "RequestContext",
     "context_link",
     "context_routes",
+    "create_context",
     "current_context",
     "declaring_class",
     "emitter_parts",
     "get_context",
+    "header_emitter",
     "run_with_context",
     "with_response_headers",
 ]
@@ -165,8 +168,8 @@ class RequestContext:
         self.cancel_reason: str | None = None
         # Decisions layers left for where the method is named (aduib_asgi.gate).
         self.deferred: list[Any] | None = None
-        self.started: float = time.monotonic()
-        self.timestamp_ms: int = int(time.time() * 1000)
+        self.started: float = _monotonic()
+        self.timestamp_ms: int = _time_ns() // 1_000_000
         self.extras: dict[str, Any] = {}
 
     # -- helpers -----------------------------------------------------------------
@@ -183,6 +186,24 @@ class RequestContext:
                     m[k] = m[k] + b", " + v if k in m else v
             self._header_map = m
         return m.get(name)
+
+    def header_values(self, names: tuple[bytes, ...]) -> list[bytes | None]:
+        """:meth:`header` of each of ``names`` (lower case), in one call.
+
+        Before any :meth:`header` call built the map, one scan of the raw headers
+        (repeated ones joined alike), cheaper than building the map for a few
+        names (a layer that runs alone reads three).
+        """
+        m = self._header_map
+        if m is not None:
+            return list(map(m.get, names))  # (no comprehension frame)
+        out: list[bytes | None] = [None] * len(names)
+        for k, v in self.raw_headers:
+            if k in names:
+                i = names.index(k)
+                prev = out[i]
+                out[i] = v if prev is None else prev + b", " + v
+        return out
 
     def add_envelope_headers(self, headers: Mapping[str, Any]) -> None:
         """Envelope-carried headers (``metadata.headers``, ``meta.headers``) seen by :meth:`header`.
@@ -210,16 +231,16 @@ class RequestContext:
         """Milliseconds left before the deadline (never negative), or None."""
         if self.deadline is None:
             return None
-        return max(0.0, (self.deadline - time.monotonic()) * 1000.0)
+        return max(0.0, (self.deadline - _monotonic()) * 1000.0)
 
     def set_deadline_ms(self, timeout_ms: float) -> None:
         """Tighten the deadline to ``timeout_ms`` from now (never loosen it)."""
-        deadline = time.monotonic() + timeout_ms / 1000.0
+        deadline = _monotonic() + timeout_ms / 1000.0
         if self.deadline is None or deadline < self.deadline:
             self.deadline = deadline
 
     def duration_ms(self) -> int:
-        return int((time.monotonic() - self.started) * 1000)
+        return int((_monotonic() - self.started) * 1000)
 
     def add_response_header(self, name: bytes, value: bytes) -> None:
         """Ask for a header on the final response (success or error)."""
@@ -268,12 +289,14 @@ class _HeaderEmitter:
         self.ctx = ctx
         self.send = send
 
-    async def __call__(self, message: Message) -> None:
-        t = message["type"]
-        if (t == "http.response.start" or t == "websocket.http.response.start") \
-                and self.ctx.response_headers:
-            message = with_response_headers(message, self.ctx)
-        await self.send(message)
+    def __call__(self, message: Message) -> Awaitable[None]:
+        # A plain function returning the inner send's awaitable: a message costs
+        # no coroutine frame of ours.
+        if self.ctx.response_headers:
+            t = message["type"]
+            if t == "http.response.start" or t == "websocket.http.response.start":
+                return self.send(with_response_headers(message, self.ctx))
+        return self.send(message)
 
 
 def emitter_parts(send: Send) -> tuple[Send, RequestContext | None]:
@@ -297,12 +320,32 @@ def _merged(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
     Tokens keep their first spelling and order, case-insensitively deduplicated;
     ``*`` alone stands for all. One ``Vary`` in all is a plain append.
     """
+    vary = None
     for h in extra:
         if h[0] == b"vary":
-            break
-    else:  # the common case: nothing to merge
-        return [*headers, *extra]
-    out = list(headers)
+            if vary is not None:
+                break  # several of ours: merged below
+            vary = h
+    else:
+        if vary is None:  # the common case: nothing to merge
+            return [*headers, *extra]
+        out = [*headers]
+        for name, _ in out:
+            if len(name) == 4 and name.lower() == b"vary":
+                break
+        else:  # one field of ours, none of the app's: ours goes last, as it is
+            for h in extra:
+                if h is not vary:
+                    out.append(h)
+            out.append(vary)
+            return out
+        return _merged_varies(out, extra)
+    return _merged_varies([*headers], extra)
+
+
+def _merged_varies(out: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
+                   ) -> list[tuple[bytes, bytes]]:
+    """:func:`_merged` when ``Vary`` fields must be merged (``out``: the app's headers)."""
     varies: list[bytes] = []
     for h in extra:
         if h[0] == b"vary":
@@ -359,18 +402,36 @@ def run_with_context(
     return _run_creating(handler, scope, receive, send)
 
 
-async def _run_creating(
-    handler: ContextHandler, scope: Scope, receive: Receive, send: Send
-) -> None:
+def create_context(scope: Scope) -> RequestContext:
+    """A new context for the request of ``scope``, stored in it (``scope[CONTEXT_KEY]``).
+
+    What the context's creator does before it binds :data:`current_context` (and
+    resets it when the request is over) and emits ``ctx.response_headers``
+    (:func:`header_emitter`, or its own responder): for a layer that creates the
+    context itself instead of through :func:`run_with_context`.
+    """
     headers = scope.get("headers")
     if headers is not None and type(headers) is not list:
         # ASGI allows any iterable: read it once, and let the app see the same list
         headers = scope["headers"] = list(headers)
-    ctx = RequestContext(raw_headers=headers)
+    ctx = RequestContext(None, headers)  # (positional: a cheaper call)
     sid = scope.get(SERVER_ID_KEY)  # a dispatcher's configured id (published by build_stack)
     if sid is not None:
         ctx.server_id = sid
     scope[CONTEXT_KEY] = ctx
+    return ctx
+
+
+def header_emitter(ctx: RequestContext, send: Send) -> Send:
+    """``send`` wrapped to merge ``ctx.response_headers`` into the response start:
+    what the context's creator passes inward (see :func:`emitter_parts`)."""
+    return _HeaderEmitter(ctx, send)
+
+
+async def _run_creating(
+    handler: ContextHandler, scope: Scope, receive: Receive, send: Send
+) -> None:
+    ctx = create_context(scope)
     token = current_context.set(ctx)
     try:
         await handler(scope, receive, _HeaderEmitter(ctx, send), ctx)

@@ -17,11 +17,16 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import (
+    CONTEXT_KEY,
     REGISTRY_KEY,
     SERVER_ID_KEY,
+    ContextHandler,
     context_link,
     context_routes,
+    create_context,
+    current_context,
     declaring_class,
+    header_emitter,
 )
 from aduib_asgi.responses import STREAM_FRAMING_DEFAULT_KEY
 
@@ -192,6 +197,8 @@ def _link_next(layer: Any) -> None:
     routes = context_routes(layer.app)
     if routes:
         layer.app = context_link(layer.app, routes)
+        if type(layer) is _DispatcherFacts:
+            layer.entry = routes
 
 
 def dispatcher_facts(app: ASGIApp, dispatcher: Any) -> ASGIApp:
@@ -206,7 +213,7 @@ class _DispatcherFacts:
     5.1), its ``server_id`` (on every response's metadata) and its registry (metric
     labels only for registered methods)."""
 
-    __slots__ = ("app", "registry", "server_id", "streaming")
+    __slots__ = ("app", "entry", "registry", "server_id", "streaming")
     context_methods: dict[str, str] = {}  # runs no handler with the context; ``app`` linkable
 
     def __init__(self, app: ASGIApp, dispatcher: Any) -> None:
@@ -214,6 +221,8 @@ class _DispatcherFacts:
         self.streaming = dispatcher.streaming
         self.server_id = getattr(dispatcher, "server_id", None)
         self.registry = getattr(dispatcher, "registry", None)
+        #: Fused: the first layer's handlers per scope type (what ``app``, its link, calls).
+        self.entry: dict[str, ContextHandler] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         t = scope["type"]
@@ -222,4 +231,15 @@ class _DispatcherFacts:
             scope[REGISTRY_KEY] = self.registry
             if self.server_id is not None:
                 scope[SERVER_ID_KEY] = self.server_id
+            handler = self.entry.get(t)
+            if handler is not None and CONTEXT_KEY not in scope:
+                # What the link to the first layer does when it creates the context
+                # (run_with_context), here: one coroutine frame less per request.
+                ctx = create_context(scope)
+                token = current_context.set(ctx)
+                try:
+                    await handler(scope, receive, header_emitter(ctx, send), ctx)
+                finally:
+                    current_context.reset(token)
+                return
         await self.app(scope, receive, send)

@@ -17,7 +17,8 @@ the bench's profile ladder does; a case right after another ``upto:`` case also
 reports its cost over it: ``upto:errors,upto:content`` gives content's marginal
 cost in the fused stack), and ``layer:NAME:I`` (case ``I`` of the bench's layer
 cases for ``NAME``, in a stack behind the context seed), which also reports
-the layer's cost over a context seed + no-op layer of the same version, and
+the layer's cost over a context seed + no-op layer of the same version,
+``alone:NAME:I`` (the same case with the layer alone: it creates the context), and
 ``compress:CODING[:SIZE]`` (the bench's ``compress-20k``/``-1m`` case of our
 layer, alone on the big route), which reports its cost over the uncompressed
 route and over the raw codec call, both timed in the same rounds::
@@ -108,11 +109,11 @@ def build(pkg: str, case: str) -> Any:
         found = [c for c in layers.layer_cases("compression", cases._load_layer("compression"))
                  if c.group == f"compress-{size}" and c.codec == codec]
         return cases._layer_build("compression", found[0], alone=True)()
-    if case.startswith("layer:"):
-        _, name, index = case.split(":")
+    if case.startswith(("layer:", "alone:")):
+        kind, name, index = case.split(":")
         found = [c for c in layers.layer_cases(name, cases._load_layer(name))
                  if c.group == "layers"]
-        return cases._layer_build(name, found[int(index)], alone=False)()
+        return cases._layer_build(name, found[int(index)], alone=kind == "alone")()
     raise SystemExit(f"unknown case {case!r}")
 
 

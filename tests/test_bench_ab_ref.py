@@ -49,3 +49,20 @@ async def test_cpu_clock_times_rounds_by_this_threads_cpu_time(
     assert await ab.timed(sleepy, 3) < 15_000  # µs per call: far below the 20 ms slept
     monkeypatch.setattr(ab, "CLOCK", time.perf_counter)
     assert await ab.timed(sleepy, 3) >= 20_000
+
+
+@pytest.mark.anyio
+async def test_alone_cases_run_the_layer_alone_and_layer_cases_behind_the_seed() -> None:
+    """``alone:NAME:I``: the layer is the only middleware (it creates the context);
+    ``layer:NAME:I``: the same case behind the context seed."""
+    ab = _module()
+    alone = ab.build("aduib_asgi", "alone:compression:0")
+    seeded = ab.build("aduib_asgi", "layer:compression:0")
+    assert await alone.check() is None and await seeded.check() is None
+
+    def names(runner: object) -> list[str]:
+        app = runner.app  # type: ignore[attr-defined]
+        return [m.cls.__name__ for m in app.user_middleware]
+
+    assert names(alone) == ["CompressionMiddleware"]
+    assert names(seeded) == ["ContextSeed", "CompressionMiddleware"]

@@ -630,3 +630,59 @@ async def test_link_routes_any_declared_scope_type() -> None:
     for t in ("custom", "http", "websocket", "lifespan"):
         await link({"type": t, CONTEXT_KEY: RequestContext()}, None, None)
     assert seen == ["custom", "http", "layer:websocket", "layer:lifespan"]
+
+
+async def test_fused_facts_wrapper_creates_the_context_for_the_first_layer() -> None:
+    """A fused ``build_stack`` runs the first layer's handler from its outermost wrapper
+    with a new context, bound while the request runs and reset after it, exactly as
+    the link (``run_with_context``) would; with an outer creator's context, that one."""
+    from aduib_asgi.context import SERVER_ID, current_context
+
+    seen: list[Any] = []
+
+    class Leaf:
+        streaming = type("S", (), {"default_framing": "envelope"})()
+        server_id = "node-9"
+        registry = None
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            ctx = scope[CONTEXT_KEY]
+            seen.append((current_context.get() is ctx, ctx.server_id))
+            ctx.add_response_header(b"x-seen", b"1")
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    for fused in (True, False):
+        app = build_stack(Leaf(), [(ErrorMappingMiddleware, {})], fused=fused)
+        assert bool(getattr(app, "entry", None)) is fused
+        sent: list[Any] = []
+
+        async def send(message: Any, _sent: list[Any] = sent) -> None:
+            _sent.append(message)
+
+        await app({"type": "http", "method": "GET", "path": "/", "headers": []}, None, send)
+        assert current_context.get() is None
+        assert sent[0]["headers"] == [(b"x-seen", b"1")] and sent[1]["body"] == b"ok"
+        outer = RequestContext()
+        scope = {"type": "http", "method": "GET", "path": "/", "headers": [], CONTEXT_KEY: outer}
+        await app(scope, None, send)
+        assert scope[CONTEXT_KEY] is outer
+    assert seen == [(True, "node-9"), (False, SERVER_ID)] * 2
+
+
+@pytest.mark.parametrize("headers,extra,expected", [
+    # one Vary of ours, none of the app's: ours goes last, as it is
+    ([(b"content-type", b"a")], [(b"vary", b"Accept"), (b"x-a", b"1")],
+     [(b"content-type", b"a"), (b"x-a", b"1"), (b"vary", b"Accept")]),
+    # the app's Vary (any case) takes ours in, in its place
+    ([(b"Vary", b"Origin"), (b"x-b", b"2")], [(b"vary", b"Accept"), (b"x-a", b"1")],
+     [(b"vary", b"Origin, Accept"), (b"x-b", b"2"), (b"x-a", b"1")]),
+    # two of ours: one field; the same pair twice: once
+    ([], [(b"vary", b"a"), (b"x-a", b"1"), (b"vary", b"b")],
+     [(b"x-a", b"1"), (b"vary", b"a, b")]),
+    ([], [(b"vary", b"Accept")] * 2, [(b"vary", b"Accept")]),
+    ([(b"vary", b"*")], [(b"vary", b"b")], [(b"vary", b"*")]),
+])
+def test_merged_places_vary_as_before(headers: Any, extra: list[Any], expected: Any) -> None:
+    assert _merged(headers, extra) == expected
+    assert _merged(iter(headers), extra) == expected  # any iterable, read once

@@ -37,8 +37,10 @@ from aduib_asgi.compression import (
 from aduib_asgi.context import (
     CONTEXT_KEY,
     RequestContext,
+    create_context,
+    current_context,
     emitter_parts,
-    run_with_context,
+    header_emitter,
     with_response_headers,
 )
 from aduib_asgi.errors import RpcError
@@ -67,6 +69,7 @@ DEFAULT_EXCLUDED_TYPES: tuple[str, ...] = (
 _NOT_EXCLUDED = frozenset({b"image/svg+xml"})
 
 _VARY = (b"vary", b"Accept-Encoding")
+_REQUEST_HEADERS = (b"accept-encoding", b"content-encoding", b"content-length")
 #: Statuses whose response is never content-coded: no body (204, 205, 304) or a
 #: part of the representation (206, whose Content-Range counts unencoded bytes).
 _NO_CODING_STATUSES = frozenset({204, 205, 206, 304})
@@ -132,10 +135,18 @@ class CompressionMiddleware:
             await self.app(scope, receive, send)
             return
         ctx: RequestContext | None = scope.get(CONTEXT_KEY)
-        if ctx is None:
-            await run_with_context(self._http, scope, receive, send)
-        else:
+        if ctx is not None:
             await self._http(scope, receive, send, ctx)
+            return
+        # Alone: the context is created here, as run_with_context would (one frame
+        # less), and this layer does its creator's header emitting itself: what
+        # ``_http`` runs when ``send`` is the creator's emitter, without one.
+        ctx = create_context(scope)
+        token = current_context.set(ctx)
+        try:
+            await self._serve(scope, receive, send, ctx, ctx)
+        finally:
+            current_context.reset(token)
 
     # -- negotiation ---------------------------------------------------------------
 
@@ -163,12 +174,21 @@ class CompressionMiddleware:
 
     # -- request -------------------------------------------------------------------
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
-        header = ctx.header
-        ae = header(b"accept-encoding")
+    def _http(self, scope: Scope, receive: Receive, send: Send,
+              ctx: RequestContext) -> Awaitable[None]:
+        """The request with the context (what a fused stack calls)."""
+        send, emits = emitter_parts(send)
+        return self._serve(scope, receive, send, ctx, emits)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
+                     emits: RequestContext | None) -> None:
+        """``emits``: the context whose ``response_headers`` this layer merges into the
+        response start itself (it created the context, or ``send`` was its creator's
+        emitter, unwrapped); None: ``send`` is any other layer's."""
+        ae, ce, length = ctx.header_values(_REQUEST_HEADERS)
         coding: Coding | None = None
         if ae is not None:
-            ctx.add_response_header(b"vary", b"Accept-Encoding")
+            ctx.response_headers.append(_VARY)  # (what add_response_header does)
             coding = self._choices.get(ae, _UNKNOWN)  # type: ignore[arg-type]
             if coding is _UNKNOWN:
                 coding = self.choose(ae)
@@ -179,20 +199,19 @@ class CompressionMiddleware:
         method = scope.get("method")  # (required by ASGI; not every caller sets it)
         lazy = ae is None and method == "POST"
         rx: _DecodingReceive | _CountingReceive | None = None
-        ce = header(b"content-encoding")
-        length = header(b"content-length")
         if ce is not None and (name := ce.strip().lower()) not in (b"identity", b""):
             coding_name = name.decode("latin-1")
             decoding = self.codings.get("gzip" if coding_name == "x-gzip" else coding_name)
             if decoding is None:
-                await send_error(scope, send, RpcError(
+                await send_error(scope, _out(send, emits), RpcError(
                     1004, f"Unsupported Content-Encoding {ce.decode('latin-1')!r}",
                     http_status=415, headers={"Accept-Encoding": self._accept_encoding},
                 ), ctx=ctx)
                 return
             if length is not None and length.isdigit() and int(length) > self.max_body_size:
                 # compressed input is capped too (skippable frames decode to nothing)
-                await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
+                await send_error(scope, _out(send, emits), _too_large(self.max_body_size),
+                                 ctx=ctx)
                 return
             rx = _DecodingReceive(receive, decoding, self.max_body_size)
             scope = {**scope, "headers": [
@@ -201,21 +220,23 @@ class CompressionMiddleware:
             ]}
         elif length is not None:
             if length.isdigit() and int(length) > self.max_body_size:
-                await send_error(scope, send, _too_large(self.max_body_size), ctx=ctx)
+                await send_error(scope, _out(send, emits), _too_large(self.max_body_size),
+                                 ctx=ctx)
                 return
         elif method in _BODY_METHODS:
             rx = _CountingReceive(receive, self.max_body_size)
         if coding is None and rx is None:
             if lazy:  # the common case: no coding unless the envelope asks for one
                 ext = scope.get("extensions") or ()
-                choice = _MetadataChoice(send, self, ctx, not _FILE_SENDS.isdisjoint(ext))
+                choice = _MetadataChoice(send, emits, self, ctx,
+                                         not _FILE_SENDS.isdisjoint(ext))
                 try:
                     await self.app(scope, receive, choice)
                 finally:
                     if isinstance(choice.target, _Responder):
                         choice.target.close()
             else:
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, _out(send, emits))
             return
         extensions = scope.get("extensions")
         defer = False
@@ -226,7 +247,8 @@ class CompressionMiddleware:
                               if k != "http.response.zerocopysend"}
                 scope = {**scope, "extensions": extensions}
             defer = not _FILE_SENDS.isdisjoint(extensions)
-        responder = _Responder(send, self, coding, rx, method == "HEAD", ctx, lazy, defer)
+        responder = _Responder(send, emits, self, coding, rx, method == "HEAD", ctx, lazy,
+                               defer)
         try:
             await self.app(scope, rx if rx is not None else receive, responder)
         except Exception:
@@ -238,7 +260,7 @@ class CompressionMiddleware:
             if rx is not None:
                 rx.close()
         if rx is not None and rx.error is not None and not responder.started:
-            await send_error(scope, send, rx.error, ctx=ctx)
+            await send_error(scope, _out(send, emits), rx.error, ctx=ctx)
 
 
     def _media_kind(self, content_type: bytes) -> int:
@@ -282,10 +304,11 @@ class _MetadataChoice:
 
     __slots__ = ("ctx", "defer", "emits", "mw", "send", "target")
 
-    def __init__(self, send: Send, mw: CompressionMiddleware, ctx: RequestContext,
-                 defer: bool) -> None:
-        # The context creator's header emitter: its work is done here, one call less.
-        self.send, self.emits = emitter_parts(send)
+    def __init__(self, send: Send, emits: RequestContext | None, mw: CompressionMiddleware,
+                 ctx: RequestContext, defer: bool) -> None:
+        # ``emits``: the context creator's header emitter's work is done here.
+        self.send = send
+        self.emits = emits
         self.mw = mw
         self.ctx = ctx
         self.defer = defer
@@ -303,10 +326,16 @@ class _MetadataChoice:
                 if emits is not None and emits.response_headers:
                     message = with_response_headers(message, emits)
                 return self.send(message)
-            target = _Responder(self.send, self.mw, coding, None, False, self.ctx, False,
-                                self.defer, emits)
+            target = _Responder(self.send, emits, self.mw, coding, None, False, self.ctx,
+                                False, self.defer)
             self.target = target
         return target(message)
+
+
+def _out(send: Send, emits: RequestContext | None) -> Send:
+    """``send`` for a message this layer does not build itself: through the header
+    emitter when this layer does the context creator's emitting."""
+    return send if emits is None else header_emitter(emits, send)
 
 
 def _excluded(types: Iterable[str]) -> tuple[frozenset[bytes], tuple[bytes, ...]]:
@@ -447,8 +476,14 @@ _HELD, _PASS, _STREAM, _START = 0, 1, 2, 3
 _CODABLE, _EXCLUDED, _SSE = 0, 1, 2
 
 
-async def _nothing() -> None:
-    return None
+class _Done:
+    """An awaitable that is already done (cheaper to await than a new coroutine)."""
+
+    __slots__ = ()
+    __await__ = ().__iter__  # (a tuple's bound method: no self is passed)
+
+
+_DONE: Awaitable[None] = _Done()  # type: ignore[assignment]
 
 
 class _Responder:
@@ -464,6 +499,7 @@ class _Responder:
     def __init__(
         self,
         send: Send,
+        emits: RequestContext | None,
         mw: CompressionMiddleware,
         coding: Coding | None,
         rx: _DecodingReceive | _CountingReceive | None,
@@ -471,13 +507,9 @@ class _Responder:
         ctx: RequestContext,
         lazy: bool = False,
         defer: bool = False,
-        emits: RequestContext | None = None,
     ) -> None:
         # ``emits``: the context whose response headers this responder merges into the
-        # start it sends, doing the work of that context creator's header emitter (given
-        # when ``send`` is already the server's; found when ``send`` is the emitter).
-        if emits is None:
-            send, emits = emitter_parts(send)
+        # start it sends, doing the work of that context creator's header emitter.
         self.send = send
         self.emits = emits
         # The server can send files (pathsend/zerocopysend): an event stream's start
@@ -499,7 +531,7 @@ class _Responder:
     def __call__(self, message: Message) -> Awaitable[None]:
         rx = self.rx
         if rx is not None and rx.error is not None and not self.started:
-            return _nothing()  # the body was refused: the layer renders its own error
+            return _DONE  # the body was refused: the layer renders its own error
         mode = self.mode
         t = message["type"]
         if mode == _HELD:
@@ -526,7 +558,7 @@ class _Responder:
             if mode == _HELD:
                 self.mode = _HELD
                 self.start = message
-                return _nothing()
+                return _DONE
             self.started = True
             if mode == _STREAM:
                 # Streamed by nature: commit now so the client sees the headers at once.
@@ -610,7 +642,10 @@ class _Responder:
                 headers.append(_VARY)
                 pending.clear()
                 self.app_vary = None  # (moved: see _unsent)
-        return self._emitted({**start, "headers": headers})
+        emits = self.emits  # (what _emitted does, inline)
+        if emits is not None and emits.response_headers:
+            return with_response_headers({**start, "headers": headers}, emits)
+        return {**start, "headers": headers}
 
     def _unsent(self) -> None:
         """The coded start was not sent: an outer error response still gets its Vary."""
