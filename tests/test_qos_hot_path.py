@@ -83,10 +83,14 @@ async def test_memory_storage_errors_are_translated_as_limits_does(wrap: bool) -
         def get(self, *args: Any) -> Any:
             raise ValueError("broken")
 
+    from limits.aio.strategies import FixedWindowRateLimiter
+
     storage = BudgetedMemoryStorage(wrap_exceptions=wrap)
+    quota = FixedWindowQuota(FixedWindowRateLimiter(storage))
     assert await storage.incr("k", 60) == 1
     storage.memory.storage = Broken()  # type: ignore[assignment]
-    for call in (lambda: storage.memory.incr("k", 60), lambda: storage.memory.get("k")):
+    for call in (lambda: storage.memory.incr("k", 60), lambda: storage.memory.get("k"),
+                 lambda: quota.hit_now(parse("5/minute"), "k", 1)):  # a charged bucket
         with pytest.raises(StorageError if wrap else ValueError):
             call()
     with pytest.raises(StorageError if wrap else ValueError):
@@ -312,3 +316,159 @@ async def test_admission_responder_is_the_cancel_scope_and_tracks_progress() -> 
     await responder({"type": "http.response.body", "body": b"", "more_body": False})
     assert responder.finished and sent == ["http.response.start", "http.response.body",
                                            "http.response.body"]
+
+
+# -- not triggered: the handler hands back the inner app's own awaitable ----------------
+
+class _Inner:
+    """An inner app that returns (not awaits) one awaitable per call, and records it."""
+
+    def __init__(self) -> None:
+        self.returned: list[Any] = []
+
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        async def run() -> None:
+            return None
+
+        awaitable = run()
+        self.returned.append(awaitable)
+        return awaitable
+
+
+def _not_triggered_layers(inner: _Inner) -> list[tuple[str, Any, Any]]:
+    """(name, handler, context) of each QoS layer on its not-triggered path."""
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.demo.security import demo_auth_options
+    from aduib_asgi.middleware.auth import AuthMiddleware
+    from aduib_asgi.middleware.deadline import DeadlineMiddleware
+    from aduib_asgi.middleware.idempotency import IdempotencyMiddleware
+
+    def ctx() -> RequestContext:
+        return RequestContext(raw_headers=[(b"content-type", b"application/json")])
+
+    rate = RateLimitMiddleware(inner, policies=[RateLimitPolicy("p", "1000/minute")])
+    return [
+        ("deadline", DeadlineMiddleware(inner)._http, ctx()),
+        ("idempotency", IdempotencyMiddleware(inner)._handle, ctx()),
+        ("auth", AuthMiddleware(inner, **demo_auth_options(None))._handle, ctx()),
+        ("ratelimit (memory, admitted)", rate._handle, ctx()),
+    ]
+
+
+async def test_not_triggered_handlers_add_no_coroutine_of_their_own() -> None:
+    """Deadline without a budget, idempotency without a key, auth of an anonymous
+    caller with nothing required and a memory:// rate-limit admission return the
+    inner app's awaitable itself: no frame of theirs per request in a stack."""
+    inner = _Inner()
+    scope = {"type": "http", "method": "POST", "path": "/rpc", "headers": []}
+    for name, handler, ctx in _not_triggered_layers(inner):
+        got = handler(scope, None, None, ctx)
+        assert inner.returned and got is inner.returned[-1], name
+        await got
+
+
+async def test_rate_limit_admission_without_a_coroutine_still_reports() -> None:
+    """The admitted memory:// hit, handed back without a coroutine, has already
+    reported its quota (headers and metadata) when the inner app runs."""
+    inner = _Inner()
+    _, handler, ctx = _not_triggered_layers(inner)[-1]
+    scope = {"type": "http", "method": "POST", "path": "/rpc", "headers": []}
+    got = handler(scope, None, None, ctx)
+    assert got is inner.returned[-1]
+    await got
+    assert ctx.rate_limit is not None and ctx.rate_limit["limit"] == 1000
+    assert ctx.rate_limit["remaining"] == 999
+    assert [k for k, _ in ctx.response_headers] == [b"ratelimit-policy", b"ratelimit"]
+
+
+def test_memory_hit_with_the_expiry_at_hand_is_the_same_hit() -> None:
+    """The layer passes each policy's window as the expiry: limits' own get_expiry()."""
+    from aduib_asgi.middleware.ratelimit import _Compiled
+
+    for limit in ("3/10 seconds", "100/minute", "5 per 2 hours", "1/day"):
+        p = _Compiled(RateLimitPolicy("p", limit))
+        assert p.window == p.item.get_expiry() == parse(limit).get_expiry()
+    limiter = make_limiter("memory://", "fixed-window")
+    quota = quota_for(limiter)
+    assert isinstance(quota, FixedWindowQuota)
+    item = parse("2/10 seconds")
+    got = [quota.hit_now(item, item.key_for("p", "a"), 1, 10) for _ in range(3)]
+    assert [g[:2] for g in got if g is not None] == [(True, 1), (True, 0), (False, 0)]
+    assert limiter.storage.memory.expirations[item.key_for("p", "a")] == got[0][2]  # type: ignore[attr-defined,index]
+
+
+async def test_auth_blanks_envelope_credentials_and_skips_payloads_without_metadata() -> None:
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.demo.security import demo_auth_options
+    from aduib_asgi.middleware.auth import REDACTED, AuthMiddleware
+
+    inner = _Inner()
+    layer = AuthMiddleware(inner, **demo_auth_options(None))
+    scope = {"type": "http", "method": "POST", "path": "/rpc", "headers": []}
+    plain = RequestContext()
+    plain.payload = {"aduib_rpc": "2.0", "id": "1", "data": {"credentials": "x"}}
+    await layer._handle(scope, None, None, plain)
+    assert plain.payload["data"] == {"credentials": "x"}  # not an envelope's metadata.auth
+    with_auth = RequestContext()
+    with_auth.payload = {"metadata": {"auth": {"scheme": "bearer", "credentials": "t0k"}}}
+    await layer._handle(scope, None, None, with_auth)  # no envelope parsed: anonymous
+    assert with_auth.payload["metadata"]["auth"]["credentials"] == REDACTED
+
+
+async def test_admission_counts_the_request_in_flight_until_it_ends() -> None:
+    """Without a controller that cancels, a request is counted in flight (what a drain
+    waits for) while the app runs, also when it fails."""
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.middleware.admission import AdmissionMiddleware
+
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(layer.shutdown.in_flight)
+        if scope.get("fail"):
+            raise RuntimeError("boom")
+
+    layer = AdmissionMiddleware(app)
+    assert not layer.shutdown.cancel_after_grace
+    scope = {"type": "http", "method": "POST", "path": "/rpc", "headers": []}
+    await layer._http(scope, None, None, RequestContext())
+    with pytest.raises(RuntimeError):
+        await layer._http({**scope, "fail": True}, None, None, RequestContext())
+    assert seen == [1, 1] and layer.shutdown.in_flight == 0
+
+
+async def test_a_closed_breaker_counts_each_outcome_and_an_open_one_refuses() -> None:
+    from aduib_asgi.context import RequestContext
+    from aduib_asgi.middleware.circuit import ERROR_CODE_KEY, CircuitBreakerMiddleware
+    from aduib_asgi.qos.breaker import BreakerSettings
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ctx = scope["aduib.context"]
+        if scope.get("fail"):
+            ctx.extras[ERROR_CODE_KEY] = 6000
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    layer = CircuitBreakerMiddleware(app, settings=BreakerSettings(min_requests=4,
+                                                                   failure_rate=0.5))
+    scope = {"type": "http", "method": "POST", "path": "/rpc", "headers": []}
+
+    async def call(fail: bool) -> None:
+        ctx = RequestContext()
+        await layer._http({**scope, "aduib.context": ctx, "fail": fail}, None, send, ctx)
+
+    await call(False)
+    await call(False)
+    breaker = layer.breaker("/rpc")
+    assert breaker is not None and breaker.counts() == (2, 0) and breaker.state == "closed"
+    await call(True)
+    await call(True)
+    assert breaker.state == "open"
+    sent.clear()
+    await call(False)
+    assert sent[0]["status"] == 503 and breaker.counts() == (4, 2)

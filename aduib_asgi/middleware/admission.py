@@ -227,7 +227,7 @@ class AdmissionMiddleware:
                 await send_error(scope, send, exc, ctx=ctx)
                 return
         if not shutdown.cancel_after_grace:
-            shutdown.begin()
+            shutdown._counted += 1  # shutdown.begin(), without a call
             try:
                 await self.app(scope, receive, send)
             finally:

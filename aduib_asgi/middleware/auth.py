@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar
 
@@ -117,13 +117,19 @@ class AuthMiddleware:
 
     # -- request --------------------------------------------------------------------
 
-    async def _handle(
+    def _handle(
         self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
-    ) -> None:
+    ) -> Awaitable[None]:
+        """Read the credentials; the awaitable that authenticates them and runs the app
+        (or answers the refusal).
+
+        Not a coroutine itself: a caller presenting no credentials costs the stack
+        no frame here (the inner app's own awaitable is handed back).
+        """
         creds: Credentials | None = None
-        required: tuple[str, ...] | None = None
-        if isinstance(ctx.payload, dict):  # credentials are read from the envelope (a SecretStr)
-            _redact_payload(ctx)
+        payload = ctx.payload
+        if isinstance(payload, dict) and "metadata" in payload:
+            _redact_payload(ctx)  # credentials are read from the envelope (a SecretStr)
         try:
             if self._mtls:
                 cert = client_certificate(scope)
@@ -132,27 +138,49 @@ class AuthMiddleware:
                 elif self._mtls_required:
                     raise RpcError(3000, "A verified client certificate is required")
             creds = self._credentials(ctx, scope)
-            identity = None
             if creds is not None:
-                authenticator = self.authenticators.get(creds.scheme)
-                if authenticator is None:
-                    raise RpcError(3000, f"Authentication scheme {creds.scheme!r} is not accepted")
-                identity = await authenticator.authenticate(creds, scope)
+                return self._authenticated(scope, receive, send, ctx, creds)
+            required, scopes = self._decide(
+                None, ctx, ctx.method, ctx.service, scope.get("path"),
+                tenants=scope["type"] == "http" or ctx.header(_X_TENANT) is not None)
+        except RpcError as exc:
+            return self._denied(scope, send, ctx, exc, creds)
+        self._admitted(scope, ctx, None, None, required, scopes)
+        return self.app(scope, receive, send)
+
+    async def _authenticated(self, scope: Scope, receive: Receive, send: Send,
+                             ctx: RequestContext, creds: Credentials) -> None:
+        try:
+            authenticator = self.authenticators.get(creds.scheme)
+            if authenticator is None:
+                raise RpcError(3000, f"Authentication scheme {creds.scheme!r} is not accepted")
+            identity = await authenticator.authenticate(creds, scope)
             if identity is not None:
                 ctx.principal = identity.principal
                 ctx.roles = identity.roles
                 ctx.scopes = identity.scopes
-                ctx.auth_scheme = creds.scheme if creds is not None else None
+                ctx.auth_scheme = creds.scheme
             # a WebSocket whose handshake names no tenant (browsers cannot set
             # headers) is checked on its message, once the tenant it names applies
             required, scopes = self._decide(
                 identity, ctx, ctx.method, ctx.service, scope.get("path"),
                 tenants=scope["type"] == "http" or ctx.header(_X_TENANT) is not None)
         except RpcError as exc:
-            error = _scrub(exc, creds)
-            self._audit(ctx, "deny", error.code, error.message, creds, scope=scope)
-            await self._reject(scope, send, ctx, error, creds)
+            await self._denied(scope, send, ctx, exc, creds)
             return
+        self._admitted(scope, ctx, identity, creds, required, scopes)
+        await self.app(scope, receive, send)
+
+    def _denied(self, scope: Scope, send: Send, ctx: RequestContext, exc: RpcError,
+                creds: Credentials | None) -> Awaitable[None]:
+        """Audit the refusal; the awaitable that answers it."""
+        error = _scrub(exc, creds)
+        self._audit(ctx, "deny", error.code, error.message, creds, scope=scope)
+        return self._reject(scope, send, ctx, error, creds)
+
+    def _admitted(self, scope: Scope, ctx: RequestContext, identity: Identity | None,
+                  creds: Credentials | None, required: tuple[str, ...] | None,
+                  scopes: tuple[str, ...] | None) -> None:
         if identity is not None or self._role_table is not None \
                 or self._scope_table is not None or self.require_auth:
             # checked again where a method is named later (WebSocket message, task
@@ -160,7 +188,6 @@ class AuthMiddleware:
             ctx.extras[AUTHORIZE_KEY] = partial(self._authorize, identity, creds)
         if creds is not None or required or scopes:
             self._audit(ctx, "allow", 0, "", creds, scope=scope)
-        await self.app(scope, receive, send)
 
     def _credentials(self, ctx: RequestContext, scope: Scope) -> Credentials | None:
         env = ctx.envelope

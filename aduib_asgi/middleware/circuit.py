@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aduib_asgi.context import RequestContext, run_with_context
 from aduib_asgi.errors import ERROR_TABLE, RpcError, error_spec
-from aduib_asgi.qos.breaker import BreakerOpen, BreakerSettings, CircuitBreaker
+from aduib_asgi.qos.breaker import CALL, CLOSED, BreakerOpen, BreakerSettings, CircuitBreaker
 from aduib_asgi.qos.keys import method_spec
 from aduib_asgi.qos.metrics import record_transition, watch_breakers
 from aduib_asgi.responses import send_error, to_rpc_error
@@ -147,14 +147,17 @@ class CircuitBreakerMiddleware:
         if breaker is None:
             await self.app(scope, receive, send)
             return
-        try:
-            token = breaker.acquire()
-        except BreakerOpen as exc:
-            retry_after = str(max(1, math.ceil(exc.retry_after)))
-            await send_error(scope, send, RpcError(
-                5010, f"Circuit breaker open for {breaker.name.split(chr(0))[0]}",
-                headers={"Retry-After": retry_after}), ctx=ctx)
-            return
+        if breaker.state == CLOSED:  # what acquire() answers when closed, without a call
+            token = CALL
+        else:
+            try:
+                token = breaker.acquire()
+            except BreakerOpen as exc:
+                retry_after = str(max(1, math.ceil(exc.retry_after)))
+                await send_error(scope, send, RpcError(
+                    5010, f"Circuit breaker open for {breaker.name.split(chr(0))[0]}",
+                    headers={"Retry-After": retry_after}), ctx=ctx)
+                return
         responder = _StatusResponder(send)
         try:
             await self.app(scope, receive, responder)

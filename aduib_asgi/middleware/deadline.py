@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, ClassVar
 
 import anyio
@@ -156,18 +156,26 @@ class DeadlineMiddleware:
                     return float(v)
         return self.default_timeout_ms
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext) -> None:
+    def _http(self, scope: Scope, receive: Receive, send: Send,
+              ctx: RequestContext) -> Awaitable[Any]:
+        """The request's budget; the awaitable that runs the app under it (or answers).
+
+        Not a coroutine itself: a request without a deadline costs the stack no
+        frame here (the inner app's own awaitable is handed back).
+        """
         try:
             budget = self._budget_ms(ctx, scope)
         except RpcError as exc:
-            await send_error(scope, send, exc, ctx=ctx)
-            return
+            return send_error(scope, send, exc, ctx=ctx)
         if budget is not None:
             ctx.set_deadline_ms(budget)
         deadline = ctx.deadline
         if deadline is None:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._enforced(scope, receive, send, ctx, deadline)
+
+    async def _enforced(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
+                        deadline: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0:
             await self._expired(scope, send, ctx, None)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -207,38 +207,44 @@ class IdempotencyMiddleware:
             return False
         return from_header == envelope_key
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send,
-                      ctx: RequestContext) -> None:
+    def _handle(self, scope: Scope, receive: Receive, send: Send,
+                ctx: RequestContext) -> Awaitable[Any]:
+        """The request's key; the awaitable that runs it once (or answers).
+
+        Not a coroutine itself: a request without a key costs the stack no frame
+        here (the inner app's own awaitable is handed back).
+        """
         if scope["method"] in _SAFE_METHODS:  # as ``__call__`` (reached here when fused)
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         env = ctx.envelope
         raw_key: str | None = None
         from_header = False
         header = ctx.header(_HEADER)
-        if env is not None and env.qos is not None and env.qos.idempotency_key is not None:
-            raw_key = env.qos.idempotency_key
+        qos = env.qos if env is not None else None
+        if qos is not None and qos.idempotency_key is not None:
+            raw_key = qos.idempotency_key
             # Both given: they must name the same key (PROTOCOL.md section 2).
             if header is not None and not self._same_key(raw_key, header):
-                await send_error(scope, send, RpcError(
+                return send_error(scope, send, RpcError(
                     2003, "qos.idempotency_key and the Idempotency-Key header disagree",
                     details=[{"type": "conflict", "field": "qos.idempotency_key",
                               "reason": "differs from the Idempotency-Key header"}],
                 ), ctx=ctx)
-                return
         elif header is not None:
             raw_key = header.decode("latin-1")
             from_header = True
         if raw_key is None:
             if self.required and (ctx.method or scope["path"]) in self.required:
-                await send_error(scope, send, RpcError(
+                return send_error(scope, send, RpcError(
                     2002, "This method requires an idempotency key",
                     details=[{"type": "missing", "field": "idempotency_key",
                               "reason": "send qos.idempotency_key or Idempotency-Key"}],
                 ), ctx=ctx)
-                return
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._keyed(scope, receive, send, ctx, env, raw_key, from_header)
+
+    async def _keyed(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
+                     env: Any, raw_key: str, from_header: bool) -> None:
         try:
             key = parse_idempotency_key(raw_key, max_length=self.max_key_length,
                                         quoted_header=from_header)

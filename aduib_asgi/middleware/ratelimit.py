@@ -16,7 +16,7 @@ import logging
 import math
 import operator
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -466,69 +466,83 @@ class RateLimitMiddleware:
         if refused is not None:
             raise self._refusal(refused, after)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send,
-                      ctx: RequestContext) -> None:
+    def _handle(self, scope: Scope, receive: Receive, send: Send,
+                ctx: RequestContext) -> Awaitable[None]:
+        """Charge the request; the awaitable that runs the app (or answers the refusal).
+
+        Not a coroutine itself: a request no policy applies to, and one admitted
+        by a ``memory://`` fixed window, cost the stack no frame here (the inner
+        app's own awaitable is handed back); other storages are awaited.
+        """
         if ctx.method is None and self._by_method:  # a method named later: the gate's turn
             defer(ctx, self._gate_check)
         policies = self._match.get((ctx.method, scope["path"]))
         if policies is None:
             policies = self._policies_for(ctx.method, scope["path"])
         if not policies:
-            await self.app(scope, receive, send)
-            return
-        if self.timeout is None and len(policies) == 1:  # in-process storage, one policy
-            p = policies[0]
-            hit_now = self._hit_now
-            try:
-                # memory:// fixed window: no coroutine, the bucket's key remembered
-                done = hit_now(p.item, self._key(p, scope, ctx), p.cost) if hit_now else None
-                if done is not None:
-                    ok, remaining, reset, now = done
-                else:
-                    ok, remaining, reset = await self.quota.hit(
-                        p.item, self._identifiers(p, scope, ctx), p.cost)
-                    now = time.time()
-            except BudgetExceeded as exc:  # no room for another bucket of this tenant
-                await refuse(scope, send, exc, ctx=ctx)
-                return
-            except Exception as exc:
-                await self._storage_failed(exc, scope, receive, send, ctx)
-                return
-            if self._degraded:
-                self._recovered()
-            refused = None if ok else p
-            after = _ceil(reset - now)
-            if after < 1:  # never invite a retry before the window resets
-                after = 0 if ok else 1
-            ctx.response_headers += (p.policy_field,
-                                     (_RATELIMIT, b"%s%d;t=%d" % (p.rl_prefix, remaining, after)))
-        else:
-            try:
-                if self.timeout is None:
-                    refused, stats = await self._consume(policies, scope, ctx)
-                else:
-                    refused, stats = await call_within(self.timeout, self._consume,
-                                                       policies, scope, ctx)
-            except BudgetExceeded as exc:  # no room for another bucket of this tenant
-                await refuse(scope, send, exc, ctx=ctx)
-                return
-            except Exception as exc:
-                await self._storage_failed(exc, scope, receive, send, ctx)
-                return
-            if self._degraded:
-                self._recovered()
-            p, remaining, reset, after = self._report(ctx, stats, refused, time.time())
+            return self.app(scope, receive, send)
+        hit_now = self._hit_now
+        if hit_now is None or self.timeout is not None or len(policies) != 1:
+            return self._charged(scope, receive, send, ctx, policies)
+        p = policies[0]
+        try:
+            # memory:// fixed window: no coroutine, the bucket's key remembered
+            done = hit_now(p.item, self._key(p, scope, ctx), p.cost, p.window)
+        except BudgetExceeded as exc:  # no room for another bucket of this tenant
+            return refuse(scope, send, exc, ctx=ctx)
+        except Exception as exc:
+            return self._storage_failed(exc, scope, receive, send, ctx)
+        if done is None:  # not limits' synchronous memory storage (replaced): awaited
+            return self._charged(scope, receive, send, ctx, policies)
+        ok, remaining, reset, now = done
+        if self._degraded:
+            self._recovered()
+        after = _ceil(reset - now)
+        if after < 1:  # never invite a retry before the window resets
+            after = 0 if ok else 1
+        ctx.response_headers += (p.policy_field,
+                                 (_RATELIMIT, b"%s%d;t=%d" % (p.rl_prefix, remaining, after)))
         ctx.rate_limit = {"limit": p.amount, "remaining": remaining,
                           "reset_at_ms": int(reset * 1000)}
         if self.legacy_headers:
-            ctx.add_response_header(_LEGACY_LIMIT, b"%d" % p.amount)
-            ctx.add_response_header(_LEGACY_REMAINING, b"%d" % remaining)
-            ctx.add_response_header(_LEGACY_RESET, b"%d" % after)
+            self._legacy(ctx, p, remaining, after)
+        if ok:
+            return self.app(scope, receive, send)
+        return refuse(scope, send, self._refusal(p, after), ctx=ctx)
+
+    async def _charged(self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext,
+                       policies: tuple[_Compiled, ...]) -> None:
+        """Charge ``policies`` through the limiter's coroutines (any storage, any strategy)."""
+        try:
+            if self.timeout is None:
+                refused, stats = await self._consume(policies, scope, ctx)
+            else:
+                refused, stats = await call_within(self.timeout, self._consume,
+                                                   policies, scope, ctx)
+        except BudgetExceeded as exc:  # no room for another bucket of this tenant
+            await refuse(scope, send, exc, ctx=ctx)
+            return
+        except Exception as exc:
+            await self._storage_failed(exc, scope, receive, send, ctx)
+            return
+        if self._degraded:
+            self._recovered()
+        p, remaining, reset, after = self._report(ctx, stats, refused, time.time())
+        ctx.rate_limit = {"limit": p.amount, "remaining": remaining,
+                          "reset_at_ms": int(reset * 1000)}
+        if self.legacy_headers:
+            self._legacy(ctx, p, remaining, after)
         if refused is None:
             await self.app(scope, receive, send)
             return
-        error = self._refusal(refused, after)
-        await refuse(scope, send, error, ctx=ctx)
+        await refuse(scope, send, self._refusal(refused, after), ctx=ctx)
+
+    @staticmethod
+    def _legacy(ctx: RequestContext, p: _Compiled, remaining: int, after: int) -> None:
+        """``RateLimit-Limit/Remaining/Reset`` of the reported policy ``p``."""
+        ctx.add_response_header(_LEGACY_LIMIT, b"%d" % p.amount)
+        ctx.add_response_header(_LEGACY_REMAINING, b"%d" % remaining)
+        ctx.add_response_header(_LEGACY_RESET, b"%d" % after)
 
     @staticmethod
     def _refusal(refused: _Compiled, after: int) -> RpcError:

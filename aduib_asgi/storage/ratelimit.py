@@ -322,11 +322,12 @@ class FixedWindowQuota(WindowQuota):
         self.remember = is_memory(limiter.storage)
         self._resets: dict[str, list[Any]] = {}  # key -> [reset, last count]
 
-    def hit_now(self, item: RateLimitItem, key: str,
-                cost: int) -> tuple[bool, int, float, float] | None:
+    def hit_now(self, item: RateLimitItem, key: str, cost: int,
+                expiry: int | None = None) -> tuple[bool, int, float, float] | None:
         """:meth:`hit` without a coroutine on the ``memory://`` storage (None on any
         other: await :meth:`hit`), for the storage ``key`` (``item.key_for(*ids)``):
-        (admitted, remaining, reset, now as epoch seconds).
+        (admitted, remaining, reset, now as epoch seconds). ``expiry``: the item's
+        ``get_expiry()``, when the caller has it at hand.
 
         The storage is read per call: a limiter's storage may be replaced.
         """
@@ -334,11 +335,17 @@ class FixedWindowQuota(WindowQuota):
         if type(storage) is not BudgetedMemoryStorage:
             return None
         memory = storage.memory
-        count: int = memory.incr(key, item.get_expiry(), cost)
+        if expiry is None:
+            expiry = item.get_expiry()
+        count: int = (memory._incr(memory, key, expiry, cost) if key in memory._charged
+                      else memory.incr(key, expiry, cost))  # a charged bucket: limits' own incr
         now = time.time()
         amount = item.amount
-        reset = self._remembered(key, count, cost, now)
-        if reset is None:
+        known = self._resets.get(key)
+        if known is not None and count != cost and count > known[1] and known[0] > now:
+            known[1] = count  # same window: the remembered reset holds (_remembered)
+            reset: float = known[0]
+        else:
             reset = self._remember(key, count, float(memory.get_expiry(key)))
         return count <= amount, amount - count if count < amount else 0, reset, now
 
