@@ -20,6 +20,7 @@ from opentelemetry.util.types import Attributes
 from starlette.types import Message, Receive, Scope, Send
 
 from aduib_asgi.context import CONTEXT_KEY, RequestContext
+from aduib_asgi.middleware.metrics import MetricsMiddleware
 from aduib_asgi.middleware.trace import TracePropagationMiddleware
 from aduib_asgi.observability.metrics import RpcMetrics
 
@@ -108,6 +109,23 @@ async def test_alone_with_metrics_no_sdk_one_wrapper_and_status_recorded() -> No
     headers = _headers(sent[0])
     assert (b"traceresponse", f"00-{ctx.trace_id}-{ctx.span_id}-01".encode()) in headers
     assert (b"x-late", b"1") in headers
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+              if m.name == "rpc.server.duration" for p in m.data.data_points]
+    assert [p.attributes["http.response.status_code"] for p in points] == [418]
+
+
+async def test_metrics_layer_alone_shares_the_responder_one_wrapper_and_status() -> None:
+    """MetricsMiddleware runs the same ``observe`` as the trace layer without an SDK:
+    alone, its status responder also does the context creator's header emission."""
+    reader = InMemoryMetricReader()
+    metrics = RpcMetrics(MeterProvider(metric_readers=[reader]))
+    seen: list[Any] = []
+    _, sent, server_send = await _run(MetricsMiddleware(_app(418, seen), metrics=metrics),
+                                      _scope())
+    assert seen[0].send is server_send
+    assert (b"x-late", b"1") in _headers(sent[0])
     data = reader.get_metrics_data()
     assert data is not None
     points = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics

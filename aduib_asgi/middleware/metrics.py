@@ -11,12 +11,20 @@ provider is given; needs the ``prometheus`` extra).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from opentelemetry.metrics import MeterProvider
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aduib_asgi.context import REGISTRY_KEY, ContextHandler, RequestContext, run_with_context
+from aduib_asgi.context import (
+    REGISTRY_KEY,
+    ContextHandler,
+    RequestContext,
+    emitter_parts,
+    run_with_context,
+    with_response_headers,
+)
 from aduib_asgi.observability.metrics import (
     PrometheusApp,
     RpcMetrics,
@@ -25,7 +33,7 @@ from aduib_asgi.observability.metrics import (
 )
 from aduib_asgi.observability.outcome import record_exception, watch_error_code
 
-__all__ = ["MetricsMiddleware"]
+__all__ = ["MetricsMiddleware", "StatusResponder", "observe"]
 
 
 class MetricsMiddleware:
@@ -66,34 +74,43 @@ class MetricsMiddleware:
         else:
             await run_with_context(self._handle, scope, receive, send)
 
-    async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, ctx: RequestContext
-    ) -> None:
-        m = self.metrics
-        watch_error_code(ctx)
-        responder = StatusResponder(send)
-        m.active.add(1)
-        try:
-            await self.app(scope, receive, responder)
-        except Exception as exc:
-            record_exception(ctx, exc)
-            raise
-        finally:
-            m.active.add(-1)
-            record_request(m, ctx, responder.status, scope.get(REGISTRY_KEY))
+    def _handle(self, scope: Scope, receive: Receive, send: Send,
+                ctx: RequestContext) -> Awaitable[None]:
+        return observe(self.app, self.metrics, scope, receive, send, ctx)
+
+
+async def observe(app: ASGIApp, m: RpcMetrics, scope: Scope, receive: Receive, send: Send,
+                  ctx: RequestContext) -> None:
+    """Run ``app`` and record the RPC server metrics of the request (this layer's
+    work; the trace layer's too when it records metrics without an SDK span)."""
+    watch_error_code(ctx)  # also read by layers further in (the circuit breaker)
+    responder = StatusResponder(send)
+    m.active.add(1)
+    try:
+        await app(scope, receive, responder)
+    except Exception as exc:
+        record_exception(ctx, exc)
+        raise
+    finally:
+        m.active.add(-1)
+        record_request(m, ctx, responder.status, scope.get(REGISTRY_KEY))
 
 
 class StatusResponder:
-    """Remembers the response status."""
+    """Remembers the response status; does the context creator's header emission
+    itself when it wraps it (one call per message less, as the error layer does)."""
 
-    __slots__ = ("send", "status")
+    __slots__ = ("ctx", "send", "status")
 
     def __init__(self, send: Send) -> None:
-        self.send = send
+        self.send, self.ctx = emitter_parts(send)
         self.status: int | None = None
 
     async def __call__(self, message: Message) -> None:
         t = message["type"]
         if t == "http.response.start" or t == "websocket.http.response.start":
             self.status = message["status"]
+            ctx = self.ctx
+            if ctx is not None and ctx.response_headers:
+                message = with_response_headers(message, ctx)
         await self.send(message)

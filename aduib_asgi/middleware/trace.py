@@ -41,16 +41,15 @@ from opentelemetry.trace import (
     TraceState,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aduib_asgi.context import (
     REGISTRY_KEY,
     SERVER_VERSION,
     RequestContext,
-    emitter_parts,
     run_with_context,
-    with_response_headers,
 )
+from aduib_asgi.middleware.metrics import StatusResponder, observe
 from aduib_asgi.observability.metrics import RpcMetrics, method_label, record_request
 from aduib_asgi.observability.outcome import error_code, record_exception, watch_error_code
 
@@ -255,7 +254,7 @@ class TracePropagationMiddleware:
                 ).encode("latin-1")))
             if self.metrics is None:
                 return self.app(scope, receive, send)
-            return self._observe(scope, receive, send, ctx)
+            return observe(self.app, self.metrics, scope, receive, send, ctx)
         if remote is not None and extracted is None:
             parent_tid = _hex128(remote.trace_id)
         return self._traced(tracer, scope, receive, send, ctx, parent_tid, parent_sid,
@@ -320,7 +319,7 @@ class TracePropagationMiddleware:
         m = self.metrics
         watch_error_code(ctx)  # also read by layers further in (the circuit breaker)
         recording = span.is_recording()
-        responder = _StatusResponder(send) if recording or m is not None else None
+        responder = StatusResponder(send) if recording or m is not None else None
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         if m is not None:
             m.active.add(1)
@@ -343,45 +342,8 @@ class TracePropagationMiddleware:
                 m.active.add(-1)
                 record_request(m, ctx, status, scope.get(REGISTRY_KEY))
 
-    async def _observe(self, scope: Scope, receive: Receive, send: Send,
-                       ctx: RequestContext) -> None:
-        """Without an SDK span: run the app and record the RPC server metrics."""
-        m = self.metrics
-        assert m is not None
-        watch_error_code(ctx)  # also read by layers further in (the circuit breaker)
-        responder = _StatusResponder(send)
-        m.active.add(1)
-        try:
-            await self.app(scope, receive, responder)
-        except Exception as exc:
-            record_exception(ctx, exc)
-            raise
-        finally:
-            m.active.add(-1)
-            record_request(m, ctx, responder.status, scope.get(REGISTRY_KEY))
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(app={self.app!r})"
-
-
-class _StatusResponder:
-    """Remembers the response status; does the context creator's header emission
-    itself when it wraps it (one call per message less, as the error layer does)."""
-
-    __slots__ = ("ctx", "send", "status")
-
-    def __init__(self, send: Send) -> None:
-        self.send, self.ctx = emitter_parts(send)
-        self.status: int | None = None
-
-    async def __call__(self, message: Message) -> None:
-        t = message["type"]
-        if t == "http.response.start" or t == "websocket.http.response.start":
-            self.status = message["status"]
-            ctx = self.ctx
-            if ctx is not None and ctx.response_headers:
-                message = with_response_headers(message, ctx)
-        await self.send(message)
 
 
 def _finish_span(span: trace.Span, ctx: RequestContext, name: str, status: int | None,
