@@ -19,26 +19,9 @@ from aduib_asgi.errors import RpcError
 from aduib_asgi.middleware.content import ContentNegotiationMiddleware
 from aduib_asgi.versioning import VERSIONS_KEY, ServerVersions
 from aduib_asgi.versioning.compat import prepare_payload
+from tests.test_hot_path import _BODY_SEQUENCES  # the dispatcher's one-message body cases
 
 # -- content: a body in one message is taken as it is ----------------------------------
-
-_BODY_SEQUENCES: list[list[Message]] = [
-    [{"type": "http.request", "body": b'{"a": 1}', "more_body": False}],
-    [{"type": "http.request", "body": b'{"a": 1}'}],
-    [{"type": "http.request", "body": b'{"a"', "more_body": True},
-     {"type": "http.request", "body": b": 1}", "more_body": False}],
-    [{"type": "http.request", "more_body": True},
-     {"type": "http.request", "body": b'{"a": 1}', "more_body": False}],
-    [{"type": "http.request", "body": b"", "more_body": False}],
-    [{"type": "http.request"}],
-    [{"type": "http.request", "body": b'{"a": "' + b"x" * 64 + b'"}', "more_body": False}],
-    [{"type": "http.request", "body": b"[1,", "more_body": True},
-     {"type": "http.request", "body": b"2" * 64 + b"]", "more_body": False}],
-    [{"type": "http.disconnect"}],
-    [{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}],
-    [{"type": "http.unknown"}, {"type": "http.request", "body": b"[1]", "more_body": False}],
-]
-
 
 def _receiver(messages: list[Message]) -> Receive:
     it = iter(messages)
