@@ -19,7 +19,6 @@ share the cores::
 from __future__ import annotations
 
 import argparse
-import glob
 import pathlib
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ import sys
 import tempfile
 from typing import Any
 
-from aduib_asgi.bench.http import _builtin, _Server, planned_servers, shipped_settings
+from aduib_asgi.bench.http import _builtin, _Server, cpu_ns, planned_servers, shipped_settings
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -50,19 +49,6 @@ class _RefServer(_Server):
             super().start()
         finally:
             http._repo_root = root  # type: ignore[assignment]
-
-
-def cpu_ns(pid: int) -> int | None:
-    """CPU time (ns) the process's threads have run, or None where /proc lacks it."""
-    total, found = 0, False
-    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
-        try:
-            with open(path) as f:
-                total += int(f.read().split()[0])
-            found = True
-        except (OSError, ValueError, IndexError):
-            continue
-    return total if found else None
 
 
 def main() -> None:

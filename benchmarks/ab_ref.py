@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 REF_PKG = "aduib_ref"
@@ -130,11 +131,13 @@ def apps_big(pkg: str, size: str) -> bytes:
     return body
 
 
-async def timed(runner: Any, n: int) -> float:
-    """µs per call of ``n`` calls (the driver's request loop, or the raw codec call)."""
+async def timed(runner: Any, n: int, clock: Callable[[], float] | None = None) -> float:
+    """µs per call of ``n`` calls (the driver's request loop, or the raw codec call),
+    on ``clock`` (default: this run's ``CLOCK``)."""
     from aduib_asgi.bench.driver import Exchange
 
-    clock = CLOCK
+    if clock is None:
+        clock = CLOCK
     if not hasattr(runner, "app"):
         func = runner.func
         t0 = clock()

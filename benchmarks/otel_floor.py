@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import pathlib
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +38,9 @@ from typing import Any
 from aduib_asgi.bench import cases
 from aduib_asgi.bench.apps import starlette_app
 from aduib_asgi.bench.driver import AsgiRunner, CallRunner
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from ab_ref import timed  # the same timing loop, on this script's clock
 
 TRACEPARENT = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 
@@ -171,24 +176,6 @@ def layer_floor(protocol: bool, sdk: bool = True) -> Callable[[Any], Any]:
                 span.end()
 
     return Floor
-
-
-async def timed(runner: Any, n: int, clock: Callable[[], float]) -> float:
-    """µs per call of ``n`` calls of ``runner`` (as ``benchmarks/ab_ref.py`` times them)."""
-    from aduib_asgi.bench.driver import Exchange
-
-    if not hasattr(runner, "app"):
-        func = runner.func
-        t0 = clock()
-        for _ in range(n):
-            func()
-        return (clock() - t0) / n * 1e6
-    app, tmpl, body = runner.app, runner._tmpl, runner._body_msg
-    t0 = clock()
-    for _ in range(n):
-        ex = Exchange(body)
-        await app(dict(tmpl), ex.receive, ex.send)
-    return (clock() - t0) / n * 1e6
 
 
 async def main(rounds: int, clock: Callable[[], float]) -> None:
